@@ -1,0 +1,59 @@
+"""Liveness, readiness (DB, broker, store reachable) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import func, select, text
+
+from cadenza.db.models import Job
+from cadenza.db.session import session_factory
+from cadenza.queue import ping_broker
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
+    checks: dict[str, str] = {}
+
+    def db() -> None:
+        with session_factory(settings.resolved_database_url)() as s:
+            s.execute(text("SELECT 1"))
+
+    for name, fn in (
+        ("database", db),
+        ("broker", lambda: ping_broker(settings)),
+        ("store", request.app.state.store.ping),
+    ):
+        try:
+            await asyncio.wait_for(asyncio.to_thread(fn), timeout=5)
+            checks[name] = "ok"
+        except Exception as exc:  # readiness reports, it never raises
+            checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+    )
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(request: Request) -> str:
+    """Job counts by type and state, in Prometheus text format."""
+    settings = request.app.state.settings
+    with session_factory(settings.resolved_database_url)() as s:
+        rows = s.execute(select(Job.type, Job.state, func.count()).group_by(Job.type, Job.state))
+        lines = [
+            "# HELP cadenza_jobs Jobs by type and state.",
+            "# TYPE cadenza_jobs gauge",
+        ]
+        lines += [f'cadenza_jobs{{type="{t}",state="{st}"}} {n}' for t, st, n in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,113 @@
+"""A small typed HTTP client for the Cadenza REST API (used by the CLI, demo and tests)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
+
+
+class ApiFailure(RuntimeError):
+    """The API answered with an error; `code` and `status` come from its JSON body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Client:
+    def __init__(self, api_url: str, api_key: str | None, *, timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _check(self, r: httpx.Response) -> httpx.Response:
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                raise ApiFailure(r.status_code, err["code"], err["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiFailure(r.status_code, "http_error", r.text[:500]) from None
+        return r
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._check(self.http.get(path, params=params or None)).json()
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._check(self.http.post(path, json=body or {})).json()
+
+    def download(self, path: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self.http.stream("GET", path) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._check(r)
+            with dest.open("wb") as fh:
+                for chunk in r.iter_bytes():
+                    fh.write(chunk)
+        return dest
+
+    # -- resources -------------------------------------------------------------------------
+    def create_dataset(self, name: str, description: str = "") -> dict[str, Any]:
+        return dict(self.post("/v1/datasets", {"name": name, "description": description}))
+
+    def upload(self, dataset_id: str, paths: Iterable[Path]) -> list[dict[str, Any]]:
+        handles = [p.open("rb") for p in paths]
+        try:
+            files = [("files", (Path(h.name).name, h, "application/octet-stream")) for h in handles]
+            r = self.http.post(f"/v1/datasets/{dataset_id}/files", files=files, timeout=600)
+        finally:
+            for h in handles:
+                h.close()
+        return list(self._check(r).json()["files"])
+
+    def create_corpus(self, dataset_id: str, **options: Any) -> dict[str, Any]:
+        return dict(self.post("/v1/corpora", {"dataset_id": dataset_id, **options}))
+
+    def create_model(self, corpus_id: str, **options: Any) -> dict[str, Any]:
+        return dict(self.post("/v1/models", {"corpus_id": corpus_id, **options}))
+
+    def sample(self, model_id: str, **options: Any) -> dict[str, Any]:
+        return dict(self.post(f"/v1/models/{model_id}/samples", options))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.get(f"/v1/jobs/{job_id}"))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return dict(self.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float = 3600.0,
+        poll: float = 0.5,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll a job until it ends; returns its final JSON."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update:
+                on_update(job)
+            if job["state"] in TERMINAL_STATES:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout:.0f} s")
+            time.sleep(poll)

@@ -1,0 +1,105 @@
+"""Settings for every Cadenza process, read from `CADENZA_*` environment variables.
+
+Unset URLs mean the embedded default: a SQLite file, a local object folder and a
+filesystem broker under `CADENZA_DATA_DIR` (default `./.cadenza`). Production sets the
+three URLs to PostgreSQL, Redis and an S3 bucket; the code paths are the same.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_S3_SECRETS = {"", "changeme", "cadenza", "minioadmin"}
+
+
+class Settings(BaseSettings):
+    """All process settings; one instance per process (see `get_settings`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CADENZA_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".cadenza")
+
+    database_url: str | None = None
+    broker_url: str | None = None
+    storage_url: str | None = None
+
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_region: str = "us-east-1"
+
+    # Client side (CLI).
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+
+    # Limits on hostile input; the streaming upload enforces them before anything is stored.
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    max_midi_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_files_per_upload: int = Field(default=1000, ge=1)
+
+    # Jobs: a worker renews its lease every lease/3 seconds; an expired lease means it died.
+    job_lease_seconds: int = Field(default=60, ge=5)
+    job_max_attempts: int = Field(default=3, ge=1)
+    reconcile_interval_seconds: float = Field(default=15.0, gt=0)
+
+    soundfont: Path = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+    torch_threads: int | None = None
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        """Production must never start on an embedded SQLite file or a default S3 secret."""
+        if self.env == "production":
+            missing = [
+                name
+                for name in ("database_url", "broker_url", "storage_url")
+                if not getattr(self, name)
+            ]
+            if missing:
+                names = ", ".join(f"CADENZA_{m.upper()}" for m in missing)
+                raise ValueError(f"CADENZA_ENV=production needs {names} to be set")
+            if (self.storage_url or "").startswith("s3://") and (
+                self.s3_secret_access_key or ""
+            ) in DEFAULT_S3_SECRETS:
+                raise ValueError(
+                    "CADENZA_ENV=production refuses an empty or default "
+                    "CADENZA_S3_SECRET_ACCESS_KEY"
+                )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker is the serverless filesystem transport."""
+        return self.resolved_broker_url.startswith("filesystem://")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'cadenza.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the filesystem broker (embedded mode only)."""
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "objects").resolve().as_uri()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

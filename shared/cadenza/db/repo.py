@@ -1,0 +1,118 @@
+"""Repository functions: keyword-only, owner-scoped, shared by the API, CLI and handlers."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cadenza.db.models import ApiKey, Base, Checkpoint, Owner, utcnow
+
+KEY_PREFIX = "cz_"
+T = TypeVar("T", bound=Base)
+
+
+class NotFound(LookupError):
+    """No such row for this owner (another owner's row is reported the same way)."""
+
+    def __init__(self, kind: str, id: str) -> None:
+        super().__init__(f"{kind} {id} not found")
+        self.kind = kind
+        self.id = id
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_or_create_owner(*, session: Session, name: str) -> Owner:
+    owner = session.scalar(select(Owner).where(Owner.name == name))
+    if owner is None:
+        owner = Owner(name=name)
+        session.add(owner)
+        session.flush()
+    return owner
+
+
+def create_api_key(*, session: Session, owner_name: str) -> tuple[Owner, str]:
+    """Make a new key for `owner_name` (created if new); only its hash is stored."""
+    owner = get_or_create_owner(session=session, name=owner_name)
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiKey(owner_id=owner.id, prefix=key[:10], key_hash=hash_key(key)))
+    session.flush()
+    return owner, key
+
+
+def owner_for_key(*, session: Session, key: str) -> Owner | None:
+    """The owner of a live key, or None; compares hashes in constant time."""
+    if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        return None
+    digest = hash_key(key)
+    row = session.scalar(
+        select(ApiKey).where(ApiKey.prefix == key[:10], ApiKey.revoked_at.is_(None))
+    )
+    candidates = [row] if row is not None else []
+    if row is not None and not secrets.compare_digest(row.key_hash, digest):
+        candidates = list(
+            session.scalars(
+                select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
+            )
+        )
+    for k in candidates:
+        if secrets.compare_digest(k.key_hash, digest):
+            return session.get(Owner, k.owner_id)
+    return None
+
+
+def revoke_keys(*, session: Session, owner_name: str) -> int:
+    owner = session.scalar(select(Owner).where(Owner.name == owner_name))
+    if owner is None:
+        return 0
+    keys = list(
+        session.scalars(
+            select(ApiKey).where(ApiKey.owner_id == owner.id, ApiKey.revoked_at.is_(None))
+        )
+    )
+    for k in keys:
+        k.revoked_at = utcnow()
+    return len(keys)
+
+
+def get_owned(session: Session, model: type[T], id: str, owner_id: str) -> T:
+    """The row `id` of `model` if it belongs to `owner_id`, else NotFound (no existence leak)."""
+    row = session.get(model, id) if len(id) <= 64 else None
+    if row is None or getattr(row, "owner_id", None) != owner_id:
+        raise NotFound(model.__tablename__.rstrip("s").replace("corpora", "corpus"), id)
+    return row
+
+
+def list_owned(
+    session: Session,
+    model: type[T],
+    owner_id: str,
+    *,
+    limit: int = 100,
+    offset: int = 0,
+    **filters: Any,
+) -> list[T]:
+    stmt = select(model).where(model.owner_id == owner_id)  # type: ignore[attr-defined]
+    for name, value in filters.items():
+        stmt = stmt.where(getattr(model, name) == value)
+    stmt = stmt.order_by(model.created_at.desc()).limit(limit).offset(offset)  # type: ignore[attr-defined]
+    return list(session.scalars(stmt))
+
+
+def pick_checkpoint(*, session: Session, model_id: str, which: str = "best") -> Checkpoint | None:
+    """The checkpoint to sample from: `best` (lowest val loss), `latest`, or an id."""
+    stmt = select(Checkpoint).where(Checkpoint.model_id == model_id)
+    if which == "latest":
+        return session.scalar(stmt.order_by(Checkpoint.step.desc()).limit(1))
+    if which == "best":
+        best = session.scalar(
+            stmt.where(Checkpoint.is_best.is_(True)).order_by(Checkpoint.step.desc()).limit(1)
+        )
+        return best or session.scalar(stmt.order_by(Checkpoint.step.desc()).limit(1))
+    return session.scalar(stmt.where(Checkpoint.id == which))

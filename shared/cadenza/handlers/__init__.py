@@ -1,0 +1,1 @@
+"""Job handlers: the work behind each job type, called by `cadenza.runner`."""

@@ -1,0 +1,138 @@
+"""`sample` jobs: generate variations from a checkpoint, decode them to MIDI, store them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from cadenza.db.models import Checkpoint, Corpus, File, Model, Sample
+from cadenza.jobs import JobState
+from cadenza.runner import JobContext, Outcome, UserError
+from cadenza.storage import job_key
+
+
+def run(ctx: JobContext) -> Outcome:
+    import torch
+
+    from cadenza.midi.load import load_score
+    from cadenza.sample import SamplingParams, generate
+    from cadenza.tokenize import decode_to_midi, encode_primer, special_ids, tokenizer_from_bytes
+    from cadenza.train.checkpoint import model_from_checkpoint
+
+    p = ctx.params
+    with ctx.session() as s:
+        model_row = s.get(Model, p["model_id"])
+        ckpt = s.get(Checkpoint, p["checkpoint_id"])
+        if model_row is None or ckpt is None:
+            raise UserError("the model or its checkpoint no longer exists")
+        corpus = s.get(Corpus, model_row.corpus_id)
+        assert corpus is not None
+        primer = s.get(File, p["primer_file_id"]) if p.get("primer_file_id") else None
+        s.expunge_all()
+
+    ctx.progress(0.0, "loading model", force=True)
+    tokenizer = tokenizer_from_bytes(ctx.store.get(corpus.tokenizer_key))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, spec = model_from_checkpoint(ctx.store.get(ckpt.object_key), device)
+    if spec.get("tokenizer_hash") and spec["tokenizer_hash"] != corpus.tokenizer_hash:
+        raise UserError("the checkpoint's tokenizer does not match its corpus; retrain the model")
+
+    specials = special_ids(tokenizer)
+    prompt: list[int]
+    if primer is not None:
+        try:
+            prompt = encode_primer(
+                tokenizer,
+                ctx.store.get(primer.object_key),
+                bars=p.get("primer_bars"),
+                seconds=p.get("primer_seconds"),
+            )
+        except ValueError as exc:
+            raise UserError(f"primer {primer.id}: {exc}") from exc
+        if not prompt:
+            raise UserError(f"primer {primer.id} has no notes in the requested range")
+        prompt = [specials["bos"], *prompt] if specials.get("bos") is not None else prompt
+    elif p.get("primer_tokens"):
+        prompt = list(p["primer_tokens"])
+    else:
+        prompt = [specials["bos"]] if specials.get("bos") is not None else [0]
+
+    block = getattr(model, "block_size", None)
+    params = SamplingParams(
+        temperature=p["temperature"],
+        top_k=p.get("top_k"),
+        top_p=p.get("top_p"),
+        min_p=p.get("min_p") or None,
+        repetition_penalty=p.get("repetition_penalty", 1.0),
+        repetition_window=p.get("repetition_window", 64),
+        max_new_tokens=p["max_new_tokens"],
+        seed=p.get("seed"),
+        eos_id=specials.get("eos"),
+    )
+    if block is not None and len(prompt) >= block:
+        prompt = prompt[-(block - 1) :]  # keep the primer's end: it is what we continue
+    total = params.max_new_tokens
+    cancelled = False
+
+    def on_token(step: int, rows: list[list[int]]) -> bool:
+        nonlocal cancelled
+        if ctx.cancelled():
+            cancelled = True
+            return True
+        if step % 16 == 0 or step == total:
+            ctx.progress(step / total * 0.9, f"{step}/{total} tokens", tokens=step)
+        return False
+
+    ctx.progress(
+        0.0, f"sampling {p['n']} variation(s) from a {len(prompt)}-token primer", force=True
+    )
+    outputs = generate(model, [prompt], params, n=int(p["n"]), on_token=on_token, device=device)
+
+    include = bool(p.get("include_primer", True))
+    stored: list[dict[str, Any]] = []
+    for i, new in enumerate(outputs):
+        ids = (prompt + new) if include else new
+        midi = decode_to_midi(tokenizer, ids)
+        score = load_score(midi)
+        notes = sum(len(t.notes) for t in score.tracks)
+        key = job_key(ctx.job_id, "samples", f"{i:03d}.mid")
+        ctx.store.put(key, midi)
+        stored.append(
+            {
+                "index": i,
+                "key": key,
+                "num_tokens": len(ids),
+                "num_new_tokens": len(new),
+                "num_notes": notes,
+                "duration_s": float(score.to("second").end()) if notes else 0.0,
+            }
+        )
+    ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)
+
+    def finalize(s: Session) -> dict[str, Any]:
+        ids: list[str] = []
+        for o in stored:
+            sample = Sample(
+                owner_id=ctx.owner_id,
+                model_id=model_row.id,
+                job_id=ctx.job_id,
+                index=o["index"],
+                params={k: v for k, v in p.items() if k != "model_id"},
+                midi_key=o["key"],
+                num_tokens=o["num_tokens"],
+                num_notes=o["num_notes"],
+                duration_s=o["duration_s"],
+                partial=cancelled,
+                meta={"primer_tokens": len(prompt), "new_tokens": o["num_new_tokens"]},
+            )
+            s.add(sample)
+            s.flush()
+            ids.append(sample.id)
+        return {"sample_ids": ids, "sample_id": ids[0] if ids else None}
+
+    return Outcome(
+        finalize,
+        state=JobState.CANCELLED if cancelled else JobState.SUCCEEDED,
+        message="cancelled; partial samples kept" if cancelled else f"{len(stored)} sample(s)",
+    )

@@ -1,0 +1,108 @@
+"""`tokenize` jobs: a dataset's MIDI files → a corpus (tokenizer + token arrays per split)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cadenza.db.models import Corpus, File, new_id
+from cadenza.runner import JobCancelled, JobContext, Outcome, UserError
+from cadenza.storage import job_key
+
+
+def run(ctx: JobContext) -> Outcome:
+    from cadenza.midi.clean import CleanOptions
+    from cadenza.tokenize import (
+        AugmentSpec,
+        TokenizerSpec,
+        build_corpus,
+        tokenizer_hash,
+        tokenizer_to_bytes,
+        vocab_size,
+    )
+
+    p = ctx.params
+    with ctx.session() as s:
+        rows = list(
+            s.scalars(
+                select(File)
+                .where(File.dataset_id == p["dataset_id"], File.kind == "midi")
+                .order_by(File.created_at, File.id)
+            )
+        )
+        files = [(r.id, r.object_key) for r in rows]
+    if not files:
+        raise UserError("the dataset has no MIDI files")
+
+    ctx.progress(0.0, f"reading {len(files)} MIDI files", force=True)
+    data = [(fid, ctx.store.get(key)) for fid, key in files]
+    spec = TokenizerSpec.model_validate(p["tokenizer_spec"])
+    augment = AugmentSpec.model_validate(p["augment"]) if p.get("augment") else None
+    clean = CleanOptions(**p.get("clean", {}))
+
+    def progress(fraction: float, message: str) -> None:
+        ctx.progress(0.05 + 0.85 * fraction, message)
+
+    try:
+        build = build_corpus(
+            data,
+            spec,
+            split=tuple(p["split"]),
+            seed=int(p["seed"]),
+            augment=augment,
+            clean=clean,
+            progress=progress,
+            should_stop=ctx.cancelled,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if ctx.cancelled():
+        raise JobCancelled()
+    if build.splits["train"].size == 0:
+        raise UserError(
+            "no usable tokens: every file was skipped "
+            f"({'; '.join(str(x) for x in build.stats.get('skipped', [])[:5])})"
+        )
+
+    ctx.progress(0.92, "writing the corpus", force=True)
+    corpus_id = new_id()
+    prefix = job_key(ctx.job_id, "corpus")
+    tok_key = f"{prefix}/tokenizer.json"
+    ctx.store.put(tok_key, tokenizer_to_bytes(build.tokenizer))
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v.astype(np.int32) for k, v in build.splits.items()})
+    ctx.store.put(f"{prefix}/splits.npz", buf.getvalue())
+    export = io.BytesIO()
+    np.savez(
+        export,
+        train_data=build.splits["train"].astype(np.int32),
+        val_data=build.splits.get("val", np.zeros(0, np.int32)).astype(np.int32),
+    )
+    ctx.store.put(f"{prefix}/export.npz", export.getvalue())
+    stats: dict[str, Any] = dict(build.stats)
+    stats["file_splits"] = build.file_splits
+    tok_hash = tokenizer_hash(build.tokenizer)
+    vocab = vocab_size(build.tokenizer)
+
+    def finalize(s: Session) -> dict[str, Any]:
+        s.add(
+            Corpus(
+                id=corpus_id,
+                owner_id=ctx.owner_id,
+                dataset_id=p["dataset_id"],
+                job_id=ctx.job_id,
+                params={k: v for k, v in p.items() if k != "dataset_id"},
+                tokenizer_key=tok_key,
+                tokenizer_hash=tok_hash,
+                vocab_size=vocab,
+                object_prefix=prefix,
+                stats=stats,
+            )
+        )
+        return {"corpus_id": corpus_id}
+
+    return Outcome(finalize, message=f"{sum(v.size for v in build.splits.values())} tokens")

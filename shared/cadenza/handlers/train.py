@@ -1,0 +1,168 @@
+"""`train` jobs: train a model on a corpus, checkpointing to the store, metrics to SQL."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cadenza.db.models import Checkpoint, Corpus, MetricRecord, Model
+from cadenza.jobs import JobState
+from cadenza.runner import JobContext, Outcome, UserError
+from cadenza.storage import job_key
+
+
+def load_corpus_arrays(ctx: JobContext, corpus: Corpus) -> dict[str, np.ndarray]:
+    """The corpus's token arrays per split, from the store."""
+    arrays: dict[str, np.ndarray] = {}
+    with np.load(io.BytesIO(ctx.store.get(f"{corpus.object_prefix}/splits.npz"))) as npz:
+        for split in ("train", "val", "test"):
+            if split in npz.files and npz[split].size:
+                arrays[split] = npz[split].astype(np.int64)
+    return arrays
+
+
+class _Hooks:
+    """TrainHooks backed by SQL (metrics, checkpoint rows) and the object store (bytes)."""
+
+    def __init__(self, ctx: JobContext, model: Model) -> None:
+        self.ctx = ctx
+        self.model_id = model.id
+        self.keep_last = int(model.train_config.get("keep_last_n", 3))
+
+    def on_metrics(self, record: dict[str, Any]) -> None:
+        values = {k: v for k, v in record.items() if k not in ("step", "split", "loss")}
+        with self.ctx.session() as s:
+            s.add(
+                MetricRecord(
+                    model_id=self.model_id,
+                    step=int(record["step"]),
+                    split=str(record["split"]),
+                    loss=float(record["loss"]),
+                    values=values,
+                )
+            )
+        self.ctx.event("metrics", record)
+
+    def on_progress(self, fraction: float, message: str) -> None:
+        self.ctx.progress(fraction, message)
+
+    def should_stop(self) -> bool:
+        return self.ctx.cancelled()
+
+    def save_checkpoint(
+        self, step: int, payload: bytes, *, val_loss: float | None, is_best: bool
+    ) -> None:
+        """Write the bytes atomically, then make the checkpoint visible with one commit."""
+        key = job_key(self.ctx.job_id, "checkpoints", f"step-{step:09d}.pt")
+        self.ctx.store.put_atomic(key, payload)
+        with self.ctx.session() as s:
+            existing = s.scalar(
+                select(Checkpoint).where(
+                    Checkpoint.model_id == self.model_id, Checkpoint.step == step
+                )
+            )
+            if existing is None:
+                existing = Checkpoint(
+                    model_id=self.model_id,
+                    job_id=self.ctx.job_id,
+                    step=step,
+                    object_key=key,
+                    size=len(payload),
+                )
+                s.add(existing)
+            existing.size = len(payload)
+            existing.val_loss = val_loss
+            if is_best:
+                for c in s.scalars(select(Checkpoint).where(Checkpoint.model_id == self.model_id)):
+                    c.is_best = False
+                existing.is_best = True
+            s.flush()
+            self._prune(s)
+
+    def _prune(self, s: Session) -> None:
+        """Keep the last N checkpoints and the best one; delete the rest (rows and bytes)."""
+        ckpts = list(
+            s.scalars(
+                select(Checkpoint)
+                .where(Checkpoint.model_id == self.model_id)
+                .order_by(Checkpoint.step.desc())
+            )
+        )
+        for c in ckpts[self.keep_last :]:
+            if not c.is_best:
+                self.ctx.store.delete(c.object_key)
+                s.delete(c)
+
+    def load_latest_checkpoint(self) -> bytes | None:
+        with self.ctx.session() as s:
+            latest = s.scalar(
+                select(Checkpoint)
+                .where(Checkpoint.model_id == self.model_id, Checkpoint.job_id == self.ctx.job_id)
+                .order_by(Checkpoint.step.desc())
+                .limit(1)
+            )
+            key = latest.object_key if latest else None
+        if key is None:
+            return None
+        self.ctx.progress(0.0, f"resuming from {key.rsplit('/', 1)[-1]}", force=True)
+        return self.ctx.store.get(key)
+
+
+def run(ctx: JobContext) -> Outcome:
+    from cadenza.train import TrainConfig, train
+
+    with ctx.session() as s:
+        model = s.get(Model, ctx.params["model_id"])
+        if model is None:
+            raise UserError(f"model {ctx.params['model_id']} no longer exists")
+        corpus = s.get(Corpus, model.corpus_id)
+        if corpus is None:
+            raise UserError(f"corpus {model.corpus_id} no longer exists")
+        init_key = None
+        if model.init_checkpoint_id:
+            init = s.get(Checkpoint, model.init_checkpoint_id)
+            if init is None:
+                raise UserError(f"checkpoint {model.init_checkpoint_id} no longer exists")
+            init_key = init.object_key
+        s.expunge_all()
+    data = load_corpus_arrays(ctx, corpus)
+    cfg = TrainConfig.model_validate(model.train_config)
+    spec = {
+        "architecture": model.architecture,
+        "config": model.config,
+        "vocab_size": model.vocab_size,
+    }
+    ctx.progress(0.0, "starting training", force=True)
+    hooks = _Hooks(ctx, model)
+    try:
+        result = train(
+            spec,
+            data,
+            cfg,
+            hooks,
+            tokenizer_hash=model.tokenizer_hash,
+            init_from=ctx.store.get(init_key) if init_key else None,
+        )
+    except ValueError as exc:  # bad data/config for this corpus: the user's to fix
+        raise UserError(str(exc)) from exc
+    summary = {
+        k: v for k, v in vars(result).items() if isinstance(v, (int, float, str, type(None)))
+    }
+    cancelled = result.stopped_reason == "cancelled"
+
+    def finalize(s: Session) -> dict[str, Any]:
+        row = s.get(Model, model.id)
+        assert row is not None
+        row.state = "cancelled" if cancelled else "ready"
+        row.summary = summary
+        return {"model_id": model.id}
+
+    return Outcome(
+        finalize,
+        state=JobState.CANCELLED if cancelled else JobState.SUCCEEDED,
+        message=f"{result.stopped_reason} after {summary.get('steps')} steps",
+    )

@@ -1,0 +1,220 @@
+"""Turn uploaded bytes into stored, validated dataset files — all of them or none.
+
+The type of a file comes from its content (magic bytes, then a real parse or probe), never
+from its name. Every file of a request is validated before the first byte is stored; if the
+SQL commit then fails, the objects this request wrote are removed again, so a rejected or
+failed upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import IO, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cadenza.db.models import File
+from cadenza.midi.load import MidiLimits, MidiRejected, inspect_midi, sniff_midi
+from cadenza.storage import ObjectStore, blob_key, sha256_of
+
+ZIP_MAGIC = b"PK\x03\x04"
+MAX_ZIP_ENTRIES = 2000
+MAX_ZIP_UNCOMPRESSED = 2 * 1024 * 1024 * 1024
+MAX_ZIP_RATIO = 200  # a MIDI/audio member compressing better than 200:1 is a bomb
+
+
+class Rejected(ValueError):
+    """A file we refuse: `status` is the HTTP status, `code` a stable machine code."""
+
+    def __init__(self, status: int, code: str, message: str, filename: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.filename = filename
+
+
+@dataclass
+class Incoming:
+    """One file as received: a name for display and a readable, seekable body."""
+
+    filename: str
+    body: IO[bytes]
+    size: int
+    sha256: str
+
+    def read(self) -> bytes:
+        self.body.seek(0)
+        data = self.body.read()
+        self.body.seek(0)
+        return data
+
+    def head(self, n: int = 64) -> bytes:
+        self.body.seek(0)
+        data = self.body.read(n)
+        self.body.seek(0)
+        return data
+
+
+@dataclass
+class Checked:
+    incoming: Incoming
+    kind: str
+    format: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _audio_kind(head: bytes) -> str | None:
+    try:
+        from cadenza.audio.probe import sniff_audio
+    except ImportError:  # the audio extra is not installed in this process
+        return None
+    return sniff_audio(head)
+
+
+def expand_zip(item: Incoming) -> list[Incoming]:
+    """Members of a zip as Incoming files; caps on count, total size and ratio.
+
+    Member names are kept for display only (their base name); they never reach storage.
+    """
+    try:
+        zf = zipfile.ZipFile(item.body)
+    except zipfile.BadZipFile as exc:
+        raise Rejected(400, "bad_zip", f"{item.filename}: not a readable zip ({exc})") from exc
+    infos = [i for i in zf.infolist() if not i.is_dir()]
+    infos = [i for i in infos if not PurePosixPath(i.filename).name.startswith(".")]
+    infos = [i for i in infos if "__MACOSX" not in i.filename]
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise Rejected(
+            413, "zip_too_many_entries", f"{item.filename}: more than {MAX_ZIP_ENTRIES} files"
+        )
+    total = sum(i.file_size for i in infos)
+    if total > MAX_ZIP_UNCOMPRESSED:
+        raise Rejected(413, "zip_too_large", f"{item.filename}: unpacks to {total} bytes")
+    out: list[Incoming] = []
+    for info in infos:
+        if info.compress_size and info.file_size / max(info.compress_size, 1) > MAX_ZIP_RATIO:
+            raise Rejected(
+                413, "zip_bomb", f"{item.filename}: member compresses {MAX_ZIP_RATIO}:1 or better"
+            )
+        with zf.open(info) as fh:
+            data = fh.read(info.file_size + 1)
+        if len(data) != info.file_size:
+            raise Rejected(400, "bad_zip", f"{item.filename}: member size does not match")
+        name = PurePosixPath(info.filename).name[:500] or "unnamed"
+        out.append(
+            Incoming(filename=name, body=io.BytesIO(data), size=len(data), sha256=sha256_of([data]))
+        )
+    return out
+
+
+def check_file(item: Incoming, *, midi_limits: MidiLimits) -> Checked:
+    """Decide what `item` is by content and validate it; raise Rejected otherwise."""
+    if item.size == 0:
+        raise Rejected(400, "empty_file", f"{item.filename}: the file is empty")
+    head = item.head(64)
+    if sniff_midi(head):
+        if item.size > midi_limits.max_bytes:
+            raise Rejected(
+                413,
+                "too_large",
+                f"{item.filename}: MIDI files are limited to {midi_limits.max_bytes} bytes",
+            )
+        try:
+            info = inspect_midi(item.read(), midi_limits)
+        except MidiRejected as exc:
+            status = 413 if exc.code in {"too_large", "too_many_notes", "too_many_tracks"} else 422
+            raise Rejected(status, f"midi_{exc.code}", f"{item.filename}: {exc.message}") from exc
+        return Checked(item, "midi", "mid", info.to_dict())
+    audio = _audio_kind(head)
+    if audio is not None:
+        return _check_audio(item, audio)
+    raise Rejected(
+        415,
+        "unsupported_type",
+        f"{item.filename}: not a MIDI, audio (wav, mp3, aac/m4a, flac, ogg) or zip file "
+        "(recognised by content, not by name)",
+    )
+
+
+def _check_audio(item: Incoming, fmt: str) -> Checked:
+    import tempfile
+    from pathlib import Path
+
+    from cadenza.audio.probe import AudioLimits, AudioRejected, probe_audio
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload.{fmt}"
+        path.write_bytes(item.read())
+        try:
+            info = probe_audio(path, AudioLimits())
+        except AudioRejected as exc:
+            status = 413 if exc.code in {"too_long", "too_large"} else 422
+            raise Rejected(status, f"audio_{exc.code}", f"{item.filename}: {exc}") from exc
+    meta = info.to_dict() if hasattr(info, "to_dict") else dict(vars(info))
+    return Checked(item, "audio", str(meta.get("format") or fmt), meta)
+
+
+def check_all(items: Iterable[Incoming], *, midi_limits: MidiLimits) -> list[Checked]:
+    """Validate every file (zips expanded) before anything is stored."""
+    checked: list[Checked] = []
+    for item in items:
+        if item.head(4) == ZIP_MAGIC:
+            members = expand_zip(item)
+            if not members:
+                raise Rejected(400, "empty_zip", f"{item.filename}: the zip holds no files")
+            checked.extend(check_file(m, midi_limits=midi_limits) for m in members)
+        else:
+            checked.append(check_file(item, midi_limits=midi_limits))
+    return checked
+
+
+def store_files(
+    *,
+    session: Session,
+    store: ObjectStore,
+    owner_id: str,
+    dataset_id: str,
+    checked: list[Checked],
+    job_id: str | None = None,
+    source_file_id: str | None = None,
+) -> list[File]:
+    """Put blobs (content-addressed) and add File rows; the caller commits.
+
+    Returns the rows. Use `cleanup_new_blobs` with the keys written if the commit fails.
+    """
+    rows: list[File] = []
+    for c in checked:
+        key = blob_key(c.incoming.sha256, c.format)
+        if not store.exists(key):
+            c.incoming.body.seek(0)
+            store.put(key, c.incoming.body.read())
+        row = File(
+            owner_id=owner_id,
+            dataset_id=dataset_id,
+            name=c.incoming.filename,
+            kind=c.kind,
+            format=c.format,
+            sha256=c.incoming.sha256,
+            size=c.incoming.size,
+            object_key=key,
+            meta=c.meta,
+            job_id=job_id,
+            source_file_id=source_file_id,
+        )
+        session.add(row)
+        rows.append(row)
+    session.flush()
+    return rows
+
+
+def cleanup_unreferenced(*, session: Session, store: ObjectStore, keys: Iterable[str]) -> None:
+    """Delete blobs that no File row references (after a failed commit)."""
+    for key in set(keys):
+        if session.scalar(select(File.id).where(File.object_key == key).limit(1)) is None:
+            store.delete(key)

@@ -1,0 +1,207 @@
+"""Run one job exactly once in effect, whatever the broker delivers.
+
+`run_job` claims the job row by compare-and-set, renews a lease while the handler works,
+and makes the handler's outputs visible in the same SQL commit that marks the job
+succeeded. Handlers live in `cadenza.handlers.*` and are imported lazily, so a process that
+never trains never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from cadenza.config import Settings
+from cadenza.db.models import Job
+from cadenza.db.session import session_factory
+from cadenza.jobs import JobState, add_event, claim, finish, renew_lease, set_progress
+from cadenza.storage import ObjectStore, open_store
+
+log = logging.getLogger("cadenza.runner")
+
+HANDLERS: dict[str, str] = {
+    "tokenize": "cadenza.handlers.tokenize:run",
+    "train": "cadenza.handlers.train:run",
+    "sample": "cadenza.handlers.sample:run",
+    "audio": "cadenza.handlers.audio:run",
+}
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler when the user asked to cancel."""
+
+
+class UserError(Exception):
+    """A failure the user can fix (bad data, bad parameters); its message is shown as is."""
+
+
+Finalize = Callable[[Session], dict[str, Any]]
+
+
+@dataclass
+class Outcome:
+    """What a handler hands back: a function that writes its SQL rows, and the end state."""
+
+    finalize: Finalize
+    state: JobState = JobState.SUCCEEDED
+    message: str = ""
+
+
+@dataclass
+class JobContext:
+    """Everything a handler needs, and nothing about Celery."""
+
+    job_id: str
+    owner_id: str
+    type: str
+    params: dict[str, Any]
+    result: dict[str, Any]
+    attempt: int
+    settings: Settings
+    store: ObjectStore
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    _last_progress: float = 0.0
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        s = session_factory(self.settings.resolved_database_url)()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def progress(self, fraction: float, message: str, *, force: bool = False, **data: Any) -> None:
+        """Report progress; throttled to a few writes a second unless forced."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < 0.5 and fraction < 1.0:
+            return
+        self._last_progress = now
+        with self.session() as s:
+            set_progress(s, self.job_id, fraction, message, **data)
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        with self.session() as s:
+            add_event(s, self.job_id, kind, data)
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled()
+
+
+def load_handler(job_type: str) -> Callable[[JobContext], Outcome]:
+    target = HANDLERS.get(job_type)
+    if target is None:
+        raise UserError(f"no handler for job type {job_type!r}")
+    module, _, attr = target.partition(":")
+    fn: Callable[[JobContext], Outcome] = getattr(importlib.import_module(module), attr)
+    return fn
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renews the job's lease and notices cancel requests while the handler runs."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        super().__init__(name=f"lease-{ctx.job_id}", daemon=True)
+        self.ctx = ctx
+        self.stop = threading.Event()
+        self.lost = threading.Event()
+        self.interval = max(1.0, min(ctx.settings.job_lease_seconds / 3.0, 2.0))
+
+    def run(self) -> None:
+        factory = session_factory(self.ctx.settings.resolved_database_url)
+        while not self.stop.wait(self.interval):
+            try:
+                with factory() as s:
+                    ours, cancel = renew_lease(
+                        s, self.ctx.job_id, lease_seconds=self.ctx.settings.job_lease_seconds
+                    )
+                if not ours:
+                    self.lost.set()
+                if cancel:
+                    self.ctx._cancel.set()
+            except Exception:  # a DB blip must not kill the job; the next round retries
+                log.exception("lease renewal failed for job %s", self.ctx.job_id)
+
+
+def run_job(job_id: str, settings: Settings) -> str | None:
+    """Claim and run job `job_id`; returns its final state, or None if not ours to run."""
+    factory = session_factory(settings.resolved_database_url)
+    with factory() as s:
+        job = claim(s, job_id, lease_seconds=settings.job_lease_seconds)
+        if job is None:
+            current = s.get(Job, job_id)
+            log.info(
+                "job %s not claimed (state %s)", job_id, current.state if current else "missing"
+            )
+            return None
+        ctx = JobContext(
+            job_id=job.id,
+            owner_id=job.owner_id,
+            type=job.type,
+            params=dict(job.params),
+            result=dict(job.result),
+            attempt=job.attempts,
+            settings=settings,
+            store=open_store(settings),
+        )
+    keeper = _LeaseKeeper(ctx)
+    keeper.start()
+    state: JobState
+    try:
+        outcome = load_handler(ctx.type)(ctx)
+        state = _commit(ctx, outcome)
+    except JobCancelled:
+        state = _end(ctx, JobState.CANCELLED, message="cancelled")
+    except UserError as exc:
+        state = _end(ctx, JobState.FAILED, error=str(exc))
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        tb = traceback.format_exc(limit=5)
+        state = _end(ctx, JobState.FAILED, error=f"{type(exc).__name__}: {exc}", detail=tb)
+    finally:
+        keeper.stop.set()
+        keeper.join(timeout=10)
+    return state.value
+
+
+def _commit(ctx: JobContext, outcome: Outcome) -> JobState:
+    with ctx.session() as s:
+        result = {**ctx.result, **outcome.finalize(s)}
+        if not finish(s, ctx.job_id, outcome.state, message=outcome.message, result=result):
+            # The lease expired and the reconciler took the job back: drop our outputs.
+            s.rollback()
+            log.warning("job %s lost its lease before committing; outputs discarded", ctx.job_id)
+            return JobState.QUEUED
+    return outcome.state
+
+
+def _end(
+    ctx: JobContext,
+    state: JobState,
+    *,
+    message: str = "",
+    error: str | None = None,
+    detail: str | None = None,
+) -> JobState:
+    with ctx.session() as s:
+        if not finish(s, ctx.job_id, state, message=message or (error or "")[:200], error=error):
+            return JobState.QUEUED
+        if detail:
+            add_event(s, ctx.job_id, "traceback", {"traceback": detail})
+    return state
