@@ -1,0 +1,149 @@
+"""The HTTP contract in-process (real SQLite + local store, no worker): auth, validation,
+limits and error shapes. The worker side is covered by tests/integration."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import symusic
+from fastapi.testclient import TestClient
+
+from cadenza.config import Settings
+from cadenza.db.migrate import upgrade
+from cadenza.db.repo import create_api_key
+from cadenza.db.session import session_scope
+from cadenza_api.app import create_app
+
+
+def tiny_midi(notes: int = 16) -> bytes:
+    score = symusic.Score(480)
+    track = symusic.Track(program=0)
+    for i in range(notes):
+        track.notes.append(symusic.Note(i * 240, 240, 60 + i % 12, 80))
+    score.tracks.append(track)
+    return bytes(score.dumps_midi())
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(data_dir=tmp_path, max_upload_bytes=64 * 1024, max_files_per_upload=5)
+    upgrade(s.resolved_database_url)
+    return s
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with session_scope(settings.resolved_database_url) as s:
+        _, key = create_api_key(session=s, owner_name="alice")
+    c = TestClient(create_app(settings))
+    c.headers["Authorization"] = f"Bearer {key}"
+    yield c
+
+
+def objects(settings: Settings) -> list[Path]:
+    root = settings.data_dir / "objects"
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def dataset(client: TestClient) -> str:
+    r = client.post("/v1/datasets", json={"name": "d"})
+    assert r.status_code == 201
+    return str(r.json()["id"])
+
+
+def test_openapi_and_health(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/datasets", "/v1/corpora", "/v1/models", "/v1/jobs/{job_id}/cancel"):
+        assert path in spec["paths"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+
+
+def test_auth_required(client: TestClient) -> None:
+    r = client.get("/v1/datasets", headers={"Authorization": ""})
+    assert r.status_code == 401
+    assert "cadenza keys create" in r.json()["error"]["message"]
+    r = client.get("/v1/datasets", headers={"Authorization": "Bearer cz_nope"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+
+def test_validation_errors_name_the_field(client: TestClient) -> None:
+    r = client.post("/v1/datasets", json={"name": ""})
+    assert r.status_code == 422 and "name" in r.json()["error"]["message"]
+    r = client.post("/v1/datasets", json={"name": "x", "colour": "red"})
+    assert r.status_code == 422 and "colour" in r.json()["error"]["message"]
+
+
+def test_upload_many_and_zip(client: TestClient, settings: Settings) -> None:
+    ds = dataset(client)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a/b/../../evil.mid", tiny_midi(20))
+        zf.writestr("__MACOSX/._junk", b"junk")
+    files = [
+        ("files", ("one.mid", tiny_midi(10))),
+        ("files", ("two.bin", tiny_midi(12))),  # the name does not matter, the content does
+        ("files", ("songs.zip", buf.getvalue())),
+    ]
+    r = client.post(f"/v1/datasets/{ds}/files", files=files)
+    assert r.status_code == 201, r.text
+    got = r.json()["files"]
+    assert [f["meta"]["notes"] for f in got] == [10, 12, 20]
+    assert {f["kind"] for f in got} == {"midi"}
+    keys = [str(p.relative_to(settings.data_dir / "objects")) for p in objects(settings)]
+    assert all(k.startswith("blobs/") and ".." not in k and "evil" not in k for k in keys)
+    content = client.get(f"/v1/files/{got[0]['id']}/content")
+    assert content.status_code == 200 and content.headers["content-type"] == "audio/midi"
+    assert content.content == tiny_midi(10)
+
+
+def test_one_bad_file_stores_nothing(client: TestClient, settings: Settings) -> None:
+    ds = dataset(client)
+    files = [("files", ("good.mid", tiny_midi())), ("files", ("bad.mid", b"MThd garbage"))]
+    r = client.post(f"/v1/datasets/{ds}/files", files=files)
+    assert 400 <= r.status_code < 500
+    assert "bad.mid" in r.json()["error"]["message"]
+    assert objects(settings) == []
+    assert client.get(f"/v1/datasets/{ds}/files").json()["files"] == []
+
+
+def test_upload_limits(client: TestClient, settings: Settings) -> None:
+    ds = dataset(client)
+    r = client.post(f"/v1/datasets/{ds}/files", files=[("files", ("big.mid", b"x" * 70_000))])
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    many = [("files", (f"{i}.mid", tiny_midi())) for i in range(6)]
+    r = client.post(f"/v1/datasets/{ds}/files", files=many)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_files"
+    r = client.post(f"/v1/datasets/{ds}/files", data={"x": "1"})
+    assert r.status_code in (400, 415)
+    r = client.post(
+        f"/v1/datasets/{ds}/files", content=b"raw", headers={"content-type": "text/plain"}
+    )
+    assert r.status_code == 415
+    assert objects(settings) == []
+
+
+def test_corpus_and_model_requests_are_validated(client: TestClient) -> None:
+    ds = dataset(client)
+    r = client.post("/v1/corpora", json={"dataset_id": ds})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "no_midi_files"
+    client.post(f"/v1/datasets/{ds}/files", files=[("files", ("a.mid", tiny_midi()))])
+    r = client.post("/v1/corpora", json={"dataset_id": ds, "tokenizer": "Octuple"})
+    assert (
+        r.status_code == 422
+        and "single stream" in r.json()["error"]["message"].lower()
+        or ("Octuple" in r.json()["error"]["message"])
+    )
+    r = client.post("/v1/corpora", json={"dataset_id": ds, "preset": "nope"})
+    assert r.status_code == 422 and "remi-colab" in r.json()["error"]["message"]
+    r = client.post("/v1/corpora", json={"dataset_id": ds, "split": [0.5, 0.2, 0.2]})
+    assert r.status_code == 422 and "split" in r.json()["error"]["message"]
+    r = client.post("/v1/corpora", json={"dataset_id": ds, "tokenizer": "REMI"})
+    assert r.status_code == 202 and r.json()["state"] == "queued"
+    r = client.post("/v1/models", json={"corpus_id": "0" * 32})
+    assert r.status_code == 404

@@ -1,0 +1,154 @@
+"""The whole path through HTTP against a real worker process, on both deployments.
+
+upload → tokenize → train → sample → download, plus the bad-input contract: clear 4xx JSON
+errors and nothing stored for a rejected file.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import symusic
+
+from cadenza.client import ApiFailure, Client
+from cadenza.config import Settings
+from cadenza.storage import open_store
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def store_keys(stack: Stack) -> set[str]:
+    env = {
+        k.removeprefix("CADENZA_").lower(): v
+        for k, v in stack.env.items()
+        if k.startswith("CADENZA_")
+    }
+    return {o.key for o in open_store(Settings(**env)).list("")}
+
+
+def finished(client: Client, job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    final = client.wait(job["id"], timeout=timeout)
+    assert final["state"] == "succeeded", final
+    return final
+
+
+@pytest.fixture
+def client(stack: Stack) -> Client:
+    return Client(stack.api_url, stack.api_key)
+
+
+def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: list[Path]) -> None:
+    ds = client.create_dataset("chorales")
+    # Four files directly, two inside a zip (nested folder): all become dataset files.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in chorales[4:6]:
+            zf.write(p, f"nested/dir/{p.name}")
+    zpath = stack.data_dir / "two.zip"
+    zpath.write_bytes(buf.getvalue())
+    files = client.upload(ds["id"], [*chorales[:4], zpath])
+    assert len(files) == 6
+    assert {f["kind"] for f in files} == {"midi"}
+    assert all(f["meta"]["notes"] > 0 for f in files)
+    assert client.get(f"/v1/datasets/{ds['id']}")["file_count"] == 6
+
+    job = finished(client, client.create_corpus(ds["id"], preset="remi-colab", seed=1))
+    corpus = client.get(f"/v1/corpora/{job['corpus_id']}")
+    assert corpus["vocab_size"] > 200
+    train_files = set(corpus["stats"]["file_splits"]["train"])
+    val_files = set(corpus["stats"]["file_splits"]["val"])
+    assert train_files and val_files and not train_files & val_files
+
+    job = client.create_model(
+        corpus["id"],
+        architecture="music-transformer",
+        preset="tiny",
+        train={"max_steps": 30, "eval_interval": 10, "batch_size": 4, "seq_len": 64},
+    )
+    assert job["model_id"]
+    job = finished(client, job)
+    model = client.get(f"/v1/models/{job['model_id']}")
+    assert model["state"] == "ready"
+    assert model["vocab_size"] == corpus["vocab_size"]
+    assert model["checkpoints"], "training saved no checkpoint"
+    train_losses = [m["loss"] for m in model["metrics"] if m["split"] == "train"]
+    assert len(train_losses) >= 2 and train_losses[-1] < train_losses[0]
+    assert any(m["split"] == "val" for m in model["metrics"])
+
+    request = {
+        "primer_file_id": files[0]["id"],
+        "primer_bars": 2,
+        "n": 2,
+        "max_new_tokens": 64,
+        "temperature": 0.9,
+        "top_k": 20,
+        "seed": 7,
+    }
+    job = finished(client, client.sample(model["id"], **request))
+    assert len(job["sample_ids"]) == 2
+    midis = []
+    for sid in job["sample_ids"]:
+        data = client.http.get(f"/v1/samples/{sid}/midi").content
+        score = symusic.Score.from_midi(data)
+        assert sum(len(t.notes) for t in score.tracks) > 0
+        midis.append(data)
+    # Same seed, same request: the same music.
+    again = finished(client, client.sample(model["id"], **request))
+    assert [client.http.get(f"/v1/samples/{s}/midi").content for s in again["sample_ids"]] == midis
+
+    events = client.http.get(f"/v1/jobs/{job['id']}/events", timeout=30).text
+    assert "event: progress" in events and "event: end" in events
+
+
+def test_bad_input_is_refused_and_leaves_nothing(stack: Stack, client: Client) -> None:
+    ds = client.create_dataset("bad-input")
+    before = store_keys(stack)
+    cases = [
+        (("notmidi.mid", b"this is not a MIDI file at all"), 415, "unsupported_type"),
+        (("empty.mid", b""), 400, "empty_file"),
+        (
+            ("truncated.mid", b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\x00\x00\x10"),
+            None,
+            None,
+        ),
+    ]
+    for (name, data), status, code in cases:
+        r = client.http.post(f"/v1/datasets/{ds['id']}/files", files=[("files", (name, data))])
+        assert 400 <= r.status_code < 500, r.text
+        body = r.json()["error"]
+        assert body["message"]
+        if status:
+            assert (r.status_code, body["code"]) == (status, code)
+    assert store_keys(stack) == before
+    assert client.get(f"/v1/datasets/{ds['id']}/files")["files"] == []
+
+    with pytest.raises(ApiFailure) as e:
+        client.get("/v1/datasets/0123456789abcdef0123456789abcdef")
+    assert e.value.status == 404 and e.value.code == "not_found"
+
+    other = Client(stack.api_url, stack.other_key("mallory"))
+    for path in (f"/v1/datasets/{ds['id']}", f"/v1/datasets/{ds['id']}/files"):
+        with pytest.raises(ApiFailure) as e:
+            other.get(path)
+        assert e.value.status == 404
+    r = httpx.get(f"{stack.api_url}/v1/datasets")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    r = httpx.get(f"{stack.api_url}/v1/datasets", headers={"Authorization": "Bearer cz_wrong"})
+    assert r.status_code == 401
+
+
+def test_cancel_queued_and_running_jobs(stack: Stack, client: Client, chorales: list[Path]) -> None:
+    ds = client.create_dataset("cancel")
+    client.upload(ds["id"], chorales[:3])
+    job = client.create_corpus(ds["id"], tokenizer="TSD")
+    cancelled = client.cancel(job["id"])
+    final = client.wait(job["id"], timeout=120)
+    assert final["state"] in {"cancelled", "succeeded"}
+    if cancelled["state"] == "cancelled":
+        assert final["state"] == "cancelled" and final["corpus_id"] is None

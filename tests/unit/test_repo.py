@@ -1,0 +1,42 @@
+"""Repository functions: hashed API keys, owner scoping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cadenza.db.migrate import upgrade
+from cadenza.db.models import ApiKey, Dataset
+from cadenza.db.repo import (
+    NotFound,
+    create_api_key,
+    get_owned,
+    list_owned,
+    owner_for_key,
+    revoke_keys,
+)
+from cadenza.db.session import session_scope
+
+
+def test_keys_are_hashed_scoped_and_revocable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    with session_scope(url) as s:
+        alice, key = create_api_key(session=s, owner_name="alice")
+        bob, bob_key = create_api_key(session=s, owner_name="bob")
+        assert key.startswith("cz_") and key != bob_key
+        assert all(key not in (k.key_hash, k.prefix) or len(k.prefix) < len(key) for k in s.query(ApiKey))
+        assert owner_for_key(session=s, key=key) == alice
+        assert owner_for_key(session=s, key=key + "x") is None
+        assert owner_for_key(session=s, key="nonsense") is None
+        ds = Dataset(owner_id=alice.id, name="mine")
+        s.add(ds)
+        s.flush()
+        assert get_owned(s, Dataset, ds.id, alice.id) is ds
+        with pytest.raises(NotFound):
+            get_owned(s, Dataset, ds.id, bob.id)
+        assert list_owned(s, Dataset, bob.id) == []
+        assert revoke_keys(session=s, owner_name="alice") == 1
+        assert owner_for_key(session=s, key=key) is None
+        assert owner_for_key(session=s, key=bob_key) == bob
