@@ -108,7 +108,13 @@ def api(
     )
 
 
-def _worker_argv(queues: str, concurrency: int, loglevel: str) -> list[str]:
+def _worker_argv(queues: str, concurrency: int, loglevel: str, pool: str = "solo") -> list[str]:
+    """Celery worker command line.
+
+    The default `solo` pool runs each job in the worker's main process, which may start child
+    processes (the sandboxed MIDI parser, parallel tokenization, DDP); prefork's children are
+    daemonic and may not. Run several workers for concurrency.
+    """
     return [
         sys.executable,
         "-m",
@@ -118,6 +124,8 @@ def _worker_argv(queues: str, concurrency: int, loglevel: str) -> list[str]:
         "worker",
         "-Q",
         queues,
+        "-P",
+        pool,
         "-c",
         str(concurrency),
         "-l",
@@ -131,9 +139,14 @@ def _worker_argv(queues: str, concurrency: int, loglevel: str) -> list[str]:
 
 
 @app.command()
-def worker(queues: str = "cpu,gpu", concurrency: int = 1, loglevel: str = "info") -> None:
+def worker(
+    queues: str = "cpu,gpu",
+    concurrency: int = 1,
+    loglevel: str = "info",
+    pool: Annotated[str, typer.Option(help="solo (default), prefork or threads")] = "solo",
+) -> None:
     """Run a Celery worker on QUEUES (comma-separated: cpu, gpu)."""
-    argv = _worker_argv(queues, concurrency, loglevel)
+    argv = _worker_argv(queues, concurrency, loglevel, pool)
     os.execv(argv[0], argv)
 
 
@@ -141,10 +154,9 @@ def worker(queues: str = "cpu,gpu", concurrency: int = 1, loglevel: str = "info"
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
-    concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
     loglevel: str = "warning",
 ) -> None:
-    """Run the API and a worker on the embedded default (no servers needed)."""
+    """Run the API and two workers (queues cpu and gpu) on the embedded default."""
     settings = get_settings()
     _migrate(settings)
     env = os.environ | {"CADENZA_DATA_DIR": str(settings.data_dir.resolve())}
@@ -165,7 +177,8 @@ def serve(
             ],
             env=env,
         ),
-        subprocess.Popen(_worker_argv("cpu,gpu", concurrency, loglevel), env=env),
+        subprocess.Popen(_worker_argv("cpu", 1, loglevel), env=env),
+        subprocess.Popen(_worker_argv("gpu", 1, loglevel), env=env),
     ]
     console.print(
         f"Cadenza serving on http://{host}:{port} (docs at /docs); data in {settings.data_dir}"
@@ -483,9 +496,7 @@ def demo(
             ds = c.create_dataset("bach-chorales", "Bach chorales from music21's corpus")
             uploaded = c.upload(ds["id"], paths)
             console.print(f"[bold]2/5[/] uploaded {len(uploaded)} MIDI files to dataset {ds['id']}")
-            job = follow(
-                c, c.create_corpus(ds["id"], preset="remi-colab"), "tokenize"
-            )
+            job = follow(c, c.create_corpus(ds["id"], preset="remi-colab"), "tokenize")
             corpus = c.get(f"/v1/corpora/{job['corpus_id']}")
             console.print(
                 f"[bold]3/5[/] corpus {corpus['id']}: vocab {corpus['vocab_size']}, "

@@ -49,26 +49,9 @@ def _create_key(env: dict[str, str], owner: str) -> str:
 
 
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """The same worker command users run (`cadenza worker`), in its own process group."""
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "cadenza_worker.app",
-            "worker",
-            "-Q",
-            "cpu,gpu",
-            "-c",
-            "1",
-            "-l",
-            "info",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-n",
-            f"test-{os.getpid()}-{log.stem}@%h",
-        ],
+        [sys.executable, "-m", "cadenza.cli", "worker", "--queues", "cpu,gpu"],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from sqlalchemy import select
 
 from cadenza.config import get_settings
@@ -36,8 +36,17 @@ def run_job(job_id: str) -> str | None:
 
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
-    """A forked child must not share its parent's DB connections."""
+    """A forked child (prefork pool) must not share its parent's DB connections."""
     engine_for(settings.resolved_database_url).dispose(close=False)
+    _limit_threads()
+
+
+@worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    _limit_threads()
+
+
+def _limit_threads() -> None:
     if settings.torch_threads:
         try:
             import torch

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -18,6 +16,8 @@ def run(ctx: JobContext) -> Outcome:
     from cadenza.midi.clean import CleanOptions
     from cadenza.tokenize import (
         AugmentSpec,
+        CorpusCancelled,
+        CorpusEmpty,
         TokenizerSpec,
         build_corpus,
         tokenizer_hash,
@@ -58,32 +58,23 @@ def run(ctx: JobContext) -> Outcome:
             progress=progress,
             should_stop=ctx.cancelled,
         )
+    except CorpusCancelled as exc:
+        raise JobCancelled() from exc
+    except CorpusEmpty as exc:
+        raise UserError(f"no usable file in the dataset: {exc}") from exc
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if ctx.cancelled():
         raise JobCancelled()
-    if build.splits["train"].size == 0:
-        raise UserError(
-            "no usable tokens: every file was skipped "
-            f"({'; '.join(str(x) for x in build.stats.get('skipped', [])[:5])})"
-        )
 
     ctx.progress(0.92, "writing the corpus", force=True)
     corpus_id = new_id()
     prefix = job_key(ctx.job_id, "corpus")
     tok_key = f"{prefix}/tokenizer.json"
     ctx.store.put(tok_key, tokenizer_to_bytes(build.tokenizer))
-    buf = io.BytesIO()
-    np.savez(buf, **{k: v.astype(np.int32) for k, v in build.splits.items()})
-    ctx.store.put(f"{prefix}/splits.npz", buf.getvalue())
-    export = io.BytesIO()
-    np.savez(
-        export,
-        train_data=build.splits["train"].astype(np.int32),
-        val_data=build.splits.get("val", np.zeros(0, np.int32)).astype(np.int32),
-    )
-    ctx.store.put(f"{prefix}/export.npz", export.getvalue())
-    stats: dict[str, Any] = dict(build.stats)
+    # One file serves the trainer and the nanoGPT-style export (train_data/val_data/test_data).
+    ctx.store.put(f"{prefix}/export.npz", build.to_npz_bytes())
+    stats: dict[str, Any] = build.stats.to_dict()
     stats["file_splits"] = build.file_splits
     tok_hash = tokenizer_hash(build.tokenizer)
     vocab = vocab_size(build.tokenizer)

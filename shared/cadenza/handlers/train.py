@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -17,12 +16,10 @@ from cadenza.storage import job_key
 
 def load_corpus_arrays(ctx: JobContext, corpus: Corpus) -> dict[str, np.ndarray]:
     """The corpus's token arrays per split, from the store."""
-    arrays: dict[str, np.ndarray] = {}
-    with np.load(io.BytesIO(ctx.store.get(f"{corpus.object_prefix}/splits.npz"))) as npz:
-        for split in ("train", "val", "test"):
-            if split in npz.files and npz[split].size:
-                arrays[split] = npz[split].astype(np.int64)
-    return arrays
+    from cadenza.tokenize import load_npz
+
+    arrays = load_npz(ctx.store.get(f"{corpus.object_prefix}/export.npz"))
+    return {k: v.astype("int64") for k, v in arrays.items() if v.size}
 
 
 class _Hooks:

@@ -9,7 +9,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from cadenza.db.models import Checkpoint, Corpus, MetricRecord, Model, new_id
+from cadenza.db.models import Checkpoint, Corpus, Job, MetricRecord, Model, new_id
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.models.registry import resolve_config
 from cadenza.train.config import TrainConfig
@@ -108,8 +108,16 @@ def _model_out(session: SessionDep, model: Model) -> ModelOut:
         select(MetricRecord).where(MetricRecord.model_id == model.id).order_by(MetricRecord.id)
     )
     out = ModelOut.model_validate(model)
+    state = model.state
+    if state == "training":
+        # The row says training until its job commits; a failed or cancelled job says more.
+        job_state = session.scalar(select(Job.state).where(Job.id == model.job_id))
+        state = {"failed": "failed", "cancelled": "cancelled", "queued": "queued"}.get(
+            job_state or "", state
+        )
     return out.model_copy(
         update={
+            "state": state,
             "checkpoints": [CheckpointOut.model_validate(c) for c in ckpts],
             "metrics": [MetricOut.model_validate(m) for m in metrics],
         }
