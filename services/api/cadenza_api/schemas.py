@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
@@ -223,3 +223,28 @@ class SampleOut(Out):
 
 class SampleList(BaseModel):
     samples: list[SampleOut]
+
+
+# -- audio jobs ----------------------------------------------------------------------------
+class ConvertIn(In):
+    sample_rate: int = Field(default=16000, ge=4000, le=192_000)
+    mono: bool = True
+
+
+class CropIn(In):
+    interval_s: float = Field(default=30.0, gt=0, le=3600)
+    min_tail_s: float = Field(default=0.0, ge=0, le=3600)
+    positions: list[float] | None = Field(default=None, max_length=9999)
+    positions_text: str | None = Field(
+        default=None, max_length=100_000, description="comma-separated seconds, e.g. 179,500,748"
+    )
+
+
+class AudioJobCreate(In):
+    operation: Literal["convert", "crop", "transcribe"]
+    file_ids: list[str] = Field(
+        default_factory=list, max_length=10_000, description="audio files; empty = all of them"
+    )
+    convert: ConvertIn | None = None
+    crop: CropIn | None = None
+    transcribe: dict[str, Any] | None = None
