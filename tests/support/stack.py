@@ -12,29 +12,34 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.services import free_port, wait_for_http
 
 
-@dataclass(frozen=True)
+@dataclass
 class Stack:
     api_url: str
     api_key: str
     env: dict[str, str]
     data_dir: Path
-    worker: subprocess.Popen[bytes]
     logs: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def other_key(self, owner: str) -> str:
         """A key of another owner (for isolation tests)."""
         return _create_key(self.env, owner)
 
-    def restart_worker(self) -> Stack:
-        """Start a fresh worker (after a test killed this one)."""
-        worker = _start_worker(self.env, self.logs / "worker2.log")
-        return Stack(self.api_url, self.api_key, self.env, self.data_dir, worker, self.logs)
+    def start_worker(self) -> None:
+        self.workers.append(_start_worker(self.env, self.logs / f"worker{len(self.workers)}.log"))
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker process (the way a node dies: no cleanup, no ack)."""
+        for w in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.pid, signal.SIGKILL)
+            w.wait()
 
 
 def _create_key(env: dict[str, str], owner: str) -> str:
@@ -108,14 +113,15 @@ def run_stack(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterat
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    worker = _start_worker(env, logs / "worker.log")
-    stack = Stack(f"http://127.0.0.1:{port}", key, env, data_dir, worker, logs)
+    stack = Stack(f"http://127.0.0.1:{port}", key, env, data_dir, logs)
+    stack.start_worker()
     try:
         wait_for_http(f"{stack.api_url}/healthz", timeout=60)
         yield stack
     finally:
         _stop(api)
-        _stop(worker)
+        for w in stack.workers:
+            _stop(w)
 
 
 def print_logs(stack: Stack) -> None:
