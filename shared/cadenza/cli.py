@@ -423,6 +423,43 @@ def sample(
             _fail(e)
 
 
+def _render_target(item_id: str, is_file: bool) -> str:
+    return f"/v1/files/{item_id}" if is_file else f"/v1/samples/{item_id}"
+
+
+@app.command()
+def play(
+    item_id: Annotated[str, typer.Argument(help="a sample id (or a MIDI file id with --file)")],
+    file: Annotated[bool, typer.Option("--file", help="ITEM_ID is a dataset file")] = False,
+    format: Annotated[str, typer.Option(help="mp3 or wav")] = "mp3",
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+) -> None:
+    """Save a sample (or MIDI file) rendered to audio with the General MIDI soundfont."""
+    dest = output or Path(f"{item_id}.{format}")
+    with _client() as c:
+        try:
+            c.download(f"{_render_target(item_id, file)}/audio?format={format}", dest)
+        except ApiFailure as e:
+            _fail(e)
+    out.print(str(dest))
+
+
+@app.command()
+def show(
+    item_id: Annotated[str, typer.Argument(help="a sample id (or a MIDI file id with --file)")],
+    file: Annotated[bool, typer.Option("--file", help="ITEM_ID is a dataset file")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+) -> None:
+    """Save the piano-roll picture of a sample (or MIDI file) as PNG."""
+    dest = output or Path(f"{item_id}.png")
+    with _client() as c:
+        try:
+            c.download(f"{_render_target(item_id, file)}/pianoroll.png", dest)
+        except ApiFailure as e:
+            _fail(e)
+    out.print(str(dest))
+
+
 @jobs_app.command("show")
 def jobs_show(job_id: str) -> None:
     with _client() as c:
@@ -477,8 +514,14 @@ def demo(
     server = None
     if not _api_up(url):
         env = os.environ | {"CADENZA_DATA_DIR": str(settings.data_dir.resolve())}
+        log_path = settings.data_dir / "logs" / "demo-server.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        console.print(f"starting the embedded server (log: {log_path})")
         server = subprocess.Popen(
-            [sys.executable, "-m", "cadenza.cli", "serve", "--port", str(port)], env=env
+            [sys.executable, "-m", "cadenza.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
         )
         for _ in range(120):
             if _api_up(url):
@@ -513,7 +556,12 @@ def demo(
                 "train",
             )
             model = c.get(f"/v1/models/{job['model_id']}")
-            console.print(f"[bold]4/5[/] model {model['id']}: {json.dumps(model['summary'])}")
+            summ = model["summary"]
+            console.print(
+                f"[bold]4/5[/] model {model['id']}: {summ.get('steps')} steps, "
+                f"val loss {summ.get('final_val_loss') or float('nan'):.3f}, "
+                f"{summ.get('tokens_per_s') or 0:.0f} tokens/s"
+            )
             job = follow(
                 c,
                 c.sample(

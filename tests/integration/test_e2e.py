@@ -38,6 +38,22 @@ def finished(client: Client, job: dict[str, Any], timeout: float = 600) -> dict[
     return final
 
 
+def primer_pitches(score: symusic.Score, bars: int) -> set[tuple[float, int]]:
+    """(onset in quarters, pitch) of the notes starting in the first `bars` bars.
+
+    A set: merging the chorale's voices into one track drops unison doublings.
+    """
+    ts = score.time_signatures[0] if len(score.time_signatures) else None
+    quarters_per_bar = ts.numerator * 4 / ts.denominator if ts else 4.0
+    tpq = score.ticks_per_quarter
+    return {
+        (round(n.time / tpq, 3), n.pitch)
+        for t in score.tracks
+        for n in t.notes
+        if n.time < bars * quarters_per_bar * tpq
+    }
+
+
 @pytest.fixture
 def client(stack: Stack) -> Client:
     return Client(stack.api_url, stack.api_key)
@@ -98,6 +114,16 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
         score = symusic.Score.from_midi(data)
         assert sum(len(t.notes) for t in score.tracks) > 0
         midis.append(data)
+    # The primer's notes come first, unchanged (pitches of its first 2 bars).
+    source = symusic.Score.from_midi(chorales[0].read_bytes())
+    out = symusic.Score.from_midi(midis[0])
+    assert primer_pitches(out, bars=2) == primer_pitches(source, bars=2)
+
+    # A token primer from another tokenizer is refused before any work is queued.
+    with pytest.raises(ApiFailure) as e:
+        client.sample(model["id"], primer_tokens=[1, 2, 3], primer_tokenizer_hash="0" * 64)
+    assert e.value.status == 409 and e.value.code == "tokenizer_mismatch"
+
     # Same seed, same request: the same music.
     again = finished(client, client.sample(model["id"], **request))
     assert [client.http.get(f"/v1/samples/{s}/midi").content for s in again["sample_ids"]] == midis

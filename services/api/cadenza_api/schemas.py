@@ -186,6 +186,11 @@ class SampleCreate(In):
     primer_bars: int | None = Field(default=None, ge=1, le=512)
     primer_seconds: float | None = Field(default=None, gt=0, le=3600)
     primer_tokens: list[int] | None = Field(default=None, max_length=65536)
+    primer_tokenizer_hash: str | None = Field(
+        default=None,
+        max_length=64,
+        description="hash of the tokenizer primer_tokens came from (checked against the model)",
+    )
     include_primer: bool = True
     n: int = Field(default=1, ge=1, le=64)
     max_new_tokens: int = Field(default=256, ge=1, le=65536)

@@ -58,7 +58,6 @@ def run(ctx: JobContext) -> Outcome:
     else:
         prompt = [specials["bos"]] if specials.get("bos") is not None else [0]
 
-    block = getattr(model, "block_size", None)
     params = SamplingParams(
         temperature=p["temperature"],
         top_k=p.get("top_k"),
@@ -70,8 +69,6 @@ def run(ctx: JobContext) -> Outcome:
         seed=p.get("seed"),
         eos_id=specials.get("eos"),
     )
-    if block is not None and len(prompt) >= block:
-        prompt = prompt[-(block - 1) :]  # keep the primer's end: it is what we continue
     total = params.max_new_tokens
     cancelled = False
 

@@ -45,6 +45,14 @@ def create_samples(
                 "primer_not_midi",
                 f"primer file {primer.id} is {primer.kind}; transcribe it to MIDI first",
             )
+    if body.primer_tokens and body.primer_tokenizer_hash not in (None, model.tokenizer_hash):
+        raise ApiError(
+            409,
+            "tokenizer_mismatch",
+            "primer_tokens come from another tokenizer than this model's "
+            f"({model.tokenizer_hash[:12]}…); re-encode the primer with the model's corpus "
+            "tokenizer or send a MIDI primer_file_id instead",
+        )
     if body.primer_tokens:
         bad = [t for t in body.primer_tokens if not 0 <= t < model.vocab_size]
         if bad:
