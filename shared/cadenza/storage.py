@@ -146,7 +146,12 @@ def open_store(settings: Settings) -> ObjectStore:
             if settings.s3_endpoint_url.startswith("http://"):
                 client_options["allow_http"] = True
         prefix = parsed.path.strip("/") or None
-        store = S3Store(parsed.netloc, prefix=prefix, client_options=client_options, **options)
+        store = S3Store(
+            parsed.netloc,
+            prefix=prefix,
+            client_options=client_options or None,  # type: ignore[arg-type]
+            **options,
+        )
         return ObjectStore(store, url)
     raise ValueError(f"CADENZA_STORAGE_URL must be file:///… or s3://bucket, got {url!r}")
 

@@ -80,6 +80,7 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     train_files = set(corpus["stats"]["file_splits"]["train"])
     val_files = set(corpus["stats"]["file_splits"]["val"])
     assert train_files and val_files and not train_files & val_files
+    assert corpus["stats"]["metrics"]["scale_consistency"]["mean"] > 0.85  # Bach is diatonic
 
     job = client.create_model(
         corpus["id"],
@@ -108,6 +109,9 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     }
     job = finished(client, client.sample(model["id"], **request))
     assert len(job["sample_ids"]) == 2
+    first = client.get(f"/v1/samples/{job['sample_ids'][0]}")
+    entropy = first["meta"]["metrics"]["pitch_class_entropy"]
+    assert entropy["sample"] > 0 and entropy["corpus_mean"] > 0  # shown next to the corpus
     midis = []
     for sid in job["sample_ids"]:
         data = client.http.get(f"/v1/samples/{sid}/midi").content

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.orm import Session
 
@@ -11,10 +11,14 @@ from cadenza.jobs import JobState
 from cadenza.runner import JobContext, Outcome, UserError
 from cadenza.storage import job_key
 
+if TYPE_CHECKING:
+    from cadenza.models.base import CadenzaModel
+
 
 def run(ctx: JobContext) -> Outcome:
     import torch
 
+    from cadenza.evaluate import compare, midi_metrics
     from cadenza.midi.load import load_score
     from cadenza.sample import SamplingParams, generate
     from cadenza.tokenize import decode_to_midi, encode_primer, special_ids, tokenizer_from_bytes
@@ -34,7 +38,8 @@ def run(ctx: JobContext) -> Outcome:
     ctx.progress(0.0, "loading model", force=True)
     tokenizer = tokenizer_from_bytes(ctx.store.get(corpus.tokenizer_key))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, spec = model_from_checkpoint(ctx.store.get(ckpt.object_key), device)
+    module, spec = model_from_checkpoint(ctx.store.get(ckpt.object_key), device)
+    model = cast("CadenzaModel", module)
     if spec.get("tokenizer_hash") and spec["tokenizer_hash"] != corpus.tokenizer_hash:
         raise UserError("the checkpoint's tokenizer does not match its corpus; retrain the model")
 
@@ -87,6 +92,7 @@ def run(ctx: JobContext) -> Outcome:
     outputs = generate(model, [prompt], params, n=int(p["n"]), on_token=on_token, device=device)
 
     include = bool(p.get("include_primer", True))
+    corpus_stats = corpus.stats.get("metrics") or {}
     stored: list[dict[str, Any]] = []
     for i, new in enumerate(outputs):
         ids = (prompt + new) if include else new
@@ -95,6 +101,7 @@ def run(ctx: JobContext) -> Outcome:
         notes = sum(len(t.notes) for t in score.tracks)
         key = job_key(ctx.job_id, "samples", f"{i:03d}.mid")
         ctx.store.put(key, midi)
+        metrics = midi_metrics(midi)
         stored.append(
             {
                 "index": i,
@@ -102,7 +109,8 @@ def run(ctx: JobContext) -> Outcome:
                 "num_tokens": len(ids),
                 "num_new_tokens": len(new),
                 "num_notes": notes,
-                "duration_s": float(score.to("second").end()) if notes else 0.0,
+                "duration_s": float(score.to("second").end()) if notes else 0.0,  # type: ignore[attr-defined]
+                "metrics": compare(metrics, corpus_stats) if corpus_stats else metrics,
             }
         )
     ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)
@@ -121,7 +129,11 @@ def run(ctx: JobContext) -> Outcome:
                 num_notes=o["num_notes"],
                 duration_s=o["duration_s"],
                 partial=cancelled,
-                meta={"primer_tokens": len(prompt), "new_tokens": o["num_new_tokens"]},
+                meta={
+                    "primer_tokens": len(prompt),
+                    "new_tokens": o["num_new_tokens"],
+                    "metrics": o["metrics"],
+                },
             )
             s.add(sample)
             s.flush()

@@ -76,6 +76,12 @@ def run(ctx: JobContext) -> Outcome:
     ctx.store.put(f"{prefix}/export.npz", build.to_npz_bytes())
     stats: dict[str, Any] = build.stats.to_dict()
     stats["file_splits"] = build.file_splits
+    # The training data's music statistics, which every sample is later compared against.
+    ctx.progress(0.95, "measuring the corpus (pitch, scale, polyphony, groove)", force=True)
+    from cadenza.evaluate import corpus_metrics
+
+    by_id = dict(data)
+    stats["metrics"] = corpus_metrics(by_id[f] for f in build.file_splits.get("train", []))
     tok_hash = tokenizer_hash(build.tokenizer)
     vocab = vocab_size(build.tokenizer)
 
