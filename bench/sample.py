@@ -1,0 +1,238 @@
+"""New tokens per second: KV-cached sampling vs recomputing the whole context every step.
+
+Both samplers run on the same randomly initialised model in the same process (weights do not
+change the cost). The recompute sampler is what the earlier systems did: step t runs a forward
+pass over its whole context of L_t = min(prompt + t - 1, block) tokens, so a full run to 4096
+tokens takes hours on a small CPU. It is reported two ways:
+
+* measured directly: the real sampler runs until `--recompute-budget` seconds are spent; its
+  rate over those (early, short-context, cheapest) tokens is an upper bound on its rate over
+  the whole run, so the speed-up against it is a lower bound;
+* whole run from per-step costs: one step of the real recompute sampler is timed at context
+  lengths 16..block for each batch size, and the run's time is the sum of the (linearly
+  interpolated) step costs over L_1..L_N. The direct run's first tokens check that estimate.
+
+`--recompute-budget 0` runs the recompute sampler to the end instead (ground truth, slow).
+
+    .venv/bin/python bench/sample.py            # full table (~10 min on 2 busy CPU cores)
+    .venv/bin/python bench/sample.py --quick    # smoke run (~1-2 min)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# `python bench/sample.py` puts bench/ first on sys.path, where a sibling script can shadow the
+# standard library (a bench/tokenize.py shadows `tokenize`, which dataclasses imports).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import torch  # noqa: E402
+
+from cadenza.models import CadenzaModel, build_model, resolve_config  # noqa: E402
+from cadenza.sample import SamplingParams, generate, generate_uncached  # noqa: E402
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # set from --clock in main()
+VOCAB = 300  # about a REMI vocabulary with chords, rests and tempos (276-279 tokens) + specials
+
+
+@dataclass
+class Result:
+    batch: int
+    new_tokens: int
+    cached_s: float  # measured, whole run
+    direct_tokens: int  # recompute tokens per row actually produced (budget may stop it)
+    direct_s: float  # measured
+    direct_predicted_s: float  # the step-cost estimate for those same direct_tokens
+    whole_s: float  # recompute whole run: measured if complete, else the step-cost estimate
+
+    @property
+    def complete(self) -> bool:
+        return self.direct_tokens == self.new_tokens
+
+    def tps(self, seconds: float, tokens: int | None = None) -> float:
+        return self.batch * (self.new_tokens if tokens is None else tokens) / seconds
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def make_model(n_layer: int, n_embd: int, n_head: int, block: int) -> CadenzaModel:
+    torch.manual_seed(0)
+    overrides = {
+        "n_layer": n_layer,
+        "n_embd": n_embd,
+        "n_head": n_head,
+        "block_size": block,
+        "dropout": 0.0,
+    }
+    cfg = resolve_config("music-transformer", None, overrides)
+    return build_model("music-transformer", cfg, VOCAB).eval()
+
+
+def time_cached(model: CadenzaModel, prompt: list[int], batch: int, n: int) -> float:
+    params = SamplingParams(max_new_tokens=n, seed=0)
+    t0 = clock()
+    out = generate(model, [prompt], params, n=batch)
+    dt = clock() - t0
+    assert all(len(row) == n for row in out)
+    return dt
+
+
+def time_recompute(
+    model: CadenzaModel, prompt: list[int], batch: int, n: int, budget_s: float
+) -> tuple[int, float]:
+    """(tokens per row produced, seconds); stops at the first step past the budget."""
+    params = SamplingParams(max_new_tokens=n, seed=0)
+    t0 = clock()
+
+    def stop_when_over_budget(step: int, tokens: list[list[int]]) -> bool:
+        return budget_s > 0 and clock() - t0 > budget_s
+
+    out = generate_uncached(model, [prompt], params, n=batch, on_token=stop_when_over_budget)
+    return len(out[0]), clock() - t0
+
+
+def step_costs(
+    model: CadenzaModel, batch: int, lengths: list[int], repeats: int
+) -> dict[int, float]:
+    """Seconds of one recompute-sampler step at each context length (min over repeats)."""
+    gen = torch.Generator().manual_seed(2)
+    costs: dict[int, float] = {}
+    for L in lengths:
+        ctx = torch.randint(0, VOCAB, (L,), generator=gen).tolist()
+        best = float("inf")
+        for _ in range(repeats if L <= 256 else 2):
+            t0 = clock()
+            generate_uncached(model, [ctx], SamplingParams(max_new_tokens=1, seed=0), n=batch)
+            best = min(best, clock() - t0)
+        costs[L] = best
+    return costs
+
+
+def estimate_recompute_s(costs: dict[int, float], prompt: int, block: int, n: int) -> float:
+    """Sum of step costs over the context lengths of an n-token run (linear interpolation)."""
+    xs = sorted(costs)
+    total = 0.0
+    for t in range(1, n + 1):
+        L = min(prompt + t - 1, block)
+        hi = next((x for x in xs if x >= L), xs[-1])
+        lo = max((x for x in xs if x <= L), default=xs[0])
+        if hi == lo:
+            total += costs[lo]
+        else:
+            total += costs[lo] + (costs[hi] - costs[lo]) * (L - lo) / (hi - lo)
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short lengths and budget (smoke run)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time, which with --threads 1 is\n"
+        "what the run costs even while other processes compete for the cores",
+    )
+    ap.add_argument("--recompute-budget", type=float, default=None, help="seconds per run; 0=none")
+    ap.add_argument("--lengths", type=int, nargs="+", default=None, help="new tokens per run")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--embd", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--block", type=int, default=1024)
+    ap.add_argument("--prompt", type=int, default=16, help="prompt length")
+    args = ap.parse_args(argv)
+
+    global clock
+    clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lengths = args.lengths or ([64, 256] if args.quick else [256, 1024, 4096])
+    budget = args.recompute_budget
+    if budget is None:
+        budget = 5.0 if args.quick else 10.0
+
+    model = make_model(args.layers, args.embd, args.heads, args.block)
+    prompt = torch.randint(0, VOCAB, (args.prompt,), generator=torch.Generator().manual_seed(1))
+    prompt_ids = prompt.tolist()
+    time_cached(model, prompt_ids, 1, 8)  # warm up kernels and allocator
+    time_recompute(model, prompt_ids, 1, 8, 0)
+
+    points = sorted({x for x in (16, 32, 64, 128, 256, 384, 512, 640, 768, 896) if x < args.block})
+    points.append(args.block)
+    results: list[Result] = []
+    for batch in args.batches:
+        costs = step_costs(model, batch, points, repeats=3)
+        print(f"# batch {batch} step costs: {costs}", file=sys.stderr, flush=True)
+        for n in lengths:
+            c_s = time_cached(model, prompt_ids, batch, n)
+            d_tok, d_s = time_recompute(model, prompt_ids, batch, n, budget)
+            predicted = estimate_recompute_s(costs, args.prompt, args.block, d_tok)
+            whole = d_s if d_tok == n else estimate_recompute_s(costs, args.prompt, args.block, n)
+            res = Result(batch, n, c_s, d_tok, d_s, predicted, whole)
+            results.append(res)
+            print(f"# {res}", file=sys.stderr, flush=True)
+
+    cmd = "python bench/sample.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    print(f"Command: `{cmd.strip()}`  ")
+    print(
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
+        f"threads, torch {torch.__version__}, Python {platform.python_version()}; "
+        f"clock: {args.clock}{' (process CPU time)' if args.clock == 'cpu' else ''}  "
+    )
+    print(
+        f"Model: music-transformer {args.layers} layers, {args.embd} dims, {args.heads} heads, "
+        f"block {args.block} (sliding window beyond it, keep {args.block // 2}), vocab {VOCAB}, "
+        f"{model.num_params() / 1e6:.1f} M parameters, float32; prompt {args.prompt} tokens; "
+        f"one prompt x batch variations; recompute budget {budget:g} s per run  "
+    )
+    print()
+    print(
+        "| batch | new tokens | KV-cached (measured) | recompute, measured directly "
+        "| recompute, whole run | speed-up (whole run) | speed-up (vs direct) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        cached = f"{r.tps(r.cached_s):.1f} tok/s ({r.cached_s:.1f} s)"
+        direct = f"{r.tps(r.direct_s, r.direct_tokens):.2f} tok/s"
+        if r.complete:
+            direct += f" ({r.direct_s:.1f} s, complete)"
+            whole_cell = f"{r.tps(r.whole_s):.2f} tok/s (measured)"
+        else:
+            direct += (
+                f" over first {r.direct_tokens} tokens ({r.direct_s:.1f} s; "
+                f"estimate said {r.direct_predicted_s:.1f} s)"
+            )
+            whole_cell = f"{r.tps(r.whole_s):.2f} tok/s ({r.whole_s:.0f} s, from step costs)"
+        whole_ratio = r.whole_s / r.cached_s
+        direct_ratio = r.tps(r.cached_s) / r.tps(r.direct_s, r.direct_tokens)
+        prefix = "" if r.complete else "≥ "
+        print(
+            f"| {r.batch} | {r.new_tokens} | {cached} | {direct} | {whole_cell} "
+            f"| {whole_ratio:.1f}× | {prefix}{direct_ratio:.1f}× |"
+        )
+    print()
+    print("tok/s counts the new tokens of all rows of the batch.")
+
+
+if __name__ == "__main__":
+    main()
