@@ -52,16 +52,25 @@ class Client:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self._check(self.http.post(path, json=body or {})).json()
 
-    def download(self, path: str, dest: Path) -> Path:
+    def download(self, path: str, dest: Path, *, timeout: float = 600.0) -> Path:
+        """Save GET `path` to `dest`; a 202 (e.g. a render being made) is waited for."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with self.http.stream("GET", path) as r:
-            if r.status_code >= 400:
-                r.read()
-                self._check(r)
-            with dest.open("wb") as fh:
-                for chunk in r.iter_bytes():
-                    fh.write(chunk)
-        return dest
+        for _ in range(2):
+            with self.http.stream("GET", path) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._check(r)
+                if r.status_code == 202:
+                    r.read()
+                    job = self.wait(r.json()["id"], timeout=timeout)
+                    if job["state"] != "succeeded":
+                        raise ApiFailure(409, "job_" + job["state"], job.get("error") or "")
+                    continue
+                with dest.open("wb") as fh:
+                    for chunk in r.iter_bytes():
+                        fh.write(chunk)
+                return dest
+        raise ApiFailure(409, "not_ready", f"{path} was still not ready after its job finished")
 
     # -- resources -------------------------------------------------------------------------
     def create_dataset(self, name: str, description: str = "") -> dict[str, Any]:

@@ -97,6 +97,8 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     train_losses = [m["loss"] for m in model["metrics"] if m["split"] == "train"]
     assert len(train_losses) >= 2 and train_losses[-1] < train_losses[0]
     assert any(m["split"] == "val" for m in model["metrics"])
+    curve = client.http.get(f"/v1/models/{model['id']}/loss.png")
+    assert curve.status_code == 200 and curve.content.startswith(b"\x89PNG")
 
     request = {
         "primer_file_id": files[0]["id"],
@@ -122,6 +124,13 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     source = symusic.Score.from_midi(chorales[0].read_bytes())
     out = symusic.Score.from_midi(midis[0])
     assert primer_pitches(out, bars=2) == primer_pitches(source, bars=2)
+
+    # Each variation was rendered by its job: audio and a piano roll are there at once.
+    sid = job["sample_ids"][0]
+    audio = client.http.get(f"/v1/samples/{sid}/audio", params={"format": "wav"})
+    assert audio.status_code == 200 and audio.content[:4] == b"RIFF"
+    roll = client.http.get(f"/v1/samples/{sid}/pianoroll.png")
+    assert roll.status_code == 200 and roll.content.startswith(b"\x89PNG")
 
     # A token primer from another tokenizer is refused before any work is queued.
     with pytest.raises(ApiFailure) as e:

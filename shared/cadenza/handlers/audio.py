@@ -31,6 +31,8 @@ def run(ctx: JobContext) -> Outcome:
 
     p = ctx.params
     op = p["operation"]
+    if op == "render":
+        return _render(ctx)
     with ctx.session() as s:
         sources = list(
             s.scalars(select(File).where(File.id.in_(p["file_ids"])).order_by(File.created_at))
@@ -133,3 +135,21 @@ def _check(item: Incoming) -> Checked:
 def _span(name: str) -> dict[str, float]:
     start, end = name.rsplit(".", 1)[0].rsplit("-", 2)[1:]
     return {"crop_start_s": float(start), "crop_end_s": float(end)}
+
+
+def _render(ctx: JobContext) -> Outcome:
+    """Render MIDI targets ({sha256, key}) to MP3, WAV and a piano roll, cached by content."""
+    from cadenza.renders import render_all
+
+    targets = ctx.params["targets"]
+    errors: dict[str, dict[str, str]] = {}
+    for i, t in enumerate(targets):
+        ctx.check_cancel()
+        ctx.progress(i / len(targets), f"rendering {i + 1}/{len(targets)}", force=True)
+        failed = render_all(ctx.store, ctx.store.get(t["key"]), t["sha256"])
+        if failed:
+            errors[t["sha256"]] = failed
+    if errors and len(errors) == len(targets):
+        first = next(iter(errors.values()))
+        raise UserError(f"rendering failed: {'; '.join(f'{k}: {v}' for k, v in first.items())}")
+    return Outcome(lambda s: {"render_errors": errors}, message=f"rendered {len(targets)}")

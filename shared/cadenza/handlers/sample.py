@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from cadenza.db.models import Checkpoint, Corpus, File, Model, Sample
 from cadenza.jobs import JobState
 from cadenza.runner import JobContext, Outcome, UserError
-from cadenza.storage import job_key
+from cadenza.storage import job_key, sha256_of
 
 if TYPE_CHECKING:
     from cadenza.models.base import CadenzaModel
@@ -20,6 +20,7 @@ def run(ctx: JobContext) -> Outcome:
 
     from cadenza.evaluate import compare, midi_metrics
     from cadenza.midi.load import load_score
+    from cadenza.renders import render_all
     from cadenza.sample import SamplingParams, generate
     from cadenza.tokenize import decode_to_midi, encode_primer, special_ids, tokenizer_from_bytes
     from cadenza.train.checkpoint import model_from_checkpoint
@@ -101,6 +102,9 @@ def run(ctx: JobContext) -> Outcome:
         notes = sum(len(t.notes) for t in score.tracks)
         key = job_key(ctx.job_id, "samples", f"{i:03d}.mid")
         ctx.store.put(key, midi)
+        sha = sha256_of([midi])
+        ctx.progress(0.9 + 0.1 * i / len(outputs), f"rendering variation {i + 1}", force=True)
+        render_errors = render_all(ctx.store, midi, sha)
         metrics = midi_metrics(midi)
         stored.append(
             {
@@ -111,6 +115,8 @@ def run(ctx: JobContext) -> Outcome:
                 "num_notes": notes,
                 "duration_s": float(score.to("second").end()) if notes else 0.0,  # type: ignore[attr-defined]
                 "metrics": compare(metrics, corpus_stats) if corpus_stats else metrics,
+                "sha256": sha,
+                "render_errors": render_errors,
             }
         )
     ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)
@@ -133,6 +139,8 @@ def run(ctx: JobContext) -> Outcome:
                     "primer_tokens": len(prompt),
                     "new_tokens": o["num_new_tokens"],
                     "metrics": o["metrics"],
+                    "sha256": o["sha256"],
+                    "render_errors": o["render_errors"],
                 },
             )
             s.add(sample)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,8 @@ from cadenza.db.models import Checkpoint, Corpus, MetricRecord, Model
 from cadenza.jobs import JobState
 from cadenza.runner import JobContext, Outcome, UserError
 from cadenza.storage import job_key
+
+log = logging.getLogger(__name__)
 
 
 def load_corpus_arrays(ctx: JobContext, corpus: Corpus) -> dict[str, np.ndarray]:
@@ -43,6 +46,26 @@ class _Hooks:
                 )
             )
         self.ctx.event("metrics", record)
+        if record["split"] in ("val", "test"):
+            self.write_curve()
+
+    def write_curve(self) -> None:
+        """Redraw the loss-curve PNG (train/val per step) so it is live during training."""
+        from cadenza.plots import loss_curve_png
+
+        with self.ctx.session() as s:
+            rows = s.scalars(
+                select(MetricRecord)
+                .where(MetricRecord.model_id == self.model_id)
+                .order_by(MetricRecord.id)
+            )
+            history = [{"step": r.step, "split": r.split, "loss": r.loss} for r in rows]
+        try:
+            png = loss_curve_png(history)
+        except Exception:  # a picture must never stop training
+            log.exception("loss curve for model %s failed", self.model_id)
+            return
+        self.ctx.store.put(job_key(self.ctx.job_id, "loss.png"), png)
 
     def on_progress(self, fraction: float, message: str) -> None:
         self.ctx.progress(fraction, message)

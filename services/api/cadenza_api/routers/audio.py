@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from cadenza.db.models import Dataset, File, Sample
+from cadenza.db.models import Dataset, File, Job, Sample
 from cadenza.db.repo import get_owned
-from cadenza.storage import ObjectNotFound, ObjectStore, check_key
+from cadenza.renders import MEDIA_TYPES, render_key
+from cadenza.storage import ObjectNotFound, ObjectStore
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError, validation_message
 from cadenza_api.routers.jobs import submit
 from cadenza_api.schemas import AudioJobCreate, JobOut
 
 router = APIRouter(tags=["audio"])
-AUDIO_MEDIA = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 
 
 @router.post("/v1/datasets/{dataset_id}/audio-jobs", status_code=202, response_model=JobOut)
@@ -84,82 +83,103 @@ def create_audio_job(
     return JobOut.model_validate(job)
 
 
-def _render_cached(store: ObjectStore, sha: str, midi_key: str, fmt: str) -> bytes:
-    """Render MIDI to audio/PNG once per content hash; later requests read the cache."""
-    key = check_key(f"renders/{sha[:2]}/{sha}.{fmt}")
+def _active_render_job(session: SessionDep, owner_id: str, sha: str) -> Job | None:
+    """A queued or running render job of this owner for this content, if any (no duplicates)."""
+    jobs = session.scalars(
+        select(Job).where(
+            Job.owner_id == owner_id,
+            Job.type == "audio",
+            Job.state.in_(["queued", "running"]),
+        )
+    )
+    for job in jobs:
+        if job.params.get("operation") == "render" and any(
+            t["sha256"] == sha for t in job.params.get("targets", [])
+        ):
+            return job
+    return None
+
+
+def _rendered(
+    session: SessionDep,
+    settings: SettingsDep,
+    store: ObjectStore,
+    owner_id: str,
+    sha: str,
+    midi_key: str,
+    fmt: str,
+) -> Response:
+    """The cached rendering, or 202 with the render job that will make it (poll, then retry)."""
+    key = render_key(sha, fmt)
     try:
-        return store.get(key)
+        return Response(store.get(key), media_type=MEDIA_TYPES[fmt])
     except ObjectNotFound:
         pass
-    midi = store.get(midi_key)
-    if fmt == "png":
-        from cadenza.midi.pianoroll import pianoroll_png
-
-        data = pianoroll_png(midi)
-    else:
-        from cadenza.midi.render import SoundfontMissing, render_midi
-
-        try:
-            data = render_midi(midi, fmt=fmt)  # type: ignore[arg-type]
-        except SoundfontMissing as exc:
-            raise ApiError(503, "soundfont_missing", str(exc)) from exc
-    store.put(key, data)
-    return data
-
-
-async def _rendered(store: ObjectStore, sha: str, midi_key: str, fmt: str) -> Response:
-    data = await asyncio.to_thread(_render_cached, store, sha, midi_key, fmt)
-    media = "image/png" if fmt == "png" else AUDIO_MEDIA[fmt]
-    return Response(data, media_type=media)
+    job = _active_render_job(session, owner_id, sha) or submit(
+        session,
+        settings,
+        owner_id=owner_id,
+        type="audio",
+        params={"operation": "render", "targets": [{"sha256": sha, "key": midi_key}]},
+    )
+    body = JobOut.model_validate(job).model_dump(mode="json")
+    return JSONResponse(
+        body, status_code=202, headers={"Retry-After": "2", "Location": f"/v1/jobs/{job.id}"}
+    )
 
 
 def _sample_sha(sample: Sample) -> str:
-    import hashlib
+    sha = sample.meta.get("sha256")
+    if not sha:
+        raise ApiError(409, "not_rendered", "this sample has no content hash; sample again")
+    return str(sha)
 
-    return hashlib.sha256(sample.midi_key.encode()).hexdigest()
 
-
-@router.get("/v1/samples/{sample_id}/audio")
-async def sample_audio(
+@router.get("/v1/samples/{sample_id}/audio", responses={202: {"model": JobOut}})
+def sample_audio(
     sample_id: str,
     session: SessionDep,
+    settings: SettingsDep,
     store: StoreDep,
     owner: CurrentOwner,
     format: Literal["mp3", "wav"] = "mp3",
 ) -> Response:
-    """The sample rendered with the General MIDI soundfont."""
+    """The sample rendered with the General MIDI soundfont (rendered by its sample job)."""
     sample = get_owned(session, Sample, sample_id, owner.id)
-    return await _rendered(store, _sample_sha(sample), sample.midi_key, format)
+    sha = _sample_sha(sample)
+    return _rendered(session, settings, store, owner.id, sha, sample.midi_key, format)
 
 
-@router.get("/v1/samples/{sample_id}/pianoroll.png")
-async def sample_pianoroll(
-    sample_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
+@router.get("/v1/samples/{sample_id}/pianoroll.png", responses={202: {"model": JobOut}})
+def sample_pianoroll(
+    sample_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep, owner: CurrentOwner
 ) -> Response:
     sample = get_owned(session, Sample, sample_id, owner.id)
-    return await _rendered(store, _sample_sha(sample), sample.midi_key, "png")
+    sha = _sample_sha(sample)
+    return _rendered(session, settings, store, owner.id, sha, sample.midi_key, "png")
 
 
-@router.get("/v1/files/{file_id}/audio")
-async def file_audio(
+@router.get("/v1/files/{file_id}/audio", responses={202: {"model": JobOut}})
+def file_audio(
     file_id: str,
     session: SessionDep,
+    settings: SettingsDep,
     store: StoreDep,
     owner: CurrentOwner,
     format: Literal["mp3", "wav"] = "mp3",
 ) -> Response:
-    """A MIDI file rendered to audio (audio files: use /content)."""
+    """A MIDI file rendered to audio: 200 with the audio, or 202 with the job rendering it."""
     f = get_owned(session, File, file_id, owner.id)
     if f.kind != "midi":
         raise ApiError(409, "not_midi", "this is an audio file already; GET its /content")
-    return await _rendered(store, f.sha256, f.object_key, format)
+    return _rendered(session, settings, store, owner.id, f.sha256, f.object_key, format)
 
 
-@router.get("/v1/files/{file_id}/pianoroll.png")
-async def file_pianoroll(
-    file_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
+@router.get("/v1/files/{file_id}/pianoroll.png", responses={202: {"model": JobOut}})
+def file_pianoroll(
+    file_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep, owner: CurrentOwner
 ) -> Response:
     f = get_owned(session, File, file_id, owner.id)
     if f.kind != "midi":
         raise ApiError(409, "not_midi", "piano rolls are drawn from MIDI; transcribe audio first")
-    return await _rendered(store, f.sha256, f.object_key, "png")
+    return _rendered(session, settings, store, owner.id, f.sha256, f.object_key, "png")

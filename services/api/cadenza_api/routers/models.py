@@ -12,6 +12,7 @@ from sqlalchemy import select
 from cadenza.db.models import Checkpoint, Corpus, Job, MetricRecord, Model, new_id
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.models.registry import resolve_config
+from cadenza.storage import ObjectNotFound, job_key
 from cadenza.train.config import TrainConfig
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError, validation_message
@@ -151,15 +152,12 @@ def download_checkpoint(
 
 
 @router.get("/v1/models/{model_id}/loss.png")
-def loss_png(model_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
-    """Training curves (train/val loss per step) as a PNG."""
+def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner) -> Response:
+    """Training curves (train/val loss per step) as a PNG, redrawn at every evaluation."""
     model = get_owned(session, Model, model_id, owner.id)
-    rows = session.scalars(
-        select(MetricRecord).where(MetricRecord.model_id == model.id).order_by(MetricRecord.id)
-    )
-    history = [{"step": r.step, "split": r.split, "loss": r.loss} for r in rows]
-    if not history:
-        raise ApiError(409, "no_metrics", "this model has no recorded metrics yet")
-    from cadenza.plots import loss_curve_png
-
-    return Response(loss_curve_png(history), media_type="image/png")
+    try:
+        return Response(store.get(job_key(model.job_id, "loss.png")), media_type="image/png")
+    except ObjectNotFound as exc:
+        raise ApiError(
+            409, "no_metrics", "no loss curve yet: it is drawn at the first evaluation"
+        ) from exc
