@@ -25,7 +25,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/api_latency.py
-	$(BIN)/python bench/tokenize.py
+	$(BIN)/python bench/tokenization.py
 	$(BIN)/python bench/train.py --quick
 	$(BIN)/python bench/sample.py --quick
 	$(BIN)/python bench/audio.py

@@ -20,17 +20,11 @@ tokens takes hours on a small CPU. It is reported two ways:
 
 from __future__ import annotations
 
-import os
-import sys
-
-# `python bench/sample.py` puts bench/ first on sys.path, where a sibling script can shadow the
-# standard library (a bench/tokenize.py shadows `tokenize`, which dataclasses imports).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse  # noqa: E402
+import os
 import platform  # noqa: E402
 import shlex  # noqa: E402
+import sys
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 

@@ -133,12 +133,15 @@ def test_corpus_and_model_requests_are_validated(client: TestClient) -> None:
     r = client.post("/v1/corpora", json={"dataset_id": ds})
     assert r.status_code == 409 and r.json()["error"]["code"] == "no_midi_files"
     client.post(f"/v1/datasets/{ds}/files", files=[("files", ("a.mid", tiny_midi()))])
-    r = client.post("/v1/corpora", json={"dataset_id": ds, "tokenizer": "Octuple"})
-    assert (
-        r.status_code == 422
-        and "single stream" in r.json()["error"]["message"].lower()
-        or ("Octuple" in r.json()["error"]["message"])
+    r = client.post(
+        "/v1/corpora",
+        json={"dataset_id": ds, "tokenizer": "Octuple", "bpe": {"vocab_size": 2000}},
     )
+    assert r.status_code == 422 and "bpe" in r.json()["error"]["message"]
+    r = client.post(
+        "/v1/corpora", json={"dataset_id": ds, "tokenizer_config": {"num_velocities": "many"}}
+    )
+    assert r.status_code == 422 and "num_velocities" in r.json()["error"]["message"]
     r = client.post("/v1/corpora", json={"dataset_id": ds, "preset": "nope"})
     assert r.status_code == 422 and "remi-colab" in r.json()["error"]["message"]
     r = client.post("/v1/corpora", json={"dataset_id": ds, "split": [0.5, 0.2, 0.2]})

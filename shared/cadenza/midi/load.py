@@ -1,0 +1,308 @@
+"""Loading MIDI files that strangers uploaded, without letting one of them take the server down.
+
+Two entry points with different trust levels:
+
+* :func:`inspect_midi` is for upload time. It first runs cheap structural checks in this process
+  (size, magic bytes, chunk lengths), then parses the file with symusic in a *separate* process
+  whose address space and CPU time are capped by ``setrlimit`` and whose wall time is capped by
+  the parent (it is killed when over). symusic is C++: a crafted file can make it allocate
+  gigabytes (we measured a 2 MB file that expands to ~1 GB of tracks), and a crash or
+  ``bad_alloc`` there would take the API process with it. The child is forked from a small
+  zygote process that has symusic imported, so each file costs a fork, not a Python start-up.
+* :func:`load_score` is for files that already passed :func:`inspect_midi` (corpus builds,
+  primers): it parses in-process, still turning every parser error into :class:`MidiRejected`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Final, cast
+
+if TYPE_CHECKING:  # symusic is imported where a file is parsed, not by the API's sniffing
+    from symusic.core import ScoreSecond, ScoreTick
+
+#: Every ``MidiRejected.code`` this module raises, with what it means for the uploader.
+REJECT_CODES: Final[dict[str, str]] = {
+    "empty": "the file has no bytes, no tracks or no notes",
+    "too_large": "the file is bigger than the upload limit",
+    "not_midi": "the bytes are not a Standard MIDI File (nor RIFF RMID)",
+    "truncated": "the file ends in the middle of a chunk (cut off during transfer?)",
+    "unparseable": "the MIDI parser refused the file (corrupt or unsupported variant)",
+    "too_many_tracks": "more tracks than the limit after splitting by channel and program",
+    "too_many_notes": "more notes than the limit",
+    "too_long": "the last event lies beyond the tick or duration limit",
+    "too_complex": "parsing needed more memory than the limit allows",
+    "timeout": "parsing took longer than the time limit",
+}
+
+
+@dataclass(frozen=True)
+class MidiLimits:
+    """Upper bounds for one uploaded MIDI file; defaults fit any real piece we have seen."""
+
+    max_bytes: int = 20 * 1024 * 1024  # the largest real MIDI files (orchestral) are ~5 MB
+    max_tracks: int = 128  # symusic splits by (chunk, channel, program); real files have < 64
+    max_notes: int = 500_000  # a dense 1-hour piano performance has ~100k notes
+    max_ticks: int = 1 << 30  # ticks depend on tpq: music21 writes 10080 tpq, 1 h ≈ 7e7 ticks
+    max_seconds: float = 3 * 3600.0  # longer than any single piece; keeps renders bounded
+    timeout_s: float = 10.0  # wall clock for the parse child; symusic parses 3M notes in 0.2 s
+    memory_bytes: int = 1 << 30  # address space the parse may add on top of the child's own
+
+
+class MidiRejected(ValueError):
+    """A MIDI file we refuse: ``code`` is from :data:`REJECT_CODES`, the message says what to do."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in REJECT_CODES:
+            raise ValueError(f"unknown MidiRejected code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        """The ``{"code", "message"}`` body the API returns for a rejected file."""
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class MidiInfo:
+    """What an upload page shows about a MIDI file, measured by the sandboxed parse."""
+
+    tracks: int  # non-empty tracks, as symusic splits them
+    notes: int
+    ticks_per_quarter: int
+    end_tick: int
+    duration_s: float
+    programs: tuple[int, ...]  # sorted General MIDI programs of the non-drum tracks
+    has_drums: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (programs as a list) for storing beside the file row."""
+        d = asdict(self)
+        d["programs"] = list(self.programs)
+        return d
+
+
+_SMF_MAGIC: Final = b"MThd"
+_RIFF_MAGIC: Final = b"RIFF"
+
+
+def sniff_midi(head: bytes) -> bool:
+    """True when ``head`` (the first ≥ 12 bytes of a file) starts a Standard MIDI File or RMID.
+
+    Used by the upload route to pick a handler by content rather than by the client's file name.
+    """
+    if head.startswith(_SMF_MAGIC):
+        return True
+    return len(head) >= 12 and head.startswith(_RIFF_MAGIC) and head[8:12] == b"RMID"
+
+
+def _unwrap_rmid(data: bytes) -> bytes:
+    """Return the SMF inside a RIFF RMID container (the ``data`` chunk), or raise not_midi."""
+    pos = 12
+    while pos + 8 <= len(data):
+        cid = data[pos : pos + 4]
+        (size,) = struct.unpack_from("<I", data, pos + 4)
+        body = data[pos + 8 : pos + 8 + size]
+        if cid == b"data":
+            if len(body) < size:
+                raise MidiRejected(
+                    "truncated", "The RMID file ends inside its MIDI data; upload it again."
+                )
+            return body
+        pos += 8 + size + (size & 1)  # RIFF chunks are word aligned
+    raise MidiRejected(
+        "not_midi", "The RIFF RMID file has no 'data' chunk, so it holds no MIDI to read."
+    )
+
+
+def check_structure(data: bytes, limits: MidiLimits = MidiLimits()) -> bytes:
+    """Cheap in-process checks before any parser sees the file; returns the bare SMF bytes.
+
+    Walks the chunk headers only (O(number of chunks)), so a truncated or foreign file gets a
+    precise message instead of the parser's generic one, and the child is never forked for it.
+    """
+    if len(data) == 0:
+        raise MidiRejected("empty", "The file is empty (0 bytes); choose a MIDI file.")
+    if len(data) > limits.max_bytes:
+        raise MidiRejected(
+            "too_large",
+            f"The file has {len(data):,} bytes; the limit is {limits.max_bytes:,}. "
+            "Split the piece or remove tracks you do not need.",
+        )
+    if not sniff_midi(data[:12]):
+        raise MidiRejected(
+            "not_midi",
+            "This is not a MIDI file (it does not start with 'MThd'). "
+            "Upload .mid/.midi files here; audio goes through transcription.",
+        )
+    if data.startswith(_RIFF_MAGIC):
+        data = _unwrap_rmid(data)
+        if not data.startswith(_SMF_MAGIC):
+            raise MidiRejected("not_midi", "The RMID container does not hold a MIDI file.")
+    if len(data) < 14:
+        raise MidiRejected("truncated", "The file ends inside the MIDI header; upload it again.")
+    hlen, fmt, ntrks, division = struct.unpack_from(">IHHH", data, 4)
+    if hlen < 6:
+        raise MidiRejected("unparseable", f"The MIDI header length is {hlen}, expected 6.")
+    if fmt > 2:
+        raise MidiRejected("unparseable", f"Unknown MIDI format {fmt}; only 0, 1 and 2 exist.")
+    if division & 0x8000:
+        raise MidiRejected(
+            "unparseable",
+            "The file uses SMPTE time division, which is not supported; "
+            "re-export it with ticks per quarter note.",
+        )
+    if division == 0:
+        raise MidiRejected("unparseable", "The file declares 0 ticks per quarter note.")
+    if ntrks == 0:
+        raise MidiRejected("empty", "The MIDI header declares no tracks.")
+    pos = 8 + hlen
+    chunks = 0
+    while pos + 8 <= len(data) and chunks < ntrks:
+        (size,) = struct.unpack_from(">I", data, pos + 4)
+        if pos + 8 + size > len(data):
+            raise MidiRejected(
+                "truncated",
+                f"The file ends inside track chunk {chunks + 1} of {ntrks} "
+                f"({len(data) - pos - 8:,} of {size:,} bytes present); "
+                "it was probably cut off, upload it again.",
+            )
+        if data[pos : pos + 4] == b"MTrk":
+            chunks += 1
+        pos += 8 + size
+    if chunks == 0:
+        raise MidiRejected("truncated", "The file has a header but no complete track chunk.")
+    return data
+
+
+def summarize(score: ScoreTick, limits: MidiLimits = MidiLimits()) -> MidiInfo:
+    """Measure a parsed score and enforce the content limits (tracks, notes, length)."""
+    tracks = [t for t in score.tracks if len(t.notes) > 0]
+    notes = sum(len(t.notes) for t in tracks)
+    if len(tracks) > limits.max_tracks:
+        raise MidiRejected(
+            "too_many_tracks",
+            f"The file has {len(tracks)} tracks with notes; the limit is {limits.max_tracks}. "
+            "Merge or delete tracks in a MIDI editor.",
+        )
+    if notes > limits.max_notes:
+        raise MidiRejected(
+            "too_many_notes",
+            f"The file has {notes:,} notes; the limit is {limits.max_notes:,}. Split the piece.",
+        )
+    if notes == 0:
+        raise MidiRejected("empty", "The file parses but contains no notes.")
+    end_tick = int(score.end())
+    if end_tick > limits.max_ticks:
+        raise MidiRejected(
+            "too_long",
+            f"The last event is at tick {end_tick:,}; the limit is {limits.max_ticks:,}.",
+        )
+    duration_s = float(cast("ScoreSecond", score.to("second")).end())
+    if not math.isfinite(duration_s) or duration_s > limits.max_seconds:
+        raise MidiRejected(
+            "too_long",
+            f"The file lasts {duration_s:,.0f} s; the limit is {limits.max_seconds:,.0f} s. "
+            "Split the piece, or check for a stray event far after the music ends.",
+        )
+    return MidiInfo(
+        tracks=len(tracks),
+        notes=notes,
+        ticks_per_quarter=int(score.ticks_per_quarter),
+        end_tick=end_tick,
+        duration_s=duration_s,
+        programs=tuple(sorted({int(t.program) for t in tracks if not t.is_drum})),
+        has_drums=any(t.is_drum for t in tracks),
+    )
+
+
+def parse_smf(smf: bytes) -> ScoreTick:
+    """symusic parse with its errors translated; ``smf`` must have passed check_structure."""
+    from symusic.core import ScoreTick
+
+    try:
+        return ScoreTick.from_midi(smf)
+    except MemoryError as e:
+        raise MidiRejected(
+            "too_complex", "Parsing the file ran out of memory; it expands to too much data."
+        ) from e
+    except (RuntimeError, ValueError, IndexError, OverflowError) as e:
+        raise MidiRejected(
+            "unparseable",
+            f"The MIDI parser refused the file ({str(e).strip()[:200]}). "
+            "Open and re-save it in a MIDI editor, then upload it again.",
+        ) from e
+
+
+def load_score(data: bytes, limits: MidiLimits | None = None) -> ScoreTick:
+    """Parse a file in-process (for files that already passed :func:`inspect_midi`).
+
+    With ``limits`` it also re-checks sizes and content; without, only the structure, because a
+    stored file was validated at upload and re-measuring costs a seconds conversion.
+    """
+    smf = check_structure(data, limits or MidiLimits(max_bytes=max(len(data), 1)))
+    score = parse_smf(smf)
+    if limits is not None:
+        summarize(score, limits)
+    return score
+
+
+# --------------------------------------------------------------------------------------------
+# the bounded child
+
+
+def inspect_midi(data: bytes, limits: MidiLimits = MidiLimits()) -> MidiInfo:
+    """Validate and measure an uploaded MIDI file in a bounded child process.
+
+    Raises :class:`MidiRejected` with a code from :data:`REJECT_CODES`. The child's address space
+    may grow by ``limits.memory_bytes``, it gets ``ceil(timeout_s) + 1`` CPU seconds and is killed
+    after ``limits.timeout_s`` of wall time. Thread-safe; each call forks a fresh child from a
+    zygote process started on first use (see :mod:`cadenza.midi._sandbox`).
+    """
+    from cadenza.midi._sandbox import SandboxCrashed, SandboxTimeout, zygote
+
+    smf = check_structure(data, limits)
+    try:
+        answer = zygote().run(asdict(limits), smf, limits.timeout_s)
+    except SandboxTimeout:
+        raise MidiRejected(
+            "timeout",
+            f"Reading the file took more than {limits.timeout_s:g} s, so it was stopped. "
+            "The file is unusually complex; simplify or split it.",
+        ) from None
+    except SandboxCrashed:
+        raise MidiRejected(
+            "unparseable",
+            "The MIDI parser crashed on this file (or hit its CPU limit); "
+            "re-save it in a MIDI editor and upload it again.",
+        ) from None
+    if "ok" in answer:
+        d = answer["ok"]
+        d["programs"] = tuple(d["programs"])
+        return MidiInfo(**d)
+    raise MidiRejected(answer["code"], answer["message"])
+
+
+def warm_up() -> None:
+    """Start the sandbox zygote now (≈0.2 s) so the first upload does not pay for it."""
+    from cadenza.midi._sandbox import zygote
+
+    zygote().path()
+
+
+__all__ = [
+    "REJECT_CODES",
+    "MidiInfo",
+    "MidiLimits",
+    "MidiRejected",
+    "check_structure",
+    "inspect_midi",
+    "load_score",
+    "parse_smf",
+    "sniff_midi",
+    "summarize",
+    "warm_up",
+]

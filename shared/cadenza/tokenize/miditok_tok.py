@@ -1,0 +1,387 @@
+"""MidiTok's tokenizers behind Cadenza's :class:`Tokenizer` interface.
+
+Single-stream ones (REMI, TSD, MIDILike, Structured, PerTok, MMM, BEAT) map directly; compound
+ones (CPWord, Octuple, MuMIDI) are flattened, one id per tuple field (see
+:class:`MidiTokCompoundTokenizer`). MidiTok produces the base ids; subword merges use our
+:class:`SubwordModel` instead of MidiTok's ``train``, so that for every tokenizer (MidiTok's and
+ours) base ids — PAD/BOS/EOS included — keep their values after BPE, Unigram or WordPiece, and
+decoding a learned id never needs the Hugging Face model. Merges never cross a bar (or beat),
+like MidiTok's ``encode_ids_split``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from symusic.core import ScoreTick as Score
+from symusic.core import TempoTick, TimeSignatureTick, TrackTick, TrackTickList
+
+from cadenza.midi.clean import notes_from_arrays
+from cadenza.tokenize.base import SubwordModel, Symbols, Tokenizer, count_bars, sym_char
+from cadenza.tokenize.spec import (
+    MIDITOK_MULTI_VOCAB,
+    MIDITOK_SINGLE_STREAM,
+    TokenizerSpec,
+    import_miditok,
+    make_miditok,
+)
+
+_VERSION_KEYS = ("miditok_version", "symusic_version", "hf_tokenizers_version")
+
+
+def _merge_to_one_track(score: Score) -> Score:
+    """All non-empty tracks as one track (program of the first), for per-track tokenizers."""
+    tracks = [t for t in score.tracks if len(t.notes) > 0]
+    if len(tracks) <= 1:
+        return score
+    out = score.copy()
+    merged = TrackTick(tracks[0].name, int(tracks[0].program), bool(tracks[0].is_drum))
+    soas = [t.notes.numpy() for t in tracks]
+    cat = {
+        k: np.concatenate([s[k] for s in soas]) for k in ("time", "duration", "pitch", "velocity")
+    }
+    order = np.lexsort((cat["pitch"], cat["time"]))
+    merged.notes = notes_from_arrays(
+        *(cat[k][order] for k in ("time", "duration", "pitch", "velocity"))
+    )
+    out.tracks = TrackTickList([merged])
+    return out
+
+
+class MidiTokTokenizer(Tokenizer):
+    """REMI, TSD, MIDILike, Structured, PerTok, MMM or BEAT, with optional subwords."""
+
+    names = MIDITOK_SINGLE_STREAM
+
+    def __init__(
+        self, spec: TokenizerSpec, subword: SubwordModel | None = None, miditok_obj: Any = None
+    ) -> None:
+        super().__init__(spec)
+        self.miditok: Any = (
+            miditok_obj if miditok_obj is not None else make_miditok(spec.name, spec.config)
+        )
+        self.subword = subword
+        vocab: dict[str, int] = self.miditok.vocab
+        self._specials = frozenset(int(i) for i in self.miditok.special_tokens_ids)
+        self._pad = int(self.miditok.pad_token_id)
+        self._bos = int(vocab["BOS_None"])
+        self._eos = int(vocab["EOS_None"])
+        self._split: str = self.miditok.config.encode_ids_split
+        # MMM reads a single stream even though its config keeps tracks apart.
+        self._single = bool(self.miditok.one_token_stream)
+
+    # ---- vocabulary -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.subword.vocab_size if self.subword else self.base_vocab_size
+
+    @property
+    def base_vocab_size(self) -> int:
+        return len(self.miditok.vocab)
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad
+
+    @property
+    def bos_id(self) -> int:
+        return self._bos
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos
+
+    @property
+    def is_trained(self) -> bool:
+        return self.spec.bpe is None or self.subword is not None
+
+    def token_str(self, base_id: int) -> str:
+        """MidiTok's name of a base id, e.g. ``"Pitch_60"`` (for debugging and tests)."""
+        return str(self.miditok[int(base_id)])
+
+    # ---- encoding ---------------------------------------------------------------------------
+    def prepare(self, score: Score) -> Score:
+        """Per-track tokenizers (no Program tokens) see one merged track: our models are
+        single-stream, and concatenating tracks one after the other would not be music."""
+        return score if self._single else _merge_to_one_track(score)
+
+    def symbols(self, score: Score) -> Symbols:
+        score = self.prepare(score)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            seq = self.miditok.encode(score, encode_ids=False)
+        if isinstance(seq, list):
+            if not seq:
+                return Symbols(np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int32), 0)
+            seq = seq[0]
+        ids = np.asarray(seq.ids, dtype=np.int32)
+        bars = count_bars(score)
+        starts = np.zeros(1, dtype=np.int32)
+        if self._split in ("bar", "beat") and len(seq.events) == ids.size and ids.size > 0:
+            ticks = seq._ticks_bars if self._split == "bar" else seq._ticks_beats
+            times = np.fromiter((e.time for e in seq.events), dtype=np.int64, count=ids.size)
+            # first event at or after each bar line; same rule as TokSequence._split_per_ticks
+            cut = np.searchsorted(times, np.asarray(ticks[1:], dtype=np.int64), side="left")
+            starts = np.unique(np.concatenate([[0], cut[cut < ids.size]])).astype(np.int32)
+        return Symbols(ids, starts, bars)
+
+    def fit(self, train: Sequence[Symbols]) -> None:
+        if self.spec.bpe is None:
+            return
+        words = [["".join(sym_char(int(b)) for b in w) for w in s.words()] for s in train]
+        alphabet = [i for i in range(self.base_vocab_size) if i not in self._specials]
+        self.subword = SubwordModel.train(
+            words,
+            base_size=self.base_vocab_size,
+            alphabet=alphabet,
+            bpe=self.spec.bpe,
+            n_specials=len(self._specials),
+        )
+
+    def ids_batch(self, items: Sequence[Symbols]) -> list[NDArray[np.int32]]:
+        if self.spec.bpe is not None and self.subword is None:
+            raise RuntimeError("this tokenizer's subwords are not learned yet; call fit() first")
+        if self.subword is None:
+            return [np.asarray(it.symbols, dtype=np.int32) for it in items]
+        return self.subword.encode_batch(items)
+
+    def base_ids(self, ids: Sequence[int]) -> list[int]:
+        """Final ids → base ids without specials or out-of-range ids."""
+        base = self.subword.decode(ids) if self.subword else [int(i) for i in ids]
+        n = self.base_vocab_size
+        return [i for i in base if 0 <= i < n and i not in self._specials]
+
+    def _decode_base(self, base: list[int]) -> Score:
+        TokSequence = import_miditok().TokSequence  # noqa: N806 - a class
+
+        tokens = [str(self.miditok[i]) for i in base]
+        seq = TokSequence(tokens=tokens)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.miditok.complete_sequence(seq)
+            score: Score = self.miditok.decode(seq if self._single else [seq])
+        return score
+
+    def decode(self, ids: Sequence[int]) -> Score:
+        base = self.base_ids(ids)
+        try:
+            return self._decode_base(base)
+        except Exception:  # noqa: BLE001 - sampled ids can be anything; keep the longest valid prefix
+            lo, hi = 0, len(base)  # invariant: base[:lo] decodes, base[:hi] does not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                try:
+                    self._decode_base(base[:mid])
+                    lo = mid
+                except Exception:  # noqa: BLE001
+                    hi = mid
+            return self._decode_base(base[:lo]) if lo else self.empty_score()
+
+    def empty_score(self) -> Score:
+        """A score without notes at the tokenizer's time division (what nothing decodes to)."""
+        score = Score(int(self.miditok.time_division))
+        score.tempos.append(TempoTick(0, float(self.miditok.default_tempo)))
+        score.time_signatures.append(TimeSignatureTick(0, 4, 4))
+        return score
+
+    # ---- persistence ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        d = self.miditok.to_dict()
+        for k in _VERSION_KEYS:
+            d.pop(k, None)
+        # Kept as a string: MidiTok numbers tokens in the order of its config dicts (e.g.
+        # time_signature_range), which a key-sorting JSON dump would silently change.
+        return {
+            "miditok": json.dumps(d, default=list),
+            "base_vocab": self.miditok.vocab,
+            "subword": self.subword.state() if self.subword else None,
+        }
+
+    @classmethod
+    def from_state(cls, spec: TokenizerSpec, state: dict[str, Any]) -> MidiTokTokenizer:
+        obj = _miditok_from_dict(spec.name, json.loads(state["miditok"]))
+        if obj.vocab != state["base_vocab"]:
+            raise ValueError(
+                f"the stored {spec.name} vocabulary differs from what this MidiTok version "
+                "builds from the same options; retokenize the corpus with this version"
+            )
+        sub = state.get("subword")
+        subword = SubwordModel.from_state(sub, len(obj.vocab)) if sub else None
+        return cls(spec, subword=subword, miditok_obj=obj)
+
+
+class MidiTokCompoundTokenizer(MidiTokTokenizer):
+    """CPWord, Octuple or MuMIDI, whose tokens are tuples, flattened for single-stream models.
+
+    Each tuple (one id per sub-vocabulary) becomes K consecutive ids, sub-vocabulary k shifted
+    by the sizes of the ones before it, so the id says which field it is. A model sees the
+    K-periodic structure in the stream; decoding regroups ids into tuples (a field-0 id starts
+    a tuple, fields must come in order) and fills a missing field with ``Ignore_None`` where the
+    tokenizer has it, else with the previous tuple's value. No subwords (spec refuses them).
+    """
+
+    names = MIDITOK_MULTI_VOCAB
+
+    def __init__(
+        self, spec: TokenizerSpec, subword: SubwordModel | None = None, miditok_obj: Any = None
+    ) -> None:
+        miditok_obj = (
+            miditok_obj if miditok_obj is not None else make_miditok(spec.name, spec.config)
+        )
+        vocabs: list[dict[str, int]] = miditok_obj.vocab
+        self._sizes = [len(v) for v in vocabs]
+        self._offsets = np.concatenate([[0], np.cumsum(self._sizes)[:-1]]).astype(np.int64)
+        specials = set(miditok_obj.config.special_tokens)
+        self._special_field_ids = [
+            frozenset(i for t, i in v.items() if t in specials) for v in vocabs
+        ]
+        self._fallback = [
+            v.get("Ignore_None", min((i for t, i in v.items() if t not in specials), default=0))
+            for v in vocabs
+        ]
+        self._has_ignore = ["Ignore_None" in v for v in vocabs]
+        # the base class reads vocab["BOS_None"]; for tuples, field 0 carries the specials
+        self.miditok = miditok_obj
+        Tokenizer.__init__(self, spec)
+        self.subword = None
+        self._specials = frozenset(int(i) for i in self._special_field_ids[0])
+        self._pad = int(vocabs[0]["PAD_None"])
+        self._bos = int(vocabs[0]["BOS_None"])
+        self._eos = int(vocabs[0]["EOS_None"])
+        self._split = "no"
+        self._single = bool(miditok_obj.one_token_stream)
+
+    @property
+    def base_vocab_size(self) -> int:
+        return int(sum(self._sizes))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base_vocab_size
+
+    def token_str(self, base_id: int) -> str:
+        k = int(np.searchsorted(self._offsets, base_id, side="right")) - 1
+        return str(self.miditok[k, int(base_id - self._offsets[k])])
+
+    def symbols(self, score: Score) -> Symbols:
+        score = self.prepare(score)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            seq = self.miditok.encode(score, encode_ids=False)
+        if isinstance(seq, list):
+            if not seq:
+                return Symbols(np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int32), 0)
+            seq = seq[0]
+        off = self._offsets
+        # MuMIDI tuples vary in length (3 fields, 5 for notes); CPWord/Octuple are fixed
+        flat = np.fromiter(
+            (off[k] + v for step in seq.ids for k, v in enumerate(step)), dtype=np.int64
+        ).astype(np.int32)
+        return Symbols(flat, np.zeros(1, dtype=np.int32), count_bars(score))
+
+    def _fields(self, first: int) -> int:
+        """How many fields the tuple that starts with field-0 id ``first`` has."""
+        if self.name != "MuMIDI":
+            return len(self._sizes)
+        kind = str(self.miditok[0, first]).split("_")[0]
+        return len(self._sizes) if kind in ("Pitch", "PitchDrum") else 3
+
+    def fit(self, train: Sequence[Symbols]) -> None:
+        return None  # nothing is learned: no subwords for tuples
+
+    def ids_batch(self, items: Sequence[Symbols]) -> list[NDArray[np.int32]]:
+        return [np.asarray(it.symbols, dtype=np.int32) for it in items]
+
+    def steps(self, ids: Sequence[int]) -> list[list[int]]:
+        """Regroup flat ids into complete tuples of per-field ids (see the class docstring)."""
+        k_count = len(self._sizes)
+        ends = self._offsets + np.asarray(self._sizes)
+        out: list[list[int]] = []
+        cur: list[int | None] = [None] * k_count
+        last_k = -1
+        prev: list[int] = list(self._fallback)
+
+        def flush() -> None:
+            nonlocal cur, last_k
+            if cur[0] is not None:
+                step = []
+                for k in range(self._fields(cur[0])):
+                    v = cur[k]
+                    if v is None:
+                        v = self._fallback[k] if self._has_ignore[k] else prev[k]
+                    step.append(int(v))
+                out.append(step)
+                prev[: len(step)] = step
+            cur = [None] * k_count
+            last_k = -1
+
+        for raw in ids:
+            i = int(raw)
+            if not 0 <= i < int(ends[-1]):
+                continue
+            k = int(np.searchsorted(self._offsets, i, side="right")) - 1
+            v = i - int(self._offsets[k])
+            if v in self._special_field_ids[k]:
+                continue
+            if k == 0:
+                flush()
+            elif k <= last_k or cur[0] is None or k >= self._fields(cur[0]):
+                continue  # out of order, or no tuple started: not part of any token
+            cur[k] = v
+            last_k = k
+        flush()
+        return out
+
+    def _decode_base(self, base: list[int]) -> Score:
+        raise NotImplementedError  # compound tokens decode through _decode_steps
+
+    def _decode_steps(self, steps: list[list[int]]) -> Score:
+        TokSequence = import_miditok().TokSequence  # noqa: N806 - a class
+        seq = TokSequence(ids=steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.miditok.complete_sequence(seq)
+            score: Score = self.miditok.decode(seq if self._single else [seq])
+        return score
+
+    def decode(self, ids: Sequence[int]) -> Score:
+        steps = self.steps(ids)
+        if not steps:
+            return self.empty_score()
+        try:
+            return self._decode_steps(steps)
+        except Exception:  # noqa: BLE001 - sampled ids can be anything; keep the longest valid prefix
+            lo, hi = 0, len(steps)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                try:
+                    self._decode_steps(steps[:mid])
+                    lo = mid
+                except Exception:  # noqa: BLE001
+                    hi = mid
+            return self._decode_steps(steps[:lo]) if lo else self.empty_score()
+
+
+def _miditok_from_dict(name: str, params: dict[str, Any]) -> Any:
+    """A MidiTok tokenizer from its ``to_dict()`` (MidiTok only loads from a file path)."""
+    from cadenza.tokenize.spec import miditok_class
+
+    fd, path = tempfile.mkstemp(suffix=".json", prefix="cadenza-tok-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(params, f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return miditok_class(name)(params=path)
+    finally:
+        os.unlink(path)
+
+
+__all__ = ["MidiTokCompoundTokenizer", "MidiTokTokenizer"]

@@ -1,0 +1,125 @@
+"""Test helpers for MIDI and tokenizer tests: real chorales, crafted files, note comparisons."""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from symusic.core import ScoreSecond, ScoreTick, TempoTick, TimeSignatureTick, TrackTick
+
+from cadenza.midi.clean import notes_from_arrays
+
+# Same folder as the repository's shared `chorales` fixture, so files are exported only once.
+CACHE = Path(os.environ.get("CADENZA_TEST_CACHE", Path(__file__).parents[2] / ".cache"))
+N_CHORALES = 6  # enough for splits with val and test; the first 8 are cached by tests/conftest
+
+
+@functools.cache
+def bach_paths() -> list[Path]:
+    """The first few Bach chorales from music21's corpus as .mid files (exported once)."""
+    from cadenza.datasets import export_bach_chorales
+
+    return export_bach_chorales(CACHE / "bach-midi", N_CHORALES)
+
+
+def bach_pairs() -> list[tuple[str, bytes]]:
+    """(file id, bytes) pairs of :func:`bach_paths`, the shape build_corpus takes."""
+    return [(p.stem, p.read_bytes()) for p in bach_paths()]
+
+
+Note = tuple[int, int, int, int]  # time, duration, pitch, velocity (ticks)
+
+
+def make_score(
+    notes: Iterable[Note],
+    *,
+    tpq: int = 480,
+    qpm: float = 120.0,
+    program: int = 0,
+    drum_notes: Iterable[Note] = (),
+    ts: tuple[int, int] = (4, 4),
+) -> ScoreTick:
+    """A one-track score (plus an optional drum track) from (time, duration, pitch, velocity)."""
+    score = ScoreTick(tpq)
+    score.tempos.append(TempoTick(0, qpm))
+    score.time_signatures.append(TimeSignatureTick(0, ts[0], ts[1]))
+    for name, prog, drum, ns in (("piano", program, False, notes), ("drums", 0, True, drum_notes)):
+        arr = np.asarray(list(ns), dtype=np.int64).reshape(-1, 4)
+        if arr.size == 0:
+            continue
+        track = TrackTick(name, prog, drum)
+        track.notes = notes_from_arrays(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
+        score.tracks.append(track)
+    return score
+
+
+def midi_bytes(notes: Iterable[Note], **kw: object) -> bytes:
+    """:func:`make_score` written as a MIDI file."""
+    data: bytes = make_score(notes, **kw).dumps_midi()  # type: ignore[arg-type]
+    return data
+
+
+def _mtrk(events: bytes) -> bytes:
+    body = events + b"\x00\xff\x2f\x00"
+    return b"MTrk" + struct.pack(">I", len(body)) + body
+
+
+def smf(tracks: Sequence[bytes], *, fmt: int = 1, division: int = 480) -> bytes:
+    """A Standard MIDI File from raw track event bytes (end-of-track added)."""
+    head = b"MThd" + struct.pack(">IHHH", 6, fmt, len(tracks), division)
+    return head + b"".join(_mtrk(t) for t in tracks)
+
+
+def track_bomb(chunks: int) -> bytes:
+    """A small file that makes symusic allocate a lot: every chunk uses all 16 channels × 128
+    programs, and symusic creates one track per (chunk, channel, program). 88 chunks ≈ 2 MB of
+    file become ~180,000 tracks and ~1 GB of memory, taking about a second to parse."""
+    ev = bytearray()
+    for ch in range(16):
+        for prog in range(128):
+            ev += bytes([0, 0xC0 | ch, prog, 0, 0x90 | ch, 60, 64, 1, 0x80 | ch, 60, 0])
+    return smf([bytes(ev)] * chunks)
+
+
+def many_notes(n: int) -> bytes:
+    """One track with ``n`` one-tick notes in running status (6 bytes per note)."""
+    ev = b"\x00\x90\x3c\x40\x01\x3c\x00" + b"\x00\x3c\x40\x01\x3c\x00" * (n - 1)
+    return smf([ev], fmt=0)
+
+
+def rmid(smf_bytes: bytes) -> bytes:
+    """Wrap a Standard MIDI File in a RIFF RMID container."""
+    pad = b"\x00" if len(smf_bytes) % 2 else b""
+    data = b"data" + struct.pack("<I", len(smf_bytes)) + smf_bytes + pad
+    return b"RIFF" + struct.pack("<I", 4 + len(data)) + b"RMID" + data
+
+
+def notes_in_quarters(score: ScoreTick) -> np.ndarray:
+    """All pitched notes as rows (onset, duration, pitch) in quarter notes, sorted."""
+    tpq = float(score.ticks_per_quarter)
+    rows = [
+        (n.time / tpq, n.duration / tpq, n.pitch)
+        for t in score.tracks
+        if not t.is_drum
+        for n in t.notes
+    ]
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    return arr[np.lexsort((arr[:, 2], arr[:, 0]))] if arr.size else arr
+
+
+def notes_in_seconds(score: ScoreTick) -> np.ndarray:
+    """All pitched notes as rows (onset s, duration s, pitch, velocity), sorted."""
+    sec = score.to("second")
+    assert isinstance(sec, ScoreSecond)
+    rows = [
+        (n.time, n.duration, n.pitch, n.velocity)
+        for t in sec.tracks
+        if not t.is_drum
+        for n in t.notes
+    ]
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    return arr[np.lexsort((arr[:, 2], arr[:, 0]))] if arr.size else arr
