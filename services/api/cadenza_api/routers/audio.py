@@ -53,7 +53,7 @@ def create_audio_job(
     elif body.operation == "crop":
         crop = body.crop.model_dump() if body.crop else {}
         if crop.get("positions_text"):
-            from cadenza.audio.convert import parse_positions
+            from cadenza.audio.positions import parse_positions
 
             try:
                 crop["positions"] = parse_positions(crop.pop("positions_text"))
