@@ -1,0 +1,117 @@
+"""Training hyper-parameters: one validated, serialisable object per run.
+
+`TrainConfig` travels inside every checkpoint (as plain JSON-able values), so a requeued job
+resumes with exactly the settings it started with, and a user sees which field was wrong before
+any GPU time is spent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class TrainConfig(BaseModel):
+    """Everything the loop needs besides the model and the data.
+
+    Limits are generous but finite: they exist to turn typos (lr=3 instead of 3e-4, batch 10^6)
+    into a 422 naming the field instead of a diverged or out-of-memory job an hour later.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(default=6e-4, gt=0.0, le=1.0, description="peak learning rate after warm-up")
+    # Cosine decays to lr * min_lr_ratio; 0.1 is the nanoGPT/Chinchilla habit.
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    warmup_steps: int = Field(default=100, ge=0, le=10_000_000)
+    max_steps: int = Field(default=5000, ge=1, le=10_000_000)
+    batch_size: int = Field(
+        default=16, ge=1, le=4096, description="sequences per micro-batch per rank"
+    )
+    seq_len: int = Field(default=256, ge=1, le=65_536, description="tokens per training window")
+    grad_accum_steps: int = Field(default=1, ge=1, le=1024)
+    weight_decay: float = Field(default=0.1, ge=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    # Max global grad norm; None (or 0) disables clipping. 1.0 is what systems A and B used.
+    grad_clip: float | None = Field(default=1.0, ge=0.0, le=1e6)
+    eval_interval: int = Field(default=250, ge=1, le=10_000_000)
+    eval_batches: int = Field(default=20, ge=1, le=100_000)
+    precision: Precision = "auto"
+    compile: bool = False
+    early_stopping_patience: int | None = Field(default=None, ge=1, le=100_000)
+    # Counts training time across resumes (stored in checkpoints), not just this attempt.
+    time_budget_s: float | None = Field(default=None, gt=0.0, le=30 * 24 * 3600.0)
+    seed: int = Field(default=1337, ge=0, le=2**31 - 1)
+    keep_last_n: int = Field(default=3, ge=1, le=1000)
+    checkpoint_interval: int = Field(default=1000, ge=1, le=10_000_000)
+    log_interval: int = Field(default=10, ge=1, le=10_000_000)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        """Adam diverges or stalls silently outside [0, 1); say so up front."""
+        for beta in value:
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"each beta must be in [0, 1), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        """A warm-up longer than the run never reaches the peak lr: almost surely a typo."""
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must not exceed max_steps ({self.max_steps}); "
+                "lower warmup_steps or raise max_steps"
+            )
+        return self
+
+    @property
+    def min_lr(self) -> float:
+        """The floor of the cosine schedule."""
+        return self.lr * self.min_lr_ratio
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up then cosine decay to `min_lr`; `step` counts finished optimizer steps.
+
+        A pure function of the step so a resumed run gets the same rate without trusting any
+        scheduler object that might change between torch versions.
+        """
+        import math
+
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return self.lr * (step + 1) / (self.warmup_steps + 1)
+        if step >= self.max_steps:
+            return self.min_lr
+        span = max(1, self.max_steps - self.warmup_steps)
+        progress = (step - self.warmup_steps) / span
+        coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr + coeff * (self.lr - self.min_lr)
+
+    @classmethod
+    def from_preset(
+        cls, architecture: str, preset: str, overrides: dict[str, Any] | None = None
+    ) -> TrainConfig:
+        """Start from `TRAIN_PRESETS[architecture][preset]`, then apply `overrides`.
+
+        seq_len defaults to the preset model's block_size (the context it was sized for; system
+        A trained on full 1024-token windows). Unknown override keys are rejected by
+        `extra="forbid"`, so a misspelt field never goes unnoticed.
+        """
+        from cadenza.models import PRESETS, train_preset
+
+        values: dict[str, Any] = train_preset(architecture, preset)
+        block_size = PRESETS.get(architecture, {}).get(preset, {}).get("block_size")
+        if isinstance(block_size, int):
+            values["seq_len"] = block_size
+        given = dict(overrides or {})
+        # A short override of max_steps should not trip over the preset's longer warm-up: the
+        # user only asked for fewer steps, so the warm-up is clamped rather than rejected.
+        if "max_steps" in given and "warmup_steps" not in given:
+            warmup = values.get("warmup_steps")
+            if isinstance(warmup, int) and isinstance(given["max_steps"], int):
+                values["warmup_steps"] = min(warmup, given["max_steps"])
+        values.update(given)
+        return cls.model_validate(values)
