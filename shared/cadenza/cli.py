@@ -208,10 +208,10 @@ def serve(
 
 @app.command("train-job")
 def train_job(job_id: str) -> None:
-    """Run one queued job in this process (used by the Kubernetes GPU training Job)."""
-    from cadenza.runner import run_job
+    """Run one queued job in this process (the Kubernetes GPU training Job; DDP-aware)."""
+    from cadenza.train.job import run
 
-    state = run_job(job_id, get_settings())
+    state = run(job_id)
     console.print(f"job {job_id}: {state or 'not claimed (already taken or finished)'}")
     raise typer.Exit(0 if state in ("succeeded", None) else 1)
 

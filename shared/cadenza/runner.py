@@ -139,8 +139,8 @@ class _LeaseKeeper(threading.Thread):
                 log.exception("lease renewal failed for job %s", self.ctx.job_id)
 
 
-def run_job(job_id: str, settings: Settings) -> str | None:
-    """Claim and run job `job_id`; returns its final state, or None if not ours to run."""
+def claim_context(job_id: str, settings: Settings) -> JobContext | None:
+    """Claim job `job_id` (compare-and-set) and describe it; None if not ours to run."""
     factory = session_factory(settings.resolved_database_url)
     with factory() as s:
         job = claim(s, job_id, lease_seconds=settings.job_lease_seconds)
@@ -150,16 +150,41 @@ def run_job(job_id: str, settings: Settings) -> str | None:
                 "job %s not claimed (state %s)", job_id, current.state if current else "missing"
             )
             return None
-        ctx = JobContext(
-            job_id=job.id,
-            owner_id=job.owner_id,
-            type=job.type,
-            params=dict(job.params),
-            result=dict(job.result),
-            attempt=job.attempts,
-            settings=settings,
-            store=open_store(settings),
-        )
+        return _context(job, settings)
+
+
+def _context(job: Job, settings: Settings) -> JobContext:
+    return JobContext(
+        job_id=job.id,
+        owner_id=job.owner_id,
+        type=job.type,
+        params=dict(job.params),
+        result=dict(job.result),
+        attempt=job.attempts,
+        settings=settings,
+        store=open_store(settings),
+    )
+
+
+def follower_context(job_id: str, settings: Settings, timeout: float = 120.0) -> JobContext:
+    """The context of a job another process (DDP rank 0) has claimed, for ranks > 0.
+
+    Followers never claim, renew or finish the job: they only take part in the training.
+    """
+    factory = session_factory(settings.resolved_database_url)
+    deadline = time.monotonic() + timeout
+    while True:
+        with factory() as s:
+            job = s.get(Job, job_id)
+            if job is not None and job.state == JobState.RUNNING:
+                return _context(job, settings)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} was not claimed by rank 0 within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def execute(ctx: JobContext) -> str:
+    """Run a claimed job's handler under a lease; commit its outputs with its final state."""
     keeper = _LeaseKeeper(ctx)
     keeper.start()
     state: JobState
@@ -171,13 +196,19 @@ def run_job(job_id: str, settings: Settings) -> str | None:
     except UserError as exc:
         state = _end(ctx, JobState.FAILED, error=str(exc))
     except Exception as exc:
-        log.exception("job %s failed", job_id)
+        log.exception("job %s failed", ctx.job_id)
         tb = traceback.format_exc(limit=5)
         state = _end(ctx, JobState.FAILED, error=f"{type(exc).__name__}: {exc}", detail=tb)
     finally:
         keeper.stop.set()
         keeper.join(timeout=10)
     return state.value
+
+
+def run_job(job_id: str, settings: Settings) -> str | None:
+    """Claim and run job `job_id`; returns its final state, or None if not ours to run."""
+    ctx = claim_context(job_id, settings)
+    return execute(ctx) if ctx is not None else None
 
 
 def _commit(ctx: JobContext, outcome: Outcome) -> JobState:

@@ -1,0 +1,64 @@
+"""Run one queued training job, alone or across processes under `torchrun` (DDP).
+
+    cadenza train-job JOB_ID                                   # one process (k8s GPU Job)
+    torchrun --nproc_per_node=4 -m cadenza.train.job JOB_ID    # 4 GPUs, one job
+
+Rank 0 claims the job row (compare-and-set, lease) exactly as a Celery worker would, and
+only rank 0 writes metrics, checkpoints and the final commit; the other ranks read the same
+job and corpus and take part in every step. If rank 0 cannot claim the job (already taken
+or finished), every rank exits without training.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch.distributed as dist
+
+from cadenza.config import get_settings
+from cadenza.runner import claim_context, execute, follower_context, load_handler
+from cadenza.train.distributed import cleanup_distributed, init_distributed
+
+log = logging.getLogger("cadenza.train.job")
+
+
+def run(job_id: str) -> str | None:
+    """Train job `job_id` in this process group; rank 0 returns the final state."""
+    settings = get_settings()
+    info = init_distributed()
+    try:
+        if not info.is_distributed:
+            ctx = claim_context(job_id, settings)
+            return execute(ctx) if ctx is not None else None
+        claimed = [False]
+        if info.is_main:
+            ctx = claim_context(job_id, settings)
+            claimed = [ctx is not None]
+        dist.broadcast_object_list(claimed, src=0)
+        if not claimed[0]:
+            return None
+        if info.is_main:
+            assert ctx is not None
+            return execute(ctx)
+        follower = follower_context(job_id, settings)
+        if follower.type != "train":
+            raise SystemExit(f"job {job_id} is a {follower.type} job, not a training job")
+        load_handler("train")(follower)  # outputs are rank 0's to commit
+        return None
+    finally:
+        cleanup_distributed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m cadenza.train.job JOB_ID", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO)
+    state = run(args[0])
+    return 0 if state in ("succeeded", None) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
