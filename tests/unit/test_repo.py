@@ -26,7 +26,9 @@ def test_keys_are_hashed_scoped_and_revocable(tmp_path: Path) -> None:
         alice, key = create_api_key(session=s, owner_name="alice")
         bob, bob_key = create_api_key(session=s, owner_name="bob")
         assert key.startswith("cz_") and key != bob_key
-        assert all(key not in (k.key_hash, k.prefix) or len(k.prefix) < len(key) for k in s.query(ApiKey))
+        assert all(
+            key not in (k.key_hash, k.prefix) or len(k.prefix) < len(key) for k in s.query(ApiKey)
+        )
         assert owner_for_key(session=s, key=key) == alice
         assert owner_for_key(session=s, key=key + "x") is None
         assert owner_for_key(session=s, key="nonsense") is None

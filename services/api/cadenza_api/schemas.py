@@ -194,6 +194,13 @@ class SampleCreate(In):
     include_primer: bool = True
     n: int = Field(default=1, ge=1, le=64)
     max_new_tokens: int = Field(default=256, ge=1, le=65536)
+    stop_at_eos: bool = Field(default=True, description="end a variation at the end-of-piece token")
+    max_bars: int | None = Field(
+        default=None, ge=1, le=4096, description="stop once the output has this many bars"
+    )
+    max_seconds: float | None = Field(
+        default=None, gt=0, le=7200, description="stop once the output lasts this long"
+    )
     temperature: float = Field(default=1.0, gt=0, le=10)
     top_k: int | None = Field(default=None, ge=1)
     top_p: float | None = Field(default=None, gt=0, le=1)

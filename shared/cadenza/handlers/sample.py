@@ -23,6 +23,7 @@ def run(ctx: JobContext) -> Outcome:
     from cadenza.renders import render_all
     from cadenza.sample import SamplingParams, generate
     from cadenza.tokenize import decode_to_midi, encode_primer, special_ids, tokenizer_from_bytes
+    from cadenza.tokenize.primer import bar_end_tick, crop_score, seconds_to_tick
     from cadenza.train.checkpoint import model_from_checkpoint
 
     p = ctx.params
@@ -74,9 +75,23 @@ def run(ctx: JobContext) -> Outcome:
         max_new_tokens=p["max_new_tokens"],
         seed=p.get("seed"),
         eos_id=specials.get("eos"),
+        stop_at_eos=bool(p.get("stop_at_eos", True)),
     )
     total = params.max_new_tokens
     cancelled = False
+
+    max_bars, max_seconds = p.get("max_bars"), p.get("max_seconds")
+    include = bool(p.get("include_primer", True))
+
+    def long_enough(new: list[int]) -> bool:
+        """Whether a row's music already reaches max_bars / max_seconds."""
+        score = load_score(decode_to_midi(tokenizer, (prompt + new) if include else new))
+        if not any(len(t.notes) for t in score.tracks):
+            return False
+        end = int(score.end())
+        return (max_bars is not None and end >= bar_end_tick(score, max_bars)) or (
+            max_seconds is not None and end >= seconds_to_tick(score, max_seconds)
+        )
 
     def on_token(step: int, rows: list[list[int]]) -> bool:
         nonlocal cancelled
@@ -85,20 +100,25 @@ def run(ctx: JobContext) -> Outcome:
             return True
         if step % 16 == 0 or step == total:
             ctx.progress(step / total * 0.9, f"{step}/{total} tokens", tokens=step)
-        return False
+        # Music-length limits: checked every 32 tokens by decoding; the outputs are cut below.
+        return bool(
+            (max_bars or max_seconds) and step % 32 == 0 and all(long_enough(r) for r in rows)
+        )
 
     ctx.progress(
         0.0, f"sampling {p['n']} variation(s) from a {len(prompt)}-token primer", force=True
     )
     outputs = generate(model, [prompt], params, n=int(p["n"]), on_token=on_token, device=device)
 
-    include = bool(p.get("include_primer", True))
     corpus_stats = corpus.stats.get("metrics") or {}
     stored: list[dict[str, Any]] = []
     for i, new in enumerate(outputs):
         ids = (prompt + new) if include else new
         midi = decode_to_midi(tokenizer, ids)
         score = load_score(midi)
+        if max_bars or max_seconds:
+            score = crop_score(score, bars=max_bars, seconds=max_seconds)
+            midi = bytes(score.dumps_midi())
         notes = sum(len(t.notes) for t in score.tracks)
         key = job_key(ctx.job_id, "samples", f"{i:03d}.mid")
         ctx.store.put(key, midi)

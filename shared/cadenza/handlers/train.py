@@ -169,6 +169,8 @@ def run(ctx: JobContext) -> Outcome:
         )
     except ValueError as exc:  # bad data/config for this corpus: the user's to fix
         raise UserError(str(exc)) from exc
+    hooks.write_curve()
+    _export_weights(ctx, model.id)
     summary = {
         k: v for k, v in vars(result).items() if isinstance(v, (int, float, str, type(None)))
     }
@@ -186,3 +188,21 @@ def run(ctx: JobContext) -> Outcome:
         state=JobState.CANCELLED if cancelled else JobState.SUCCEEDED,
         message=f"{result.stopped_reason} after {summary.get('steps')} steps",
     )
+
+
+def _export_weights(ctx: JobContext, model_id: str) -> None:
+    """Write the best checkpoint's weights as safetensors (served by the API for download)."""
+    from cadenza.db.repo import pick_checkpoint
+    from cadenza.train.checkpoint import export_safetensors
+
+    with ctx.session() as s:
+        best = pick_checkpoint(session=s, model_id=model_id, which="best")
+        key = best.object_key if best else None
+    if key is None:
+        return
+    try:
+        data = export_safetensors(ctx.store.get(key))
+    except Exception:  # an export must never fail the training job that produced the weights
+        log.exception("safetensors export failed for model %s", model_id)
+        return
+    ctx.store.put(job_key(ctx.job_id, "model.safetensors"), data)

@@ -12,7 +12,7 @@ from cadenza.midi.load import load_score
 from cadenza.tokenize.base import Tokenizer
 
 
-def _bar_end_tick(score: Score, bars: int) -> int:
+def bar_end_tick(score: Score, bars: int) -> int:
     """Tick where bar number ``bars`` ends (bar 1 starts at tick 0), following time signatures.
 
     A time signature change inside a bar ends that bar early, as MIDI editors display it.
@@ -61,7 +61,7 @@ def crop_score(score: Score, *, bars: int | None = None, seconds: float | None =
     if bars is not None:
         if bars < 1:
             raise ValueError("bars must be ≥ 1")
-        end = min(end, _bar_end_tick(score, bars))
+        end = min(end, bar_end_tick(score, bars))
     if seconds is not None:
         if seconds <= 0:
             raise ValueError("seconds must be > 0")

@@ -161,3 +161,26 @@ def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: Current
         raise ApiError(
             409, "no_metrics", "no loss curve yet: it is drawn at the first evaluation"
         ) from exc
+
+
+@router.get("/v1/models/{model_id}/weights.safetensors")
+def download_weights(
+    model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
+) -> StreamingResponse:
+    """The best checkpoint's weights as safetensors (written when training ends)."""
+    model = get_owned(session, Model, model_id, owner.id)
+    key = job_key(model.job_id, "model.safetensors")
+    try:
+        size = store.size(key)
+    except ObjectNotFound as exc:
+        raise ApiError(
+            409, "not_ready", "no safetensors export yet: it is written when training ends"
+        ) from exc
+    return StreamingResponse(
+        store.iter_chunks(key),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(size),
+            "Content-Disposition": f'attachment; filename="{model.id}.safetensors"',
+        },
+    )
