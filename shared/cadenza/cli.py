@@ -541,9 +541,10 @@ def demo(
             console.print(f"[bold]2/5[/] uploaded {len(uploaded)} MIDI files to dataset {ds['id']}")
             job = follow(c, c.create_corpus(ds["id"], preset="remi-colab"), "tokenize")
             corpus = c.get(f"/v1/corpora/{job['corpus_id']}")
+            tokens = corpus["stats"].get("tokens_per_split", {})
             console.print(
-                f"[bold]3/5[/] corpus {corpus['id']}: vocab {corpus['vocab_size']}, "
-                f"{json.dumps(corpus['stats'].get('tokens', {}))} tokens"
+                f"[bold]3/5[/] corpus {corpus['id']}: vocabulary {corpus['vocab_size']}, "
+                + ", ".join(f"{n} {split} tokens" for split, n in tokens.items())
             )
             job = follow(
                 c,

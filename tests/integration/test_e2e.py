@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import symusic
 
@@ -82,6 +83,11 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     val_files = set(corpus["stats"]["file_splits"]["val"])
     assert train_files and val_files and not train_files & val_files
     assert corpus["stats"]["metrics"]["scale_consistency"]["mean"] > 0.85  # Bach is diatonic
+    with np.load(
+        io.BytesIO(client.http.get(f"/v1/corpora/{corpus['id']}/export.npz").content)
+    ) as z:
+        assert z["train_data"].ndim == 1 and z["train_data"].size > 1000
+        assert int(z["train_data"].max()) < corpus["vocab_size"]
 
     job = client.create_model(
         corpus["id"],
@@ -98,6 +104,9 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     train_losses = [m["loss"] for m in model["metrics"] if m["split"] == "train"]
     assert len(train_losses) >= 2 and train_losses[-1] < train_losses[0]
     assert any(m["split"] == "val" for m in model["metrics"])
+    ckpt = model["checkpoints"][-1]
+    full = client.http.get(f"/v1/models/{model['id']}/checkpoints/{ckpt['id']}")
+    assert full.status_code == 200 and int(full.headers["content-length"]) == ckpt["size"]
     weights = client.http.get(f"/v1/models/{model['id']}/weights.safetensors")
     assert weights.status_code == 200 and len(weights.content) > 10_000
     curve = client.http.get(f"/v1/models/{model['id']}/loss.png")

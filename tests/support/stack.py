@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.services import free_port, wait_for_http
+from tests.support.services import _stop_process_group, free_port, wait_for_http
 
 
 @dataclass
@@ -64,19 +64,6 @@ def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @contextlib.contextmanager
 def run_stack(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
     """Migrate, make a key, start API + worker; yield; stop them (logs under data_dir)."""
@@ -119,9 +106,9 @@ def run_stack(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterat
         wait_for_http(f"{stack.api_url}/healthz", timeout=60)
         yield stack
     finally:
-        _stop(api)
+        _stop_process_group(api, 20)
         for w in stack.workers:
-            _stop(w)
+            _stop_process_group(w, 20)
 
 
 def print_logs(stack: Stack) -> None:

@@ -38,6 +38,12 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
     return f"invalid request: {text}", details
 
 
+def invalid(prefix: str, exc: Any, code: str | None = None) -> ApiError:
+    """A 422 for a pydantic ValidationError raised while checking request field `prefix`."""
+    msg, details = validation_message([{**e, "loc": (prefix, *e["loc"])} for e in exc.errors()])
+    return ApiError(422, code or f"invalid_{prefix}", msg, details=details)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

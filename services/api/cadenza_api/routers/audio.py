@@ -14,7 +14,7 @@ from cadenza.db.repo import get_owned
 from cadenza.renders import MEDIA_TYPES, render_key
 from cadenza.storage import ObjectNotFound, ObjectStore
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
-from cadenza_api.errors import ApiError, validation_message
+from cadenza_api.errors import ApiError, invalid
 from cadenza_api.routers.jobs import submit
 from cadenza_api.schemas import AudioJobCreate, JobOut
 
@@ -75,10 +75,7 @@ def create_audio_job(
                 body.transcribe or {}
             ).model_dump(mode="json")
         except ValidationError as exc:
-            msg, details = validation_message(
-                [{**e, "loc": ("transcribe", *e["loc"])} for e in exc.errors()]
-            )
-            raise ApiError(422, "invalid_transcribe", msg, details=details) from exc
+            raise invalid("transcribe", exc) from exc
     job = submit(session, settings, owner_id=owner.id, type="audio", params=params)
     return JobOut.model_validate(job)
 

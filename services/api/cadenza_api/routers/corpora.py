@@ -11,20 +11,15 @@ from sqlalchemy import func, select
 
 from cadenza.db.models import Corpus, Dataset, File
 from cadenza.db.repo import get_owned, list_owned
-from cadenza.storage import ObjectNotFound
 from cadenza.tokenize.spec import PRESETS as TOKENIZER_PRESETS
 from cadenza.tokenize.spec import AugmentSpec, TokenizerSpec
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
-from cadenza_api.errors import ApiError, validation_message
+from cadenza_api.errors import ApiError, invalid
 from cadenza_api.routers.jobs import submit
 from cadenza_api.schemas import CorpusCreate, CorpusOut, JobOut
+from cadenza_api.streams import stream_object
 
 router = APIRouter(tags=["corpora"])
-
-
-def _invalid(prefix: str, exc: ValidationError) -> ApiError:
-    msg, details = validation_message([{**e, "loc": (prefix, *e["loc"])} for e in exc.errors()])
-    return ApiError(422, f"invalid_{prefix}", msg, details=details)
 
 
 def _tokenizer_spec(body: CorpusCreate) -> dict[str, Any]:
@@ -54,7 +49,7 @@ def _tokenizer_spec(body: CorpusCreate) -> dict[str, Any]:
     try:
         return TokenizerSpec.model_validate(raw).model_dump(mode="json")
     except ValidationError as exc:
-        raise _invalid("tokenizer", exc) from exc
+        raise invalid("tokenizer", exc) from exc
 
 
 @router.post("/v1/corpora", status_code=202, response_model=JobOut)
@@ -78,7 +73,7 @@ def create_corpus(
         try:
             params["augment"] = AugmentSpec.model_validate(body.augment).model_dump(mode="json")
         except ValidationError as exc:
-            raise _invalid("augment", exc) from exc
+            raise invalid("augment", exc) from exc
     job = submit(session, settings, owner_id=owner.id, type="tokenize", params=params)
     return JobOut.model_validate(job)
 
@@ -99,16 +94,6 @@ def export_corpus(
 ) -> StreamingResponse:
     """The corpus as nanoGPT-style `.npz` (`train_data`, `val_data`, 1-D token arrays)."""
     corpus = get_owned(session, Corpus, corpus_id, owner.id)
-    key = f"{corpus.object_prefix}/export.npz"
-    try:
-        size = store.size(key)
-    except ObjectNotFound as exc:
-        raise ApiError(404, "not_found", "this corpus has no export") from exc
-    return StreamingResponse(
-        store.iter_chunks(key),
-        media_type="application/octet-stream",
-        headers={
-            "Content-Length": str(size),
-            "Content-Disposition": f'attachment; filename="corpus-{corpus.id}.npz"',
-        },
+    return stream_object(
+        store, f"{corpus.object_prefix}/export.npz", filename=f"corpus-{corpus.id}.npz"
     )

@@ -15,6 +15,7 @@ from cadenza.midi.load import MidiLimits
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
 from cadenza_api.schemas import DatasetCreate, DatasetOut, FileList, FileOut
+from cadenza_api.streams import stream_object
 from cadenza_api.upload import parse_upload
 
 router = APIRouter(tags=["datasets"])
@@ -135,12 +136,4 @@ def download_file(
     """Stream a stored file with the content type of what it really is."""
     row = get_owned(session, File, file_id, owner.id)
     media = MEDIA_TYPES.get(row.format, "application/octet-stream")
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in row.name)[:100] or "file"
-    return StreamingResponse(
-        store.iter_chunks(row.object_key),
-        media_type=media,
-        headers={
-            "Content-Length": str(row.size),
-            "Content-Disposition": f'attachment; filename="{safe}"',
-        },
-    )
+    return stream_object(store, row.object_key, filename=row.name, media_type=media)

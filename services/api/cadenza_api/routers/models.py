@@ -15,9 +15,10 @@ from cadenza.models.registry import resolve_config
 from cadenza.storage import ObjectNotFound, job_key
 from cadenza.train.config import TrainConfig
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
-from cadenza_api.errors import ApiError, validation_message
+from cadenza_api.errors import ApiError, invalid
 from cadenza_api.routers.jobs import submit
 from cadenza_api.schemas import CheckpointOut, JobOut, MetricOut, ModelCreate, ModelOut
+from cadenza_api.streams import stream_object
 
 router = APIRouter(tags=["models"])
 
@@ -27,10 +28,7 @@ def _validate(body: ModelCreate) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         cfg = resolve_config(body.architecture, body.preset, body.config)
     except ValidationError as exc:
-        msg, details = validation_message(
-            [{**e, "loc": ("config", *e["loc"])} for e in exc.errors()]
-        )
-        raise ApiError(422, "invalid_config", msg, details=details) from exc
+        raise invalid("config", exc) from exc
     except ValueError as exc:
         raise ApiError(422, "invalid_config", str(exc)) from exc
     try:
@@ -39,10 +37,7 @@ def _validate(body: ModelCreate) -> tuple[dict[str, Any], dict[str, Any]]:
         else:
             train = TrainConfig.model_validate(body.train)
     except ValidationError as exc:
-        msg, details = validation_message(
-            [{**e, "loc": ("train", *e["loc"])} for e in exc.errors()]
-        )
-        raise ApiError(422, "invalid_train_config", msg, details=details) from exc
+        raise invalid("train", exc, "invalid_train_config") from exc
     except ValueError as exc:
         raise ApiError(422, "invalid_train_config", str(exc)) from exc
     block = getattr(cfg, "block_size", None)
@@ -144,11 +139,7 @@ def download_checkpoint(
     ckpt = session.get(Checkpoint, checkpoint_id)
     if ckpt is None or ckpt.model_id != model.id:
         raise ApiError(404, "not_found", f"checkpoint {checkpoint_id} not found")
-    return StreamingResponse(
-        store.iter_chunks(ckpt.object_key),
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{model.id}-{ckpt.step}.pt"'},
-    )
+    return stream_object(store, ckpt.object_key, filename=f"{model.id}-{ckpt.step}.pt")
 
 
 @router.get("/v1/models/{model_id}/loss.png")
@@ -169,18 +160,9 @@ def download_weights(
 ) -> StreamingResponse:
     """The best checkpoint's weights as safetensors (written when training ends)."""
     model = get_owned(session, Model, model_id, owner.id)
-    key = job_key(model.job_id, "model.safetensors")
-    try:
-        size = store.size(key)
-    except ObjectNotFound as exc:
-        raise ApiError(
-            409, "not_ready", "no safetensors export yet: it is written when training ends"
-        ) from exc
-    return StreamingResponse(
-        store.iter_chunks(key),
-        media_type="application/octet-stream",
-        headers={
-            "Content-Length": str(size),
-            "Content-Disposition": f'attachment; filename="{model.id}.safetensors"',
-        },
+    return stream_object(
+        store,
+        job_key(model.job_id, "model.safetensors"),
+        filename=f"{model.id}.safetensors",
+        missing=(409, "not_ready", "no safetensors export yet: it is written when training ends"),
     )
