@@ -166,6 +166,17 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     score = symusic.Score.from_midi(client.http.get(f"/v1/samples/{piece['id']}/midi").content)
     assert primer_pitches(score, bars=3) == primer_pitches(score, bars=100)  # nothing after bar 3
 
+    # Attribute control: force how a new piece starts (here: its tempo).
+    names = corpus["stats"]["token_names"]
+    tempo = next(n for n in names if n.startswith("Tempo_") and n != "Tempo_120.0")
+    forced = ["Bar_None", "TimeSig_4/4", "Position_0", tempo]
+    job = finished(client, client.sample(model["id"], force_tokens=forced, seed=4))
+    score = symusic.Score.from_midi(client.http.get(f"/v1/samples/{job['sample_id']}/midi").content)
+    assert score.tempos[0].time == 0 and abs(score.tempos[0].qpm - float(tempo[6:])) < 0.01
+    with pytest.raises(ApiFailure) as e:
+        client.sample(model["id"], force_tokens=["Tempo_1000"])
+    assert e.value.status == 422 and "Tempo_" in e.value.message
+
     # Cancelling a running sample job keeps what was generated so far.
     long = client.sample(model["id"], max_new_tokens=60_000, seed=5, stop_at_eos=False)
     deadline = time.monotonic() + 120

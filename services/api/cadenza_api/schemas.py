@@ -192,6 +192,12 @@ class SampleCreate(In):
         description="hash of the tokenizer primer_tokens came from (checked against the model)",
     )
     include_primer: bool = True
+    force_tokens: list[str] | None = Field(
+        default=None,
+        max_length=32,
+        description="attribute control: token names the piece must start with, e.g. "
+        '["Bar_None", "TimeSig_3/4", "Position_0", "Tempo_80.65"] (see the corpus token_names)',
+    )
     n: int = Field(default=1, ge=1, le=64)
     max_new_tokens: int = Field(default=256, ge=1, le=65536)
     stop_at_eos: bool = Field(default=True, description="end a variation at the end-of-piece token")

@@ -64,6 +64,12 @@ def run(ctx: JobContext) -> Outcome:
         prompt = list(p["primer_tokens"])
     else:
         prompt = [specials["bos"]] if specials.get("bos") is not None else [0]
+    if p.get("force_tokens"):
+        vocab = getattr(getattr(tokenizer, "miditok", None), "vocab", {})
+        try:
+            prompt += [int(vocab[name]) for name in p["force_tokens"]]
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"force_tokens: {exc} is not in this model's vocabulary") from exc
 
     params = SamplingParams(
         temperature=p["temperature"],

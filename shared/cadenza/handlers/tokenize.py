@@ -82,6 +82,7 @@ def run(ctx: JobContext) -> Outcome:
 
     by_id = dict(data)
     stats["metrics"] = corpus_metrics(by_id[f] for f in build.file_splits.get("train", []))
+    stats["token_names"] = token_names(build.tokenizer)
     tok_hash = tokenizer_hash(build.tokenizer)
     vocab = vocab_size(build.tokenizer)
 
@@ -103,3 +104,15 @@ def run(ctx: JobContext) -> Outcome:
         return {"corpus_id": corpus_id}
 
     return Outcome(finalize, message=f"{sum(v.size for v in build.splits.values())} tokens")
+
+
+def token_names(tokenizer: Any) -> list[str]:
+    """The names of a plain MidiTok vocabulary (no BPE), in id order, for `force_tokens`.
+
+    Empty for our own encodings, BPE-trained and multi-vocabulary tokenizers, whose ids do not
+    map one-to-one onto named MidiTok tokens.
+    """
+    vocab = getattr(getattr(tokenizer, "miditok", None), "vocab", None)
+    if not isinstance(vocab, dict) or getattr(tokenizer, "subword", None) is not None:
+        return []
+    return [name for name, _ in sorted(vocab.items(), key=lambda kv: kv[1])]

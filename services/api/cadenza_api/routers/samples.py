@@ -62,6 +62,8 @@ def create_samples(
                 f"primer_tokens {bad[:5]} are outside this model's vocabulary "
                 f"(0..{model.vocab_size - 1}); they must come from the same tokenizer",
             )
+    if body.force_tokens:
+        _check_force_tokens(session, model, body)
     params = body.model_dump(mode="json") | {"model_id": model.id, "checkpoint_id": ckpt.id}
     job = submit(session, settings, owner_id=owner.id, type="sample", params=params)
     return JobOut.model_validate(job)
@@ -95,7 +97,30 @@ def sample_midi(
     )
 
 
-def corpus_of(session: SessionDep, model: Model) -> Corpus:
+def _check_force_tokens(session: SessionDep, model: Model, body: SampleCreate) -> None:
+    """Attribute control needs named tokens of the model's own vocabulary, and no primer."""
+    if body.primer_file_id or body.primer_tokens:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "force_tokens sets how a new piece starts; it cannot be combined with a primer",
+        )
     corpus = session.scalar(select(Corpus).where(Corpus.id == model.corpus_id))
-    assert corpus is not None
-    return corpus
+    names = set(corpus.stats.get("token_names", [])) if corpus else set()
+    if not names:
+        raise ApiError(
+            422,
+            "no_attribute_tokens",
+            "this model's tokenizer has no named tokens to force (BPE, midichar, chord-duration "
+            "or a multi-vocabulary tokenizer); train on a plain MidiTok corpus to use force_tokens",
+        )
+    unknown = [t for t in body.force_tokens or [] if t not in names]
+    if unknown:
+        prefix = unknown[0].split("_", 1)[0] + "_"
+        like = sorted(n for n in names if n.startswith(prefix))[:8]
+        raise ApiError(
+            422,
+            "unknown_tokens",
+            f"force_tokens {unknown[:5]} are not in this model's vocabulary"
+            + (f"; tokens like it: {like}" if like else ""),
+        )
