@@ -147,6 +147,23 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     roll = client.http.get(f"/v1/samples/{sid}/pianoroll.png")
     assert roll.status_code == 200 and roll.content.startswith(b"\x89PNG")
 
+    # A bar range as primer: bars 3-4 of the file, moved to the start.
+    job = finished(
+        client,
+        client.sample(
+            model["id"],
+            primer_file_id=files[0]["id"],
+            primer_start_bar=3,
+            primer_bars=2,
+            max_new_tokens=8,
+            seed=2,
+        ),
+    )
+    out = symusic.Score.from_midi(client.http.get(f"/v1/samples/{job['sample_id']}/midi").content)
+    bars_3_4 = primer_pitches(source, bars=4) - primer_pitches(source, bars=2)
+    shifted = {(round(t - 8.0, 3), p) for t, p in bars_3_4}  # 4/4: bar 3 starts at quarter 8
+    assert shifted <= primer_pitches(out, bars=2)
+
     # A token primer from another tokenizer is refused before any work is queued.
     with pytest.raises(ApiFailure) as e:
         client.sample(model["id"], primer_tokens=[1, 2, 3], primer_tokenizer_hash="0" * 64)

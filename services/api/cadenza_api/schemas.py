@@ -185,6 +185,9 @@ class SampleCreate(In):
     primer_file_id: str | None = Field(default=None, max_length=64)
     primer_bars: int | None = Field(default=None, ge=1, le=512)
     primer_seconds: float | None = Field(default=None, gt=0, le=3600)
+    primer_start_bar: int = Field(
+        default=1, ge=1, le=100_000, description="take the primer from this bar (1 = the start)"
+    )
     primer_tokens: list[int] | None = Field(default=None, max_length=65536)
     primer_tokenizer_hash: str | None = Field(
         default=None,

@@ -54,6 +54,7 @@ def run(ctx: JobContext) -> Outcome:
                 ctx.store.get(primer.object_key),
                 bars=p.get("primer_bars"),
                 seconds=p.get("primer_seconds"),
+                start_bar=int(p.get("primer_start_bar") or 1),
             )
         except ValueError as exc:
             raise UserError(f"primer {primer.id}: {exc}") from exc

@@ -75,9 +75,14 @@ def encode_primer(
     *,
     bars: int | None = None,
     seconds: float | None = None,
+    start_bar: int = 1,
     clean: CleanOptions | None = None,
 ) -> list[int]:
     """Ids of the first ``bars``/``seconds`` of a MIDI file, to continue from.
+
+    ``start_bar`` (1-based) takes the span from that bar on instead of from the beginning: bars
+    ``start_bar`` … ``start_bar + bars - 1``, moved to time 0 with the tempo and time signature
+    in force there.
 
     Neither BOS nor EOS: prepend ``tok.bos_id`` to start a sequence the way corpus files start;
     without EOS the model continues instead of ending. Cleaning defaults to the corpus defaults
@@ -90,6 +95,13 @@ def encode_primer(
     cleaned, report = clean_score(score, opts)
     if cleaned is None:
         raise ValueError(f"the primer has no usable notes ({report[-1] if report else 'empty'})")
+    if start_bar < 1:
+        raise ValueError("start_bar must be ≥ 1")
+    if start_bar > 1:
+        start = bar_end_tick(cleaned, start_bar - 1)
+        if start >= int(cleaned.end()):
+            raise ValueError(f"the primer has fewer than {start_bar} bars")
+        cleaned = cleaned.clip(start, int(cleaned.end()) + 1, clip_end=False).shift_time(-start)
     if bars is not None or seconds is not None:
         cleaned = crop_score(cleaned, bars=bars, seconds=seconds)
     ids = tok.encode(cleaned)
