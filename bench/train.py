@@ -487,8 +487,9 @@ def main(argv: list[str] | None = None) -> str:
         "Bytes are counted by a TorchDispatchMode that adds up every new tensor storage the ops "
         "create (views excluded), so the figures do not depend on allocator caching or timing. "
         "Only the Er slice grows linearly with seq. The relative term materialises "
-        "(heads, T, T) fp32 tensors per sequence (Q·Erᵀ, its padded skew, the scaled copy and "
-        "the masked bias handed to SDPA), so it grows with T² (4x per doubling); the last column "
+        "(heads, T, T) fp32 tensors per sequence (Q·Erᵀ computed straight into the padded skew "
+        "layout and masked in place, then what SDPA's attention path with an additive mask "
+        "allocates for it), so it grows with T² (4x per doubling); the last column "
         "compares it with the naive (T, T, hs) gather of Shaw et al. (one per layer). "
         "The gpt layer uses SDPA's fused causal kernel and never materialises (T, T).",
         "",

@@ -51,11 +51,14 @@ def relative_logits(q: Tensor, er: Tensor) -> Tensor:
     S = er.size(-2)
     if T > S:
         raise ValueError(f"{T} queries cannot be the last rows of {S} keys")
-    qe = torch.matmul(q, er.transpose(-2, -1))  # (B, nh, T, S): column c is distance S-1-c
+    # The skew's zero column comes from a zero row prepended to Er, so Q·Erᵀ is computed
+    # straight into its padded (T, S+1) layout: one (T, S) allocation per head instead of a
+    # product plus a padded copy. Column c+1 is distance S-1-c.
+    er_pad = torch.cat([er.new_zeros((*er.shape[:-2], 1, hs)), er], dim=-2)  # (…, S+1, hs)
+    qe = torch.matmul(q, er_pad.transpose(-2, -1))  # (B, nh, T, S+1), column 0 all zeros
     if T == 1:
-        return qe  # one query row (a decoding step) is already aligned: no shift needed
-    qe = F.pad(qe, (1, 0))  # (B, nh, T, S+1)
-    qe = qe.reshape(B, nh, T * (S + 1))[..., T:]  # shift row r right by T-1-r
+        return qe[..., 1:]  # one query row (a decoding step) is already aligned: no shift
+    qe = qe.reshape(B, nh, T * (S + 1))[..., T:]  # a view: shifts row r right by T-1-r
     return qe.view(B, nh, T, S)
 
 
@@ -152,9 +155,11 @@ class CausalSelfAttention(nn.Module):
         if self.rel is None:
             assert blocked is not None
             return ~blocked, False  # boolean mask: True = may attend
-        bias = self.rel(q, S) * (1.0 / math.sqrt(self.head_size))  # (B, nh, T, S)
+        # Scale q rather than the (T, S) product, and mask in place: the bias handed to SDPA
+        # is the only (B, nh, T, S) tensor the relative term allocates.
+        bias = self.rel(q * (1.0 / math.sqrt(self.head_size)), S)  # (B, nh, T, S)
         if blocked is not None:
-            bias = bias.masked_fill(blocked, float("-inf"))
+            bias = bias.masked_fill_(blocked, float("-inf"))
         return bias, False
 
 
