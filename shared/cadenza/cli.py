@@ -218,20 +218,14 @@ def train_job(job_id: str) -> None:
 
 @app.command()
 def reconcile() -> None:
-    """Requeue jobs whose worker died and fail those out of attempts (normally automatic)."""
-    from cadenza.db.session import session_scope
-    from cadenza.jobs import reconcile as _reconcile
-    from cadenza.queue import enqueue
+    """Requeue jobs whose worker died, fail those out of attempts, re-send lost messages.
 
-    settings = get_settings()
-    with session_scope(settings.resolved_database_url) as s:
-        requeued, failed = _reconcile(s)
-        from cadenza.db.models import Job
+    Every worker does this on a timer; the command is for when no worker is running.
+    """
+    from cadenza.queue import reconcile_and_resend
 
-        queues = {j: s.get(Job, j).queue for j in requeued}  # type: ignore[union-attr]
-    for job_id, q in queues.items():
-        enqueue(settings, job_id, q)
-    console.print(f"requeued {requeued}, failed {failed}")
+    requeued, failed, resent = reconcile_and_resend(get_settings())
+    console.print(f"requeued {requeued}, failed {failed}, re-sent {resent}")
 
 
 # ---------------------------------------------------------------------------- client side
@@ -423,8 +417,15 @@ def sample(
             _fail(e)
 
 
-def _render_target(item_id: str, is_file: bool) -> str:
-    return f"/v1/files/{item_id}" if is_file else f"/v1/samples/{item_id}"
+def _save_render(item_id: str, is_file: bool, view: str, dest: Path) -> None:
+    """Download a rendering of a sample (or a dataset MIDI file), waiting while it is made."""
+    base = f"/v1/files/{item_id}" if is_file else f"/v1/samples/{item_id}"
+    with _client() as c:
+        try:
+            c.download(f"{base}/{view}", dest)
+        except ApiFailure as e:
+            _fail(e)
+    out.print(str(dest))
 
 
 @app.command()
@@ -435,13 +436,7 @@ def play(
     output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
 ) -> None:
     """Save a sample (or MIDI file) rendered to audio with the General MIDI soundfont."""
-    dest = output or Path(f"{item_id}.{format}")
-    with _client() as c:
-        try:
-            c.download(f"{_render_target(item_id, file)}/audio?format={format}", dest)
-        except ApiFailure as e:
-            _fail(e)
-    out.print(str(dest))
+    _save_render(item_id, file, f"audio?format={format}", output or Path(f"{item_id}.{format}"))
 
 
 @app.command()
@@ -451,13 +446,7 @@ def show(
     output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
 ) -> None:
     """Save the piano-roll picture of a sample (or MIDI file) as PNG."""
-    dest = output or Path(f"{item_id}.png")
-    with _client() as c:
-        try:
-            c.download(f"{_render_target(item_id, file)}/pianoroll.png", dest)
-        except ApiFailure as e:
-            _fail(e)
-    out.print(str(dest))
+    _save_render(item_id, file, "pianoroll.png", output or Path(f"{item_id}.png"))
 
 
 @jobs_app.command("show")

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
-from sqlalchemy import select
 
 from cadenza.config import get_settings
-from cadenza.db.models import Job, utcnow
-from cadenza.db.session import engine_for, session_factory
-from cadenza.jobs import queued_jobs, reconcile
-from cadenza.queue import RUN_JOB_TASK, enqueue, make_celery
+from cadenza.db.session import engine_for
+from cadenza.queue import RUN_JOB_TASK, make_celery, reconcile_and_resend
 from cadenza.runner import run_job as _run_job
 
 log = logging.getLogger("cadenza.worker")
@@ -61,20 +57,9 @@ _stop = threading.Event()
 
 def reconcile_once() -> tuple[list[str], list[str]]:
     """Requeue/fail jobs of dead workers and re-send queued jobs whose message was lost."""
-    with session_factory(settings.resolved_database_url)() as s:
-        requeued, failed = reconcile(s)
-        stale = utcnow() - timedelta(seconds=max(120, settings.job_lease_seconds * 2))
-        resend = list(queued_jobs(s, stale))
-        # Touch updated_at so a lost message is re-sent at most once per period.
-        for job in resend:
-            job.updated_at = utcnow()
-        s.commit()
-        targets = {j.id: j.queue for j in resend}
-        targets.update({j.id: j.queue for j in s.scalars(select(Job).where(Job.id.in_(requeued)))})
-    for job_id, queue in targets.items():
-        enqueue(settings, job_id, queue)
-    if targets or failed:
-        log.warning("reconciler: requeued %s, failed %s, re-sent %s", requeued, failed, targets)
+    requeued, failed, resent = reconcile_and_resend(settings)
+    if requeued or failed or resent:
+        log.warning("reconciler: requeued %s, failed %s, re-sent %s", requeued, failed, resent)
     return requeued, failed
 
 

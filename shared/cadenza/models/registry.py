@@ -191,20 +191,23 @@ _KERAS_CHORD_TRAIN = _train(
     eval_interval=500,
 )
 
+# nanoGPT's GPT-2 recipe scaled down: shared by the `small` gpt and music-transformer presets.
+_SMALL_TRAIN = _train(
+    lr=6e-4,
+    batch_size=16,
+    warmup_steps=500,
+    max_steps=20_000,
+    weight_decay=0.1,
+    betas=(0.9, 0.95),
+    grad_clip=1.0,
+    min_lr_ratio=0.1,
+    eval_interval=500,
+)
+
 TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpt": {
         "tiny": dict(_TINY_TRAIN),
-        "small": _train(
-            lr=6e-4,
-            batch_size=16,
-            warmup_steps=500,
-            max_steps=20_000,
-            weight_decay=0.1,
-            betas=(0.9, 0.95),
-            grad_clip=1.0,
-            min_lr_ratio=0.1,
-            eval_interval=500,
-        ),
+        "small": dict(_SMALL_TRAIN),
         # minGPT trainer defaults with system B's lr and batch; minGPT does not decay the lr.
         "mingpt-nano": _train(
             lr=3e-3,
@@ -231,17 +234,7 @@ TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "music-transformer": {
         "tiny": dict(_TINY_TRAIN),
-        "small": _train(
-            lr=6e-4,
-            batch_size=16,
-            warmup_steps=500,
-            max_steps=20_000,
-            weight_decay=0.1,
-            betas=(0.9, 0.95),
-            grad_clip=1.0,
-            min_lr_ratio=0.1,
-            eval_interval=500,
-        ),
+        "small": dict(_SMALL_TRAIN),
         # System A: lr 6e-4, batch 16, 60k iters, warmup 500, eval every 1000, AdamW wd 0.1,
         # betas (0.9, 0.95), clip 1.0, cosine decay to lr/10 (it trained in float16).
         "colab-remi": _train(

@@ -6,9 +6,9 @@ validate requests; everything else is imported on first attribute access.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from cadenza._lazy import lazy_exports
 from cadenza.tokenize.spec import (
     AUGMENT_PRESETS,
     PRESETS,
@@ -43,33 +43,28 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    "Symbols": "base",
-    "Tokenizer": "base",
-    "CorpusBuild": "corpus",
-    "CorpusCancelled": "corpus",
-    "CorpusEmpty": "corpus",
-    "CorpusStats": "corpus",
-    "assign_splits": "corpus",
-    "build_corpus": "corpus",
-    "load_npz": "corpus",
-    "crop_score": "primer",
-    "decode_to_midi": "primer",
-    "encode_primer": "primer",
-    "build_tokenizer": "registry",
-    "special_ids": "registry",
-    "tokenizer_from_bytes": "registry",
-    "tokenizer_hash": "registry",
-    "tokenizer_to_bytes": "registry",
-    "vocab_size": "registry",
+    "Symbols": "cadenza.tokenize.base",
+    "Tokenizer": "cadenza.tokenize.base",
+    "CorpusBuild": "cadenza.tokenize.corpus",
+    "CorpusCancelled": "cadenza.tokenize.corpus",
+    "CorpusEmpty": "cadenza.tokenize.corpus",
+    "CorpusStats": "cadenza.tokenize.corpus",
+    "assign_splits": "cadenza.tokenize.corpus",
+    "build_corpus": "cadenza.tokenize.corpus",
+    "load_npz": "cadenza.tokenize.corpus",
+    "crop_score": "cadenza.tokenize.primer",
+    "decode_to_midi": "cadenza.tokenize.primer",
+    "encode_primer": "cadenza.tokenize.primer",
+    "build_tokenizer": "cadenza.tokenize.registry",
+    "special_ids": "cadenza.tokenize.registry",
+    "tokenizer_from_bytes": "cadenza.tokenize.registry",
+    "tokenizer_hash": "cadenza.tokenize.registry",
+    "tokenizer_to_bytes": "cadenza.tokenize.registry",
+    "vocab_size": "cadenza.tokenize.registry",
 }
 
-
-def __getattr__(name: str) -> Any:
-    """Import heavy submodules (MidiTok, symusic) only when their names are used."""
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'cadenza.tokenize' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"cadenza.tokenize.{mod}"), name)
+# Heavy submodules (MidiTok, symusic) load only when one of their names is used.
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [
