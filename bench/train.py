@@ -8,8 +8,9 @@ Compares, at identical sizes and batch shapes:
   * `gpt`: Cadenza's GPT trained through `cadenza.train.train` (the real loop, hooks and all);
   * `music-transformer`: the same, with relative attention instead of absolute positions.
 Rounds are interleaved (ref, gpt, mt, ref, ...) and the median taken, so background load on a
-shared machine hits all three alike. Also counts the bytes the relative-attention term
-allocates in one layer's forward at seq 512/1024/2048, and reports MFU on CUDA.
+shared machine hits all three alike. Also measures the peak memory of one attention layer's
+training step at seq 512/1024/2048 (the relative term = music-transformer minus gpt), and
+reports MFU on CUDA.
 Prints a markdown report and writes it to bench/README_train.md.
 """
 
@@ -38,10 +39,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_leaves  # noqa: E402
 
 from cadenza.models import build_model, resolve_config  # noqa: E402
+from cadenza.models.gpt import REL_CHUNK  # noqa: E402
 from cadenza.train import TrainConfig, train  # noqa: E402
 from cadenza.train.loop import NullHooks  # noqa: E402
 
@@ -257,32 +257,41 @@ def cadenza_step_times(
 # ----------------------------------------------------------------------------- memory
 
 
-class AllocationCounter(TorchDispatchMode):
-    """Sums the bytes of every new tensor storage the dispatched ops create (views excluded)."""
+def peak_bytes(fn: Any, device: str) -> int:
+    """Peak bytes live at once while fn() runs, above what was live before it.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
+    On CUDA from the caching allocator's own peak counter; on CPU from the profiler's memory
+    events (every allocation and free of the CPU allocator, in order), so the figure is the
+    true high-water mark, independent of timing and of what the allocator caches.
+    """
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - base)
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        inputs = {
-            t.untyped_storage().data_ptr()
-            for t in tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor)
-        }
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.bytes += t.untyped_storage().nbytes()
-        return out
 
+def relative_memory(
+    seq_lens: list[int], n_head: int, n_embd: int, device: str
+) -> list[dict[str, float]]:
+    """Peak memory of one attention layer's training step (forward + backward, batch 1), gpt
+    against music-transformer; their difference is what the relative term costs.
 
-def relative_memory(seq_lens: list[int], n_head: int, n_embd: int) -> list[dict[str, float]]:
-    """Bytes allocated in one attention layer's forward (batch 1), gpt vs music-transformer.
-
-    `rel_term` is what the relative path adds: the Er slice, Q·Erᵀ, its skewed copy and the
-    masked bias handed to SDPA. `naive` is the (T, T, hs) tensor of Shaw et al.'s original
-    formulation, for scale.
+    For scale: `bias` is the (heads, T, T) additive mask SDPA would need to take the relative
+    logits (what this model did before its chunked kernel), `naive` the (T, T, hs) tensor of
+    Shaw et al.'s original formulation.
     """
     rows = []
     hs = n_embd // n_head
@@ -291,23 +300,14 @@ def relative_memory(seq_lens: list[int], n_head: int, n_embd: int) -> list[dict[
         for arch in ("gpt", "music-transformer"):
             cfg = resolve_config(arch, None, {"n_layer": 1, "n_head": n_head, "n_embd": n_embd,
                                               "block_size": T, "dropout": 0.0})  # fmt: skip
-            model = build_model(arch, cfg, VOCAB).eval()
+            model = build_model(arch, cfg, VOCAB).to(device)
             attn: Any = model.h[0].attn  # type: ignore[index,union-attr]
-            x = torch.randn(1, T, n_embd)
-            with torch.no_grad():
-                counter = AllocationCounter()
-                with counter:
-                    attn(x)
-                out[f"{arch}_layer"] = counter.bytes
-                if arch == "music-transformer":
-                    q = torch.randn(1, n_head, T, hs)
-                    blocked = torch.ones(T, T, dtype=torch.bool).triu(1)  # causal, not relative
-                    rel = AllocationCounter()
-                    with rel:
-                        bias = attn.rel(q, T) * (1.0 / math.sqrt(hs))
-                        bias = bias.masked_fill(blocked, float("-inf"))
-                    out["rel_term"] = rel.bytes
-                    out["er_slice"] = T * hs * 4
+            x = torch.randn(1, T, n_embd, device=device, requires_grad=True)
+            grad = torch.randn(1, T, n_embd, device=device)
+            attn(x).backward(grad)  # warm-up: parameter .grad buffers exist before measuring
+            out[f"{arch}_layer"] = peak_bytes(lambda a=attn, x=x, g=grad: a(x).backward(g), device)
+        out["rel_term"] = out["music-transformer_layer"] - out["gpt_layer"]
+        out["bias"] = n_head * T * T * 4
         out["naive"] = T * T * hs * 4
         rows.append(out)
     return rows
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> str:
     }
     params["reference"] = params["gpt"]
 
-    mem = relative_memory(mem_seqs, size["n_head"], size["n_embd"])
+    mem = relative_memory(mem_seqs, size["n_head"], size["n_embd"], device)
 
     command = "python bench/train.py" + " ".join(
         [""] + (argv if argv is not None else sys.argv[1:])
@@ -466,32 +466,32 @@ def main(argv: list[str] | None = None) -> str:
         f"**{rel_cost:.2f}x** best, {med_rel_cost:.2f}x median "
         f"(goal <= 1.3: {'met' if rel_cost <= 1.3 else 'not met'})",
         "",
-        "## Relative-attention memory, one layer forward, batch 1, "
+        "## Relative-attention memory: one attention layer, forward + backward, batch 1, "
         f"{size['n_head']} heads x head size {size['n_embd'] // size['n_head']} (fp32)",
         "",
-        "| seq | Er slice (bytes) | relative term allocated (bytes) | growth vs previous | "
-        "gpt layer | music-transformer layer | naive (T,T,hs) | relative / naive |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| seq | gpt layer peak (bytes) | music-transformer layer peak | relative term "
+        "(difference) | growth vs previous | (heads,T,T) bias for SDPA | naive (T,T,hs) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     prev: float | None = None
     for row in mem:
         growth = "" if prev is None else f"{row['rel_term'] / prev:.2f}x"
         prev = row["rel_term"]
         lines.append(
-            f"| {int(row['seq'])} | {int(row['er_slice']):,} | {int(row['rel_term']):,} | "
-            f"{growth} | {int(row['gpt_layer']):,} | {int(row['music-transformer_layer']):,} | "
-            f"{int(row['naive']):,} | {row['rel_term'] / row['naive']:.2f} |"
+            f"| {int(row['seq'])} | {int(row['gpt_layer']):,} | "
+            f"{int(row['music-transformer_layer']):,} | {int(row['rel_term']):,} | {growth} | "
+            f"{int(row['bias']):,} | {int(row['naive']):,} |"
         )
     lines += [
         "",
-        "Bytes are counted by a TorchDispatchMode that adds up every new tensor storage the ops "
-        "create (views excluded), so the figures do not depend on allocator caching or timing. "
-        "Only the Er slice grows linearly with seq. The relative term materialises "
-        "(heads, T, T) fp32 tensors per sequence (Q·Erᵀ computed straight into the padded skew "
-        "layout and masked in place, then what SDPA's attention path with an additive mask "
-        "allocates for it), so it grows with T² (4x per doubling); the last column "
-        "compares it with the naive (T, T, hs) gather of Shaw et al. (one per layer). "
-        "The gpt layer uses SDPA's fused causal kernel and never materialises (T, T).",
+        "Peak bytes live at once during the layer's forward and backward, above what was live "
+        "before (CPU: from the profiler's allocation and free events; CUDA: the allocator's "
+        "peak counter). The music-transformer layer runs `relative_attention`, which takes "
+        f"the queries {REL_CHUNK} at a time and recomputes each chunk in its backward pass, so "
+        "no (T, T) tensor outlives a chunk: the relative term grows about 2x per doubling of "
+        "the sequence (linear), like gpt's fused SDPA. For scale, the last two columns are the "
+        "(heads, T, T) additive bias SDPA would need for the relative logits (one per layer, "
+        "plus its gradient) and Shaw et al.'s naive (T, T, hs) gather.",
         "",
         "Notes: throughput is the fastest timed step (other processes on a shared machine only "
         "add time) with the median beside it; on a busy 2-core VM single figures move by "

@@ -32,7 +32,12 @@ from cadenza.models import (
     relative_logits,
     resolve_config,
 )
-from cadenza.models.gpt import CausalSelfAttention, RelativeEmbedding
+from cadenza.models.gpt import (
+    REL_CHUNK,
+    CausalSelfAttention,
+    RelativeEmbedding,
+    relative_attention,
+)
 
 ARCHS = sorted(ARCHITECTURES)
 TRANSFORMERS = ["gpt", "music-transformer"]
@@ -114,6 +119,92 @@ def test_relative_attention_layer_equals_formula(shared: bool, T: int) -> None:
         assert (attn.c_proj(y0) - got).abs().max() > 1e-3
 
 
+def reference_relative_attention(q: Tensor, k: Tensor, v: Tensor, er: Tensor) -> Tensor:
+    """softmax(Q Kᵀ + Srel + causal) V with Srel from the unskewed formula (q pre-scaled)."""
+    T, S = q.size(2), k.size(2)
+    srel = reference_srel(q, er if er.dim() == 2 else er.permute(1, 0, 2))
+    future = torch.arange(S).view(1, S) > torch.arange(S - T, S).view(T, 1)
+    att = (q @ k.transpose(-2, -1) + srel).masked_fill(future, float("-inf"))
+    return att.softmax(-1) @ v
+
+
+def _qkv_er(shared: bool, T: int, S: int, seed: int) -> tuple[Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    B, nh, hs = 2, 3, 4
+    q, k, v = (torch.randn(B, nh, n, hs, generator=g, dtype=torch.float64) for n in (T, S, S))
+    er = torch.randn(*(() if shared else (nh,)), S, hs, generator=g, dtype=torch.float64)
+    return tuple(t.requires_grad_() for t in (q, k, v, er))
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-head"])
+@pytest.mark.parametrize(
+    ("T", "S", "chunk"), [(7, 7, 3), (16, 16, 16), (5, 9, 2), (20, 20, 6), (1, 6, 4)]
+)
+def test_chunked_relative_attention_equals_the_formula_with_exact_gradients(
+    shared: bool, T: int, S: int, chunk: int
+) -> None:
+    """The memory-efficient kernel (chunks that do and do not divide T, queries that are the
+    last rows of a longer context) against the plain formula, and its hand-written backward
+    against finite differences, with and without attention dropout."""
+    q, k, v, er = _qkv_er(shared, T, S, seed=T * 100 + S)
+    want = reference_relative_attention(q, k, v, er)
+    got = relative_attention(q, k, v, er, chunk=chunk)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    with torch.no_grad():  # the inference path (no autograd graph) is the same computation
+        torch.testing.assert_close(relative_attention(q, k, v, er, chunk=chunk), want)
+    # fast_mode checks the backward against finite differences along random directions: one
+    # full Jacobian per input costs minutes here, and any wrong entry still shows up.
+    assert torch.autograd.gradcheck(
+        lambda *a: relative_attention(*a, chunk=chunk), (q, k, v, er), fast_mode=True
+    )
+
+    def with_dropout(*a: Tensor) -> Tensor:
+        torch.manual_seed(7)  # the kernel draws its dropout seed from the global generator
+        return relative_attention(*a, dropout_p=0.3, chunk=chunk)
+
+    assert torch.autograd.gradcheck(with_dropout, (q, k, v, er), fast_mode=True)
+
+
+def test_relative_attention_dropout_is_seeded_and_drops() -> None:
+    q, k, v, er = _qkv_er(True, 16, 16, seed=3)
+    torch.manual_seed(0)
+    a = relative_attention(q, k, v, er, dropout_p=0.5, chunk=4)
+    torch.manual_seed(0)
+    b = relative_attention(q, k, v, er, dropout_p=0.5, chunk=4)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - relative_attention(q, k, v, er)).abs().max() > 1e-3
+
+
+def test_relative_attention_runs_in_half_precision_with_float32_softmax() -> None:
+    """bf16 q/k/v (what autocast hands over) with a float32 Er: output and gradients keep the
+    inputs' dtypes and stay close to the float32 computation."""
+    q, k, v, er = (t.detach().float() for t in _qkv_er(True, 24, 24, seed=5))
+    half = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    er_h = er.clone().requires_grad_()
+    out = relative_attention(*half, er_h, chunk=8)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert [t.grad.dtype for t in half] == [torch.bfloat16] * 3  # type: ignore[union-attr]
+    assert er_h.grad is not None and er_h.grad.dtype == torch.float32
+    full = [t.clone().requires_grad_() for t in (q, k, v, er)]
+    ref = relative_attention(*full, chunk=8)
+    ref.square().sum().backward()
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(er_h.grad, full[3].grad, rtol=0.1, atol=0.1)
+
+
+def test_music_transformer_trains_under_bf16_autocast() -> None:
+    model = tiny("music-transformer", torch.float32)
+    model.train()
+    idx = torch.randint(0, VOCAB, (2, BLOCK), generator=torch.Generator().manual_seed(6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+    assert loss is not None and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 class _LargestTensor(TorchFunctionMode):
     """Records the largest tensor any torch function returns while active."""
 
@@ -131,9 +222,17 @@ class _LargestTensor(TorchFunctionMode):
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-head"])
 def test_relative_term_memory_is_linear_in_length(shared: bool) -> None:
-    """Er is (L, hs) per layer (per head), and skewing never builds an (L, L, hs) tensor."""
-    nh, hs = 2, 32
-    for L in (64, 128, 256):
+    """Er is (L, hs) per layer (per head), skewing never builds an (L, L, hs) tensor, and a
+    training step of a relative layer (forward and backward) never holds a tensor bigger than
+    one chunk of queries against all keys: linear in L, where an (L, L) bias per head is not."""
+    nh, hs = 2, 16
+    cfg = resolve_config(
+        "music-transformer",
+        "tiny",
+        {"n_head": nh, "n_embd": nh * hs, "block_size": 4 * REL_CHUNK, "rel_shared_heads": shared},
+    )
+    attn = CausalSelfAttention(cfg, relative=True, rel_shared_heads=shared)
+    for L in (REL_CHUNK, 2 * REL_CHUNK, 4 * REL_CHUNK):
         table = RelativeEmbedding(L, hs, None if shared else nh)
         assert table.weight.numel() == L * hs * (1 if shared else nh)  # linear in L
         q = torch.randn(1, nh, L, hs)
@@ -143,6 +242,14 @@ def test_relative_term_memory_is_linear_in_length(shared: bool) -> None:
         # (L, L, hs) = hs/nh times more.
         assert probe.largest <= nh * L * (L + 1)
         assert probe.largest < L * L * hs
+
+        x = torch.randn(1, L, cfg.n_embd, requires_grad=True)
+        with _LargestTensor() as probe:
+            attn(x).sum().backward()
+        assert probe.largest <= max(nh * REL_CHUNK * (L + 1), 4 * L * cfg.n_embd)
+        if L > REL_CHUNK:
+            assert probe.largest < nh * L * L  # the (heads, L, L) bias SDPA would need
+    assert attn.rel is not None and attn.rel.weight.grad is not None
 
 
 # ----------------------------------------------------------------------------- model behaviour

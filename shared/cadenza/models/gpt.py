@@ -6,10 +6,14 @@ learned relative-position term to every attention logit (Huang et al. 2018, "Mus
 
     attn = softmax((Q Kᵀ + Srel) / sqrt(hs) + causal mask),   Srel[i, j] = q_i · Er[i - j]
 
-Srel is computed with the skewing trick, so only Er (L, hs) and Q·Erᵀ (T, L) per head exist,
-never an (L, L, hs) tensor. It is handed to `scaled_dot_product_attention` as the additive
-`attn_mask`, so the relative term is applied on every attention path (earlier system A added it
-only on its non-fused path, so with torch >= 2 and dropout 0 it silently trained without it).
+Srel is computed with the skewing trick, so only Er (L, hs) and Q·Erᵀ per head exist, never an
+(L, L, hs) tensor. Attention with the relative term runs in `relative_attention`, a
+memory-efficient kernel in PyTorch ops that takes the queries a chunk at a time, adds Srel to
+Q·Kᵀ inside the chunk and recomputes chunks in its own backward pass, so neither the relative
+logits nor the attention matrix are ever held whole: memory grows linearly with the sequence,
+as for gpt's fused SDPA. Training, evaluation, prefill and cached decoding all go through it, so
+the relative term is applied on every path (earlier system A added it only on its non-fused
+path, so with torch >= 2 and dropout 0 it silently trained without it).
 
 Incremental decoding uses a preallocated KV cache of `block_size` positions. Relative logits are
 computed for each new query row against all cached keys, so cached decoding reproduces a full
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +67,183 @@ def relative_logits(q: Tensor, er: Tensor) -> Tensor:
     return qe.view(B, nh, T, S)
 
 
+def _chunk_scores(
+    q: Tensor, k: Tensor, er: Tensor, p1: int, key_pad: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Logits of queries q (B, nh, b, hs), the last b of positions 0..p1-1, against keys 0..p1-1.
+
+    er holds distances S-1..0 of the whole call (its last p1 rows are the ones needed). Returns
+    (scores (B, nh, b, p1) with forbidden keys (future, or padding) at -inf, and the buffer
+    (B, nh, b·(p1+1)) they live in: Q·Erᵀ in the skew's padded layout, with Q·Kᵀ added in
+    place by one batched GEMM, so a chunk allocates one (b, p1+1) block per head, no more).
+    """
+    B, nh, b, hs = q.shape
+    er_c = er[..., er.size(-2) - p1 :, :]
+    er_pad = torch.cat([er_c.new_zeros((*er_c.shape[:-2], 1, hs)), er_c], dim=-2)
+    buf = torch.matmul(q, er_pad.transpose(-2, -1)).view(B, nh, b * (p1 + 1))
+    scores = buf[..., b:].view(B, nh, b, p1)  # the skew (see relative_logits): a view
+    scores.view(B * nh, b, p1).baddbmm_(
+        q.reshape(B * nh, b, hs), k[:, :, :p1].reshape(B * nh, p1, hs).transpose(1, 2)
+    )
+    if key_pad is not None:  # padding keys: hidden from every query but themselves
+        i = torch.arange(p1 - b, p1, device=q.device).view(b, 1)  # query positions
+        j = torch.arange(p1, device=q.device).view(1, p1)  # key positions
+        scores.masked_fill_((j > i) | (key_pad[:, None, None, :p1] & (j != i)), float("-inf"))
+    elif b > 1:  # only the last b keys can be in a query's future: mask that square alone
+        future = torch.ones(b, b, dtype=torch.bool, device=q.device).triu_(1)
+        scores[..., p1 - b :].masked_fill_(future, float("-inf"))
+    return scores, buf
+
+
+def _rows(t: Tensor) -> Tensor:
+    """t (B, nh, L, hs) as is if it reads as (B·nh, L, hs) matrices without a copy (contiguous,
+    or a KV-cache slice along L), else a contiguous copy."""
+    B, nh, L, hs = t.shape
+    ok = t.stride(-1) == 1 and t.stride(-2) == hs and t.stride(0) == nh * t.stride(1)
+    return t if ok or B * nh == 1 else t.contiguous()
+
+
+def _dropout_keep(shape: torch.Size, p: float, seed: int, device: torch.device) -> Tensor:
+    """The same Bernoulli keep-mask in forward and backward, rebuilt from a seed, not stored."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return torch.rand(shape, generator=gen, device=device) >= p
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax and gradient sums of half-precision attention run in float32, as in flash."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _accumulate(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """out += a @ b (2-D or batched), in place when the dtypes agree; half-precision products
+    are summed into float32 gradient buffers."""
+    if out.dtype == a.dtype:
+        (out.baddbmm_ if out.dim() == 3 else out.addmm_)(a, b)
+    else:
+        out += torch.matmul(a, b).to(out.dtype)
+
+
+class _RelativeAttention(torch.autograd.Function):
+    """softmax(Q Kᵀ + Srel + causal) V, a query chunk at a time, memory-efficient both ways.
+
+    Like flash attention, but in PyTorch ops: the forward keeps only q, k, v and Er; the
+    backward recomputes one chunk's scores at a time. No (T, T) tensor of any kind outlives a
+    chunk, so with a fixed chunk the relative term's memory grows linearly with the sequence
+    (a chunk of c queries holds c·S scores), where an additive bias for SDPA is (heads, T, T).
+    Causality also skips the keys after each chunk, which SDPA with an arbitrary bias cannot.
+    Softmax runs in float32 even when q/k/v are bf16/fp16.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, er: Tensor, chunk: int, dropout_p: float
+    ) -> Tensor:
+        B, nh, T, _ = q.shape
+        S = k.size(2)
+        # q, k, v come as strided views of the fused QKV projection; every chunk reads them
+        # as (B·nh, rows, hs) matrices, so one copy here saves a copy per chunk and GEMM.
+        q, k, v = _rows(q), _rows(k), _rows(v)
+        acc = _acc_dtype(q.dtype)
+        out = torch.empty(B, nh, T, v.size(-1), dtype=v.dtype, device=v.device)
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
+        for r0 in range(0, T, chunk):
+            r1 = min(T, r0 + chunk)
+            scores, _ = _chunk_scores(q[:, :, r0:r1], k, er, S - T + r1, None)
+            p = torch.softmax(scores, dim=-1, dtype=acc)
+            if dropout_p > 0:
+                p.mul_(_dropout_keep(p.shape, dropout_p, seed + r0, p.device) / (1 - dropout_p))
+            out[:, :, r0:r1] = torch.matmul(p.to(v.dtype), v[:, :, : S - T + r1])
+        ctx.save_for_backward(q, k, v, er)
+        ctx.chunk, ctx.dropout_p, ctx.seed = chunk, dropout_p, seed
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None]:
+        q, k, v, er = ctx.saved_tensors
+        chunk, dropout_p = ctx.chunk, ctx.dropout_p
+        B, nh, T, hs = q.shape
+        S = k.size(2)
+        dout = dout.contiguous()
+        acc = _acc_dtype(q.dtype)
+        dq = torch.empty_like(q)
+        dk = torch.zeros(k.shape, dtype=acc, device=k.device)
+        dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+        der = torch.zeros(er.shape, dtype=acc, device=er.device)
+        for r0 in range(0, T, chunk):
+            r1 = min(T, r0 + chunk)
+            p1, b = S - T + r1, r1 - r0
+            qc, doc = q[:, :, r0:r1], dout[:, :, r0:r1]
+            kc, vc = k[:, :, :p1], v[:, :, :p1]
+            scores, buf = _chunk_scores(qc, k, er, p1, None)
+            p = torch.softmax(scores, dim=-1, dtype=acc)  # P, exactly as in the forward
+            dp = torch.matmul(doc, vc.transpose(-2, -1)).to(acc)  # dL/d(P after dropout)
+            pv = p  # what multiplied V in the forward
+            if dropout_p > 0:
+                keep = _dropout_keep(p.shape, dropout_p, ctx.seed + r0, p.device) / (1 - dropout_p)
+                pv = p * keep
+                dp.mul_(keep)
+            _accumulate(
+                dv[:, :, :p1].view(B * nh, p1, -1),
+                pv.view(B * nh, b, p1).transpose(1, 2).to(doc.dtype),
+                doc.reshape(B * nh, b, -1),
+            )
+            # dScores = P ∘ (dP - rowsum(P ∘ dP)), written over the scores in the skew buffer
+            # (0 where masked). The buffer then is dL/d(Q·Erᵀ) in the padded layout: the
+            # first b values belong to no score and are zeroed; column 0 is the zero row of Er.
+            scores.copy_(torch._softmax_backward_data(dp, p, -1, acc))
+            ds = scores.view(B * nh, b, p1)
+            buf[..., :b].zero_()
+            er_c = er[..., S - p1 :, :]
+            qc3 = qc.reshape(B * nh, b, hs)
+            _accumulate(dk[:, :, :p1].view(B * nh, p1, hs), ds.transpose(1, 2), qc3)
+            dqc = torch.bmm(ds, kc.reshape(B * nh, p1, hs))  # (B·nh, b, hs)
+            if er.dim() == 2:  # shared by heads: one GEMM over all (batch, head, row) triples
+                # dL/d(Q·Erᵀ) without its zero column: rows of p1 values every p1+1 in buf
+                dqe = buf.as_strided((B * nh * b, p1), (p1 + 1, 1), buf.storage_offset() + 1)
+                dqc.view(B * nh * b, hs).addmm_(dqe, er_c)
+                _accumulate(der[S - p1 :], dqe.t(), qc3.reshape(B * nh * b, hs))
+            else:  # (nh, S, hs): per head, summed over the batch
+                dqe4 = buf.view(B, nh, b, p1 + 1)[..., 1:]
+                dqc += torch.matmul(dqe4, er_c).view(B * nh, b, hs)
+                der[:, S - p1 :] += torch.matmul(dqe4.transpose(-2, -1), qc).sum(0)
+            dq[:, :, r0:r1] = dqc.view(B, nh, b, hs)
+        return dq, dk.to(k.dtype), dv.to(v.dtype), der, None, None
+
+
+REL_CHUNK = 128  # queries per chunk: big enough for efficient matmuls, small enough to stay linear
+
+
+def relative_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    er: Tensor,
+    key_pad: Tensor | None = None,
+    dropout_p: float = 0.0,
+    chunk: int = REL_CHUNK,
+) -> Tensor:
+    """Causal attention with the Music Transformer relative term; q is already scaled.
+
+    q (B, nh, T, hs) are the last T of S positions; k, v (B, nh, S, hs); er (S, hs) or
+    (nh, S, hs) embeds distances S-1..0. key_pad (B, S) marks left padding (inference only).
+    Both training and inference go a chunk of queries at a time, so the relative term never
+    needs a (T, S) tensor per head and the result is the same on every device and path.
+    """
+    if key_pad is None and torch.is_grad_enabled():
+        return _RelativeAttention.apply(q, k, v, er.to(q.dtype), chunk, dropout_p)
+    if key_pad is not None and torch.is_grad_enabled() and q.requires_grad:
+        raise ValueError("key padding is only supported without gradients (inference)")
+    q, k, v = _rows(q), _rows(k), _rows(v)
+    T, S = q.size(2), k.size(2)
+    out = torch.empty(*q.shape[:3], v.size(-1), dtype=v.dtype, device=v.device)
+    for r0 in range(0, T, chunk):
+        r1 = min(T, r0 + chunk)
+        scores, _ = _chunk_scores(q[:, :, r0:r1], k, er.to(q.dtype), S - T + r1, key_pad)
+        p = torch.softmax(scores, dim=-1, dtype=_acc_dtype(q.dtype)).to(v.dtype)
+        out[:, :, r0:r1] = torch.matmul(p, v[:, :, : S - T + r1])
+    return out
+
+
 class RelativeEmbedding(nn.Module):
     """Learned Er for distances 0..max_len-1; one table per layer, optionally per head."""
 
@@ -74,12 +256,15 @@ class RelativeEmbedding(nn.Module):
         nn.init.normal_(self.weight, mean=0.0, std=0.02)
         self.max_len = max_len
 
-    def forward(self, q: Tensor, S: int) -> Tensor:
-        """q (B, nh, T, hs) for the last T of S positions -> Srel (B, nh, T, S)."""
+    def table(self, S: int) -> Tensor:
+        """Er for a context of S positions: (S, hs) or (nh, S, hs), distances S-1..0."""
         if self.max_len < S:
             raise ValueError(f"context of {S} positions exceeds block_size {self.max_len}")
-        er = self.weight[..., self.max_len - S :, :]  # (S, hs) or (nh, S, hs): distances S-1..0
-        return relative_logits(q, er)
+        return self.weight[..., self.max_len - S :, :]
+
+    def forward(self, q: Tensor, S: int) -> Tensor:
+        """q (B, nh, T, hs) for the last T of S positions -> Srel (B, nh, T, S)."""
+        return relative_logits(q, self.table(S))
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -122,45 +307,38 @@ class CausalSelfAttention(nn.Module):
             v_cache[:, :, start : start + T] = v
             k = k_cache[:, :, : start + T]  # (B, nh, S, hs)
             v = v_cache[:, :, : start + T]  # (B, nh, S, hs)
-        mask, is_causal = self._attn_mask(q, k.size(2), key_pad)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-        )  # (B, nh, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.rel is not None:
+            S = k.size(2)
+            er = self.rel.table(S)
+            y = relative_attention(
+                q * (1.0 / math.sqrt(self.head_size)), k, v, er, key_pad, dropout_p
+            )
+        else:
+            mask, is_causal = self._attn_mask(q, k.size(2), key_pad)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
+            )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
-    def _attn_mask(self, q: Tensor, S: int, key_pad: Tensor | None) -> tuple[Tensor | None, bool]:
-        """(attn_mask for SDPA, is_causal). Queries are the last T of S positions."""
+    @staticmethod
+    def _attn_mask(q: Tensor, S: int, key_pad: Tensor | None) -> tuple[Tensor | None, bool]:
+        """(attn_mask for SDPA, is_causal) for absolute attention; queries are the last T of S."""
         T = q.size(2)
-        if self.rel is None and key_pad is None:
+        if key_pad is None:
             if T == 1:
                 return None, False  # a single newest query may see every key
             if T == S:
                 return None, True  # plain causal: let SDPA pick its fused kernel
-        blocked: Tensor | None = None  # True where attention is forbidden
-        if T > 1 or key_pad is not None:
-            i = torch.arange(S - T, S, device=q.device).view(T, 1)  # query positions
-            j = torch.arange(S, device=q.device).view(1, S)  # key positions
-            blocked = j > i  # (T, S) future keys
-            if key_pad is not None:
-                # Padding keys are hidden from every query except themselves, so a padding
-                # row never has all keys masked (that would make NaNs that spread via V).
-                pad = key_pad[:, None, None, :] & (j != i)  # (B, 1, T, S)
-                blocked = blocked | pad
-        if self.rel is None:
-            assert blocked is not None
-            return ~blocked, False  # boolean mask: True = may attend
-        # Scale q rather than the (T, S) product, and mask in place: the bias handed to SDPA
-        # is the only (B, nh, T, S) tensor the relative term allocates.
-        bias = self.rel(q * (1.0 / math.sqrt(self.head_size)), S)  # (B, nh, T, S)
-        if blocked is not None:
-            bias = bias.masked_fill_(blocked, float("-inf"))
-        return bias, False
+        i = torch.arange(S - T, S, device=q.device).view(T, 1)  # query positions
+        j = torch.arange(S, device=q.device).view(1, S)  # key positions
+        blocked = j > i  # (T, S) future keys
+        if key_pad is not None:
+            # Padding keys are hidden from every query except themselves, so a padding
+            # row never has all keys masked (that would make NaNs that spread via V).
+            blocked = blocked | (key_pad[:, None, None, :] & (j != i))  # (B, 1, T, S)
+        return ~blocked, False  # boolean mask: True = may attend
 
 
 class MLP(nn.Module):
