@@ -115,8 +115,12 @@ def test_render_plays_in_tune(scale_wav: bytes) -> None:
         assert abs(1200 * math.log2(found / expected)) < 35, (pitch, found)
 
 
-def test_auto_engine_refuses_symusic_for_fluidr3() -> None:
-    assert not render_module.symusic_in_tune(str(default_soundfont()))
+def test_symusic_plays_fluidr3_out_of_tune_and_its_rewritten_copy_in_tune() -> None:
+    original = default_soundfont()
+    assert not render_module.symusic_in_tune(str(original))
+    copy = render_module.symusic_soundfont(original)
+    assert copy is not None and copy != original and copy.suffix == ".sf2"
+    assert render_module.symusic_in_tune(str(copy))
 
 
 MUSESCORE = Path("/usr/share/sounds/sf3/MuseScore_General.sf3")
@@ -135,8 +139,41 @@ def test_auto_engine_uses_symusic_where_it_plays_in_tune() -> None:
     assert abs(1200 * math.log2(found / 392.0)) < 35
 
 
-def test_auto_engine_uses_fluidsynth_in_process_for_fluidr3() -> None:
-    assert render_module._choose_engine("auto", default_soundfont()) == "fluidsynth"
+def test_auto_engine_uses_symusic_for_fluidr3() -> None:
+    assert render_module._choose_engine("auto", default_soundfont()) == "symusic"
+
+
+def test_auto_engine_falls_back_to_fluidsynth_when_no_copy_can_be_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    monkeypatch.setenv("CADENZA_CACHE_DIR", str(blocker / "cache"))  # cannot be a folder
+    render_module._symusic_soundfont.cache_clear()
+    try:
+        assert render_module.symusic_soundfont(default_soundfont()) is None
+        assert render_module._choose_engine("auto", default_soundfont()) == "fluidsynth"
+    finally:
+        render_module._symusic_soundfont.cache_clear()
+
+
+@pytest.mark.parametrize("engine", ["auto", "fluidsynth"])
+def test_velocity_sets_loudness_as_fluidsynth_does(engine: str) -> None:
+    """symusic ignores velocity; the renderer makes up for it (-11.9 dB at 64, as fluidsynth)."""
+    velocities = [127, 100, 64, 32]
+    data, rate = _read(
+        render_midi(_midi([(2 * i, 1, 60, v) for i, v in enumerate(velocities)]), engine=engine)  # type: ignore[arg-type]
+    )
+    mono = data.mean(axis=1)
+    level = [
+        20
+        * math.log10(
+            float(np.sqrt(np.mean(mono[int((i + 0.05) * rate) : int((i + 0.45) * rate)] ** 2)))
+        )
+        for i in range(len(velocities))
+    ]
+    for v, db in zip(velocities, level, strict=True):
+        assert db - level[0] == pytest.approx(40 * math.log10(v / 127), abs=1.5), v
 
 
 def test_in_process_fluidsynth_is_deterministic_and_matches_the_command() -> None:
@@ -156,6 +193,38 @@ def test_every_engine_renders(engine: str) -> None:
     assert rate == 22050
     assert SCALE_END_S <= len(data) / rate <= SCALE_END_S + 3.0
     assert 0.05 < float(np.max(np.abs(data))) <= 0.9
+
+
+def test_symusic_balances_instruments_and_velocities_as_fluidsynth_does() -> None:
+    """Piano loud, violin loud, piano soft, snare soft, one a second, on three tracks: each note's
+    level relative to the first agrees within 2 dB between the two engines (the rewritten
+    soundfont carries fluidsynth's attenuation; velocity groups carry its velocity curve)."""
+    score = ScoreTick(480)
+    score.tempos.append(TempoTick(0, qpm=60.0))
+    notes = {(0, False): [(0, 60, 127), (960, 60, 64)], (40, False): [(480, 67, 127)]}
+    notes[(0, True)] = [(1440, 38, 64)]
+    for (program, drum), track_notes in notes.items():
+        track = TrackTick(f"p{program}", program, drum)
+        for start, pitch, velocity in track_notes:
+            track.notes.append(NoteTick(start, 240, pitch, velocity))
+        score.tracks.append(track)
+    levels = {}
+    for engine in ("symusic", "fluidsynth"):
+        data, rate = _read(render_midi(score.dumps_midi(), engine=engine))  # type: ignore[arg-type]
+        mono = data.mean(axis=1)
+        levels[engine] = np.array(
+            [
+                20
+                * math.log10(
+                    float(
+                        np.sqrt(np.mean(mono[int((i + 0.05) * rate) : int((i + 0.45) * rate)] ** 2))
+                    )
+                )
+                for i in range(4)
+            ]
+        )
+    ours, theirs = levels["symusic"], levels["fluidsynth"]
+    assert np.abs((ours - ours[0]) - (theirs - theirs[0])).max() < 2.0, (ours, theirs)
 
 
 def test_dense_loud_music_does_not_clip() -> None:

@@ -2,19 +2,28 @@
 
 Two synthesizers can do the work:
 
-* **symusic** (in-process, several times faster than fluidsynth) — but symusic 0.5.9 renders
-  some soundfonts out of tune. With FluidR3_GM.sf2, the soundfont Debian ships as the default,
-  a C4 comes out as a D4 and other keys are off by up to two octaves (measured; upstream issue
-  Yikai-Liao/symusic#55); TimGM6mb is wrong too, MuseScore General is right.
-* **fluidsynth**, which plays every soundfont correctly: its C library in this process (the
+* **symusic** (in-process, several times faster than fluidsynth). symusic 0.5.9's synthesizer
+  (prestosynth) reads only part of the SoundFont format: it ignores the overriding root key,
+  clamps tuning to ±1.2 semitones, ignores scale tuning and note velocity, and mixes up zones
+  that share a sample. With FluidR3_GM.sf2, the soundfont Debian ships as the default, a C4
+  comes out as a D4 and other keys are off by up to two octaves (upstream issue
+  Yikai-Liao/symusic#55). :mod:`cadenza.midi.symusic_font` therefore rewrites such a
+  soundfont once into a copy that prestosynth plays at fluidsynth's pitches (cached, keyed by
+  the soundfont's hash, under ``CADENZA_CACHE_DIR`` or ``~/.cache/cadenza``), and velocity is
+  applied here by rendering the notes in groups of similar velocity, each scaled by
+  fluidsynth's velocity curve (within ±1.5 dB).
+* **fluidsynth**, which plays every soundfont by the book: its C library in this process (the
   soundfont is loaded once per process, each render gets a fresh synth), or its command line
   when the library cannot be loaded (slower: it reloads the soundfont on every call).
 
-``engine="auto"`` (the default) therefore has symusic play a few piano notes with the chosen
-soundfont once per process, measures their pitch, and uses symusic only if they come out in
-tune; otherwise fluidsynth. With the default FluidR3 that means fluidsynth; with
-``CADENZA_SOUNDFONT=/usr/share/sounds/sf3/MuseScore_General.sf3`` (Debian package
-``musescore-general-soundfont-small``) it means symusic.
+``engine="auto"`` (the default) has symusic play a few piano notes once per process, with the
+chosen soundfont and, if they come out of tune, with its rewritten copy, and uses symusic with
+the first that plays in tune; otherwise (a soundfont that cannot be rewritten, or a cache
+folder that cannot be written) fluidsynth. With the default FluidR3 that means symusic with the
+rewritten copy (the first render of a fresh machine builds it: about 2 s and 148 MB of disk);
+MuseScore General (``CADENZA_SOUNDFONT=/usr/share/sounds/sf3/
+MuseScore_General.sf3``) is played as it is. What symusic still does not do (filter, pitch
+and modulation envelopes, LFOs, reverb, chorus) is listed in :mod:`cadenza.midi.symusic_font`.
 
 Output is always peak-normalised to -1 dBFS (so dense pieces never clip and sparse ones are not
 inaudible), trimmed of the inaudible release tail, and written as 16-bit WAV or as MP3 via
@@ -26,10 +35,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import io
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
@@ -41,7 +50,18 @@ from typing import Any, Final, Literal, cast
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
-from symusic.core import NoteTick, ScoreSecond, ScoreTick, Synthesizer, TempoTick, TrackTick
+from symusic.core import (
+    NoteTick,
+    NoteTickList,
+    ScoreSecond,
+    ScoreTick,
+    Synthesizer,
+    TempoTick,
+    TrackTick,
+)
+
+from cadenza.midi.sf2 import SoundFontError
+from cadenza.midi.symusic_font import corrected_soundfont
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +138,7 @@ def render_midi(
     if score.note_num() == 0:
         audio = np.zeros((2, int(_MIN_SECONDS * sample_rate)), dtype=np.float32)
     elif chosen == "symusic":
-        audio = _render_symusic(score, soundfont, sample_rate)
+        audio = _render_symusic(score, symusic_soundfont(soundfont) or soundfont, sample_rate)
     elif chosen == "fluidsynth":
         audio = _render_libfluidsynth(midi_bytes, soundfont, sample_rate, end_s)
     else:
@@ -136,10 +156,8 @@ def _choose_engine(engine: Engine, soundfont: Path) -> Chosen:
         )
     if engine == "symusic":
         return "symusic"
-    if engine == "auto":
-        stat = soundfont.stat()
-        if symusic_in_tune(str(soundfont.resolve()), stat.st_mtime_ns, stat.st_size):
-            return "symusic"
+    if engine == "auto" and symusic_soundfont(soundfont) is not None:
+        return "symusic"
     if engine != "fluidsynth-cli" and _libfluidsynth() is not None:
         return "fluidsynth"
     if shutil.which("fluidsynth") is not None:
@@ -152,6 +170,30 @@ def _choose_engine(engine: Engine, soundfont: Path) -> Chosen:
         )
         return "symusic"
     raise RuntimeError("fluidsynth is not installed; `apt-get install fluidsynth`")
+
+
+def symusic_soundfont(soundfont: Path) -> Path | None:
+    """The soundfont symusic should play for ``soundfont``: itself if symusic plays it in
+    tune, else its rewritten copy (built on first use) if that plays in tune, else None."""
+    stat = soundfont.stat()
+    found = _symusic_soundfont(str(soundfont.resolve()), stat.st_mtime_ns, stat.st_size)
+    return Path(found) if found is not None else None
+
+
+@lru_cache(maxsize=8)
+def _symusic_soundfont(soundfont: str, mtime_ns: int, size: int) -> str | None:
+    if symusic_in_tune(soundfont, mtime_ns, size):
+        return soundfont
+    try:
+        corrected = corrected_soundfont(Path(soundfont))
+    except (SoundFontError, OSError) as exc:
+        log.warning("symusic plays %s out of tune and it cannot be rewritten: %s", soundfont, exc)
+        return None
+    stat = corrected.stat()
+    if symusic_in_tune(str(corrected), stat.st_mtime_ns, stat.st_size):
+        return str(corrected)
+    log.warning("symusic plays %s out of tune even rewritten as %s", soundfont, corrected)
+    return None
 
 
 @lru_cache(maxsize=8)
@@ -201,10 +243,73 @@ def _synth(soundfont: str, sample_rate: int) -> Synthesizer:
     return Synthesizer(soundfont, sample_rate, 0)
 
 
+#: Notes whose fluidsynth velocity gains lie within this many dB of each other are rendered
+#: together, at the gain in the middle: each note is within half of it of fluidsynth's level.
+_VELOCITY_SPAN_DB: Final[float] = 3.0
+
+
+def velocity_gain_db(velocity: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """fluidsynth's level for a note velocity relative to velocity 127, in dB: the SoundFont
+    default modulator (velocity to attenuation, concave, 960 cB, of which fluidsynth applies
+    0.4) amounts to 40·log10(v/127): -7.7 dB at 80, -11.9 dB at 64 (measured)."""
+    v = np.clip(np.asarray(velocity, dtype=np.float64), 1, 127)
+    return 40 * np.log10(v / 127)
+
+
 def _render_symusic(score: ScoreTick, soundfont: Path, sample_rate: int) -> npt.NDArray[np.float32]:
+    """symusic ignores velocity for loudness (it only picks velocity layers), so the notes are
+    rendered in groups of similar velocity and each group is scaled by fluidsynth's velocity
+    gain before mixing (within ±1.5 dB; synthesis is linear and notes do not interact).
+    Each group costs a pass over a buffer as long as the piece, hence groups, not one
+    render per velocity."""
+    parts = []
     with _symusic_lock:
-        audio = _synth(str(soundfont), sample_rate).render(score, True)
-    return np.ascontiguousarray(audio, dtype=np.float32)  # (2, n)
+        synth = _synth(str(soundfont), sample_rate)
+        for gain, part in _velocity_groups(score):
+            parts.append((gain, np.asarray(synth.render(part, True), dtype=np.float32)))
+    # symusic returns column-major (2, n) arrays: mix in place into the longest one.
+    parts.sort(key=lambda p: -p[1].shape[1])
+    out = parts[0][1]
+    if len(parts) > 1:  # with one gain, normalisation makes the gain irrelevant
+        out *= np.float32(parts[0][0])
+        for gain, audio in parts[1:]:
+            audio *= np.float32(gain)
+            out[:, : audio.shape[1]] += audio
+    return np.ascontiguousarray(out)  # (2, n)
+
+
+def _velocity_groups(score: ScoreTick) -> list[tuple[float, ScoreTick]]:
+    """(linear gain, a copy of the score with only the notes of that group): the fewest
+    groups of notes whose gains span at most ``_VELOCITY_SPAN_DB`` (greedy, loudest first)."""
+    gains = [
+        velocity_gain_db(track.notes.numpy()["velocity"] if len(track.notes) else [])
+        for track in score.tracks
+    ]
+    values = np.sort(np.concatenate([*gains, np.zeros(0)]))[::-1]
+    tops: list[float] = []  # each group: gains in (top - span, top]
+    for db in values:
+        if not tops or db <= tops[-1] - _VELOCITY_SPAN_DB:
+            tops.append(float(db))
+    if len(tops) <= 1:
+        return [(1.0, score)]
+    edges = np.array(tops)  # group of a gain: the last top at or above it
+    groups = []
+    for g, top in enumerate(tops):
+        part = score.copy()
+        for i in reversed(range(len(part.tracks))):
+            keep = np.searchsorted(-edges, -gains[i], side="right") - 1 == g
+            if not keep.any():  # symusic mixes a full-length buffer per track: drop it
+                part.tracks.pop(i)
+                continue
+            notes = part.tracks[i].notes.numpy()
+            part.tracks[i].notes = NoteTickList.from_numpy(
+                notes["time"][keep],
+                notes["duration"][keep],
+                notes["pitch"][keep],
+                notes["velocity"][keep],
+            )
+        groups.append((10 ** ((top - _VELOCITY_SPAN_DB / 2) / 20), part))
+    return groups
 
 
 def _render_fluidsynth_cli(
@@ -372,9 +477,11 @@ def _finish(
 ) -> npt.NDArray[np.float32]:
     """Trim the inaudible release tail (never before the last note ends) and normalise the
     peak to -1 dBFS."""
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    audio = np.ascontiguousarray(audio)  # row-wise reductions are several times faster
+    level = np.abs(audio).max(axis=0) if audio.size else np.zeros(0, dtype=np.float32)
+    peak = float(level.max()) if level.size else 0.0
     if peak > 0:
-        loud = np.flatnonzero(np.max(np.abs(audio), axis=0) > peak * 10 ** (_SILENCE_DB / 20))
+        loud = np.flatnonzero(level > peak * 10 ** (_SILENCE_DB / 20))
         keep = max(int(loud[-1]) + 1, int(np.ceil(end_s * sample_rate)))
         audio = audio[:, : min(keep, audio.shape[1])] * np.float32(_PEAK / peak)
     minimum = int(_MIN_SECONDS * sample_rate)
@@ -384,9 +491,29 @@ def _finish(
 
 
 def _wav_bytes(audio: npt.NDArray[np.float32], sample_rate: int) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, audio.T, sample_rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
+    """16-bit PCM WAV, written directly (libsndfile through soundfile is ~4x slower here):
+    samples scaled by 32767 and rounded to nearest, as libsndfile does."""
+    channels = audio.shape[0]
+    pcm = np.empty((audio.shape[1], channels), dtype="<i2")
+    np.rint(np.clip(audio.T, -1.0, 1.0) * 32767, out=pcm, casting="unsafe")
+    data = pcm.tobytes()
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(data),
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,  # PCM
+        channels,
+        sample_rate,
+        sample_rate * 2 * channels,
+        2 * channels,
+        16,
+        b"data",
+        len(data),
+    )
+    return header + data
 
 
 def _to_mp3(wav: bytes, timeout_s: float) -> bytes:
