@@ -150,3 +150,22 @@ def test_corpus_and_model_requests_are_validated(client: TestClient) -> None:
     assert r.status_code == 202 and r.json()["state"] == "queued"
     r = client.post("/v1/models", json={"corpus_id": "0" * 32})
     assert r.status_code == 404
+
+
+def test_quarter_vq_corpus_requests(client: TestClient) -> None:
+    """System E's learned tokenizer: options validated at request time, naming the field."""
+    ds = dataset(client)
+    client.post(f"/v1/datasets/{ds}/files", files=[("files", ("a.mid", tiny_midi()))])
+    body = {"dataset_id": ds, "tokenizer": "quarter-vq"}
+    r = client.post("/v1/corpora", json={**body, "tokenizer_config": {"codebook_size": 1}})
+    assert r.status_code == 422 and "config.codebook_size" in r.json()["error"]["message"]
+    r = client.post("/v1/corpora", json={**body, "tokenizer_config": {"channels": [8, 16]}})
+    assert r.status_code == 422 and "config.channels" in r.json()["error"]["message"]
+    r = client.post("/v1/corpora", json={**body, "bpe": {"vocab_size": 100}})
+    assert r.status_code == 422 and "bpe" in r.json()["error"]["message"]
+    r = client.post("/v1/corpora", json={**body, "tokenizer_config": {"steps": 10}})
+    assert r.status_code == 202, r.json()
+    spec = r.json()["params"]["tokenizer_spec"]
+    assert spec["name"] == "quarter-vq" and spec["config"]["steps"] == 10
+    r = client.post("/v1/corpora", json={"dataset_id": ds, "preset": "bachsformer-vq"})
+    assert r.status_code == 202, r.json()

@@ -156,6 +156,10 @@ class Tokenizer(ABC):
     def fit(self, train: Sequence[Symbols]) -> None:
         """Learn data-dependent state from training files (alphabet, subword merges)."""
 
+    def fit_stats(self) -> dict[str, Any]:
+        """Figures about what :meth:`fit` learned, for the corpus stats (default: none)."""
+        return {}
+
     @abstractmethod
     def ids_batch(self, items: Sequence[Symbols]) -> list[NDArray[np.int32]]:
         """Final ids (subwords applied) for many encoded files at once."""

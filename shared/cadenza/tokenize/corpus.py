@@ -71,6 +71,7 @@ class CorpusStats(Mapping[str, Any]):
     clean_reports: dict[str, list[str]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
     workers: int = 1
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # Tokenizer.fit_stats()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -504,6 +505,7 @@ def build_corpus(
         clean_reports={r.file_id: r.report for r in results},
         seconds={"tokenize": t1 - t0, "fit": t2 - t1, "encode": t3 - t2, "total": t3 - t0},
         workers=workers,
+        tokenizer=tok.fit_stats(),
     )
     return CorpusBuild(
         tokenizer=tok,

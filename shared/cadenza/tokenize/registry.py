@@ -15,6 +15,7 @@ def _classes() -> dict[str, type[Tokenizer]]:
     from cadenza.tokenize.chord_duration import ChordDurationTokenizer
     from cadenza.tokenize.midichar import MidiCharTokenizer
     from cadenza.tokenize.miditok_tok import MidiTokCompoundTokenizer, MidiTokTokenizer
+    from cadenza.tokenize.quarter_vq import QuarterVQTokenizer
 
     out: dict[str, type[Tokenizer]] = {}
     classes: tuple[type[Tokenizer], ...] = (
@@ -22,6 +23,7 @@ def _classes() -> dict[str, type[Tokenizer]]:
         MidiTokCompoundTokenizer,
         MidiCharTokenizer,
         ChordDurationTokenizer,
+        QuarterVQTokenizer,
     )
     for cls in classes:
         for name in cls.names:

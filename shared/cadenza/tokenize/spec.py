@@ -10,7 +10,15 @@ from __future__ import annotations
 import collections.abc as cabc
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: MidiTok 3.1 tokenizers that produce one stream of ids (what our single-stream models eat).
 MIDITOK_SINGLE_STREAM: tuple[str, ...] = (
@@ -27,6 +35,8 @@ MIDITOK_SINGLE_STREAM: tuple[str, ...] = (
 MIDITOK_MULTI_VOCAB: tuple[str, ...] = ("CPWord", "Octuple", "MuMIDI")
 #: Our own encodings, ports of the earlier systems' formats (PRIOR_SYSTEMS B and C).
 OWN_TOKENIZERS: tuple[str, ...] = ("midichar", "chord-duration")
+#: Learned tokenizers whose ids are codes of a trained network (system E's VQ-VAE): no subwords.
+VQ_TOKENIZERS: tuple[str, ...] = ("quarter-vq",)
 
 TokenizerName = Literal[
     "REMI",
@@ -41,6 +51,7 @@ TokenizerName = Literal[
     "MuMIDI",
     "midichar",
     "chord-duration",
+    "quarter-vq",
 ]
 
 #: Options MidiTok reads from ``TokenizerConfig.additional_params`` per tokenizer, with types.
@@ -396,6 +407,42 @@ class ChordDurationConfig(BaseModel):
         return self
 
 
+class QuarterVQConfig(BaseModel):
+    """Options of the "quarter-vq" tokenizer: system E's VQ-VAE over quarter-note rolls.
+
+    Each quarter note of the merged, non-drum tracks is an 88 × 32 binary roll (pitches 21-108,
+    32 columns per quarter at the score's own ticks per quarter); the VQ-VAE trained by ``fit``
+    turns it into 8 × 2 = 16 code ids. E's network was convs 1→32→64→128→128, 128-d codes,
+    batch 512 (preset ``bachsformer-vq``); the defaults halve the widths and train 1500 steps
+    of batch 32, so that ``fit`` takes about a minute on 2 CPU cores (tokenizing runs on the CPU
+    worker) and still reconstructs better than E's sizes do in the same time.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: tuple[int, int, int, int] = (16, 32, 64, 64)  # E: convs 1→32→64→128→128
+    residual_blocks: int = Field(default=2, ge=0, le=8)  # E: 2
+    codebook_size: int = Field(default=16, ge=2, le=4096)  # E: 16 codes
+    code_dim: int = Field(default=64, ge=1, le=1024)  # E: 128 dims
+    decay: float = Field(default=0.99, gt=0.0, lt=1.0)  # E: EMA codebook decay 0.99
+    commitment: float = Field(default=0.25, ge=0.0, le=10.0)  # E: 0.25
+    lr: float = Field(default=1e-3, gt=0.0, le=1.0)  # E: Adam 1e-3
+    batch_size: int = Field(default=32, ge=1, le=4096)  # E: 512
+    steps: int = Field(default=1500, ge=0, le=1_000_000)  # optimizer steps of fit()
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    holdout_fraction: float = Field(default=0.1, ge=0.0, le=0.5)  # quarters kept out of fit
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)  # E: sigmoid > 0.5 is a note cell
+    velocity: int = Field(default=100, ge=1, le=127)  # E: decoded notes have velocity 100
+    qpm: float = Field(default=120.0, gt=0.0, le=1000.0)  # tempo written into decoded MIDI
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, v: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        if any(not 1 <= c <= 1024 for c in v):
+            raise ValueError("channels must be four integers between 1 and 1024")
+        return v
+
+
 class TokenizerSpec(BaseModel):
     """Tokenizer name, its options and optional BPE: everything needed to rebuild it."""
 
@@ -413,10 +460,18 @@ class TokenizerSpec(BaseModel):
                 "the stream one field after another; subword merges are not defined for them. "
                 "Leave bpe empty, or use REMI, TSD, MIDILike, Structured, PerTok, MMM or BEAT."
             )
-        if self.name in OWN_TOKENIZERS:
-            model: type[BaseModel] = (
-                MidiCharConfig if self.name == "midichar" else ChordDurationConfig
+        if self.name in VQ_TOKENIZERS and self.bpe is not None:
+            raise ValueError(
+                f"bpe: {self.name} ids are codes of a learned VQ-VAE, 16 per quarter note; "
+                "subword merges are not defined for them. Leave bpe empty."
             )
+        if self.name in OWN_TOKENIZERS or self.name in VQ_TOKENIZERS:
+            models: dict[str, type[BaseModel]] = {
+                "midichar": MidiCharConfig,
+                "chord-duration": ChordDurationConfig,
+                "quarter-vq": QuarterVQConfig,
+            }
+            model = models[self.name]
             try:
                 cfg = model.model_validate(self.config)
             except ValidationError as e:
@@ -433,7 +488,7 @@ class TokenizerSpec(BaseModel):
     @property
     def is_miditok(self) -> bool:
         """True for MidiTok's tokenizers, False for our own encodings."""
-        return self.name not in OWN_TOKENIZERS
+        return self.name not in OWN_TOKENIZERS and self.name not in VQ_TOKENIZERS
 
 
 #: Beat resolution of system A: 8 positions per beat in the first 4 beats, 4 up to 12 beats.
@@ -468,6 +523,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # C: 16th-note grid, separator + steps, (pitch, duration) pairs, durations capped at 128.
     "chord-duration-keras": {"name": "chord-duration", "config": {}, "bpe": None},
+    # E: VQ-VAE over quarter-note rolls with E's network (convs 1→32→64→128→128, 16 codes of
+    # 128 dims) and batch (512). Slow where tokenizing runs (the CPU worker): about an hour on
+    # 2 cores. Pair it with the gpt preset "bachsformer-prior".
+    "bachsformer-vq": {
+        "name": "quarter-vq",
+        "config": {
+            "channels": [32, 64, 128, 128],
+            "code_dim": 128,
+            "codebook_size": 16,
+            "batch_size": 512,
+            "steps": 2000,
+        },
+        "bpe": None,
+    },
 }
 
 #: Augmentation of system A: ±1..2 octaves, ±2 velocity steps (32 bins ≈ 4 units), ±1 duration
@@ -504,10 +573,12 @@ __all__ = [
     "MIDITOK_SINGLE_STREAM",
     "OWN_TOKENIZERS",
     "PRESETS",
+    "VQ_TOKENIZERS",
     "AugmentSpec",
     "BPESpec",
     "ChordDurationConfig",
     "MidiCharConfig",
+    "QuarterVQConfig",
     "TokenizerName",
     "TokenizerSpec",
     "augment_preset",
