@@ -607,6 +607,29 @@ def test_note_search_equals_basic_pitch(seed: int, knobs: dict[str, float]) -> N
 
 
 @needs_basic_pitch
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pitch_bends_equal_basic_pitch(seed: int) -> None:
+    """Same bends, of the same types, for every pitch (the edges of the contour range too) and
+    for contours with many ties."""
+    from basic_pitch.note_creation import get_pitch_bends
+
+    from cadenza.audio.transcribe import pitch_bends
+
+    rng = np.random.default_rng(seed)
+    contours = np.round(rng.random((600, 264)) ** 3, 2).astype(np.float32)
+    notes = []
+    for pitch in [*range(21, 109), 21, 108, 60]:
+        start = int(rng.integers(0, 580))
+        end = start + int(rng.integers(0, 20))  # empty notes too
+        notes.append((start, end, pitch, float(rng.random())))
+    expected = get_pitch_bends(contours, notes)
+    got = pitch_bends(contours, notes)
+    assert got == expected
+    kinds = {type(b) for *_, bends in expected for b in bends}
+    assert {type(b) for *_, bends in got for b in bends} == kinds
+
+
+@needs_basic_pitch
 @pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLAC"])
 def test_decoding_equals_librosa_load(tmp_path: Path, subtype: str) -> None:
     """The model input is exactly what basic-pitch's librosa.load would give, including the
@@ -642,3 +665,141 @@ def test_transcribe_params_have_limits() -> None:
         with pytest.raises(ValidationError):
             TranscribeParams(**bad)
     assert math.isclose(TranscribeParams(minimum_frequency=100).minimum_frequency or 0, 100)
+
+
+@needs_basic_pitch
+@pytest.mark.parametrize(("channels", "rate"), [(1, 44100), (2, 22050), (6, 48000)])
+def test_decoding_equals_librosa_load_for_any_channel_count(
+    tmp_path: Path, channels: int, rate: int
+) -> None:
+    """Mono and stereo take a faster mix-down than the mean over channels; every channel count,
+    resampled or not, still gives librosa.load's samples."""
+    import librosa
+
+    from cadenza.audio.transcribe import decode_for_model
+
+    rng = np.random.default_rng(channels)
+    data = (0.3 * rng.standard_normal((rate * 2 + 5, channels))).astype(np.float32)
+    path = tmp_path / "x.wav"
+    sf.write(str(path), data, rate, subtype="PCM_24")
+    expected, _ = librosa.load(str(path), sr=22050, mono=True)
+    np.testing.assert_array_equal(decode_for_model(path), expected)
+
+
+# --- the rewritten model graph ------------------------------------------------------------------
+
+
+def _bundled_model() -> bytes:
+    from basic_pitch import FilenameSuffix, build_icassp_2022_model_path
+
+    return build_icassp_2022_model_path(FilenameSuffix.onnx).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[Any, Any]:
+    """The process's model (rewritten graph where it is exact here) and the bundled graph."""
+    from cadenza.audio.transcribe import _Model, _model
+
+    return _model(), _Model(rewrite=False)
+
+
+@needs_basic_pitch
+def test_protobuf_codec_round_trips_the_bundled_model() -> None:
+    from cadenza.audio.transcribe import _pb_read, _pb_write
+
+    model = _bundled_model()
+    assert _pb_write(_pb_read(model)) == model
+    (graph,) = [value for number, _, value in _pb_read(model) if number == 7]
+    assert isinstance(graph, bytes) and _pb_write(_pb_read(graph)) == graph
+
+
+@needs_basic_pitch
+def test_rewritten_graph_is_used_and_gives_identical_outputs(
+    models: tuple[Any, Any], piano: tuple[bytes, Path, Path]
+) -> None:
+    """On real music (and the probe) the rewritten graph's note, onset and contour outputs are
+    bit for bit the bundled model's, so the notes cannot differ. Where they would not be (another
+    CPU's kernels), ``_Model`` keeps the bundled graph: the test then says so."""
+    from cadenza.audio.transcribe import _window_count, decode_for_model
+
+    fast, bundled = models
+    if not fast.rewritten:
+        pytest.skip("the rewritten graph is not exact on this CPU, so it is not used here")
+    assert fast.session is not bundled.session
+    audio = decode_for_model(piano[1])
+    n = _window_count(len(audio))
+    ours, reference = fast.run(audio, 0, n), bundled.run(audio, 0, n)
+    for key in ("note", "onset", "contour"):
+        assert ours[key].shape == reference[key].shape == (n, 172, 264 if key == "contour" else 88)
+        np.testing.assert_array_equal(ours[key], reference[key])
+
+
+@needs_basic_pitch
+def test_batched_inference_equals_window_by_window(
+    models: tuple[Any, Any], piano: tuple[bytes, Path, Path]
+) -> None:
+    from cadenza.audio.transcribe import _window_count, decode_for_model
+
+    fast, _bundled = models
+    audio = decode_for_model(piano[1])
+    n = _window_count(len(audio))
+    assert n >= 5
+    batched = fast.run(audio, 0, n)
+    for key in ("note", "onset", "contour"):
+        single = np.concatenate([fast.run(audio, w, w + 1)[key] for w in range(n)])
+        # Bit-identical here; the tolerance only allows a kernel that blocks batches differently.
+        np.testing.assert_allclose(batched[key], single, rtol=0, atol=1e-6)
+
+
+@needs_basic_pitch
+def test_rewrite_applies_only_to_the_model_it_was_written_for() -> None:
+    from cadenza.audio.transcribe import (
+        _as_bytes,
+        _NotTheExpectedGraph,
+        _pb_read,
+        _pb_write,
+        _rewrite,
+        faster_graph,
+    )
+
+    model = _bundled_model()
+    assert faster_graph(b"not a model") is None
+    assert faster_graph(model[:-1] + bytes([model[-1] ^ 1])) is None  # another file
+    # A graph missing one of the nodes to rewrite (here: renamed) is refused as a whole.
+    top = _pb_read(model)
+    (at,) = [i for i, field in enumerate(top) if field[0] == 7]
+    graph = _pb_read(_as_bytes(top[at][2]))
+    old, new = b"model_1/re_lu_1/Relu;", b"renamed/re_lu_1/Relu;"  # same length
+    graph = [(n, k, _as_bytes(v).replace(old, new) if n == 1 else v) for n, k, v in graph]
+    top[at] = (7, 2, _pb_write(graph))
+    with pytest.raises(_NotTheExpectedGraph, match="10 of the 11"):
+        _rewrite(_pb_write(top))
+
+
+@needs_basic_pitch
+def test_model_keeps_the_bundled_graph_when_the_rewrite_differs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the rewritten graph's outputs differ at all on the probe, it is not used."""
+    from cadenza.audio import transcribe as module
+
+    real = module.faster_graph
+
+    def off_by_a_little(model: bytes) -> bytes | None:
+        faster = real(model)
+        assert faster is not None
+        # One weight of the first split convolution, changed by a relative 1e-6.
+        name = b"cadenza_split0_w"
+        raw = faster.index(bytes([0x42, len(name)]) + name) + 2 + len(name)  # tensor name, then
+        assert faster[raw] == 0x4A  # its raw_data (field 9, length-delimited)
+        _, start = module._pb_varint(faster, raw + 1)
+        weights = np.frombuffer(faster, dtype="<f4", count=16, offset=start).copy()
+        k = int(np.argmax(np.abs(weights)))
+        weights[k] *= np.float32(1 + 1e-6)
+        return faster[:start] + weights.tobytes() + faster[start + 64 :]
+
+    monkeypatch.setattr(module, "faster_graph", off_by_a_little)
+    with caplog.at_level("WARNING", logger="cadenza.audio.transcribe"):
+        model = module._Model()
+    assert not model.rewritten
+    assert "not used" in caplog.text
