@@ -10,11 +10,16 @@ ways in the same process, on the same files:
 
 Both share the warm-up (model load, numba compilation), which is not timed. Runs alternate
 between the two so that load from other processes hits both alike; each figure is the median of
-``--repeats`` runs. The notes both produce are compared file by file. Rendering is timed per
-engine as seconds of audio per second of wall time.
+``--repeats`` runs. The notes both produce are compared file by file. For the all-files runs
+the CPU time of each system (this process and its children) is reported too, per second of
+audio, with the CPU time other processes took meanwhile: on a shared machine wall times move
+with the load, CPU times much less. Rendering is timed per engine as seconds of audio per
+second of wall time.
 
     .venv/bin/python bench/audio.py               # ~4 min on 2 cores
     .venv/bin/python bench/audio.py --quick       # ~1 min
+    .venv/bin/python bench/audio.py --only render # the rendering table alone, ~30 s
+    .venv/bin/python bench/audio.py --only transcription  # that table alone, ~40 s
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import contextlib
 import io
 import os
 import platform
+import resource
 import shlex
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -42,7 +49,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 from symusic.core import NoteTick, ScoreSecond, ScoreTick, TempoTick, TrackTick  # noqa: E402
 
-from cadenza.audio.transcribe import transcribe  # noqa: E402
+from cadenza.audio.transcribe import _model, transcribe  # noqa: E402
 from cadenza.midi.render import (  # noqa: E402
     DEFAULT_SOUNDFONT,
     Engine,
@@ -56,8 +63,8 @@ T = TypeVar("T")
 MUSESCORE = Path("/usr/share/sounds/sf3/MuseScore_General.sf3")  # optional Debian package
 RENDER_SETUPS: list[tuple[Path, Engine]] = [
     (DEFAULT_SOUNDFONT, "auto"),
+    (DEFAULT_SOUNDFONT, "fluidsynth"),
     (DEFAULT_SOUNDFONT, "fluidsynth-cli"),
-    (DEFAULT_SOUNDFONT, "symusic"),
     (MUSESCORE, "auto"),
 ]
 
@@ -114,17 +121,98 @@ def notes_of(midi: bytes) -> list[tuple[float, float, int, int]]:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=6)
-    parser.add_argument("--seconds", type=float, default=45.0, help="length of each piece")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="3 files of 20 s, 1 repeat")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README_audio.md")
-    args = parser.parse_args()
-    if args.quick:
-        args.files, args.seconds, args.repeats = 3, 20.0, 1
+def render_rows(midis: list[bytes], total_audio: float) -> list[tuple[str, float, float]]:
+    """(label, wall seconds for every piece, real-time factor) per soundfont and engine, warm:
+    soundfont loaded, pitch check done and rewritten copy built, as in a worker that has
+    rendered before."""
+    rows = []
+    for font, engine in RENDER_SETUPS:
+        if not font.is_file():
+            continue
+        render_midi(midis[0], soundfont=font, engine=engine)
+        chosen = _choose_engine(engine, font)
+        render = partial(render_midi, soundfont=font, engine=engine)
+        seconds = sum(timed(partial(render, m))[0] for m in midis)
+        label = f"{font.name} · {engine}" + (f" → {chosen}" if engine == "auto" else "")
+        if chosen == "symusic" and not symusic_in_tune(str(font.resolve())):
+            label += " (rewritten copy, see symusic_font.py)"
+        rows.append((label, seconds, total_audio / seconds))
+    return rows
 
+
+def render_table(rows: list[tuple[str, float, float]]) -> list[str]:
+    lines = [
+        "| render, 44.1 kHz stereo WAV (soundfont · engine) | wall, all files | real-time factor "
+        "| goal |",
+        "|---|---|---|---|",
+    ]
+    for label, seconds, rtf in rows:
+        lines.append(f"| {label} | {seconds:.2f} s | {rtf:.0f}× | ≥ 100× |")
+    return lines
+
+
+def main_render_only(args: argparse.Namespace) -> None:
+    """``--only render``: the rendering table alone (README_audio.md is left as it is)."""
+    load_before = os.getloadavg()
+    midis = [piano_piece(seed, args.seconds) for seed in range(args.files)]
+    total_audio = sum(audio_seconds(m) for m in midis)
+    runs = [render_rows(midis, total_audio) for _ in range(args.repeats)]
+    medians = [statistics.median(run[i][1] for run in runs) for i in range(len(runs[0]))]
+    rows = [(row[0], s, total_audio / s) for row, s in zip(runs[0], medians, strict=True)]
+    load_after = os.getloadavg()
+    print(
+        f"{args.files} pieces, {total_audio:.0f} s of audio, median of {args.repeats} run(s); "
+        f"{len(os.sched_getaffinity(0))} CPU cores usable ({cpu_model()}); load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after\n"
+    )
+    print("\n".join(render_table(rows)))
+
+
+@dataclass
+class Transcription:
+    """Timings of both systems on the same files: wall and CPU seconds (this process and its
+    children: ffmpeg) per run, and CPU seconds other processes used meanwhile."""
+
+    per_file: dict[str, list[list[float]]]  # system → file → wall seconds, one per repeat
+    all_wall: dict[str, list[float]] = field(default_factory=dict)
+    all_cpu: dict[str, list[float]] = field(default_factory=dict)
+    foreign_cpu: list[float] = field(default_factory=list)
+    same: int = 0
+    rewritten: bool = False
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every process on the machine has used since boot (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+def write_wavs(midis: list[bytes], folder: Path) -> list[Path]:
+    paths = []
+    for i, midi in enumerate(midis):
+        path = folder / f"piece{i}.wav"
+        path.write_bytes(render_midi(midi))
+        paths.append(path)
+    return paths
+
+
+def measure_transcription(paths: list[Path], repeats: int) -> Transcription:
+    """basic-pitch's ``predict`` (one ``Model`` loaded once, a file at a time) against
+    ``transcribe``: each file alone, then all files, runs interleaved and alternating in order
+    so that load from other processes hits both alike."""
     with contextlib.redirect_stderr(io.StringIO()):
         from basic_pitch import FilenameSuffix, build_icassp_2022_model_path
         from basic_pitch.inference import Model, predict
@@ -143,68 +231,74 @@ def main() -> None:
     def transcribe_one(path: Path) -> bytes:
         return transcribe([path])[0]
 
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="cadenza-bench-") as tmp:
-        midis = [piano_piece(seed, args.seconds) for seed in range(args.files)]
-        total_audio = sum(audio_seconds(m) for m in midis)
+    # Warm-up for both (model load, numba compilation): not timed.
+    bp_predict(paths[0])
+    transcribe([paths[0]])
+    out = Transcription(per_file={"bp": [[] for _ in paths], "ours": [[] for _ in paths]})
+    out.rewritten = _model().rewritten
+    for rep in range(repeats):
+        for i, path in enumerate(paths):
+            order = [("bp", bp_predict), ("ours", transcribe_one)]
+            if (rep + i) % 2:
+                order.reverse()
+            results: dict[str, bytes] = {}
+            for name, fn in order:
+                seconds, results[name] = timed(partial(fn, path))
+                out.per_file[name][i].append(seconds)
+            if rep == 0:
+                out.same += notes_of(results["bp"]) == notes_of(results["ours"])
+        runs = [("bp", partial(bp_all_files, paths)), ("ours", partial(transcribe, paths))]
+        if rep % 2:
+            runs.reverse()
+        for name, run in runs:
+            cpu, busy = cpu_seconds(), machine_busy_seconds()
+            seconds, _ = timed(run)
+            cpu = cpu_seconds() - cpu
+            out.all_wall.setdefault(name, []).append(seconds)
+            out.all_cpu.setdefault(name, []).append(cpu)
+            out.foreign_cpu.append(max(0.0, machine_busy_seconds() - busy - cpu))
+    return out
 
-        # Rendering: every piece, per soundfont and engine (warm: soundfont loaded, pitch
-        # check done), as the worker would after its first render.
-        render_rows = []
-        for font, engine in RENDER_SETUPS:
-            if not font.is_file():
-                continue
-            render_midi(midis[0], soundfont=font, engine=engine)
-            chosen = _choose_engine(engine, font)
-            render = partial(render_midi, soundfont=font, engine=engine)
-            seconds = sum(timed(partial(render, m))[0] for m in midis)
-            tuned = symusic_in_tune(str(font.resolve())) if chosen == "symusic" else True
-            label = f"{font.name} · {engine}" + (f" → {chosen}" if engine == "auto" else "")
-            label += "" if tuned else " (out of tune: never chosen by auto)"
-            render_rows.append((label, seconds, total_audio / seconds))
-        paths = []
-        for i, midi in enumerate(midis):
-            path = Path(tmp) / f"piece{i}.wav"
-            path.write_bytes(render_midi(midi))
-            paths.append(path)
 
-        # Warm-up for both (model load, numba compilation): not timed.
-        bp_predict(paths[0])
-        transcribe([paths[0]])
-
-        per_file_bp: list[list[float]] = [[] for _ in paths]
-        per_file_ours: list[list[float]] = [[] for _ in paths]
-        batch_bp: list[float] = []
-        batch_ours: list[float] = []
-        same = 0
-        for rep in range(args.repeats):
-            for i, path in enumerate(paths):
-                order = [("bp", bp_predict), ("ours", transcribe_one)]
-                if (rep + i) % 2:
-                    order.reverse()
-                results: dict[str, bytes] = {}
-                for name, fn in order:
-                    seconds, results[name] = timed(partial(fn, path))
-                    (per_file_bp if name == "bp" else per_file_ours)[i].append(seconds)
-                if rep == 0:
-                    same += notes_of(results["bp"]) == notes_of(results["ours"])
-            runs = [("bp", partial(bp_all_files, paths)), ("ours", partial(transcribe, paths))]
-            if rep % 2:
-                runs.reverse()
-            for name, run in runs:
-                seconds, _ = timed(run)
-                (batch_bp if name == "bp" else batch_ours).append(seconds)
-    load_after = os.getloadavg()
-
-    durations = [audio_seconds(m) for m in midis]
-    file_bp = [statistics.median(t) for t in per_file_bp]
-    file_ours = [statistics.median(t) for t in per_file_ours]
-    file_ratio = [o / b for o, b in zip(file_ours, file_bp, strict=True)]
-    bp_all, ours_all = statistics.median(batch_bp), statistics.median(batch_ours)
-    cores = len(os.sched_getaffinity(0))
-
-    command = "python bench/audio.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def transcription_table(m: Transcription, durations: list[float]) -> list[str]:
+    total_audio = sum(durations)
+    all_runs = [*m.all_wall["bp"], *m.all_wall["ours"]]
+    foreign = statistics.mean(m.foreign_cpu) / statistics.mean(all_runs)
     lines = [
+        "| transcription | basic-pitch `predict` | cadenza `transcribe` | ratio | goal |",
+        "|---|---|---|---|---|",
+    ]
+    for i, d in enumerate(durations):
+        b, o = (statistics.median(m.per_file[name][i]) for name in ("bp", "ours"))
+        lines.append(
+            f"| file {i + 1} alone ({d:.0f} s) | {b:.2f} s ({d / b:.1f}× RT) | "
+            f"{o:.2f} s ({d / o:.1f}× RT) | time {o / b:.2f}× | ≤ 1.1× |"
+        )
+    bp_all, ours_all = (statistics.median(m.all_wall[name]) for name in ("bp", "ours"))
+    bp_cpu, ours_cpu = (
+        1000 * statistics.median(m.all_cpu[name]) / total_audio for name in ("bp", "ours")
+    )
+    lines += [
+        f"| all {len(durations)} files ({total_audio:.0f} s) | {bp_all:.2f} s "
+        f"({total_audio / bp_all:.1f}× RT) | {ours_all:.2f} s ({total_audio / ours_all:.1f}× RT) "
+        f"| throughput {bp_all / ours_all:.2f}× | ≥ 1.8× |",
+        f"| CPU per second of audio, all files | {bp_cpu:.1f} ms | {ours_cpu:.1f} ms | "
+        f"CPU {ours_cpu / bp_cpu:.2f}× | |",
+        f"| identical notes | | | {m.same}/{len(durations)} files | all |",
+        "",
+        f"cadenza ran {'the rewritten' if m.rewritten else 'the bundled (NOT rewritten)'} model "
+        f"graph. During the all-files runs other processes used {foreign:.0%} of one core on "
+        "average.",
+    ]
+    return lines
+
+
+def run_header(
+    args: argparse.Namespace, load_before: tuple[float, ...], load_after: tuple[float, ...]
+) -> list[str]:
+    cores = len(os.sched_getaffinity(0))
+    command = "python bench/audio.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return [
         f"Command: `{command.strip()}`  ",
         f"Machine: {cpu_model()}, {cores} CPU cores usable, Python {platform.python_version()}; "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other processes "
@@ -212,28 +306,70 @@ def main() -> None:
         f"Input: {args.files} generated solo-piano pieces of ~{args.seconds:.0f} s, rendered with "
         f"FluidR3_GM; median of {args.repeats} run(s).",
         "",
-        "| transcription | basic-pitch `predict` | cadenza `transcribe` | ratio | goal |",
-        "|---|---|---|---|---|",
     ]
-    for i, (d, b, o, r) in enumerate(zip(durations, file_bp, file_ours, file_ratio, strict=True)):
-        lines.append(
-            f"| file {i + 1} alone ({d:.0f} s) | {b:.2f} s ({d / b:.1f}× RT) | "
-            f"{o:.2f} s ({d / o:.1f}× RT) | time {r:.2f}× | ≤ 1.1× |"
-        )
-    lines.append(
-        f"| all {args.files} files ({total_audio:.0f} s) | {bp_all:.2f} s "
-        f"({total_audio / bp_all:.1f}× RT) | {ours_all:.2f} s ({total_audio / ours_all:.1f}× RT) | "
-        f"throughput {bp_all / ours_all:.2f}× | ≥ 1.8× |"
+
+
+def main_transcription_only(args: argparse.Namespace) -> None:
+    """``--only transcription``: the transcription table alone, which replaces the one in
+    README_audio.md (header lines included; the rest of the file is left as it is)."""
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="cadenza-bench-") as tmp:
+        midis = [piano_piece(seed, args.seconds) for seed in range(args.files)]
+        measured = measure_transcription(write_wavs(midis, Path(tmp)), args.repeats)
+    load_after = os.getloadavg()
+    block = run_header(args, load_before, load_after)
+    block += transcription_table(measured, [audio_seconds(m) for m in midis])
+    print("\n".join(block))
+    if args.no_readme or not README.is_file():
+        return
+    old = README.read_text().splitlines()
+    start = next(i for i, line in enumerate(old) if line.startswith("Command: "))
+    end = next(
+        (i for i, line in enumerate(old) if i > start and line.startswith(("| render", "## "))),
+        len(old),
     )
-    lines.append(f"| identical notes | | | {same}/{args.files} files | all |")
-    lines += [
-        "",
-        "| render, 44.1 kHz stereo WAV (soundfont · engine) | wall, all files | real-time factor "
-        "| goal |",
-        "|---|---|---|---|",
-    ]
-    for label, seconds, rtf in render_rows:
-        lines.append(f"| {label} | {seconds:.2f} s | {rtf:.0f}× | ≥ 100× |")
+    README.write_text("\n".join([*old[:start], *block, "", *old[end:]]) + "\n")
+    print(f"\ntranscription table written to {README}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=45.0, help="length of each piece")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="3 files of 20 s, 1 repeat")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README_audio.md")
+    parser.add_argument(
+        "--only",
+        choices=["render", "transcription"],
+        help="run one section alone (render: README left as it is; transcription: only its "
+        "table in README_audio.md is replaced)",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.files, args.seconds, args.repeats = 3, 20.0, 1
+    if args.only == "render":
+        main_render_only(args)
+        return
+    if args.only == "transcription":
+        main_transcription_only(args)
+        return
+
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="cadenza-bench-") as tmp:
+        midis = [piano_piece(seed, args.seconds) for seed in range(args.files)]
+        total_audio = sum(audio_seconds(m) for m in midis)
+
+        # Rendering: every piece, per soundfont and engine (warm: soundfont loaded, pitch
+        # check done), as the worker would after its first render.
+        rendered = render_rows(midis, total_audio)
+        paths = write_wavs(midis, Path(tmp))
+        measured = measure_transcription(paths, args.repeats)
+    load_after = os.getloadavg()
+
+    lines = run_header(args, load_before, load_after)
+    lines += transcription_table(measured, [audio_seconds(m) for m in midis])
+    lines += ["", *render_table(rendered)]
     table = "\n".join(lines)
     print(table)
     if not args.no_readme:
@@ -257,16 +393,28 @@ Written by `bench/audio.py` (rerun it to refresh; `--quick` for a smoke run).
   window at a time through an ONNX session that spreads it over all cores, which parallelises
   poorly on small CPUs; cadenza gives the session one thread and runs one window per core
   concurrently, taken from any file, while the next file decodes and the previous one's notes
-  are decoded.
+  are decoded. It also runs a rewritten graph of the same model (`faster_graph` in
+  `cadenza/audio/transcribe.py`: convolutions split into phases so that ONNX Runtime stops
+  computing padding channels, constants reshaped so that it broadcasts them in blocks), whose
+  outputs are bit-identical to the bundled graph's (checked at load; otherwise the bundled
+  graph runs, and the note under the table says so).
+* **CPU per second of audio** — CPU time of the benchmark process (and its children) during
+  the all-files runs, over the seconds of audio: the work each system does, which other load
+  on the machine changes far less than wall time. basic-pitch's figure includes its second
+  intra-op thread spinning while it waits.
 * **identical notes** — the MIDI notes (start, end, pitch, velocity) of both, file by file.
 * **render** — seconds of audio per second of wall time for every piece, after one warm-up
-  render (soundfont loaded, pitch check done), as in a worker that has rendered before. `auto`
-  with FluidR3 runs libfluidsynth in the worker process; `fluidsynth-cli` is the command-line
-  fallback, which reloads the soundfont on every call. symusic is faster still but plays
-  FluidR3_GM out of tune (upstream issue Yikai-Liao/symusic#55), so `auto` uses it only for
-  soundfonts that pass its pitch check, such as MuseScore General
-  (`apt-get install musescore-general-soundfont-small`, then
-  `CADENZA_SOUNDFONT=/usr/share/sounds/sf3/MuseScore_General.sf3`).
+  render (soundfont loaded, pitch check done, rewritten copy built), as in a worker that has
+  rendered before (`--only render` runs this table alone). symusic 0.5.9 plays FluidR3_GM
+  out of tune (upstream issue Yikai-Liao/symusic#55: it ignores the overriding root key,
+  clamps coarse tuning, ignores scale tuning), so `auto` has it play a copy of FluidR3
+  rewritten once into the subset it reads correctly (`cadenza/midi/symusic_font.py`; cached
+  under `CADENZA_CACHE_DIR`, default `~/.cache/cadenza`), and renders notes in groups of
+  similar velocity to apply fluidsynth's velocity curve, which symusic ignores.
+  `fluidsynth` is libfluidsynth in the worker process, the fallback when no copy can be
+  written; `fluidsynth-cli` the command line, which reloads the soundfont on every call.
+  MuseScore General (`apt-get install musescore-general-soundfont-small`, then
+  `CADENZA_SOUNDFONT=/usr/share/sounds/sf3/MuseScore_General.sf3`) is played as it is.
 """
 
 
