@@ -93,6 +93,11 @@ def count_bars(score: Score) -> int:
     return bars
 
 
+#: Special ids of Cadenza's own encodings (midichar, chord-duration, quarter-vq); MidiTok's
+#: tokenizers take theirs from MidiTok's vocabulary.
+PAD, BOS, EOS = 0, 1, 2
+
+
 class Tokenizer(ABC):
     """A music tokenizer: score ⇄ ids, with PAD/BOS/EOS, optional subwords, bytes and a hash."""
 
@@ -229,6 +234,22 @@ def _char_sym(c: str) -> int:
     if cp >= 0xE000:
         cp -= 0x800
     return cp - _CHAR_BASE
+
+
+class OwnSpecials:
+    """PAD/BOS/EOS at ids 0/1/2: the special ids every one of Cadenza's own encodings uses."""
+
+    @property
+    def pad_id(self) -> int:
+        return PAD
+
+    @property
+    def bos_id(self) -> int:
+        return BOS
+
+    @property
+    def eos_id(self) -> int:
+        return EOS
 
 
 class SubwordModel:

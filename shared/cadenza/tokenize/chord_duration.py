@@ -21,6 +21,7 @@ from symusic.core import TempoTick, TimeSignatureTick, TrackTick
 
 from cadenza.midi.clean import notes_from_arrays
 from cadenza.tokenize.base import (
+    OwnSpecials,
     SubwordModel,
     Symbols,
     Tokenizer,
@@ -31,12 +32,12 @@ from cadenza.tokenize.base import (
 )
 from cadenza.tokenize.spec import ChordDurationConfig, TokenizerSpec
 
-PAD, BOS, EOS, SEP = 0, 1, 2, 3
+SEP = 3
 _N_SPECIALS = 4
 _TICKS_PER_STEP = 120  # decoded scores use tpq = 120 × steps_per_quarter: exact grid ticks
 
 
-class ChordDurationTokenizer(Tokenizer):
+class ChordDurationTokenizer(OwnSpecials, Tokenizer):
     """Port of system C's token format with the same interface as MidiTok's tokenizers."""
 
     names = ("chord-duration",)
@@ -66,18 +67,6 @@ class ChordDurationTokenizer(Tokenizer):
     @property
     def base_vocab_size(self) -> int:
         return self._size
-
-    @property
-    def pad_id(self) -> int:
-        return PAD
-
-    @property
-    def bos_id(self) -> int:
-        return BOS
-
-    @property
-    def eos_id(self) -> int:
-        return EOS
 
     @property
     def is_trained(self) -> bool:

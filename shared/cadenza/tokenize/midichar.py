@@ -27,6 +27,7 @@ from symusic.core import ScoreTick as Score
 
 from cadenza.midi.clean import notes_from_arrays
 from cadenza.tokenize.base import (
+    OwnSpecials,
     SubwordModel,
     Symbols,
     Tokenizer,
@@ -36,7 +37,6 @@ from cadenza.tokenize.base import (
 )
 from cadenza.tokenize.spec import MidiCharConfig, TokenizerSpec
 
-PAD, BOS, EOS = 0, 1, 2
 _N_SPECIALS = 3
 _TPQ = 480  # decoded scores: 480 ticks per quarter at 120 qpm = 960 ticks per second
 _TICKS_PER_SECOND = 2 * _TPQ
@@ -47,7 +47,7 @@ def _char_of(value: int) -> str:
     return sym_char(value)
 
 
-class MidiCharTokenizer(Tokenizer):
+class MidiCharTokenizer(OwnSpecials, Tokenizer):
     """One character per note, alphabet learned from the training files."""
 
     names = ("midichar",)
@@ -106,18 +106,6 @@ class MidiCharTokenizer(Tokenizer):
     @property
     def base_vocab_size(self) -> int:
         return _N_SPECIALS + int(self.alphabet.size)
-
-    @property
-    def pad_id(self) -> int:
-        return PAD
-
-    @property
-    def bos_id(self) -> int:
-        return BOS
-
-    @property
-    def eos_id(self) -> int:
-        return EOS
 
     @property
     def is_trained(self) -> bool:

@@ -38,13 +38,19 @@ from symusic.core import ScoreTick as Score
 from symusic.core import TempoTick, TimeSignatureTick, TrackTick
 
 from cadenza.midi.clean import notes_from_arrays
-from cadenza.tokenize.base import Symbols, Tokenizer, count_bars, empty_symbols, pitched_notes
+from cadenza.tokenize.base import (
+    OwnSpecials,
+    Symbols,
+    Tokenizer,
+    count_bars,
+    empty_symbols,
+    pitched_notes,
+)
 from cadenza.tokenize.spec import QuarterVQConfig, TokenizerSpec
 
 if TYPE_CHECKING:
     from cadenza.models.vqvae import QuarterVQVAE
 
-PAD, BOS, EOS = 0, 1, 2
 N_SPECIALS = 3
 LOW_PITCH = 21
 ROWS = 88  # pitches 21..108
@@ -173,7 +179,7 @@ def reconstruction(truth: NDArray[np.uint8], pred: NDArray[np.uint8]) -> dict[st
 # ---- tokenizer --------------------------------------------------------------------------------
 
 
-class QuarterVQTokenizer(Tokenizer):
+class QuarterVQTokenizer(OwnSpecials, Tokenizer):
     """Quarter-note rolls ⇄ VQ-VAE codes (system E's tokenizer), learned by :meth:`fit`."""
 
     names = ("quarter-vq",)
@@ -194,18 +200,6 @@ class QuarterVQTokenizer(Tokenizer):
     @property
     def base_vocab_size(self) -> int:
         return self.vocab_size
-
-    @property
-    def pad_id(self) -> int:
-        return PAD
-
-    @property
-    def bos_id(self) -> int:
-        return BOS
-
-    @property
-    def eos_id(self) -> int:
-        return EOS
 
     @property
     def is_trained(self) -> bool:
