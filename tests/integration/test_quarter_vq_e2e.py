@@ -1,4 +1,4 @@
-"""System E through the real HTTP API and worker (embedded deployment): a corpus tokenized by a
+"""System E through the real HTTP API and worker, on both deployments: a corpus tokenized by a
 learned VQ-VAE ("quarter-vq"), a tiny GPT prior over its codes, and a sample decoded to MIDI."""
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def finished(client: Client, job: dict[str, Any], timeout: float = 600) -> dict[
     return final
 
 
-def test_quarter_vq_corpus_prior_and_sample(embedded_stack: Stack, chorales: list[Path]) -> None:
-    client = Client(embedded_stack.api_url, embedded_stack.api_key)
+def test_quarter_vq_corpus_prior_and_sample(stack: Stack, chorales: list[Path]) -> None:
+    client = Client(stack.api_url, stack.api_key)
     ds = client.create_dataset("chorales for system E")
     files = client.upload(ds["id"], chorales[:3])
 
