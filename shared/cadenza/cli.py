@@ -37,7 +37,8 @@ app.add_typer(corpora_app, name="corpora")
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 console = Console(stderr=True)
-out = Console()
+# Paths, ids and JSON on stdout are for copying and piping: never wrapped at the terminal width.
+out = Console(soft_wrap=True)
 
 
 def main() -> None:
@@ -248,6 +249,19 @@ def _fail(exc: ApiFailure) -> None:
     raise typer.Exit(1)
 
 
+def _json_option(option: str, text: str) -> dict[str, Any]:
+    """A JSON-object option's value, or exit 2 naming the option (not a traceback)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]error[/] --{option} is not valid JSON: {exc}")
+        raise typer.Exit(2) from None
+    if not isinstance(value, dict):
+        console.print(f"[red]error[/] --{option} must be a JSON object, like '{{\"key\": 1}}'")
+        raise typer.Exit(2)
+    return value
+
+
 def follow(client: Client, job: dict[str, Any], label: str) -> dict[str, Any]:
     """Show a progress bar for a job until it ends; exit non-zero if it did not succeed."""
     with Progress(
@@ -323,7 +337,7 @@ def corpora_create(
                 dataset_id,
                 tokenizer=tokenizer,
                 preset=preset,
-                tokenizer_config=json.loads(config),
+                tokenizer_config=_json_option("config", config),
                 seed=seed,
             )
             if wait:
@@ -357,8 +371,8 @@ def models_create(
                 corpus_id,
                 architecture=architecture,
                 preset=preset,
-                config=json.loads(config),
-                train=json.loads(train),
+                config=_json_option("config", config),
+                train=_json_option("train", train),
             )
             if wait:
                 job = follow(c, job, "train")
@@ -382,12 +396,22 @@ def sample(
     ] = None,
     primer_bars: int | None = None,
     dataset_id: Annotated[str | None, typer.Option(help="dataset to upload --primer to")] = None,
-    n: int = 1,
+    n: Annotated[int, typer.Option("-n", "--n", help="variations, sampled as one batch")] = 1,
     max_new_tokens: int = 256,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
     seed: int | None = None,
+    primer_seconds: float | None = None,
+    max_bars: int | None = None,
+    options: Annotated[
+        str,
+        typer.Option(
+            help='JSON of any other sample fields, e.g. \'{"repetition_penalty": 1.2, '
+            '"include_primer": false}\' (see POST /v1/models/{id}/samples)'
+        ),
+    ] = "{}",
     output: Annotated[Path, typer.Option("-o", "--output")] = Path("samples"),
 ) -> None:
     """Generate N variations and write their MIDI files to OUTPUT."""
@@ -405,9 +429,13 @@ def sample(
                 "temperature": temperature,
                 "top_k": top_k,
                 "top_p": top_p,
+                "min_p": min_p,
                 "seed": seed,
                 "primer_file_id": primer_file_id,
                 "primer_bars": primer_bars,
+                "primer_seconds": primer_seconds,
+                "max_bars": max_bars,
+                **_json_option("options", options),
             }
             job = follow(c, c.sample(model_id, **opts), "sample")
             for sid in job["sample_ids"]:
