@@ -55,6 +55,7 @@ def test_quarter_vq_corpus_prior_and_sample(stack: Stack, chorales: list[Path]) 
     job = finished(client, job)
     model = client.get(f"/v1/models/{job['model_id']}")
     assert model["state"] == "ready" and model["vocab_size"] == corpus["vocab_size"]
+    assert model["train_config"]["window_grid"] == 16  # windows start on a quarter's codes
 
     job = client.sample(
         model["id"],

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from cadenza.models import model_from_safetensors, resolve_config
 from cadenza.train import TrainConfig, TrainResult, train
+from cadenza.train import loop as loop_module
 from cadenza.train.checkpoint import (
     capture_rng_state,
     checkpoints_to_prune,
@@ -26,6 +27,7 @@ from cadenza.train.checkpoint import (
     restore_rng_state,
     unpack,
 )
+from cadenza.train.loop import grid_starts
 
 VOCAB = 24
 
@@ -165,6 +167,39 @@ def test_loss_falls_on_a_learnable_sequence(architecture: str) -> None:
         "step", "split", "loss", "perplexity", "lr", "tokens_per_s", "elapsed_s",
     }  # fmt: skip
     assert hooks.progress[-1][0] == 1.0
+
+
+def test_grid_starts_begin_at_each_file_and_every_grid_after_it() -> None:
+    arr = np.array([1, 5, 5, 5, 5, 5, 2, 1, 6, 6, 6, 2, 1, 7], dtype=np.int32)
+    # files start at the BOS (1) at 0 and 7; the BOS at 12 is past high (no full window there)
+    assert grid_starts(arr, bos_id=1, grid=2, high=12).tolist() == [0, 1, 3, 5, 7, 8, 10]
+    assert grid_starts(arr, bos_id=1, grid=1, high=7).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert grid_starts(arr, bos_id=9, grid=2, high=12).size == 0
+
+
+def test_window_grid_starts_every_training_window_on_the_grid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(0)
+    files = [rng.integers(3, VOCAB, size=4 * int(rng.integers(5, 15))) for _ in range(40)]
+    stream = np.concatenate([np.r_[1, f, 2] for f in files]).astype(np.int32)
+    data = {"train": stream, "val": stream[:400], "test": stream[:400]}
+    seen: list[int] = []
+    real = loop_module._windows
+
+    def spy(arr: np.ndarray, starts: np.ndarray, seq_len: int) -> np.ndarray:
+        if arr is data["train"]:
+            seen.extend(int(s) for s in starts)
+        return real(arr, starts, seq_len)
+
+    monkeypatch.setattr(loop_module, "_windows", spy)
+    cfg = config(window_grid=4, max_steps=10)
+    result = train(spec(), data, cfg, MemoryHooks(), tokenizer_hash="t", device="cpu", bos_id=1)
+    assert result.steps == 10 and len(seen) == 10 * cfg.batch_size
+    allowed = set(grid_starts(stream, 1, 4, stream.size - cfg.seq_len).tolist())
+    assert set(seen) <= allowed and len(set(seen)) > 5
+    with pytest.raises(ValueError, match="BOS"):
+        train(spec(), data, cfg, MemoryHooks(), tokenizer_hash="t", device="cpu")
 
 
 # ----------------------------------------------------------------------------- resume

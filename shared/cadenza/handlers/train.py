@@ -166,6 +166,7 @@ def run(ctx: JobContext) -> Outcome:
             hooks,
             tokenizer_hash=model.tokenizer_hash,
             init_from=ctx.store.get(init_key) if init_key else None,
+            bos_id=_bos_id(ctx, corpus) if cfg.window_grid is not None else None,
         )
     except ValueError as exc:  # bad data/config for this corpus: the user's to fix
         raise UserError(str(exc)) from exc
@@ -188,6 +189,13 @@ def run(ctx: JobContext) -> Outcome:
         state=JobState.CANCELLED if cancelled else JobState.SUCCEEDED,
         message=f"{result.stopped_reason} after {summary.get('steps')} steps",
     )
+
+
+def _bos_id(ctx: JobContext, corpus: Corpus) -> int:
+    """The corpus tokenizer's BOS id (where each file starts in the token stream)."""
+    from cadenza.tokenize.registry import tokenizer_from_bytes
+
+    return tokenizer_from_bytes(ctx.store.get(corpus.tokenizer_key)).bos_id
 
 
 def _export_weights(ctx: JobContext, model_id: str) -> None:

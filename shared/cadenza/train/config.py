@@ -32,6 +32,14 @@ class TrainConfig(BaseModel):
         default=16, ge=1, le=4096, description="sequences per micro-batch per rank"
     )
     seq_len: int = Field(default=256, ge=1, le=65_536, description="tokens per training window")
+    window_grid: int | None = Field(
+        default=None,
+        ge=1,
+        le=65_536,
+        description="start training windows only at a file's BOS or a multiple of this many "
+        "tokens after it, so every window begins on the same grid (16 for quarter-vq corpora: "
+        "a quarter's codes, like system E's stride); None starts them anywhere",
+    )
     grad_accum_steps: int = Field(default=1, ge=1, le=1024)
     weight_decay: float = Field(default=0.1, ge=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.95)

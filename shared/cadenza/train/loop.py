@@ -150,6 +150,21 @@ def _windows(arr: np.ndarray[Any, Any], starts: np.ndarray[Any, Any], seq_len: i
     return np.asarray(arr[index], dtype=np.int64)
 
 
+def grid_starts(arr: np.ndarray[Any, Any], bos_id: int, grid: int, high: int) -> np.ndarray:
+    """Window starts below `high` at each BOS of `arr` and every `grid` tokens after it.
+
+    A corpus stream is BOS file EOS BOS file EOS ...; aligned windows see a file's tokens in
+    the same phase of its grid (for quarter-vq: a window starts on a quarter's first code).
+    """
+    bos = np.flatnonzero(arr[: max(high, 0)] == bos_id)
+    if bos.size == 0:
+        return np.zeros(0, np.int64)
+    ends = np.append(bos[1:], high)
+    parts = [bos.astype(np.int64)]
+    parts += [np.arange(b + 1, e, grid, dtype=np.int64) for b, e in zip(bos, ends, strict=True)]
+    return np.sort(np.concatenate(parts))
+
+
 class _Batcher:
     """Moves windows to the device; pinned + non-blocking on CUDA so copies overlap compute."""
 
@@ -286,6 +301,7 @@ def train(
     tokenizer_hash: str,
     init_from: bytes | None = None,
     device: str | None = None,
+    bos_id: int | None = None,
 ) -> TrainResult:
     """Train (or resume training) one model; return how it ended.
 
@@ -294,6 +310,7 @@ def train(
     the run continues from it exactly (weights, optimizer, schedule, scaler, RNG, data
     position); otherwise `init_from` (any checkpoint payload, weights only) seeds a fine-tune.
     Under torchrun (a process group already initialised) this is one rank of a DDP run.
+    `bos_id` (the corpus tokenizer's) is needed only with `cfg.window_grid`.
     """
     info = current_dist_info(device)
     dev = torch.device(device or info.device)
@@ -420,6 +437,16 @@ def train(
     batcher = _Batcher(dev)
     train_arr = splits["train"]
     high = train_arr.shape[0] - cfg.seq_len  # exclusive upper bound of window starts
+    aligned: np.ndarray | None = None
+    if cfg.window_grid is not None:
+        if bos_id is None:
+            raise ValueError("train.window_grid needs the corpus's BOS id to find file starts")
+        aligned = grid_starts(train_arr, bos_id, cfg.window_grid, high)
+        if aligned.size == 0:
+            raise ValueError(
+                f"no training window of {cfg.seq_len} tokens starts on the window_grid; "
+                "lower seq_len or drop window_grid"
+            )
     tokens_per_step = cfg.batch_size * cfg.seq_len * total_slots
     started = time.perf_counter()
     state.last_lr = float(scheduler.get_last_lr()[0])
@@ -483,7 +510,11 @@ def train(
 
     def micro_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for gen in generators:
-            starts = torch.randint(0, high, (cfg.batch_size,), generator=gen).numpy()
+            if aligned is None:
+                starts = torch.randint(0, high, (cfg.batch_size,), generator=gen).numpy()
+            else:
+                picks = torch.randint(0, aligned.size, (cfg.batch_size,), generator=gen).numpy()
+                starts = aligned[picks]
             yield batcher(_windows(train_arr, starts, cfg.seq_len))
 
     progress(

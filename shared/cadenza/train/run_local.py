@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init-from", type=Path, default=None, help="checkpoint to fine-tune")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument(
+        "--bos-id",
+        type=int,
+        default=None,
+        help="the tokenizer's BOS id, needed with --set window_grid=N (file starts)",
+    )
+    parser.add_argument(
         "--export-safetensors",
         action="store_true",
         help="also write OUT/model.safetensors (best weights) at the end",
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
             tokenizer_hash=tokenizer_hash,
             init_from=init_from,
             device=args.device,
+            bos_id=args.bos_id,
         )
         if info.is_main:
             _atomic_write(

@@ -13,6 +13,7 @@ from cadenza.db.models import Checkpoint, Corpus, Job, MetricRecord, Model, new_
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.models.registry import resolve_config
 from cadenza.storage import ObjectNotFound, job_key
+from cadenza.tokenize.quarter_vq import CODES_PER_QUARTER
 from cadenza.train.config import TrainConfig
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError, invalid
@@ -57,6 +58,11 @@ def create_model(
     """Queue training; the model row exists at once so its progress can be watched."""
     corpus = get_owned(session, Corpus, body.corpus_id, owner.id)
     config, train = _validate(body)
+    tokenizer = (corpus.params.get("tokenizer_spec") or {}).get("name")
+    if tokenizer == "quarter-vq" and "window_grid" not in body.train:
+        # A prior over VQ codes learns from windows that start on a quarter (system E's
+        # stride); GET /v1/models shows it, and train.window_grid=null turns it off.
+        train["window_grid"] = CODES_PER_QUARTER
     if body.init_checkpoint_id:
         ckpt = session.get(Checkpoint, body.init_checkpoint_id)
         parent = session.get(Model, ckpt.model_id) if ckpt else None
