@@ -306,3 +306,20 @@ __all__ = [
     "summarize",
     "warm_up",
 ]
+
+
+def time_signature_map(score: ScoreTick) -> list[tuple[int, int, int]]:
+    """(tick, numerator, denominator) of each time signature in time order, starting at tick 0
+    with 4/4 when the file sets none there (the MIDI default); signatures with a zero field,
+    which no bar length can follow, are skipped. Bars, primers and piano rolls all use this."""
+    sigs = sorted(
+        (
+            (int(ts.time), int(ts.numerator), int(ts.denominator))
+            for ts in score.time_signatures
+            if ts.numerator > 0 and ts.denominator > 0
+        ),
+        key=lambda sig: sig[0],  # stable: signatures at the same tick keep the file's order
+    )
+    if not sigs or sigs[0][0] > 0:
+        sigs.insert(0, (0, 4, 4))
+    return sigs

@@ -24,6 +24,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from symusic.core import ScoreSecond, ScoreTick
 
+from cadenza.midi.load import time_signature_map
 from cadenza.midi.render import parse_midi
 
 #: General MIDI Level 1 program names, by program number 0..127.
@@ -215,13 +216,7 @@ def _bar_starts_seconds(score: ScoreTick, end_s: float) -> list[float]:
     first one), seconds follow the tempo map."""
     tpq = max(int(score.ticks_per_quarter), 1)
     end_tick = max(int(score.end()), 1)
-    signatures = sorted(
-        (int(ts.time), int(ts.numerator), int(ts.denominator))
-        for ts in score.time_signatures
-        if ts.numerator > 0 and ts.denominator > 0
-    )
-    if not signatures or signatures[0][0] > 0:
-        signatures.insert(0, (0, 4, 4))
+    signatures = time_signature_map(score)
     bars: list[float] = []
     for i, (start, num, den) in enumerate(signatures):
         stop = signatures[i + 1][0] if i + 1 < len(signatures) else end_tick

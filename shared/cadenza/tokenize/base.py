@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from cadenza.midi.load import time_signature_map
 from cadenza.tokenize.spec import BPESpec, TokenizerSpec
 
 if TYPE_CHECKING:
@@ -77,12 +78,7 @@ def count_bars(score: Score) -> int:
     if end <= 0:
         return 0
     tpq = int(score.ticks_per_quarter)
-    sigs = sorted(
-        ((int(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures),
-        key=lambda x: x[0],
-    )
-    if not sigs or sigs[0][0] > 0:
-        sigs.insert(0, (0, 4, 4))
+    sigs = time_signature_map(score)
     bars = 0
     for i, (t, num, den) in enumerate(sigs):
         seg_end = sigs[i + 1][0] if i + 1 < len(sigs) else end

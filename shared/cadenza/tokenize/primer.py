@@ -8,7 +8,7 @@ from symusic.core import ScoreTick as Score
 from symusic.core import TempoTick, TimeSignatureTick
 
 from cadenza.midi.clean import CleanOptions, clean_score
-from cadenza.midi.load import load_score
+from cadenza.midi.load import load_score, time_signature_map
 from cadenza.tokenize.base import Tokenizer
 
 
@@ -18,12 +18,7 @@ def bar_end_tick(score: Score, bars: int) -> int:
     A time signature change inside a bar ends that bar early, as MIDI editors display it.
     """
     tpq = int(score.ticks_per_quarter)
-    sigs = sorted(
-        ((int(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures),
-        key=lambda x: x[0],
-    )
-    if not sigs or sigs[0][0] > 0:
-        sigs.insert(0, (0, 4, 4))
+    sigs = time_signature_map(score)
     t, idx = 0, 0
     for _ in range(bars):
         while idx + 1 < len(sigs) and sigs[idx + 1][0] <= t:
