@@ -24,7 +24,14 @@ from symusic.core import ScoreTick as Score
 from symusic.core import TempoTick, TimeSignatureTick, TrackTick, TrackTickList
 
 from cadenza.midi.clean import notes_from_arrays
-from cadenza.tokenize.base import SubwordModel, Symbols, Tokenizer, count_bars, sym_char
+from cadenza.tokenize.base import (
+    SubwordModel,
+    Symbols,
+    Tokenizer,
+    count_bars,
+    empty_symbols,
+    sym_char,
+)
 from cadenza.tokenize.spec import (
     MIDITOK_MULTI_VOCAB,
     MIDITOK_SINGLE_STREAM,
@@ -112,15 +119,20 @@ class MidiTokTokenizer(Tokenizer):
         single-stream, and concatenating tracks one after the other would not be music."""
         return score if self._single else _merge_to_one_track(score)
 
-    def symbols(self, score: Score) -> Symbols:
-        score = self.prepare(score)
+    def _encode(self, score: Score) -> Any:
+        """MidiTok's TokSequence of a prepared score (no ids yet), or None if it has none."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             seq = self.miditok.encode(score, encode_ids=False)
         if isinstance(seq, list):
-            if not seq:
-                return Symbols(np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int32), 0)
-            seq = seq[0]
+            return seq[0] if seq else None
+        return seq
+
+    def symbols(self, score: Score) -> Symbols:
+        score = self.prepare(score)
+        seq = self._encode(score)
+        if seq is None:
+            return empty_symbols()
         ids = np.asarray(seq.ids, dtype=np.int32)
         bars = count_bars(score)
         starts = np.zeros(1, dtype=np.int32)
@@ -272,13 +284,9 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
 
     def symbols(self, score: Score) -> Symbols:
         score = self.prepare(score)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            seq = self.miditok.encode(score, encode_ids=False)
-        if isinstance(seq, list):
-            if not seq:
-                return Symbols(np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int32), 0)
-            seq = seq[0]
+        seq = self._encode(score)
+        if seq is None:
+            return empty_symbols()
         off = self._offsets
         # MuMIDI tuples vary in length (3 fields, 5 for notes); CPWord/Octuple are fixed
         flat = np.fromiter(
