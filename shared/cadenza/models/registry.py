@@ -204,33 +204,26 @@ _SMALL_TRAIN = _train(
     eval_interval=500,
 )
 
+# minGPT's trainer (systems B and E): no warmup, and it does not decay the lr.
+_MINGPT_TRAIN = _train(
+    lr=3e-4,
+    batch_size=64,
+    warmup_steps=0,
+    max_steps=5_000,
+    weight_decay=0.1,
+    betas=(0.9, 0.95),
+    grad_clip=1.0,
+    min_lr_ratio=1.0,
+    eval_interval=500,
+)
+
 TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpt": {
         "tiny": dict(_TINY_TRAIN),
         "small": dict(_SMALL_TRAIN),
-        # minGPT trainer defaults with system B's lr and batch; minGPT does not decay the lr.
-        "mingpt-nano": _train(
-            lr=3e-3,
-            batch_size=64,
-            warmup_steps=0,
-            max_steps=5_000,
-            weight_decay=0.1,
-            betas=(0.9, 0.95),
-            grad_clip=1.0,
-            min_lr_ratio=1.0,
-            eval_interval=500,
-        ),
-        "bachsformer-prior": _train(
-            lr=1e-3,
-            batch_size=128,
-            warmup_steps=0,
-            max_steps=5_000,
-            weight_decay=0.1,
-            betas=(0.9, 0.95),
-            grad_clip=1.0,
-            min_lr_ratio=1.0,
-            eval_interval=500,
-        ),
+        # minGPT trainer defaults with system B's lr and batch, and system E's.
+        "mingpt-nano": dict(_MINGPT_TRAIN, lr=3e-3, batch_size=64),
+        "bachsformer-prior": dict(_MINGPT_TRAIN, lr=1e-3, batch_size=128),
     },
     "music-transformer": {
         "tiny": dict(_TINY_TRAIN),
