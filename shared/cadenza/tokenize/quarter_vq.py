@@ -46,7 +46,7 @@ from cadenza.tokenize.base import (
     empty_symbols,
     pitched_notes,
 )
-from cadenza.tokenize.spec import QuarterVQConfig, TokenizerSpec
+from cadenza.tokenize.spec import CODES_PER_QUARTER, QuarterVQConfig, TokenizerSpec
 
 if TYPE_CHECKING:
     from cadenza.models.vqvae import QuarterVQVAE
@@ -56,7 +56,6 @@ LOW_PITCH = 21
 ROWS = 88  # pitches 21..108
 COLS = 32  # columns per quarter note
 PER_QUARTER = 2 * ROWS  # held masks, then onset masks
-CODES_PER_QUARTER = 16  # the encoder's 8 × 2 grid
 OUT_TPQ = 480  # decoded scores: 480 ticks per quarter, 15 ticks per column
 _MAX_EVAL = 1024  # quarters used for each reconstruction figure (inference is not free on CPU)
 #: Longest file encoded (about 68 minutes at 240 qpm); bounds the planes' memory (~230 MB).

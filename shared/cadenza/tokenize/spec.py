@@ -407,6 +407,11 @@ class ChordDurationConfig(BaseModel):
         return self
 
 
+#: Codes per quarter note in a quarter-vq stream: the VQ-VAE encoder's 8 × 2 grid. Here, not in
+#: quarter_vq, so that the API can use it without importing symusic or numpy's MIDI code.
+CODES_PER_QUARTER = 16
+
+
 class QuarterVQConfig(BaseModel):
     """Options of the "quarter-vq" tokenizer: system E's VQ-VAE over quarter-note rolls.
 

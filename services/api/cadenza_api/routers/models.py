@@ -13,7 +13,7 @@ from cadenza.db.models import Checkpoint, Corpus, Job, MetricRecord, Model, new_
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.models.registry import resolve_config
 from cadenza.storage import ObjectNotFound, job_key
-from cadenza.tokenize.quarter_vq import CODES_PER_QUARTER
+from cadenza.tokenize.spec import CODES_PER_QUARTER
 from cadenza.train.config import TrainConfig
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError, invalid
