@@ -46,25 +46,27 @@ def relative_logits(q: Tensor, er: Tensor) -> Tensor:
     the distance S-1-c (its last row is distance 0). Returns (B, nh, T, S) with
     out[..., r, j] = q[..., r, :] · er[distance (S-T+r) - j] wherever j <= S-T+r; entries for
     future keys (j > S-T+r) are meaningless and must be masked by the caller.
+    """
+    return _skewed_qe(q, er)[1]
+
+
+def _skewed_qe(q: Tensor, er: Tensor) -> tuple[Tensor, Tensor]:
+    """(Q·Erᵀ in the skew's padded layout (B, nh, T·(S+1)), Srel as a view of it (B, nh, T, S)).
 
     Skewing: row r of Q·Erᵀ holds distances S-1..0 left to right and must move right by
     T-1-r places. Padding one zero column on the left, flattening and dropping the first T
     values does exactly that (for T == S this is the paper's reshape-to-(T+1, T), drop-a-row),
-    with O(T·S) memory per head.
+    with O(T·S) memory per head. The zero column comes from a zero row prepended to Er, so
+    Q·Erᵀ is computed straight into the padded layout (column c+1 is distance S-1-c), and the
+    backward pass reuses that buffer for the gradient of Q·Erᵀ.
     """
     B, nh, T, hs = q.shape
     S = er.size(-2)
     if T > S:
         raise ValueError(f"{T} queries cannot be the last rows of {S} keys")
-    # The skew's zero column comes from a zero row prepended to Er, so Q·Erᵀ is computed
-    # straight into its padded (T, S+1) layout: one (T, S) allocation per head instead of a
-    # product plus a padded copy. Column c+1 is distance S-1-c.
     er_pad = torch.cat([er.new_zeros((*er.shape[:-2], 1, hs)), er], dim=-2)  # (…, S+1, hs)
-    qe = torch.matmul(q, er_pad.transpose(-2, -1))  # (B, nh, T, S+1), column 0 all zeros
-    if T == 1:
-        return qe[..., 1:]  # one query row (a decoding step) is already aligned: no shift
-    qe = qe.reshape(B, nh, T * (S + 1))[..., T:]  # a view: shifts row r right by T-1-r
-    return qe.view(B, nh, T, S)
+    buf = torch.matmul(q, er_pad.transpose(-2, -1)).view(B, nh, T * (S + 1))
+    return buf, buf[..., T:].view(B, nh, T, S)  # a view: shifts row r right by T-1-r
 
 
 def _chunk_scores(
@@ -73,19 +75,17 @@ def _chunk_scores(
     """Logits of queries q (B, nh, b, hs), the last b of positions 0..p1-1, against keys 0..p1-1.
 
     er holds distances S-1..0 of the whole call (its last p1 rows are the ones needed). Returns
-    (scores (B, nh, b, p1) with forbidden keys (future, or padding) at -inf, and the buffer
-    (B, nh, b·(p1+1)) they live in: Q·Erᵀ in the skew's padded layout, with Q·Kᵀ added in
-    place by one batched GEMM, so a chunk allocates one (b, p1+1) block per head, no more).
+    (scores (B, nh, b, p1) with forbidden keys (future, or padding) at -inf, and Q·Erᵀ in the
+    skew's padded layout (B, nh, b·(p1+1)), which the backward pass reuses for its gradient).
     """
     B, nh, b, hs = q.shape
-    er_c = er[..., er.size(-2) - p1 :, :]
-    er_pad = torch.cat([er_c.new_zeros((*er_c.shape[:-2], 1, hs)), er_c], dim=-2)
-    buf = torch.matmul(q, er_pad.transpose(-2, -1)).view(B, nh, b * (p1 + 1))
-    rel = buf[..., b:].view(B * nh, b, p1)  # the skew (see relative_logits): a view
+    buf, rel = _skewed_qe(q, er[..., er.size(-2) - p1 :, :])
     # Out of place: BLAS adds into a contiguous copy of the skewed view in one pass (in place on
     # the view, whose heads are b values apart, torch would loop over heads one GEMM at a time).
     scores = torch.baddbmm(
-        rel, q.reshape(B * nh, b, hs), k[:, :, :p1].reshape(B * nh, p1, hs).transpose(1, 2)
+        rel.view(B * nh, b, p1),
+        q.reshape(B * nh, b, hs),
+        k[:, :, :p1].reshape(B * nh, p1, hs).transpose(1, 2),
     ).view(B, nh, b, p1)
     if key_pad is not None:  # padding keys: hidden from every query but themselves
         i = torch.arange(p1 - b, p1, device=q.device).view(b, 1)  # query positions
@@ -125,6 +125,34 @@ def _accumulate(out: Tensor, a: Tensor, b: Tensor) -> None:
         out += torch.matmul(a, b).to(out.dtype)
 
 
+def _forward_chunks(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    er: Tensor,
+    chunk: int,
+    key_pad: Tensor | None,
+    dropout_p: float,
+    seed: int,
+) -> Tensor:
+    """The attention output, a chunk of queries at a time (the forward of both paths).
+
+    q, k, v as `_rows` gives them (each chunk reads them as (B·nh, rows, hs) matrices, so one
+    copy of the strided QKV views up front saves a copy per chunk and GEMM); er in q's dtype.
+    """
+    B, nh, T, _ = q.shape
+    S = k.size(2)
+    out = torch.empty(B, nh, T, v.size(-1), dtype=v.dtype, device=v.device)
+    for r0 in range(0, T, chunk):
+        r1 = min(T, r0 + chunk)
+        scores, _ = _chunk_scores(q[:, :, r0:r1], k, er, S - T + r1, key_pad)
+        p = torch.softmax(scores, dim=-1, dtype=_acc_dtype(q.dtype))
+        if dropout_p > 0:
+            p.mul_(_dropout_keep(p.shape, dropout_p, seed + r0, p.device) / (1 - dropout_p))
+        out[:, :, r0:r1] = torch.matmul(p.to(v.dtype), v[:, :, : S - T + r1])
+    return out
+
+
 class _RelativeAttention(torch.autograd.Function):
     """softmax(Q Kᵀ + Srel + causal) V, a query chunk at a time, memory-efficient both ways.
 
@@ -140,21 +168,9 @@ class _RelativeAttention(torch.autograd.Function):
     def forward(
         ctx: Any, q: Tensor, k: Tensor, v: Tensor, er: Tensor, chunk: int, dropout_p: float
     ) -> Tensor:
-        B, nh, T, _ = q.shape
-        S = k.size(2)
-        # q, k, v come as strided views of the fused QKV projection; every chunk reads them
-        # as (B·nh, rows, hs) matrices, so one copy here saves a copy per chunk and GEMM.
         q, k, v = _rows(q), _rows(k), _rows(v)
-        acc = _acc_dtype(q.dtype)
-        out = torch.empty(B, nh, T, v.size(-1), dtype=v.dtype, device=v.device)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
-        for r0 in range(0, T, chunk):
-            r1 = min(T, r0 + chunk)
-            scores, _ = _chunk_scores(q[:, :, r0:r1], k, er, S - T + r1, None)
-            p = torch.softmax(scores, dim=-1, dtype=acc)
-            if dropout_p > 0:
-                p.mul_(_dropout_keep(p.shape, dropout_p, seed + r0, p.device) / (1 - dropout_p))
-            out[:, :, r0:r1] = torch.matmul(p.to(v.dtype), v[:, :, : S - T + r1])
+        out = _forward_chunks(q, k, v, er, chunk, None, dropout_p, seed)
         ctx.save_for_backward(q, k, v, er)
         ctx.chunk, ctx.dropout_p, ctx.seed = chunk, dropout_p, seed
         return out
@@ -236,14 +252,7 @@ def relative_attention(
     if key_pad is not None and torch.is_grad_enabled() and q.requires_grad:
         raise ValueError("key padding is only supported without gradients (inference)")
     q, k, v = _rows(q), _rows(k), _rows(v)
-    T, S = q.size(2), k.size(2)
-    out = torch.empty(*q.shape[:3], v.size(-1), dtype=v.dtype, device=v.device)
-    for r0 in range(0, T, chunk):
-        r1 = min(T, r0 + chunk)
-        scores, _ = _chunk_scores(q[:, :, r0:r1], k, er.to(q.dtype), S - T + r1, key_pad)
-        p = torch.softmax(scores, dim=-1, dtype=_acc_dtype(q.dtype)).to(v.dtype)
-        out[:, :, r0:r1] = torch.matmul(p, v[:, :, : S - T + r1])
-    return out
+    return _forward_chunks(q, k, v, er.to(q.dtype), chunk, key_pad, 0.0, 0)
 
 
 class RelativeEmbedding(nn.Module):
