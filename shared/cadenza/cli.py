@@ -223,7 +223,7 @@ def reconcile() -> None:
 
     Every worker does this on a timer; the command is for when no worker is running.
     """
-    from cadenza.queue import reconcile_and_resend
+    from cadenza.jobs.reconciler import reconcile_and_resend
 
     requeued, failed, resent = reconcile_and_resend(get_settings())
     console.print(f"requeued {requeued}, failed {failed}, re-sent {resent}")

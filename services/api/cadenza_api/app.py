@@ -8,7 +8,7 @@ from cadenza import __version__
 from cadenza.config import Settings, get_settings
 from cadenza.storage import open_store
 from cadenza_api import errors
-from cadenza_api.routers import audio, corpora, datasets, health, jobs, models, samples
+from cadenza_api.routers import corpora, datasets, files, health, jobs, models, samples
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,6 +23,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = open_store(settings)
     errors.install(app)
-    for module in (health, datasets, audio, corpora, models, samples, jobs):
+    for module in (health, datasets, files, corpora, models, samples, jobs):
         app.include_router(module.router)
     return app

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cadenza.db.repo import NotFound
+from cadenza.validation import Conflict, InvalidParams, validation_message
 
 
 class ApiError(Exception):
@@ -27,27 +28,19 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    return ".".join(parts) or "request"
-
-
-def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    details = [{"field": _field_path(tuple(e.get("loc", ()))), "message": e["msg"]} for e in errors]
-    text = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
-    return f"invalid request: {text}", details
-
-
-def invalid(prefix: str, exc: Any, code: str | None = None) -> ApiError:
-    """A 422 for a pydantic ValidationError raised while checking request field `prefix`."""
-    msg, details = validation_message([{**e, "loc": (prefix, *e["loc"])} for e in exc.errors()])
-    return ApiError(422, code or f"invalid_{prefix}", msg, details=details)
-
-
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message, **exc.extra), status_code=exc.status)
+
+    @app.exception_handler(InvalidParams)
+    async def _invalid_params(_: Request, exc: InvalidParams) -> JSONResponse:
+        extra = {"details": exc.details} if exc.details else {}
+        return JSONResponse(error_body(exc.code, exc.message, **extra), status_code=422)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=409)
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:

@@ -1,11 +1,22 @@
-"""Request and response bodies. Field limits here are the first line against bad input."""
+"""Response bodies, and the request bodies that belong to the API alone.
+
+A job's request body is its params model's request form (`CorpusRequest`, `ModelRequest`,
+`SampleRequest`, `AudioJobRequest`, next to the domain code that uses them), re-exported here
+so the OpenAPI document and the routes name them in one place. Field limits there and here
+are the first line against bad input.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+from cadenza.audio.params import AudioJobRequest
+from cadenza.sample.params import SampleRequest
+from cadenza.tokenize.params import CorpusRequest
+from cadenza.train.params import ModelRequest
 
 
 class Out(BaseModel):
@@ -94,39 +105,6 @@ class JobList(BaseModel):
 
 
 # -- corpora -------------------------------------------------------------------------------
-class CleanIn(In):
-    drop_drums: bool = True
-    merge_tracks: bool = True
-    program: int = Field(default=0, ge=0, le=127)
-    keep_programs: list[int] | None = None
-    quantize: int | None = Field(default=None, ge=1, le=96)
-    min_notes: int = Field(default=8, ge=0, le=100_000)
-
-
-class CorpusCreate(In):
-    dataset_id: str = Field(min_length=1, max_length=64)
-    tokenizer: str | None = Field(
-        default=None, max_length=64, description="tokenizer name (REMI, TSD, …); or use preset"
-    )
-    preset: str | None = Field(
-        default=None, max_length=64, description="named tokenizer preset, e.g. remi-colab"
-    )
-    tokenizer_config: dict[str, Any] = Field(default_factory=dict)
-    bpe: dict[str, Any] | None = None
-    augment: dict[str, Any] | None = None
-    clean: CleanIn = Field(default_factory=CleanIn)
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-
-    @model_validator(mode="after")
-    def _split_sums_to_one(self) -> CorpusCreate:
-        if any(x < 0 for x in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
-            raise ValueError("split must be three non-negative fractions summing to 1")
-        if self.split[0] <= 0:
-            raise ValueError("split: the train fraction must be > 0")
-        return self
-
-
 class CorpusOut(Out):
     id: str
     dataset_id: str
@@ -138,15 +116,6 @@ class CorpusOut(Out):
 
 
 # -- models --------------------------------------------------------------------------------
-class ModelCreate(In):
-    corpus_id: str = Field(min_length=1, max_length=64)
-    architecture: str = Field(default="music-transformer", max_length=64)
-    preset: str | None = Field(default="tiny", max_length=64)
-    config: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
-    init_checkpoint_id: str | None = Field(default=None, max_length=64)
-
-
 class CheckpointOut(Out):
     id: str
     step: int
@@ -181,53 +150,6 @@ class ModelOut(Out):
 
 
 # -- samples -------------------------------------------------------------------------------
-class SampleCreate(In):
-    primer_file_id: str | None = Field(default=None, max_length=64)
-    primer_bars: int | None = Field(default=None, ge=1, le=512)
-    primer_seconds: float | None = Field(default=None, gt=0, le=3600)
-    primer_start_bar: int = Field(
-        default=1, ge=1, le=100_000, description="take the primer from this bar (1 = the start)"
-    )
-    primer_tokens: list[int] | None = Field(default=None, max_length=65536)
-    primer_tokenizer_hash: str | None = Field(
-        default=None,
-        max_length=64,
-        description="hash of the tokenizer primer_tokens came from (checked against the model)",
-    )
-    include_primer: bool = True
-    force_tokens: list[str] | None = Field(
-        default=None,
-        max_length=32,
-        description="attribute control: token names the piece must start with, e.g. "
-        '["Bar_None", "TimeSig_3/4", "Position_0", "Tempo_80.65"] (see the corpus token_names)',
-    )
-    n: int = Field(default=1, ge=1, le=64)
-    max_new_tokens: int = Field(default=256, ge=1, le=65536)
-    stop_at_eos: bool = Field(default=True, description="end a variation at the end-of-piece token")
-    max_bars: int | None = Field(
-        default=None, ge=1, le=4096, description="stop once the output has this many bars"
-    )
-    max_seconds: float | None = Field(
-        default=None, gt=0, le=7200, description="stop once the output lasts this long"
-    )
-    temperature: float = Field(default=1.0, gt=0, le=10)
-    top_k: int | None = Field(default=None, ge=1)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    min_p: float | None = Field(default=None, ge=0, lt=1)
-    repetition_penalty: float = Field(default=1.0, ge=1.0, le=5.0)
-    repetition_window: int = Field(default=64, ge=1, le=8192)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    checkpoint: str = Field(default="best", max_length=64)
-
-    @model_validator(mode="after")
-    def _one_primer(self) -> SampleCreate:
-        if self.primer_file_id and self.primer_tokens:
-            raise ValueError("give primer_file_id or primer_tokens, not both")
-        if (self.primer_bars or self.primer_seconds) and not self.primer_file_id:
-            raise ValueError("primer_bars/primer_seconds need a primer_file_id")
-        return self
-
-
 class SampleOut(Out):
     id: str
     model_id: str
@@ -246,26 +168,21 @@ class SampleList(BaseModel):
     samples: list[SampleOut]
 
 
-# -- audio jobs ----------------------------------------------------------------------------
-class ConvertIn(In):
-    sample_rate: int = Field(default=16000, ge=4000, le=192_000)
-    mono: bool = True
-
-
-class CropIn(In):
-    interval_s: float = Field(default=30.0, gt=0, le=3600)
-    min_tail_s: float = Field(default=0.0, ge=0, le=3600)
-    positions: list[float] | None = Field(default=None, max_length=9999)
-    positions_text: str | None = Field(
-        default=None, max_length=100_000, description="comma-separated seconds, e.g. 179,500,748"
-    )
-
-
-class AudioJobCreate(In):
-    operation: Literal["convert", "crop", "transcribe"]
-    file_ids: list[str] = Field(
-        default_factory=list, max_length=10_000, description="audio files; empty = all of them"
-    )
-    convert: ConvertIn | None = None
-    crop: CropIn | None = None
-    transcribe: dict[str, Any] | None = None
+__all__ = [
+    "AudioJobRequest",
+    "CheckpointOut",
+    "CorpusOut",
+    "CorpusRequest",
+    "DatasetCreate",
+    "DatasetOut",
+    "FileList",
+    "FileOut",
+    "JobList",
+    "JobOut",
+    "MetricOut",
+    "ModelOut",
+    "ModelRequest",
+    "SampleList",
+    "SampleOut",
+    "SampleRequest",
+]

@@ -16,8 +16,9 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 
 from cadenza.config import get_settings
 from cadenza.db.session import engine_for
-from cadenza.queue import RUN_JOB_TASK, make_celery, reconcile_and_resend
-from cadenza.runner import run_job as _run_job
+from cadenza.jobs.queue import RUN_JOB_TASK, make_celery
+from cadenza.jobs.reconciler import reconcile_and_resend
+from cadenza.jobs.runner import run_job as _run_job
 
 log = logging.getLogger("cadenza.worker")
 settings = get_settings()

@@ -17,7 +17,7 @@ import sys
 import torch.distributed as dist
 
 from cadenza.config import get_settings
-from cadenza.runner import claim_context, execute, follower_context, load_handler
+from cadenza.jobs.runner import claim_context, execute, follower_context, load_handler
 from cadenza.train.distributed import cleanup_distributed, init_distributed
 
 log = logging.getLogger("cadenza.train.job")

@@ -1,35 +1,32 @@
-"""Datasets and their files: create, list, upload (streamed, validated, all-or-nothing)."""
+"""`/v1/datasets`: create and list datasets, upload files (streamed, validated, all or
+nothing), list them, and queue audio jobs over a dataset's recordings."""
 
 from __future__ import annotations
 
 import asyncio
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
+from cadenza.audio.params import AudioParams
 from cadenza.db.models import Dataset, File
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.ingest import Incoming, Rejected, check_all, cleanup_unreferenced, store_files
+from cadenza.jobs import submit
 from cadenza.midi.load import MidiLimits
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
-from cadenza_api.schemas import DatasetCreate, DatasetOut, FileList, FileOut
-from cadenza_api.streams import stream_object
+from cadenza_api.schemas import (
+    AudioJobRequest,
+    DatasetCreate,
+    DatasetOut,
+    FileList,
+    FileOut,
+    JobOut,
+)
 from cadenza_api.upload import parse_upload
 
-router = APIRouter(tags=["datasets"])
-
-MEDIA_TYPES = {
-    "mid": "audio/midi",
-    "wav": "audio/wav",
-    "mp3": "audio/mpeg",
-    "flac": "audio/flac",
-    "ogg": "audio/ogg",
-    "opus": "audio/ogg",
-    "aac": "audio/aac",
-    "m4a": "audio/mp4",
-}
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
 def _dataset_out(session: SessionDep, ds: Dataset) -> DatasetOut:
@@ -37,7 +34,7 @@ def _dataset_out(session: SessionDep, ds: Dataset) -> DatasetOut:
     return DatasetOut.model_validate(ds).model_copy(update={"file_count": count})
 
 
-@router.post("/v1/datasets", status_code=201, response_model=DatasetOut)
+@router.post("", status_code=201, response_model=DatasetOut)
 def create_dataset(body: DatasetCreate, session: SessionDep, owner: CurrentOwner) -> DatasetOut:
     ds = Dataset(owner_id=owner.id, name=body.name, description=body.description)
     session.add(ds)
@@ -45,7 +42,7 @@ def create_dataset(body: DatasetCreate, session: SessionDep, owner: CurrentOwner
     return _dataset_out(session, ds)
 
 
-@router.get("/v1/datasets", response_model=list[DatasetOut])
+@router.get("", response_model=list[DatasetOut])
 def list_datasets(
     session: SessionDep, owner: CurrentOwner, limit: int = 100, offset: int = 0
 ) -> list[DatasetOut]:
@@ -53,12 +50,12 @@ def list_datasets(
     return [_dataset_out(session, d) for d in rows]
 
 
-@router.get("/v1/datasets/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> DatasetOut:
     return _dataset_out(session, get_owned(session, Dataset, dataset_id, owner.id))
 
 
-@router.post("/v1/datasets/{dataset_id}/files", status_code=201, response_model=FileList)
+@router.post("/{dataset_id}/files", status_code=201, response_model=FileList)
 async def upload_files(
     dataset_id: str,
     request: Request,
@@ -71,7 +68,8 @@ async def upload_files(
 
     Every file is validated first; if any is refused, none is stored.
     """
-    get_owned(session, Dataset, dataset_id, owner.id)  # 404 before reading the body
+    # 404 before reading the body; the DB call runs in a worker thread, not on the event loop.
+    await asyncio.to_thread(get_owned, session, Dataset, dataset_id, owner.id)
     form = await parse_upload(
         request,
         max_total=settings.max_upload_bytes,
@@ -109,7 +107,7 @@ async def upload_files(
     return FileList(files=files)
 
 
-@router.get("/v1/datasets/{dataset_id}/files", response_model=FileList)
+@router.get("/{dataset_id}/files", response_model=FileList)
 def list_files(
     dataset_id: str,
     session: SessionDep,
@@ -124,16 +122,29 @@ def list_files(
     return FileList(files=[FileOut.model_validate(r) for r in rows])
 
 
-@router.get("/v1/files/{file_id}", response_model=FileOut)
-def get_file(file_id: str, session: SessionDep, owner: CurrentOwner) -> FileOut:
-    return FileOut.model_validate(get_owned(session, File, file_id, owner.id))
-
-
-@router.get("/v1/files/{file_id}/content")
-def download_file(
-    file_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
-) -> StreamingResponse:
-    """Stream a stored file with the content type of what it really is."""
-    row = get_owned(session, File, file_id, owner.id)
-    media = MEDIA_TYPES.get(row.format, "application/octet-stream")
-    return stream_object(store, row.object_key, filename=row.name, media_type=media)
+@router.post("/{dataset_id}/audio-jobs", status_code=202, response_model=JobOut)
+def create_audio_job(
+    dataset_id: str,
+    body: AudioJobRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    owner: CurrentOwner,
+) -> JobOut:
+    """Queue convert / crop / transcribe over audio files of the dataset (all by default)."""
+    get_owned(session, Dataset, dataset_id, owner.id)
+    stmt = select(File.id).where(File.dataset_id == dataset_id, File.kind == "audio")
+    if body.file_ids:
+        stmt = stmt.where(File.id.in_(body.file_ids))
+    found = list(session.scalars(stmt.order_by(File.created_at, File.id)))
+    missing = sorted(set(body.file_ids) - set(found))
+    if missing:
+        raise ApiError(
+            404, "not_found", f"no audio file {', '.join(missing[:5])} in dataset {dataset_id}"
+        )
+    if not found:
+        raise ApiError(409, "no_audio_files", "the dataset has no audio files; upload some first")
+    params = AudioParams.model_validate(
+        {**body.model_dump(), "dataset_id": dataset_id, "file_ids": found}
+    )
+    job = submit(session, settings, owner_id=owner.id, type="audio", params=params)
+    return JobOut.model_validate(job)

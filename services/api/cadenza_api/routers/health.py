@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
-from cadenza.queue import ping_broker
+from cadenza.jobs.queue import ping_broker
 
 router = APIRouter(tags=["health"])
 

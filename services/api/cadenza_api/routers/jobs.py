@@ -1,64 +1,26 @@
-"""Jobs: status, list, cancel, and a Server-Sent-Events stream of their progress."""
+"""`/v1/jobs`: status, list, cancel, and a Server-Sent-Events stream of a job's progress."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from cadenza.config import Settings
 from cadenza.db.models import Job, JobEvent
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.db.session import session_factory
-from cadenza.jobs import TERMINAL, JobState, create_job, request_cancel
-from cadenza.queue import enqueue
+from cadenza.jobs import TERMINAL, JobState, request_cancel
 from cadenza_api.deps import CurrentOwner, SessionDep
 from cadenza_api.schemas import JobList, JobOut
 
-router = APIRouter(tags=["jobs"])
-log = logging.getLogger("cadenza.api")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def submit(
-    session: Session,
-    settings: Settings,
-    *,
-    owner_id: str,
-    type: str,
-    params: dict[str, Any],
-    result: dict[str, Any] | None = None,
-    job_id: str | None = None,
-) -> Job:
-    """Create the job row, commit it, then enqueue its id (never the other way round).
-
-    If the broker is unreachable the job stays queued and the worker's reconciler re-sends
-    it, so a broker blip loses nothing.
-    """
-    job = create_job(
-        session,
-        owner_id=owner_id,
-        type=type,
-        params=params,
-        result=result,
-        max_attempts=settings.job_max_attempts,
-        job_id=job_id,
-    )
-    session.commit()
-    try:
-        enqueue(settings, job.id, job.queue)
-    except Exception:
-        log.exception("enqueue of job %s failed; the reconciler will re-send it", job.id)
-    return job
-
-
-@router.get("/v1/jobs", response_model=JobList)
+@router.get("", response_model=JobList)
 def list_jobs(
     session: SessionDep,
     owner: CurrentOwner,
@@ -72,12 +34,12 @@ def list_jobs(
     return JobList(jobs=[JobOut.model_validate(j) for j in rows])
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     return JobOut.model_validate(get_owned(session, Job, job_id, owner.id))
 
 
-@router.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobOut)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
 def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     """Cancel a queued job now, or ask a running one to stop; a finished job is unchanged."""
     job = get_owned(session, Job, job_id, owner.id)
@@ -86,7 +48,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     return JobOut.model_validate(job)
 
 
-@router.get("/v1/jobs/{job_id}/events")
+@router.get("/{job_id}/events")
 async def job_events(
     job_id: str, request: Request, session: SessionDep, owner: CurrentOwner, after: int = 0
 ) -> StreamingResponse:

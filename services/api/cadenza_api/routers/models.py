@@ -1,68 +1,43 @@
-"""Models: train one on a corpus (a `train` job), watch its metrics, list checkpoints."""
+"""`/v1/models`: train one on a corpus (a `train` job), watch its metrics, download its
+checkpoints and weights, and sample from it (a `sample` job)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
-from pydantic import ValidationError
 from sqlalchemy import select
 
-from cadenza.db.models import Checkpoint, Corpus, Job, MetricRecord, Model, new_id
-from cadenza.db.repo import get_owned, list_owned
-from cadenza.models.registry import resolve_config
+from cadenza.db.models import Checkpoint, Corpus, File, Job, MetricRecord, Model, Sample, new_id
+from cadenza.db.repo import get_owned, list_owned, pick_checkpoint
+from cadenza.jobs import submit
+from cadenza.sample.params import SampleParams, check_for_model
 from cadenza.storage import ObjectNotFound, job_key
-from cadenza.tokenize.spec import CODES_PER_QUARTER
-from cadenza.train.config import TrainConfig
+from cadenza.train.params import TrainParams, resolve_model
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
-from cadenza_api.errors import ApiError, invalid
-from cadenza_api.routers.jobs import submit
-from cadenza_api.schemas import CheckpointOut, JobOut, MetricOut, ModelCreate, ModelOut
+from cadenza_api.errors import ApiError
+from cadenza_api.schemas import (
+    CheckpointOut,
+    JobOut,
+    MetricOut,
+    ModelOut,
+    ModelRequest,
+    SampleList,
+    SampleOut,
+    SampleRequest,
+)
 from cadenza_api.streams import stream_object
 
-router = APIRouter(tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _validate(body: ModelCreate) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Resolve and validate the model and training configs; 422 naming the field."""
-    try:
-        cfg = resolve_config(body.architecture, body.preset, body.config)
-    except ValidationError as exc:
-        raise invalid("config", exc) from exc
-    except ValueError as exc:
-        raise ApiError(422, "invalid_config", str(exc)) from exc
-    try:
-        if body.preset:
-            train = TrainConfig.from_preset(body.architecture, body.preset, body.train)
-        else:
-            train = TrainConfig.model_validate(body.train)
-    except ValidationError as exc:
-        raise invalid("train", exc, "invalid_train_config") from exc
-    except ValueError as exc:
-        raise ApiError(422, "invalid_train_config", str(exc)) from exc
-    block = getattr(cfg, "block_size", None)
-    if block is not None and train.seq_len > block:
-        raise ApiError(
-            422,
-            "invalid_train_config",
-            f"train.seq_len ({train.seq_len}) exceeds config.block_size ({block})",
-        )
-    return cfg.model_dump(mode="json"), train.model_dump(mode="json")
-
-
-@router.post("/v1/models", status_code=202, response_model=JobOut)
+@router.post("", status_code=202, response_model=JobOut)
 def create_model(
-    body: ModelCreate, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
+    body: ModelRequest, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
 ) -> JobOut:
     """Queue training; the model row exists at once so its progress can be watched."""
     corpus = get_owned(session, Corpus, body.corpus_id, owner.id)
-    config, train = _validate(body)
     tokenizer = (corpus.params.get("tokenizer_spec") or {}).get("name")
-    if tokenizer == "quarter-vq" and "window_grid" not in body.train:
-        # A prior over VQ codes learns from windows that start on a quarter (system E's
-        # stride); GET /v1/models shows it, and train.window_grid=null turns it off.
-        train["window_grid"] = CODES_PER_QUARTER
+    config, train = resolve_model(body, tokenizer=tokenizer)
     if body.init_checkpoint_id:
         ckpt = session.get(Checkpoint, body.init_checkpoint_id)
         parent = session.get(Model, ckpt.model_id) if ckpt else None
@@ -95,7 +70,7 @@ def create_model(
         settings,
         owner_id=owner.id,
         type="train",
-        params={"model_id": model.id, "corpus_id": corpus.id},
+        params=TrainParams(model_id=model.id, corpus_id=corpus.id),
         result={"model_id": model.id},
         job_id=job_id,
     )
@@ -126,17 +101,17 @@ def _model_out(session: SessionDep, model: Model) -> ModelOut:
     )
 
 
-@router.get("/v1/models", response_model=list[ModelOut])
+@router.get("", response_model=list[ModelOut])
 def list_models(session: SessionDep, owner: CurrentOwner, limit: int = 100) -> list[ModelOut]:
     return [_model_out(session, m) for m in list_owned(session, Model, owner.id, limit=limit)]
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelOut)
+@router.get("/{model_id}", response_model=ModelOut)
 def get_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> ModelOut:
     return _model_out(session, get_owned(session, Model, model_id, owner.id))
 
 
-@router.get("/v1/models/{model_id}/checkpoints/{checkpoint_id}")
+@router.get("/{model_id}/checkpoints/{checkpoint_id}")
 def download_checkpoint(
     model_id: str, checkpoint_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:
@@ -148,7 +123,7 @@ def download_checkpoint(
     return stream_object(store, ckpt.object_key, filename=f"{model.id}-{ckpt.step}.pt")
 
 
-@router.get("/v1/models/{model_id}/loss.png")
+@router.get("/{model_id}/loss.png")
 def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner) -> Response:
     """Training curves (train/val loss per step) as a PNG, redrawn at every evaluation."""
     model = get_owned(session, Model, model_id, owner.id)
@@ -160,7 +135,7 @@ def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: Current
         ) from exc
 
 
-@router.get("/v1/models/{model_id}/weights.safetensors")
+@router.get("/{model_id}/weights.safetensors")
 def download_weights(
     model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:
@@ -172,3 +147,50 @@ def download_weights(
         filename=f"{model.id}.safetensors",
         missing=(409, "not_ready", "no safetensors export yet: it is written when training ends"),
     )
+
+
+@router.post("/{model_id}/samples", status_code=202, response_model=JobOut)
+def create_samples(
+    model_id: str,
+    body: SampleRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    owner: CurrentOwner,
+) -> JobOut:
+    """Queue `n` variations; the job's `sample_ids` name them when it succeeds."""
+    model = get_owned(session, Model, model_id, owner.id)
+    ckpt = pick_checkpoint(session=session, model_id=model.id, which=body.checkpoint)
+    if ckpt is None:
+        if body.checkpoint not in ("best", "latest"):
+            raise ApiError(404, "not_found", f"checkpoint {body.checkpoint} not found")
+        raise ApiError(
+            409,
+            "model_not_ready",
+            f"model {model.id} has no checkpoint yet (state: {model.state}); "
+            "wait for its training job to save one",
+        )
+    if body.primer_file_id:
+        primer = get_owned(session, File, body.primer_file_id, owner.id)
+        if primer.kind != "midi":
+            raise ApiError(
+                422,
+                "primer_not_midi",
+                f"primer file {primer.id} is {primer.kind}; transcribe it to MIDI first",
+            )
+    names: list[str] = []
+    if body.force_tokens:
+        corpus = session.get(Corpus, model.corpus_id)
+        names = list(corpus.stats.get("token_names", [])) if corpus else []
+    check_for_model(
+        body, vocab_size=model.vocab_size, tokenizer_hash=model.tokenizer_hash, token_names=names
+    )
+    params = SampleParams(**body.model_dump(), model_id=model.id, checkpoint_id=ckpt.id)
+    job = submit(session, settings, owner_id=owner.id, type="sample", params=params)
+    return JobOut.model_validate(job)
+
+
+@router.get("/{model_id}/samples", response_model=SampleList)
+def list_samples(model_id: str, session: SessionDep, owner: CurrentOwner) -> SampleList:
+    get_owned(session, Model, model_id, owner.id)
+    rows = list_owned(session, Sample, owner.id, limit=1000, model_id=model_id)
+    return SampleList(samples=[SampleOut.model_validate(s) for s in rows])

@@ -10,9 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cadenza.db.models import Checkpoint, Corpus, MetricRecord, Model
-from cadenza.jobs import JobState
-from cadenza.runner import JobContext, Outcome, UserError
+from cadenza.jobs.context import JobContext, Outcome, UserError
+from cadenza.jobs.state import JobState
 from cadenza.storage import job_key
+from cadenza.train.config import TrainConfig
+from cadenza.train.params import TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,10 @@ def load_corpus_arrays(ctx: JobContext, corpus: Corpus) -> dict[str, np.ndarray]
 class _Hooks:
     """TrainHooks backed by SQL (metrics, checkpoint rows) and the object store (bytes)."""
 
-    def __init__(self, ctx: JobContext, model: Model) -> None:
+    def __init__(self, ctx: JobContext, model: Model, cfg: TrainConfig) -> None:
         self.ctx = ctx
         self.model_id = model.id
-        self.keep_last = int(model.train_config.get("keep_last_n", 3))
+        self.keep_last = cfg.keep_last_n
 
     def on_metrics(self, record: dict[str, Any]) -> None:
         values = {k: v for k, v in record.items() if k not in ("step", "split", "loss")}
@@ -105,17 +107,16 @@ class _Hooks:
 
     def _prune(self, s: Session) -> None:
         """Keep the last N checkpoints and the best one; delete the rest (rows and bytes)."""
-        ckpts = list(
-            s.scalars(
-                select(Checkpoint)
-                .where(Checkpoint.model_id == self.model_id)
-                .order_by(Checkpoint.step.desc())
-            )
-        )
-        for c in ckpts[self.keep_last :]:
-            if not c.is_best:
-                self.ctx.store.delete(c.object_key)
-                s.delete(c)
+        from cadenza.train.checkpoint import checkpoints_to_prune
+
+        rows = {
+            c.step: c
+            for c in s.scalars(select(Checkpoint).where(Checkpoint.model_id == self.model_id))
+        }
+        best = [step for step, c in rows.items() if c.is_best]
+        for step in checkpoints_to_prune(rows, keep_last_n=self.keep_last, protect=best):
+            self.ctx.store.delete(rows[step].object_key)
+            s.delete(rows[step])
 
     def load_latest_checkpoint(self) -> bytes | None:
         with self.ctx.session() as s:
@@ -133,12 +134,13 @@ class _Hooks:
 
 
 def run(ctx: JobContext) -> Outcome:
-    from cadenza.train import TrainConfig, train
+    from cadenza.train import train
 
+    p = TrainParams.model_validate(ctx.params)
     with ctx.session() as s:
-        model = s.get(Model, ctx.params["model_id"])
+        model = s.get(Model, p.model_id)
         if model is None:
-            raise UserError(f"model {ctx.params['model_id']} no longer exists")
+            raise UserError(f"model {p.model_id} no longer exists")
         corpus = s.get(Corpus, model.corpus_id)
         if corpus is None:
             raise UserError(f"corpus {model.corpus_id} no longer exists")
@@ -157,7 +159,7 @@ def run(ctx: JobContext) -> Outcome:
         "vocab_size": model.vocab_size,
     }
     ctx.progress(0.0, "starting training", force=True)
-    hooks = _Hooks(ctx, model)
+    hooks = _Hooks(ctx, model, cfg)
     try:
         result = train(
             spec,

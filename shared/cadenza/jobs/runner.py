@@ -2,8 +2,8 @@
 
 `run_job` claims the job row by compare-and-set, renews a lease while the handler works,
 and makes the handler's outputs visible in the same SQL commit that marks the job
-succeeded. Handlers live in `cadenza.handlers.*` and are imported lazily, so a process that
-never trains never imports torch.
+succeeded. Handlers (`cadenza.jobs.handlers.*`, named in the job-type table) are imported
+only when a job of their type runs, so a process that never trains never imports torch.
 """
 
 from __future__ import annotations
@@ -13,103 +13,28 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
-
-from sqlalchemy.orm import Session
+from collections.abc import Callable
 
 from cadenza.config import Settings
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
-from cadenza.jobs import JobState, add_event, claim, finish, renew_lease, set_progress
-from cadenza.storage import ObjectStore, open_store
+from cadenza.jobs.context import JobCancelled, JobContext, Outcome, UserError
+from cadenza.jobs.registry import JOB_TYPES
+from cadenza.jobs.state import JobState, add_event, claim, finish, renew_lease
+from cadenza.storage import open_store
 
 log = logging.getLogger("cadenza.runner")
 
-HANDLERS: dict[str, str] = {
-    "tokenize": "cadenza.handlers.tokenize:run",
-    "train": "cadenza.handlers.train:run",
-    "sample": "cadenza.handlers.sample:run",
-    "audio": "cadenza.handlers.audio:run",
-}
+Handler = Callable[[JobContext], Outcome]
 
 
-class JobCancelled(Exception):
-    """Raised inside a handler when the user asked to cancel."""
-
-
-class UserError(Exception):
-    """A failure the user can fix (bad data, bad parameters); its message is shown as is."""
-
-
-Finalize = Callable[[Session], dict[str, Any]]
-
-
-@dataclass
-class Outcome:
-    """What a handler hands back: a function that writes its SQL rows, and the end state."""
-
-    finalize: Finalize
-    state: JobState = JobState.SUCCEEDED
-    message: str = ""
-
-
-@dataclass
-class JobContext:
-    """Everything a handler needs, and nothing about Celery."""
-
-    job_id: str
-    owner_id: str
-    type: str
-    params: dict[str, Any]
-    result: dict[str, Any]
-    attempt: int
-    settings: Settings
-    store: ObjectStore
-    _cancel: threading.Event = field(default_factory=threading.Event)
-    _last_progress: float = 0.0
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        s = session_factory(self.settings.resolved_database_url)()
-        try:
-            yield s
-            s.commit()
-        except BaseException:
-            s.rollback()
-            raise
-        finally:
-            s.close()
-
-    def progress(self, fraction: float, message: str, *, force: bool = False, **data: Any) -> None:
-        """Report progress; throttled to a few writes a second unless forced."""
-        now = time.monotonic()
-        if not force and now - self._last_progress < 0.5 and fraction < 1.0:
-            return
-        self._last_progress = now
-        with self.session() as s:
-            set_progress(s, self.job_id, fraction, message, **data)
-
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        with self.session() as s:
-            add_event(s, self.job_id, kind, data)
-
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def check_cancel(self) -> None:
-        if self._cancel.is_set():
-            raise JobCancelled()
-
-
-def load_handler(job_type: str) -> Callable[[JobContext], Outcome]:
-    target = HANDLERS.get(job_type)
-    if target is None:
+def load_handler(job_type: str) -> Handler:
+    """The handler function of `job_type`, imported now (heavy imports stay in workers)."""
+    spec = JOB_TYPES.get(job_type)
+    if spec is None:
         raise UserError(f"no handler for job type {job_type!r}")
-    module, _, attr = target.partition(":")
-    fn: Callable[[JobContext], Outcome] = getattr(importlib.import_module(module), attr)
+    module, _, attr = spec.handler.partition(":")
+    fn: Handler = getattr(importlib.import_module(module), attr)
     return fn
 
 

@@ -1,4 +1,4 @@
-"""Job states, the transitions between them, and the SQL that moves a job along.
+"""Job states, the transitions between them, and the SQL that moves one job along.
 
 The job row is the truth; the broker only carries a job id and may deliver it twice or
 never. So every move is a compare-and-set on the row: a second delivery finds the job no
@@ -10,14 +10,14 @@ from __future__ import annotations
 import enum
 import os
 import socket
-from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cadenza.db.models import Job, JobEvent, utcnow
+from cadenza.jobs.registry import job_type
 
 
 class JobState(enum.StrEnum):
@@ -40,13 +40,6 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
-}
-
-JOB_QUEUES: dict[str, str] = {
-    "tokenize": "cpu",
-    "audio": "cpu",
-    "train": "gpu",
-    "sample": "gpu",
 }
 
 
@@ -77,13 +70,15 @@ def create_job(
     max_attempts: int = 3,
     job_id: str | None = None,
 ) -> Job:
-    """Add a queued job (the caller commits, then enqueues)."""
-    if type not in JOB_QUEUES:
-        raise ValueError(f"unknown job type {type!r}")
+    """Add a queued job on its type's queue (the caller commits, then enqueues).
+
+    `params` are stored as given; `cadenza.jobs.submit` validates them against the type's
+    params model first.
+    """
     job = Job(
         owner_id=owner_id,
         type=type,
-        queue=JOB_QUEUES[type],
+        queue=job_type(type).queue,
         params=params,
         result=result or {},
         max_attempts=max_attempts,
@@ -228,62 +223,3 @@ def request_cancel(session: Session, job: Job) -> Job:
     refreshed = session.get(Job, job.id, populate_existing=True)
     assert refreshed is not None
     return refreshed
-
-
-def expired_jobs(session: Session, now: datetime | None = None) -> list[Job]:
-    now = now or utcnow()
-    return list(
-        session.scalars(
-            select(Job).where(Job.state == JobState.RUNNING.value, Job.lease_until < now)
-        )
-    )
-
-
-def reconcile(session: Session, *, now: datetime | None = None) -> tuple[list[str], list[str]]:
-    """Requeue jobs whose worker died (lease expired); fail those out of attempts.
-
-    Returns (requeued ids, failed ids); the caller re-sends the requeued ids to the broker.
-    """
-    requeued: list[str] = []
-    failed: list[str] = []
-    for job in expired_jobs(session, now):
-        if job.cancel_requested:
-            target, msg = JobState.CANCELLED, "cancelled; its worker stopped"
-        elif job.attempts >= job.max_attempts:
-            target = JobState.FAILED
-            msg = f"worker lost {job.attempts} time(s); giving up after {job.max_attempts} attempts"
-        else:
-            target, msg = JobState.QUEUED, f"worker lost; requeued (attempt {job.attempts + 1})"
-        values: dict[str, Any] = {
-            "state": target.value,
-            "lease_until": None,
-            "worker": None,
-            "message": msg,
-            "updated_at": utcnow(),
-        }
-        if target != JobState.QUEUED:
-            values["finished_at"] = utcnow()
-        if target == JobState.FAILED:
-            values["error"] = msg
-        res = session.execute(
-            update(Job)
-            .where(
-                Job.id == job.id,
-                Job.state == JobState.RUNNING.value,
-                Job.lease_until < (now or utcnow()),
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if res.rowcount == 1:  # type: ignore[attr-defined]
-            add_event(session, job.id, "state", {"state": target.value, "message": msg})
-            (requeued if target == JobState.QUEUED else failed).append(job.id)
-    session.commit()
-    return requeued, failed
-
-
-def queued_jobs(session: Session, older_than: datetime) -> Iterable[Job]:
-    """Queued jobs not touched since `older_than` (lost broker messages to re-send)."""
-    return session.scalars(
-        select(Job).where(Job.state == JobState.QUEUED.value, Job.updated_at < older_than)
-    )

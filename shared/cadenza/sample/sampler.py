@@ -51,20 +51,36 @@ class SamplingParams:
     window_keep: int | None = None  # tokens kept when sliding past block_size; None = half
 
     def __post_init__(self) -> None:
+        # The shared fields are checked by the API's own model, so the sampler accepts exactly
+        # what a request may say (temperature 0 = greedy; min_p 0 = off).
+        from cadenza.sample.params import SamplingOptions
+
+        shared = {name: getattr(self, name) for name in _SHARED_FIELDS}
+        try:
+            checked = SamplingOptions.model_validate(shared)
+        except ValueError as exc:
+            raise ValueError(f"invalid sampling parameters: {exc}") from exc
+        self.min_p = checked.min_p
         checks: list[tuple[str, bool, str]] = [
-            ("temperature", self.temperature >= 0 and math.isfinite(self.temperature), ">= 0"),
-            ("top_k", self.top_k is None or self.top_k >= 1, ">= 1 or None"),
-            ("top_p", self.top_p is None or 0 < self.top_p <= 1, "in (0, 1] or None"),
-            ("min_p", self.min_p is None or 0 < self.min_p <= 1, "in (0, 1] or None"),
-            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
-            ("repetition_window", self.repetition_window >= 1, ">= 1"),
-            ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
             ("eos_id", self.eos_id is None or self.eos_id >= 0, ">= 0 or None"),
             ("window_keep", self.window_keep is None or self.window_keep >= 1, ">= 1 or None"),
         ]
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+
+_SHARED_FIELDS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "repetition_window",
+    "max_new_tokens",
+    "seed",
+    "stop_at_eos",
+)
 
 
 # ----------------------------------------------------------------------------- logit filters

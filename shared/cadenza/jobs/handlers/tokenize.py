@@ -8,29 +8,28 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cadenza.db.models import Corpus, File, new_id
-from cadenza.runner import JobCancelled, JobContext, Outcome, UserError
+from cadenza.jobs.context import JobCancelled, JobContext, Outcome, UserError
 from cadenza.storage import job_key
+from cadenza.tokenize.params import TokenizeParams
 
 
 def run(ctx: JobContext) -> Outcome:
     from cadenza.midi.clean import CleanOptions
     from cadenza.tokenize import (
-        AugmentSpec,
         CorpusCancelled,
         CorpusEmpty,
-        TokenizerSpec,
         build_corpus,
         tokenizer_hash,
         tokenizer_to_bytes,
         vocab_size,
     )
 
-    p = ctx.params
+    p = TokenizeParams.model_validate(ctx.params)
     with ctx.session() as s:
         rows = list(
             s.scalars(
                 select(File)
-                .where(File.dataset_id == p["dataset_id"], File.kind == "midi")
+                .where(File.dataset_id == p.dataset_id, File.kind == "midi")
                 .order_by(File.created_at, File.id)
             )
         )
@@ -40,9 +39,7 @@ def run(ctx: JobContext) -> Outcome:
 
     ctx.progress(0.0, f"reading {len(files)} MIDI files", force=True)
     data = [(fid, ctx.store.get(key)) for fid, key in files]
-    spec = TokenizerSpec.model_validate(p["tokenizer_spec"])
-    augment = AugmentSpec.model_validate(p["augment"]) if p.get("augment") else None
-    clean = CleanOptions(**p.get("clean", {}))
+    clean = CleanOptions(**p.clean.model_dump())
 
     def progress(fraction: float, message: str) -> None:
         ctx.progress(0.05 + 0.85 * fraction, message)
@@ -50,10 +47,10 @@ def run(ctx: JobContext) -> Outcome:
     try:
         build = build_corpus(
             data,
-            spec,
-            split=tuple(p["split"]),
-            seed=int(p["seed"]),
-            augment=augment,
+            p.tokenizer_spec,
+            split=p.split,
+            seed=p.seed,
+            augment=p.augment,
             clean=clean,
             progress=progress,
             should_stop=ctx.cancelled,
@@ -91,9 +88,9 @@ def run(ctx: JobContext) -> Outcome:
             Corpus(
                 id=corpus_id,
                 owner_id=ctx.owner_id,
-                dataset_id=p["dataset_id"],
+                dataset_id=p.dataset_id,
                 job_id=ctx.job_id,
-                params={k: v for k, v in p.items() if k != "dataset_id"},
+                params=p.model_dump(mode="json", exclude={"dataset_id"}),
                 tokenizer_key=tok_key,
                 tokenizer_hash=tok_hash,
                 vocab_size=vocab,

@@ -1,7 +1,8 @@
 """The Celery application both sides share: the API sends job ids, workers run them.
 
-Only `job_id` travels through the broker; the job row in SQL says what to do. Settings
-follow DESIGN.md: late acks, requeue on a lost worker, one message prefetched at a time.
+Only `job_id` travels through the broker; the job row in SQL says what to do. A message is
+acknowledged only after its job ran (late acks) and requeued when its worker is lost, and a
+worker takes one message at a time, so a job waits in the broker rather than behind another.
 """
 
 from __future__ import annotations
@@ -77,32 +78,3 @@ def ping_broker(settings: Settings, timeout: float = 3.0) -> None:
     app = make_celery(settings)
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)
-
-
-def reconcile_and_resend(settings: Settings) -> tuple[list[str], list[str], list[str]]:
-    """One reconciler round: requeue or fail jobs of dead workers, re-send lost messages.
-
-    Returns (requeued, failed, re-sent) job ids. Run by every worker's main process on a timer
-    and by `cadenza reconcile`.
-    """
-    from datetime import timedelta
-
-    from sqlalchemy import select
-
-    from cadenza.db.models import Job, utcnow
-    from cadenza.db.session import session_factory
-    from cadenza.jobs import queued_jobs, reconcile
-
-    with session_factory(settings.resolved_database_url)() as s:
-        requeued, failed = reconcile(s)
-        stale = utcnow() - timedelta(seconds=max(120, settings.job_lease_seconds * 2))
-        resend = list(queued_jobs(s, stale))
-        # Touch updated_at so a lost message is re-sent at most once per period.
-        for job in resend:
-            job.updated_at = utcnow()
-        s.commit()
-        targets = {j.id: j.queue for j in resend}
-        targets.update({j.id: j.queue for j in s.scalars(select(Job).where(Job.id.in_(requeued)))})
-    for job_id, queue in targets.items():
-        enqueue(settings, job_id, queue)
-    return requeued, failed, [j.id for j in resend]

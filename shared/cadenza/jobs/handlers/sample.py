@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy.orm import Session
 
 from cadenza.db.models import Checkpoint, Corpus, File, Model, Sample
-from cadenza.jobs import JobState
-from cadenza.runner import JobContext, Outcome, UserError
+from cadenza.jobs.context import JobContext, Outcome, UserError
+from cadenza.jobs.state import JobState
+from cadenza.sample.params import SampleParams
 from cadenza.storage import job_key, sha256_of
 
 if TYPE_CHECKING:
@@ -21,20 +22,20 @@ def run(ctx: JobContext) -> Outcome:
     from cadenza.evaluate import compare, midi_metrics
     from cadenza.midi.load import load_score
     from cadenza.renders import render_all
-    from cadenza.sample import SamplingParams, generate
+    from cadenza.sample import SamplingOptions, SamplingParams, generate
     from cadenza.tokenize import decode_to_midi, encode_primer, special_ids, tokenizer_from_bytes
     from cadenza.tokenize.primer import bar_end_tick, crop_score, seconds_to_tick
     from cadenza.train.checkpoint import model_from_checkpoint
 
-    p = ctx.params
+    p = SampleParams.model_validate(ctx.params)
     with ctx.session() as s:
-        model_row = s.get(Model, p["model_id"])
-        ckpt = s.get(Checkpoint, p["checkpoint_id"])
+        model_row = s.get(Model, p.model_id)
+        ckpt = s.get(Checkpoint, p.checkpoint_id)
         if model_row is None or ckpt is None:
             raise UserError("the model or its checkpoint no longer exists")
         corpus = s.get(Corpus, model_row.corpus_id)
         assert corpus is not None
-        primer = s.get(File, p["primer_file_id"]) if p.get("primer_file_id") else None
+        primer = s.get(File, p.primer_file_id) if p.primer_file_id else None
         s.expunge_all()
 
     ctx.progress(0.0, "loading model", force=True)
@@ -52,43 +53,35 @@ def run(ctx: JobContext) -> Outcome:
             prompt = encode_primer(
                 tokenizer,
                 ctx.store.get(primer.object_key),
-                bars=p.get("primer_bars"),
-                seconds=p.get("primer_seconds"),
-                start_bar=int(p.get("primer_start_bar") or 1),
+                bars=p.primer_bars,
+                seconds=p.primer_seconds,
+                start_bar=p.primer_start_bar,
             )
         except ValueError as exc:
             raise UserError(f"primer {primer.id}: {exc}") from exc
         if not prompt:
             raise UserError(f"primer {primer.id} has no notes in the requested range")
         prompt = [specials["bos"], *prompt] if specials.get("bos") is not None else prompt
-    elif p.get("primer_tokens"):
-        prompt = list(p["primer_tokens"])
+    elif p.primer_tokens:
+        prompt = list(p.primer_tokens)
     else:
         prompt = [specials["bos"]] if specials.get("bos") is not None else [0]
-    if p.get("force_tokens"):
+    if p.force_tokens:
         vocab = getattr(getattr(tokenizer, "miditok", None), "vocab", {})
         try:
-            prompt += [int(vocab[name]) for name in p["force_tokens"]]
+            prompt += [int(vocab[name]) for name in p.force_tokens]
         except (KeyError, TypeError) as exc:
             raise UserError(f"force_tokens: {exc} is not in this model's vocabulary") from exc
 
+    options = SamplingOptions.model_fields
     params = SamplingParams(
-        temperature=p["temperature"],
-        top_k=p.get("top_k"),
-        top_p=p.get("top_p"),
-        min_p=p.get("min_p") or None,
-        repetition_penalty=p.get("repetition_penalty", 1.0),
-        repetition_window=p.get("repetition_window", 64),
-        max_new_tokens=p["max_new_tokens"],
-        seed=p.get("seed"),
-        eos_id=specials.get("eos"),
-        stop_at_eos=bool(p.get("stop_at_eos", True)),
+        **{name: getattr(p, name) for name in options}, eos_id=specials.get("eos")
     )
     total = params.max_new_tokens
     cancelled = False
 
-    max_bars, max_seconds = p.get("max_bars"), p.get("max_seconds")
-    include = bool(p.get("include_primer", True))
+    max_bars, max_seconds = p.max_bars, p.max_seconds
+    include = p.include_primer
 
     def long_enough(new: list[int]) -> bool:
         """Whether a row's music already reaches max_bars / max_seconds."""
@@ -112,10 +105,8 @@ def run(ctx: JobContext) -> Outcome:
             (max_bars or max_seconds) and step % 32 == 0 and all(long_enough(r) for r in rows)
         )
 
-    ctx.progress(
-        0.0, f"sampling {p['n']} variation(s) from a {len(prompt)}-token primer", force=True
-    )
-    outputs = generate(model, [prompt], params, n=int(p["n"]), on_token=on_token, device=device)
+    ctx.progress(0.0, f"sampling {p.n} variation(s) from a {len(prompt)}-token primer", force=True)
+    outputs = generate(model, [prompt], params, n=p.n, on_token=on_token, device=device)
 
     corpus_stats = corpus.stats.get("metrics") or {}
     stored: list[dict[str, Any]] = []
@@ -156,7 +147,7 @@ def run(ctx: JobContext) -> Outcome:
                 model_id=model_row.id,
                 job_id=ctx.job_id,
                 index=o["index"],
-                params={k: v for k, v in p.items() if k != "model_id"},
+                params=p.model_dump(mode="json", exclude={"model_id"}),
                 midi_key=o["key"],
                 num_tokens=o["num_tokens"],
                 num_notes=o["num_notes"],

@@ -1,0 +1,41 @@
+"""A rendering of stored MIDI (audio or piano roll): 200 from the cache, or 202 with its job.
+
+Rendering runs on CPU workers, never in the API process. Files and samples both serve their
+renderings through this one function, keyed by the MIDI's content hash.
+"""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.orm import Session
+
+from cadenza.config import Settings
+from cadenza.jobs.submit import submit_render
+from cadenza.media import media_type
+from cadenza.renders import render_key
+from cadenza.storage import ObjectNotFound, ObjectStore
+from cadenza_api.schemas import JobOut
+
+RENDER_202 = {202: {"model": JobOut, "description": "not rendered yet: poll the job, then retry"}}
+
+
+def rendered(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    *,
+    owner_id: str,
+    sha256: str,
+    midi_key: str,
+    fmt: str,
+) -> Response:
+    """The cached rendering, or 202 with the render job that will make it (poll, then retry)."""
+    try:
+        return Response(store.get(render_key(sha256, fmt)), media_type=media_type(fmt))
+    except ObjectNotFound:
+        pass
+    job = submit_render(session, settings, owner_id=owner_id, sha256=sha256, key=midi_key)
+    body = JobOut.model_validate(job).model_dump(mode="json")
+    return JSONResponse(
+        body, status_code=202, headers={"Retry-After": "2", "Location": f"/v1/jobs/{job.id}"}
+    )

@@ -1,0 +1,80 @@
+"""The `audio` job's parameters: convert, crop or transcribe a dataset's audio files.
+
+Torch- and ffmpeg-free, so the API refuses a bad request (a cut list that is not times, a tail
+longer than the interval) with a 422 before any job is queued, and the handler reads the same
+model back. Cut positions given as text (the old tools' "179,500,748" files) are parsed here
+into sorted seconds once; the job stores only the numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cadenza.audio.positions import parse_positions
+from cadenza.audio.transcribe import TranscribeParams
+
+
+class ConvertParams(BaseModel):
+    """To WAV (16-bit PCM) at `sample_rate`, mixed to mono unless `mono` is false."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_rate: int = Field(default=16000, ge=4000, le=192_000)
+    mono: bool = True
+
+
+class CropParams(BaseModel):
+    """Cut every `interval_s` (a tail under `min_tail_s` joins the piece before) or at positions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(default=30.0, gt=0, le=3600)
+    min_tail_s: float = Field(default=0.0, ge=0, le=3600)
+    positions: list[float] | None = Field(default=None, max_length=9999)
+    positions_text: str | None = Field(
+        default=None,
+        max_length=100_000,
+        description="comma-separated seconds, e.g. 179,500,748",
+        exclude=True,
+    )
+
+    @field_validator("positions")
+    @classmethod
+    def _positive_sorted(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return None
+        if any(p <= 0 for p in v):
+            raise ValueError("positions must be > 0 seconds")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _resolve(self) -> CropParams:
+        if self.positions_text:
+            self.positions = parse_positions(self.positions_text)
+            self.positions_text = None
+        if self.min_tail_s > self.interval_s:
+            raise ValueError("min_tail_s must be ≤ interval_s")
+        return self
+
+
+class AudioJobRequest(BaseModel):
+    """`POST /v1/datasets/{id}/audio-jobs`: one operation over some (default: all) audio files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operation: Literal["convert", "crop", "transcribe"]
+    file_ids: list[str] = Field(
+        default_factory=list, max_length=10_000, description="audio files; empty = all of them"
+    )
+    convert: ConvertParams = Field(default_factory=ConvertParams)
+    crop: CropParams = Field(default_factory=CropParams)
+    transcribe: TranscribeParams = Field(default_factory=TranscribeParams)
+
+
+class AudioParams(AudioJobRequest):
+    """What an `audio` job runs with: the request, its dataset and the files it resolved to."""
+
+    dataset_id: str
+    file_ids: list[str] = Field(min_length=1, max_length=10_000)

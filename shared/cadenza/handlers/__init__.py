@@ -1,1 +1,0 @@
-"""Job handlers: the work behind each job type, called by `cadenza.runner`."""

@@ -1,0 +1,103 @@
+"""The reconciler: find jobs whose worker died and broker messages that were lost.
+
+A killed or paused worker stops renewing its job's lease; a broker may drop a message (the
+embedded filesystem transport loses a killed worker's running task). The SQL rows say what
+should be running, so one round of this module puts the world back in line with them: expired
+leases are requeued (or failed past their attempt limit) and stale queued jobs are re-sent.
+Every worker's main process runs a round on a timer; `cadenza reconcile` runs one by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from cadenza.config import Settings
+from cadenza.db.models import Job, utcnow
+from cadenza.db.session import session_factory
+from cadenza.jobs.queue import enqueue
+from cadenza.jobs.state import JobState, add_event
+
+
+def expired_jobs(session: Session, now: datetime | None = None) -> list[Job]:
+    now = now or utcnow()
+    return list(
+        session.scalars(
+            select(Job).where(Job.state == JobState.RUNNING.value, Job.lease_until < now)
+        )
+    )
+
+
+def reconcile(session: Session, *, now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """Requeue jobs whose worker died (lease expired); fail those out of attempts.
+
+    Returns (requeued ids, failed ids); the caller re-sends the requeued ids to the broker.
+    """
+    requeued: list[str] = []
+    failed: list[str] = []
+    for job in expired_jobs(session, now):
+        if job.cancel_requested:
+            target, msg = JobState.CANCELLED, "cancelled; its worker stopped"
+        elif job.attempts >= job.max_attempts:
+            target = JobState.FAILED
+            msg = f"worker lost {job.attempts} time(s); giving up after {job.max_attempts} attempts"
+        else:
+            target, msg = JobState.QUEUED, f"worker lost; requeued (attempt {job.attempts + 1})"
+        values: dict[str, Any] = {
+            "state": target.value,
+            "lease_until": None,
+            "worker": None,
+            "message": msg,
+            "updated_at": utcnow(),
+        }
+        if target != JobState.QUEUED:
+            values["finished_at"] = utcnow()
+        if target == JobState.FAILED:
+            values["error"] = msg
+        res = session.execute(
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.state == JobState.RUNNING.value,
+                Job.lease_until < (now or utcnow()),
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            add_event(session, job.id, "state", {"state": target.value, "message": msg})
+            (requeued if target == JobState.QUEUED else failed).append(job.id)
+    session.commit()
+    return requeued, failed
+
+
+def queued_jobs(session: Session, older_than: datetime) -> Iterable[Job]:
+    """Queued jobs not touched since `older_than` (lost broker messages to re-send)."""
+    return session.scalars(
+        select(Job).where(Job.state == JobState.QUEUED.value, Job.updated_at < older_than)
+    )
+
+
+def reconcile_and_resend(settings: Settings) -> tuple[list[str], list[str], list[str]]:
+    """One reconciler round: requeue or fail jobs of dead workers, re-send lost messages.
+
+    Returns (requeued, failed, re-sent) job ids. Run by every worker's main process on a timer
+    and by `cadenza reconcile`.
+    """
+    with session_factory(settings.resolved_database_url)() as s:
+        requeued, failed = reconcile(s)
+        stale = utcnow() - timedelta(seconds=max(120, settings.job_lease_seconds * 2))
+        resend = list(queued_jobs(s, stale))
+        # Touch updated_at so a lost message is re-sent at most once per period.
+        for job in resend:
+            job.updated_at = utcnow()
+        s.commit()
+        targets = {j.id: j.queue for j in resend}
+        targets.update({j.id: j.queue for j in s.scalars(select(Job).where(Job.id.in_(requeued)))})
+    for job_id, queue in targets.items():
+        enqueue(settings, job_id, queue)
+    return requeued, failed, [j.id for j in resend]

@@ -1,0 +1,83 @@
+"""Queue a job: validate its parameters, commit its row, then send its id to its queue.
+
+The order matters. The row is committed before the id is sent, so a worker never receives an
+id it cannot find; if the broker is down the row stays queued and the reconciler re-sends it,
+so a broker blip loses nothing. Every producer (API routes, the CLI, tests) submits here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from cadenza.config import Settings
+from cadenza.db.models import Job
+from cadenza.jobs.queue import enqueue
+from cadenza.jobs.registry import job_type
+from cadenza.jobs.state import create_job
+
+log = logging.getLogger("cadenza.jobs")
+
+
+def submit(
+    session: Session,
+    settings: Settings,
+    *,
+    owner_id: str,
+    type: str,
+    params: BaseModel,
+    result: dict[str, Any] | None = None,
+    job_id: str | None = None,
+) -> Job:
+    """Create job `type` with `params` (an instance of the type's params model) and enqueue it.
+
+    The session's pending rows (say, the model row a training job fills) commit with the job.
+    """
+    spec = job_type(type)
+    if not isinstance(params, spec.params):
+        given = params.__class__.__name__
+        raise TypeError(f"{spec.name} jobs take {spec.params.__name__}, not {given}")
+    job = create_job(
+        session,
+        owner_id=owner_id,
+        type=type,
+        params=params.model_dump(mode="json"),
+        result=result,
+        max_attempts=settings.job_max_attempts,
+        job_id=job_id,
+    )
+    session.commit()
+    try:
+        enqueue(settings, job.id, job.queue)
+    except Exception:
+        log.exception("enqueue of job %s failed; the reconciler will re-send it", job.id)
+    return job
+
+
+def submit_render(
+    session: Session, settings: Settings, *, owner_id: str, sha256: str, key: str
+) -> Job:
+    """The owner's queued or running render job for this MIDI content, else a new one.
+
+    Renderings are cached by content hash, so a second request for the same MIDI while the
+    first is still rendering waits on that job instead of queueing a duplicate.
+    """
+    from sqlalchemy import select
+
+    from cadenza.render.params import RenderParams, RenderTarget
+
+    active = session.scalars(
+        select(Job).where(
+            Job.owner_id == owner_id,
+            Job.type == "render",
+            Job.state.in_(["queued", "running"]),
+        )
+    )
+    for job in active:
+        if any(t.sha256 == sha256 for t in RenderParams.model_validate(job.params).targets):
+            return job
+    params = RenderParams(targets=[RenderTarget(sha256=sha256, key=key)])
+    return submit(session, settings, owner_id=owner_id, type="render", params=params)

@@ -1,0 +1,142 @@
+"""The `sample` job's parameters, torch-free: the API, the CLI and the sampler share the bounds.
+
+`SamplingOptions` holds how logits become tokens; `SamplingParams` (the sampler's own value
+type, in `generate.py`) validates against it, so a request the API accepts is one the sampler
+runs and the other way round. Two meanings are fixed here once: `temperature=0` is greedy
+decoding (argmax), and `min_p=0` (or null) turns the min-p filter off.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class SamplingOptions(BaseModel):
+    """Logits → token: temperature, filters, repetition penalty, length, seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=1.0, ge=0, le=100, description="0 = greedy (argmax)")
+    top_k: int | None = Field(default=None, ge=1, description="keep the k most likely tokens")
+    top_p: float | None = Field(
+        default=None, gt=0, le=1, description="keep the smallest set whose probability reaches p"
+    )
+    min_p: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="drop tokens less likely than min_p × the most likely one; 0 = off",
+    )
+    repetition_penalty: float = Field(
+        default=1.0, ge=1.0, le=5.0, description="> 1 discourages recently seen tokens"
+    )
+    repetition_window: int = Field(
+        default=64, ge=1, le=8192, description="recent tokens the penalty looks at"
+    )
+    max_new_tokens: int = Field(default=256, ge=1, le=65536)
+    seed: int | None = Field(
+        default=None, ge=0, le=2**63 - 1, description="same seed, same music; null = random"
+    )
+    stop_at_eos: bool = Field(default=True, description="end a variation at the end-of-piece token")
+
+    @field_validator("min_p")
+    @classmethod
+    def _zero_is_off(cls, v: float | None) -> float | None:
+        return None if v == 0 else v
+
+
+class SampleRequest(SamplingOptions):
+    """`POST /v1/models/{id}/samples`: a primer (or none), how many, how long, how to sample."""
+
+    primer_file_id: str | None = Field(default=None, max_length=64)
+    primer_bars: int | None = Field(default=None, ge=1, le=512)
+    primer_seconds: float | None = Field(default=None, gt=0, le=3600)
+    primer_start_bar: int = Field(
+        default=1, ge=1, le=100_000, description="take the primer from this bar (1 = the start)"
+    )
+    primer_tokens: list[int] | None = Field(default=None, max_length=65536)
+    primer_tokenizer_hash: str | None = Field(
+        default=None,
+        max_length=64,
+        description="hash of the tokenizer primer_tokens came from (checked against the model)",
+    )
+    include_primer: bool = True
+    force_tokens: list[str] | None = Field(
+        default=None,
+        max_length=32,
+        description="attribute control: token names the piece must start with, e.g. "
+        '["Bar_None", "TimeSig_3/4", "Position_0", "Tempo_80.65"] (see the corpus token_names)',
+    )
+    n: int = Field(default=1, ge=1, le=64)
+    max_bars: int | None = Field(
+        default=None, ge=1, le=4096, description="stop once the output has this many bars"
+    )
+    max_seconds: float | None = Field(
+        default=None, gt=0, le=7200, description="stop once the output lasts this long"
+    )
+    checkpoint: str = Field(
+        default="best", max_length=64, description="best, latest or a checkpoint id"
+    )
+
+    @model_validator(mode="after")
+    def _one_primer(self) -> SampleRequest:
+        if self.primer_file_id and self.primer_tokens:
+            raise ValueError("give primer_file_id or primer_tokens, not both")
+        if (self.primer_bars or self.primer_seconds) and not self.primer_file_id:
+            raise ValueError("primer_bars/primer_seconds need a primer_file_id")
+        if self.force_tokens and (self.primer_file_id or self.primer_tokens):
+            raise ValueError(
+                "force_tokens sets how a new piece starts; it cannot be combined with a primer"
+            )
+        return self
+
+
+class SampleParams(SampleRequest):
+    """What a `sample` job runs with: the request plus the model and checkpoint it resolved to."""
+
+    model_id: str
+    checkpoint_id: str
+
+
+def check_for_model(
+    request: SampleRequest, *, vocab_size: int, tokenizer_hash: str, token_names: list[str]
+) -> None:
+    """Refuse token-level inputs that do not belong to the model's tokenizer.
+
+    Raises `Conflict` for tokens from another tokenizer and `InvalidParams` for ids outside
+    the vocabulary or names the tokenizer does not have, each saying what to send instead.
+    """
+    from cadenza.validation import Conflict, InvalidParams
+
+    if request.primer_tokens and request.primer_tokenizer_hash not in (None, tokenizer_hash):
+        raise Conflict(
+            "primer_tokens come from another tokenizer than this model's "
+            f"({tokenizer_hash[:12]}…); re-encode the primer with the model's corpus "
+            "tokenizer or send a MIDI primer_file_id instead",
+            code="tokenizer_mismatch",
+        )
+    bad = [t for t in request.primer_tokens or [] if not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidParams(
+            f"primer_tokens {bad[:5]} are outside this model's vocabulary "
+            f"(0..{vocab_size - 1}); they must come from the same tokenizer",
+            code="primer_tokens_out_of_vocab",
+        )
+    if not request.force_tokens:
+        return
+    names = set(token_names)
+    if not names:
+        raise InvalidParams(
+            "this model's tokenizer has no named tokens to force (BPE, midichar, chord-duration "
+            "or a multi-vocabulary tokenizer); train on a plain MidiTok corpus to use force_tokens",
+            code="no_attribute_tokens",
+        )
+    unknown = [t for t in request.force_tokens if t not in names]
+    if unknown:
+        prefix = unknown[0].split("_", 1)[0] + "_"
+        like = sorted(n for n in names if n.startswith(prefix))[:8]
+        raise InvalidParams(
+            f"force_tokens {unknown[:5]} are not in this model's vocabulary"
+            + (f"; tokens like it: {like}" if like else ""),
+            code="unknown_tokens",
+        )

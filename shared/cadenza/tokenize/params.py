@@ -1,0 +1,87 @@
+"""The `tokenize` job's parameters: what a corpus request may say, and what the job runs with.
+
+Torch-free, so the API validates requests with the same model the worker reads. A request
+(`CorpusRequest`) names a tokenizer or a preset plus overrides; `TokenizeParams.from_request`
+resolves that into one validated `TokenizerSpec` (and `AugmentSpec`), which is what the job
+stores and the handler reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cadenza.tokenize.spec import AugmentSpec, TokenizerSpec
+from cadenza.validation import InvalidParams
+
+
+class CleanParams(BaseModel):
+    """Cleaning before tokenization (see `cadenza.midi.clean.CleanOptions` for each rule)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drop_drums: bool = True
+    merge_tracks: bool = True
+    program: int = Field(default=0, ge=0, le=127)
+    keep_programs: list[int] | None = Field(default=None, max_length=128)
+    quantize: int | None = Field(default=None, ge=1, le=96)
+    min_notes: int = Field(default=8, ge=0, le=100_000)
+
+
+class CorpusRequest(BaseModel):
+    """`POST /v1/corpora`: a dataset, a tokenizer (or preset) and how to split and augment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(min_length=1, max_length=64)
+    tokenizer: str | None = Field(
+        default=None, max_length=64, description="tokenizer name (REMI, TSD, …); or use preset"
+    )
+    preset: str | None = Field(
+        default=None, max_length=64, description="named tokenizer preset, e.g. remi-chords-tempos"
+    )
+    tokenizer_config: dict[str, Any] = Field(default_factory=dict)
+    bpe: dict[str, Any] | None = None
+    augment: dict[str, Any] | None = None
+    clean: CleanParams = Field(default_factory=CleanParams)
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> CorpusRequest:
+        if any(x < 0 for x in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
+            raise ValueError("split must be three non-negative fractions summing to 1")
+        if self.split[0] <= 0:
+            raise ValueError("split: the train fraction must be > 0")
+        return self
+
+
+class TokenizeParams(CorpusRequest):
+    """What a `tokenize` job runs with: the request plus its resolved, validated specs."""
+
+    tokenizer_spec: TokenizerSpec
+    augment: AugmentSpec | None = None  # type: ignore[assignment]
+
+    @classmethod
+    def from_request(cls, request: CorpusRequest) -> TokenizeParams:
+        """Resolve preset + overrides; InvalidParams (naming the field) when they do not fit."""
+        from cadenza.tokenize.presets import resolve_spec
+
+        try:
+            spec = resolve_spec(
+                preset=request.preset,
+                tokenizer=request.tokenizer,
+                config=request.tokenizer_config,
+                bpe=request.bpe,
+            )
+        except ValidationError as exc:
+            raise InvalidParams.from_validation("tokenizer", exc) from exc
+        except ValueError as exc:
+            raise InvalidParams(str(exc), code="invalid_tokenizer") from exc
+        try:
+            augment = AugmentSpec.model_validate(request.augment) if request.augment else None
+        except ValidationError as exc:
+            raise InvalidParams.from_validation("augment", exc) from exc
+        fields = request.model_dump(exclude={"augment"})
+        return cls(**fields, tokenizer_spec=spec, augment=augment)

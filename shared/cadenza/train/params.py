@@ -1,0 +1,77 @@
+"""The `train` job's parameters, torch-free: a model request and how it resolves.
+
+A request names a corpus, an architecture, a preset and overrides of the model config and of
+the training config. `resolve_model` turns it into the two validated configs that are stored
+on the model row; the job itself carries only the ids (`TrainParams`), because the model row
+is what the trainer, the sampler and the API all read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cadenza.validation import InvalidParams
+
+
+class ModelRequest(BaseModel):
+    """`POST /v1/models`: what to train, from which preset, with which overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corpus_id: str = Field(min_length=1, max_length=64)
+    architecture: str = Field(default="music-transformer", max_length=64)
+    preset: str | None = Field(default="tiny", max_length=64)
+    config: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    init_checkpoint_id: str | None = Field(default=None, max_length=64)
+
+
+class TrainParams(BaseModel):
+    """What a `train` job runs with: the model row to train (its configs live on the row)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str
+    corpus_id: str
+
+
+def resolve_model(
+    request: ModelRequest, *, tokenizer: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The validated model config and training config of `request`, as stored JSON.
+
+    `tokenizer` is the corpus's tokenizer name: a prior over quarter-vq codes learns from
+    windows that start on a quarter (16 codes), so such a model gets `window_grid` 16 unless
+    the request says otherwise (`train.window_grid: null` turns it off).
+    """
+    from cadenza.models.registry import resolve_config
+    from cadenza.tokenize.spec import CODES_PER_QUARTER
+    from cadenza.train.config import TrainConfig
+
+    try:
+        cfg = resolve_config(request.architecture, request.preset, request.config)
+    except ValidationError as exc:
+        raise InvalidParams.from_validation("config", exc) from exc
+    except ValueError as exc:
+        raise InvalidParams(str(exc), code="invalid_config") from exc
+    try:
+        if request.preset:
+            train = TrainConfig.from_preset(request.architecture, request.preset, request.train)
+        else:
+            train = TrainConfig.model_validate(request.train)
+    except ValidationError as exc:
+        raise InvalidParams.from_validation("train", exc, "invalid_train_config") from exc
+    except ValueError as exc:
+        raise InvalidParams(str(exc), code="invalid_train_config") from exc
+    block = getattr(cfg, "block_size", None)
+    if block is not None and train.seq_len > block:
+        raise InvalidParams(
+            f"train.seq_len ({train.seq_len}) exceeds config.block_size ({block})",
+            code="invalid_train_config",
+        )
+    train_json = train.model_dump(mode="json")
+    if tokenizer == "quarter-vq" and "window_grid" not in request.train:
+        train_json["window_grid"] = CODES_PER_QUARTER
+    return cfg.model_dump(mode="json"), train_json
