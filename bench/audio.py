@@ -49,7 +49,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 from symusic.core import NoteTick, ScoreSecond, ScoreTick, TempoTick, TrackTick  # noqa: E402
 
-from cadenza.audio.transcribe import _model, transcribe  # noqa: E402
+from cadenza.audio.transcribe import transcribe  # noqa: E402
+from cadenza.audio.transcribe.session import shared_model  # noqa: E402
 from cadenza.midi.render import (  # noqa: E402
     DEFAULT_SOUNDFONT,
     Engine,
@@ -235,7 +236,7 @@ def measure_transcription(paths: list[Path], repeats: int) -> Transcription:
     bp_predict(paths[0])
     transcribe([paths[0]])
     out = Transcription(per_file={"bp": [[] for _ in paths], "ours": [[] for _ in paths]})
-    out.rewritten = _model().rewritten
+    out.rewritten = shared_model().rewritten
     for rep in range(repeats):
         for i, path in enumerate(paths):
             order = [("bp", bp_predict), ("ours", transcribe_one)]
@@ -394,7 +395,7 @@ Written by `bench/audio.py` (rerun it to refresh; `--quick` for a smoke run).
   poorly on small CPUs; cadenza gives the session one thread and runs one window per core
   concurrently, taken from any file, while the next file decodes and the previous one's notes
   are decoded. It also runs a rewritten graph of the same model (`faster_graph` in
-  `cadenza/audio/transcribe.py`: convolutions split into phases so that ONNX Runtime stops
+  `cadenza/audio/transcribe/graph.py`: convolutions split into phases so that ONNX Runtime stops
   computing padding channels, constants reshaped so that it broadcasts them in blocks), whose
   outputs are bit-identical to the bundled graph's (checked at load; otherwise the bundled
   graph runs, and the note under the table says so).

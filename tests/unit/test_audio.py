@@ -12,6 +12,7 @@ import io
 import math
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -667,6 +668,22 @@ def test_transcribe_params_have_limits() -> None:
     assert math.isclose(TranscribeParams(minimum_frequency=100).minimum_frequency or 0, 100)
 
 
+def test_transcribe_params_import_stays_light() -> None:
+    """The API validates with TranscribeParams: importing it (through the package or its own
+    module) must not load numpy, ONNX Runtime or basic-pitch; the model's names load on use."""
+    code = (
+        "import sys\n"
+        "from cadenza.audio.transcribe import TranscribeParams\n"
+        "import cadenza.audio.transcribe.params\n"
+        "TranscribeParams(onset_threshold=0.4)\n"
+        "heavy = {'numpy', 'onnxruntime', 'basic_pitch', 'scipy', 'soundfile'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "from cadenza.audio.transcribe import transcribe\n"
+        "assert transcribe.__module__ == 'cadenza.audio.transcribe.pipeline'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 @needs_basic_pitch
 @pytest.mark.parametrize(("channels", "rate"), [(1, 44100), (2, 22050), (6, 48000)])
 def test_decoding_equals_librosa_load_for_any_channel_count(
@@ -698,19 +715,19 @@ def _bundled_model() -> bytes:
 @pytest.fixture(scope="module")
 def models() -> tuple[Any, Any]:
     """The process's model (rewritten graph where it is exact here) and the bundled graph."""
-    from cadenza.audio.transcribe import _Model, _model
+    from cadenza.audio.transcribe.session import Model, shared_model
 
-    return _model(), _Model(rewrite=False)
+    return shared_model(), Model(rewrite=False)
 
 
 @needs_basic_pitch
 def test_protobuf_codec_round_trips_the_bundled_model() -> None:
-    from cadenza.audio.transcribe import _pb_read, _pb_write
+    from cadenza.audio.transcribe import protobuf as pb
 
     model = _bundled_model()
-    assert _pb_write(_pb_read(model)) == model
-    (graph,) = [value for number, _, value in _pb_read(model) if number == 7]
-    assert isinstance(graph, bytes) and _pb_write(_pb_read(graph)) == graph
+    assert pb.write(pb.read(model)) == model
+    (graph,) = [value for number, _, value in pb.read(model) if number == 7]
+    assert isinstance(graph, bytes) and pb.write(pb.read(graph)) == graph
 
 
 @needs_basic_pitch
@@ -719,15 +736,15 @@ def test_rewritten_graph_is_used_and_gives_identical_outputs(
 ) -> None:
     """On real music (and the probe) the rewritten graph's note, onset and contour outputs are
     bit for bit the bundled model's, so the notes cannot differ. Where they would not be (another
-    CPU's kernels), ``_Model`` keeps the bundled graph: the test then says so."""
-    from cadenza.audio.transcribe import _window_count, decode_for_model
+    CPU's kernels), ``Model`` keeps the bundled graph: the test then says so."""
+    from cadenza.audio.transcribe.audio import decode_for_model, window_count
 
     fast, bundled = models
     if not fast.rewritten:
         pytest.skip("the rewritten graph is not exact on this CPU, so it is not used here")
     assert fast.session is not bundled.session
     audio = decode_for_model(piano[1])
-    n = _window_count(len(audio))
+    n = window_count(len(audio))
     ours, reference = fast.run(audio, 0, n), bundled.run(audio, 0, n)
     for key in ("note", "onset", "contour"):
         assert ours[key].shape == reference[key].shape == (n, 172, 264 if key == "contour" else 88)
@@ -738,11 +755,11 @@ def test_rewritten_graph_is_used_and_gives_identical_outputs(
 def test_batched_inference_equals_window_by_window(
     models: tuple[Any, Any], piano: tuple[bytes, Path, Path]
 ) -> None:
-    from cadenza.audio.transcribe import _window_count, decode_for_model
+    from cadenza.audio.transcribe.audio import decode_for_model, window_count
 
     fast, _bundled = models
     audio = decode_for_model(piano[1])
-    n = _window_count(len(audio))
+    n = window_count(len(audio))
     assert n >= 5
     batched = fast.run(audio, 0, n)
     for key in ("note", "onset", "contour"):
@@ -753,27 +770,21 @@ def test_batched_inference_equals_window_by_window(
 
 @needs_basic_pitch
 def test_rewrite_applies_only_to_the_model_it_was_written_for() -> None:
-    from cadenza.audio.transcribe import (
-        _as_bytes,
-        _NotTheExpectedGraph,
-        _pb_read,
-        _pb_write,
-        _rewrite,
-        faster_graph,
-    )
+    from cadenza.audio.transcribe import protobuf as pb
+    from cadenza.audio.transcribe.graph import faster_graph, rewrite
 
     model = _bundled_model()
     assert faster_graph(b"not a model") is None
     assert faster_graph(model[:-1] + bytes([model[-1] ^ 1])) is None  # another file
     # A graph missing one of the nodes to rewrite (here: renamed) is refused as a whole.
-    top = _pb_read(model)
+    top = pb.read(model)
     (at,) = [i for i, field in enumerate(top) if field[0] == 7]
-    graph = _pb_read(_as_bytes(top[at][2]))
+    graph = pb.read(pb.as_bytes(top[at][2]))
     old, new = b"model_1/re_lu_1/Relu;", b"renamed/re_lu_1/Relu;"  # same length
-    graph = [(n, k, _as_bytes(v).replace(old, new) if n == 1 else v) for n, k, v in graph]
-    top[at] = (7, 2, _pb_write(graph))
-    with pytest.raises(_NotTheExpectedGraph, match="10 of the 11"):
-        _rewrite(_pb_write(top))
+    graph = [(n, k, pb.as_bytes(v).replace(old, new) if n == 1 else v) for n, k, v in graph]
+    top[at] = (7, 2, pb.write(graph))
+    with pytest.raises(pb.NotTheExpectedGraph, match="10 of the 11"):
+        rewrite(pb.write(top))
 
 
 @needs_basic_pitch
@@ -781,7 +792,8 @@ def test_model_keeps_the_bundled_graph_when_the_rewrite_differs(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """If the rewritten graph's outputs differ at all on the probe, it is not used."""
-    from cadenza.audio import transcribe as module
+    from cadenza.audio.transcribe import protobuf as pb
+    from cadenza.audio.transcribe import session as module
 
     real = module.faster_graph
 
@@ -792,7 +804,7 @@ def test_model_keeps_the_bundled_graph_when_the_rewrite_differs(
         name = b"cadenza_split0_w"
         raw = faster.index(bytes([0x42, len(name)]) + name) + 2 + len(name)  # tensor name, then
         assert faster[raw] == 0x4A  # its raw_data (field 9, length-delimited)
-        _, start = module._pb_varint(faster, raw + 1)
+        _, start = pb.varint(faster, raw + 1)
         weights = np.frombuffer(faster, dtype="<f4", count=16, offset=start).copy()
         k = int(np.argmax(np.abs(weights)))
         weights[k] *= np.float32(1 + 1e-6)
@@ -800,6 +812,6 @@ def test_model_keeps_the_bundled_graph_when_the_rewrite_differs(
 
     monkeypatch.setattr(module, "faster_graph", off_by_a_little)
     with caplog.at_level("WARNING", logger="cadenza.audio.transcribe"):
-        model = module._Model()
+        model = module.Model()
     assert not model.rewritten
     assert "not used" in caplog.text

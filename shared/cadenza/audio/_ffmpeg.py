@@ -47,6 +47,14 @@ def input_args(path: str, kind: str | None) -> list[str]:
     return [*args, "-i", f"file:{path}"]
 
 
+def decode_args(path: str, kind: str | None) -> list[str]:
+    """The start of every decoding command: ffmpeg, quiet and non-interactive, reading ``path``
+    safely (:func:`input_args`) and keeping only its first audio stream, without metadata (so
+    equal audio gives equal bytes). Output options and the output follow."""
+    args = [tool("ffmpeg"), "-nostdin", "-v", "error", "-y", *input_args(path, kind)]
+    return [*args, "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1"]
+
+
 def run(
     args: Sequence[str], *, timeout: float, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:

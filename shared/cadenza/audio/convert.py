@@ -1,9 +1,8 @@
 """Converting uploaded audio to the WAV that transcription wants, and cropping it into pieces.
 
-Replaces the earlier Colab pipeline's three cases (see PRIOR_SYSTEMS.md, system A): ``convert``
-(mono 16 kHz WAV by default), ``crop_interval`` (fixed-length chunks) and ``crop_positions``
-(cuts at user-given seconds). Unlike the original, the audio after the last cut is never lost:
-the partial tail is its own segment, and a length that is an exact multiple of the interval
+Three operations: ``convert`` (mono 16 kHz WAV by default), ``crop_interval`` (fixed-length
+chunks) and ``crop_positions`` (cuts at user-given seconds). The audio after the last cut is never
+lost: the partial tail is its own segment, and a length that is an exact multiple of the interval
 keeps its last full chunk.
 
 Cuts are sample-accurate: a boundary at ``t`` seconds falls on sample ``round(t × rate)`` and the
@@ -18,7 +17,6 @@ to have passed :func:`cadenza.audio.probe.probe_audio` already.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,11 +27,11 @@ from typing import Final
 
 import soundfile as sf
 
+from cadenza.atomic import atomic_path
 from cadenza.audio import _ffmpeg
 from cadenza.audio.positions import MAX_SEGMENTS
-from cadenza.audio.probe import SNIFF_BYTES, AudioInfo, AudioRejected, sniff_audio
+from cadenza.audio.probe import AudioInfo, AudioRejected, decode_failed, sniff_file
 
-#: Upper bound on pieces from one file; 10,000 cuts is already far past any real use.
 _BLOCK_FRAMES: Final[int] = 1 << 16  # copy in 64k-frame blocks: bounded memory for long files
 _LOSSLESS: Final[frozenset[str]] = frozenset({"WAV", "WAVEX", "RF64", "FLAC"})
 _PLAIN_SUBTYPES: Final[frozenset[str]] = frozenset(
@@ -67,19 +65,14 @@ def convert(
     (channels averaged), written atomically to ``dst``; returns what was written."""
     if not 4000 <= sample_rate <= 192_000:
         raise ValueError(f"sample_rate must be between 4000 and 192000 Hz, got {sample_rate}")
-    kind = _sniff(src)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with _temp_path(dst.parent, ".wav") as tmp:
-        args = [_ffmpeg.tool("ffmpeg"), "-nostdin", "-v", "error", "-y"]
-        args += _ffmpeg.input_args(str(src), kind)
-        args += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1"]
+    kind = sniff_file(src)
+    with atomic_path(dst, suffix=".wav") as tmp:
+        args = _ffmpeg.decode_args(str(src), kind)
         args += ["-ac", "1"] if mono else []
         # -bitexact drops the encoder tag, so equal inputs give byte-equal outputs (the object
         # store keys files by content).
         args += ["-ar", str(sample_rate), "-c:a", "pcm_s16le", "-bitexact", "-f", "wav", str(tmp)]
         _run_ffmpeg(args, src, timeout_s)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the result is an ordinary file
-        os.replace(tmp, dst)
     return wav_info(dst)
 
 
@@ -195,7 +188,7 @@ def _write_segments(pcm: Path, out_dir: Path, starts: list[int], total: int) -> 
 @contextmanager
 def _lossless(src: Path, work_dir: Path, timeout_s: float) -> Iterator[Path]:
     """``src`` itself when it is WAV/FLAC, else a temporary PCM WAV decoded from it by ffmpeg."""
-    kind = _sniff(src)
+    kind = sniff_file(src)
     if kind in ("wav", "flac"):
         try:
             if sf.info(str(src)).format in _LOSSLESS:
@@ -204,11 +197,10 @@ def _lossless(src: Path, work_dir: Path, timeout_s: float) -> Iterator[Path]:
         except (sf.LibsndfileError, RuntimeError):
             pass  # a WAV codec libsndfile lacks (e.g. ADPCM): let ffmpeg decode it
     work_dir.mkdir(parents=True, exist_ok=True)
-    with _temp_path(work_dir, ".wav") as tmp:
-        args = [_ffmpeg.tool("ffmpeg"), "-nostdin", "-v", "error", "-y"]
-        args += _ffmpeg.input_args(str(src), kind)
-        args += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1"]
-        args += ["-c:a", "pcm_s16le", "-f", "wav", str(tmp)]
+    # A scratch file beside the pieces (same disk, which has room for them), removed afterwards.
+    with tempfile.TemporaryDirectory(prefix=".cadenza-", dir=work_dir) as scratch:
+        tmp = Path(scratch) / "decoded.wav"
+        args = _ffmpeg.decode_args(str(src), kind) + ["-c:a", "pcm_s16le", "-f", "wav", str(tmp)]
         _run_ffmpeg(args, src, timeout_s)
         yield tmp
 
@@ -216,14 +208,6 @@ def _lossless(src: Path, work_dir: Path, timeout_s: float) -> Iterator[Path]:
 def _rate_frames(path: Path) -> tuple[int, int]:
     info = sf.info(str(path))
     return info.samplerate, info.frames
-
-
-def _sniff(src: Path) -> str:
-    with src.open("rb") as f:
-        kind = sniff_audio(f.read(SNIFF_BYTES))
-    if kind is None:
-        raise AudioRejected("not_audio", "this file is not audio we recognise")
-    return kind
 
 
 def _run_ffmpeg(args: list[str], src: Path, timeout_s: float) -> None:
@@ -234,18 +218,4 @@ def _run_ffmpeg(args: list[str], src: Path, timeout_s: float) -> None:
             "timeout", f"decoding took longer than {timeout_s:.0f} s; crop the file and retry"
         ) from exc
     if proc.returncode != 0:
-        raise AudioRejected(
-            "corrupt", f"the audio could not be decoded ({_ffmpeg.reason(proc, src)}); re-export it"
-        )
-
-
-@contextmanager
-def _temp_path(directory: Path, suffix: str) -> Iterator[Path]:
-    """A fresh path in ``directory`` that is removed afterwards unless it was renamed away."""
-    fd, name = tempfile.mkstemp(prefix=".cadenza-", suffix=suffix, dir=directory)
-    os.close(fd)
-    path = Path(name)
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
+        raise decode_failed(proc, src)

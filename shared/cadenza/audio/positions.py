@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+#: Upper bound on pieces from one file; 10,000 cuts is already far past any real use.
 MAX_SEGMENTS: Final[int] = 10_000
 
 _TIME = re.compile(r"^(?:(?:(\d+):)?(\d+):)?(\d+(?:\.\d*)?|\.\d+)$")
@@ -18,7 +19,8 @@ def parse_positions(text: str) -> list[float]:
     """Cut positions from user text such as ``"179,500,748"``, sorted ascending.
 
     Accepts seconds (``179``, ``179.5``) or clock times (``2:59``, ``1:02:03.5``) separated by
-    commas, semicolons, spaces or newlines; the old pipeline's text files parse unchanged.
+    commas, semicolons, spaces or newlines, so a plain text file of one time per line parses
+    unchanged.
     """
     tokens = [t for t in re.split(r"[,;\s]+", text.strip()) if t]
     if not tokens:

@@ -144,6 +144,24 @@ def sniff_audio(head: bytes) -> str | None:
     return None
 
 
+def sniff_file(path: Path) -> str:
+    """The audio kind of the file at ``path`` from its leading bytes (see :func:`sniff_audio`),
+    for a file that already passed :func:`probe_audio`; raises ``AudioRejected("not_audio")``
+    if it does not look like audio (it was replaced, or never probed)."""
+    with path.open("rb") as f:
+        kind = sniff_audio(f.read(SNIFF_BYTES))
+    if kind is None:
+        raise AudioRejected("not_audio", "this file is not audio we recognise")
+    return kind
+
+
+def decode_failed(proc: subprocess.CompletedProcess[bytes], path: Path) -> AudioRejected:
+    """The rejection for a file ffmpeg failed to decode, with ffmpeg's reason in user terms."""
+    return AudioRejected(
+        "corrupt", f"the audio could not be decoded ({_ffmpeg.reason(proc, path)}); re-export it"
+    )
+
+
 def _mp3_frame_len(buf: bytes, pos: int, *, follow: bool = True) -> int:
     """Length of the MPEG-1/2/2.5 Layer III frame at ``pos``, or 0 if it is not one."""
     if len(buf) < pos + 4 or buf[pos] != 0xFF or buf[pos + 1] & 0xE0 != 0xE0:
