@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cadenza.audio.positions import parse_positions
-from cadenza.audio.transcribe import TranscribeParams
+from cadenza.audio.transcribe.params import TranscribeParams
 
 
 class ConvertParams(BaseModel):
