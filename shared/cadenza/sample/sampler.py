@@ -373,17 +373,3 @@ def generate_uncached(
         return _RecomputeStepper(model, keep)
 
     return _run(model, make, prompts, params, n, on_token, device)
-
-
-__all__ = [
-    "OnToken",
-    "SamplingParams",
-    "apply_min_p",
-    "apply_repetition_penalty",
-    "apply_top_k",
-    "apply_top_p",
-    "filter_logits",
-    "generate",
-    "generate_uncached",
-    "sample_next",
-]
