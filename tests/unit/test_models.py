@@ -427,6 +427,7 @@ def test_presets_have_names_that_say_what_they_are() -> None:
 def test_old_preset_names_are_aliases_with_the_same_values(arch: str) -> None:
     """Requests written for the old names keep working, with exactly the same settings."""
     assert ALIASES[arch], "every architecture with aliases names at least one"
+    assert PRESETS[arch].aliases == TRAIN_PRESETS[arch].aliases == ALIASES[arch]
     for old, new in ALIASES[arch].items():
         assert new in PRESETS[arch] and new in TRAIN_PRESETS[arch]
         assert old in PRESETS[arch] and old not in list(PRESETS[arch])  # accepted, not listed

@@ -30,6 +30,11 @@ class PresetTable(Mapping[str, Fields]):
         self._presets = dict(presets)
         self._aliases = dict(aliases)
 
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Old name -> current name, for this table (a copy)."""
+        return dict(self._aliases)
+
     def canonical(self, name: str) -> str:
         """The current name of `name` (itself unless it is an alias)."""
         return self._aliases.get(name, name)
