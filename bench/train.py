@@ -41,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from cadenza.models import build_model, resolve_config  # noqa: E402
-from cadenza.models.gpt import REL_CHUNK  # noqa: E402
+from cadenza.models.relative_attention import REL_CHUNK  # noqa: E402
 from cadenza.train import TrainConfig, train  # noqa: E402
 from cadenza.train.loop import NullHooks  # noqa: E402
 

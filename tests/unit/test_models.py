@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from cadenza.models import (
+    ALIASES,
     ARCHITECTURES,
     MODEL_SPEC_KEY,
     MODEL_STATE_KEY,
@@ -26,18 +27,18 @@ from cadenza.models import (
     build_from_spec,
     build_model,
     load_checkpoint,
+    model_class,
     model_from_checkpoint,
     model_from_safetensors,
     model_to_safetensors,
     relative_logits,
     resolve_config,
+    train_preset,
 )
-from cadenza.models.gpt import (
-    REL_CHUNK,
-    CausalSelfAttention,
-    RelativeEmbedding,
-    relative_attention,
-)
+from cadenza.models.gpt import CausalSelfAttention, RelativeEmbedding
+from cadenza.models.registry import REGISTRY
+from cadenza.models.relative_attention import REL_CHUNK, relative_attention
+from cadenza.train.config import TrainConfig
 
 ARCHS = sorted(ARCHITECTURES)
 TRANSFORMERS = ["gpt", "music-transformer"]
@@ -410,6 +411,44 @@ def test_presets_reproduce_the_earlier_systems() -> None:
         assert model.num_params() > 3_000_000  # the real 1024-wide recurrent layer
 
 
+def test_presets_have_names_that_say_what_they_are() -> None:
+    base = resolve_config("music-transformer", "base")
+    assert (base.n_layer, base.n_head, base.n_embd, base.block_size) == (12, 12, 360, 1024)
+    assert resolve_config("gpt", "nano").model_dump()["n_embd"] == 48
+    assert resolve_config("gpt", "vq-prior").model_dump()["block_size"] == 191
+    for arch in ("gru", "lstm"):
+        wide = resolve_config(arch, "wide").model_dump()
+        assert wide["hidden_size"] == 1024 and wide["num_layers"] == 1
+    assert sorted(PRESETS["gpt"]) == ["nano", "small", "tiny", "vq-prior"]
+    assert sorted(TRAIN_PRESETS["music-transformer"]) == ["base", "small", "tiny"]
+
+
+@pytest.mark.parametrize("arch", sorted(ALIASES))
+def test_old_preset_names_are_aliases_with_the_same_values(arch: str) -> None:
+    """Requests written for the old names keep working, with exactly the same settings."""
+    assert ALIASES[arch], "every architecture with aliases names at least one"
+    assert PRESETS[arch].aliases == TRAIN_PRESETS[arch].aliases == ALIASES[arch]
+    for old, new in ALIASES[arch].items():
+        assert new in PRESETS[arch] and new in TRAIN_PRESETS[arch]
+        assert old in PRESETS[arch] and old not in list(PRESETS[arch])  # accepted, not listed
+        assert resolve_config(arch, old) == resolve_config(arch, new)
+        assert train_preset(arch, old) == train_preset(arch, new) == TRAIN_PRESETS[arch][new]
+        assert TrainConfig.from_preset(arch, old) == TrainConfig.from_preset(arch, new)
+        with pytest.raises(ValueError) as err:
+            resolve_config(arch, "huge")
+        listed = str(err.value).split("choose one of: ")[1].split(", ")
+        assert new in listed and old not in listed
+
+
+def test_registry_names_each_architecture_config_and_model_class() -> None:
+    assert set(REGISTRY) == set(ARCHITECTURES) == set(PRESETS)
+    for name, entry in REGISTRY.items():
+        cls = model_class(name)
+        assert cls.architecture == name and ARCHITECTURES[name] is entry.config
+    with pytest.raises(ValueError, match="gpt, gru, lstm, music-transformer"):
+        model_class("transformer")
+
+
 def test_overrides_win_over_presets() -> None:
     cfg = resolve_config("gpt", "tiny", {"n_layer": 3, "dropout": 0.2}).model_dump()
     assert cfg["n_layer"] == 3 and cfg["dropout"] == 0.2 and cfg["n_embd"] == 64
@@ -436,7 +475,7 @@ def test_config_errors_name_the_field(arch: str, overrides: dict[str, Any], fiel
 def test_unknown_names_and_vocab_size_are_rejected_helpfully() -> None:
     with pytest.raises(ValueError, match="gpt, gru, lstm, music-transformer"):
         resolve_config("transformer", None, {})
-    with pytest.raises(ValueError, match="colab-remi, small, tiny"):
+    with pytest.raises(ValueError, match="base, small, tiny"):
         resolve_config("music-transformer", "huge", {})
     with pytest.raises(ValueError, match="corpus tokenizer"):
         resolve_config("gpt", "tiny", {"vocab_size": 258})
@@ -446,6 +485,27 @@ def test_unknown_names_and_vocab_size_are_rejected_helpfully() -> None:
         build_model("gru", resolve_config("lstm", "tiny"), 10)
     with pytest.raises(ValueError, match="vocab_size"):
         build_model("gru", {}, 0)
+
+
+@pytest.mark.parametrize(
+    "modules",
+    [
+        "cadenza.models.configs",
+        "cadenza.models.presets",
+        "cadenza.models.registry",
+        "cadenza.train.presets",
+        "cadenza.train.config",
+    ],
+)
+def test_configs_and_presets_import_without_torch(modules: str) -> None:
+    """The API imports these to validate a request; none may load torch or a model module."""
+    code = (
+        f"import sys, {modules}; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') "
+        "or m in ('cadenza.models.gpt', 'cadenza.models.rnn', 'cadenza.models.base')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_registry_import_does_not_load_torch() -> None:

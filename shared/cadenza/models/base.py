@@ -3,7 +3,7 @@
 Training only needs `forward(idx, targets)` and `optim_groups`. Sampling needs incremental
 decoding: `init_cache` + `forward_step` read new tokens into a cache (a KV cache for
 transformers, the hidden state for RNNs) so each new token costs one position of compute
-instead of a forward pass over the whole context, which is what the earlier systems did.
+instead of a forward pass over the whole context.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GRU and LSTM language models (earlier system C).
+"""GRU and LSTM language models.
 
 Embedding -> LayerNorm -> GRU/LSTM (num_layers, hidden_size) -> LayerNorm -> Linear.
 An RNN's cache is just its hidden state, so incremental decoding is exact and unbounded in
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cadenza.models.base import CadenzaModel
-from cadenza.models.registry import RNNConfig
+from cadenza.models.configs import RNNConfig
 
 RNNState = Tensor | tuple[Tensor, Tensor]  # GRU: h (L, B, H); LSTM: (h, c)
 
@@ -32,6 +32,7 @@ class RNNCache:
 class _RNNLM(CadenzaModel):
     """Shared body; subclasses choose the recurrent cell."""
 
+    cell: type[nn.GRU] | type[nn.LSTM]
     rnn: nn.GRU | nn.LSTM
     config: RNNConfig
 
@@ -47,7 +48,14 @@ class _RNNLM(CadenzaModel):
         self.head = nn.Linear(config.hidden_size, vocab_size)
 
     def _make_rnn(self, config: RNNConfig) -> nn.GRU | nn.LSTM:
-        raise NotImplementedError
+        dropout = config.dropout if config.num_layers > 1 else 0.0  # only between layers
+        return self.cell(
+            config.embed_dim,
+            config.hidden_size,
+            config.num_layers,
+            batch_first=True,
+            dropout=dropout,
+        )
 
     def _run(self, idx: Tensor, state: RNNState | None) -> tuple[Tensor, RNNState]:
         """idx (B, T) -> hidden outputs (B, T, H) and the final state."""
@@ -113,29 +121,11 @@ class GRULM(_RNNLM):
     """GRU language model."""
 
     architecture = "gru"
-
-    def _make_rnn(self, config: RNNConfig) -> nn.GRU:
-        dropout = config.dropout if config.num_layers > 1 else 0.0  # only between layers
-        return nn.GRU(
-            config.embed_dim,
-            config.hidden_size,
-            config.num_layers,
-            batch_first=True,
-            dropout=dropout,
-        )
+    cell = nn.GRU
 
 
 class LSTMLM(_RNNLM):
     """LSTM language model."""
 
     architecture = "lstm"
-
-    def _make_rnn(self, config: RNNConfig) -> nn.LSTM:
-        dropout = config.dropout if config.num_layers > 1 else 0.0  # only between layers
-        return nn.LSTM(
-            config.embed_dim,
-            config.hidden_size,
-            config.num_layers,
-            batch_first=True,
-            dropout=dropout,
-        )
+    cell = nn.LSTM

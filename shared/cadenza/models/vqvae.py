@@ -1,4 +1,7 @@
-"""System E's ("bachsformer") VQ-VAE in torch: the learned part of the "quarter-vq" tokenizer.
+"""A VQ-VAE over quarter-note piano rolls: the learned part of the "quarter-vq" tokenizer.
+
+The network has the shape of the bachsformer project's VQ-VAE (the tokenizer preset
+`bachsformer-vq` uses its widths), and the gpt preset `vq-prior` is the prior over its codes.
 
 Imported only by :mod:`cadenza.tokenize.quarter_vq` when it trains, encodes or decodes, so the
 API process (which only validates specs) never imports torch.
@@ -6,8 +9,9 @@ API process (which only validates specs) never imports torch.
 Shapes: a quarter is a binary roll of 88 pitches × 32 columns, one input channel. Four strided
 convolutions (1 → c1 → c2 → c3 → c4 channels) take it to an 8 × 2 grid, two residual blocks
 follow, a 1×1 convolution projects to the code dimension, and each of the 16 grid vectors is
-replaced by its nearest codebook entry (an EMA codebook, as in E). The decoder mirrors the
-encoder with transposed convolutions and outputs one logit per cell (BCE loss).
+replaced by its nearest codebook entry (an EMA codebook: updated from running averages of
+the vectors assigned to each entry, not by gradients). The decoder mirrors the encoder with
+transposed convolutions and outputs one logit per cell (BCE loss).
 """
 
 from __future__ import annotations

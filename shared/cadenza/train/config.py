@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cadenza.models.presets import PRESETS
+from cadenza.train.presets import train_preset
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
@@ -102,16 +105,15 @@ class TrainConfig(BaseModel):
     def from_preset(
         cls, architecture: str, preset: str, overrides: dict[str, Any] | None = None
     ) -> TrainConfig:
-        """Start from `TRAIN_PRESETS[architecture][preset]`, then apply `overrides`.
+        """Start from the training preset (`cadenza.train.presets`), then apply `overrides`.
 
-        seq_len defaults to the preset model's block_size (the context it was sized for; system
-        A trained on full 1024-token windows). Unknown override keys are rejected by
-        `extra="forbid"`, so a misspelt field never goes unnoticed.
+        `preset` may be a current name or an old alias. seq_len defaults to the preset model's
+        block_size: the context it was sized for (the `base` music-transformer trains on full
+        1024-token windows). Unknown override keys are rejected by `extra="forbid"`, so a
+        misspelt field never goes unnoticed.
         """
-        from cadenza.models import PRESETS, train_preset
-
-        values: dict[str, Any] = train_preset(architecture, preset)
-        block_size = PRESETS.get(architecture, {}).get(preset, {}).get("block_size")
+        values: dict[str, Any] = train_preset(architecture, preset)  # checks both names
+        block_size = PRESETS[architecture][preset].get("block_size")
         if isinstance(block_size, int):
             values["seq_len"] = block_size
         given = dict(overrides or {})
