@@ -85,7 +85,7 @@ def test_audio_jobs_and_rendering(stack: Stack, rendered: dict[str, Path]) -> No
 
     # Rendering is worker work: the first request answers 202 with the render job.
     first = c.http.get(f"/v1/files/{midi_file['id']}/pianoroll.png")
-    assert first.status_code == 202 and first.json()["type"] == "audio"
+    assert first.status_code == 202 and first.json()["type"] == "render"  # its own job type
     png = stack.data_dir / "roll.png"
     c.download(f"/v1/files/{midi_file['id']}/pianoroll.png", png)
     assert png.read_bytes().startswith(b"\x89PNG")
