@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from cadenza.db.models import Corpus, Dataset, File
 from cadenza.db.repo import get_owned, list_owned
-from cadenza.tokenize.spec import PRESETS as TOKENIZER_PRESETS
+from cadenza.tokenize.presets import PRESETS_BY_ANY_NAME as TOKENIZER_PRESETS
 from cadenza.tokenize.spec import AugmentSpec, TokenizerSpec
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError, invalid
