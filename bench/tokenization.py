@@ -1,5 +1,5 @@
 """Benchmark: corpus building vs a plain MidiTok loop, MIDI loading, the upload sandbox, and the
-round-trip error of the earlier systems' encodings — all on Bach chorales from music21.
+round-trip error of Cadenza's own encodings — all on Bach chorales from music21.
 
     .venv/bin/python bench/tokenization.py [--files 100] [--repeat 3] [--out FILE.md]
 
@@ -182,11 +182,11 @@ def main() -> None:
 
     from cadenza.midi.clean import clean_score
     from cadenza.midi.load import MidiLimits, inspect_midi, load_score, summarize, warm_up
-    from cadenza.tokenize import TokenizerSpec, build_corpus, build_tokenizer, preset
+    from cadenza.tokenize import TokenizerSpec, build_corpus, build_tokenizer, resolve_spec
     from cadenza.tokenize.corpus import default_workers
     from cadenza.tokenize.miditok_tok import MidiTokTokenizer
 
-    spec = preset("remi-colab")
+    spec = resolve_spec(preset="remi-chords-tempos")
     ref = build_tokenizer(spec)
     assert isinstance(ref, MidiTokTokenizer)
     config = ref.miditok.config
@@ -298,7 +298,7 @@ def main() -> None:
         )
     )
 
-    # round-trip error of the earlier systems' encodings on the same real files
+    # round-trip error of Cadenza's own encodings on the same real files
     scores = [s for s in (clean_score(load_score(d))[0] for _, d in files) if s is not None]
     errs = {n: round_trip_errors(n, scores) for n in ("midichar", "chord-duration")}
     e = errs["midichar"]
@@ -328,7 +328,7 @@ def main() -> None:
         f"Command: {cmd}  ",
         f"Machine: {machine()}  ",
         f"Data: {nf} Bach chorales from music21's corpus (export {export_s:.1f} s, cached in "
-        f"`.cache/bach-midi`); tokenizer preset `remi-colab`; best of {args.repeat} runs.",
+        f"`.cache/bach-midi`); tokenizer preset `remi-chords-tempos`; best of {args.repeat} runs.",
         "",
         "| what | figure | time |",
         "| --- | --- | --- |",
@@ -340,7 +340,7 @@ def main() -> None:
         "(tracks, notes, length), cleaning, the seeded split and BOS/EOS assembly. The "
         "round-trip rows compare with the cleaned file. midichar works in seconds (grid 1/63 s, "
         "durations exact to 16 steps, then bins 7 % apart); chord-duration works in quarter "
-        "notes and keeps the tempo in 10 log-spaced bins as system C did, so in seconds it drifts "
+        "notes and keeps the tempo in 10 log-spaced bins, so in seconds it drifts "
         "by the tempo rounding (76 qpm is written as 74.6) while in quarter notes it is exact "
         "for these 16th-grid chorales. The load average is sampled when the table is written: "
         "other work on a shared machine slows every row and hides the parallel gain.",

@@ -8,9 +8,9 @@ are cached: a file already in ``dest`` is not exported again.
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
+
+from cadenza.atomic import atomic_path
 
 
 def bach_chorale_sources() -> list[Path]:
@@ -32,8 +32,8 @@ def bach_chorale_sources() -> list[Path]:
 def export_bach_chorales(dest: Path, n: int, *, start: int = 0) -> list[Path]:
     """Export chorales ``start … start+n-1`` (in name order) to ``dest/<name>.mid``.
 
-    Files already present are reused (the cache); new ones are written to a temp file and
-    renamed, so concurrent exports and interrupted runs never leave a partial MIDI file.
+    Files already present are reused (the cache); new ones are written atomically, so concurrent
+    exports and interrupted runs never leave a partial MIDI file.
     Returns the paths in order. Raises ValueError when the range exceeds the corpus.
     """
     sources = bach_chorale_sources()
@@ -48,14 +48,8 @@ def export_bach_chorales(dest: Path, n: int, *, start: int = 0) -> list[Path]:
             from music21 import converter
 
             stream = converter.parse(str(src))
-            fd, tmp = tempfile.mkstemp(dir=dest, suffix=".mid.tmp")
-            os.close(fd)
-            try:
-                stream.write("midi", fp=tmp)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with atomic_path(target, suffix=".mid.tmp") as tmp:
+                stream.write("midi", fp=str(tmp))
         out.append(target)
     return out
 

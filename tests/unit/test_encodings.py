@@ -1,4 +1,4 @@
-"""The earlier systems' encodings (midichar of B, chord-duration of C) as Cadenza tokenizers."""
+"""Cadenza's own encodings (midichar, chord-duration) as tokenizers."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _trimmed(notes: list[tuple[int, int, int, int]]) -> ScoreTick:
 )
 def test_midichar_text_round_trip_keeps_every_note(notes: list[tuple[int, int, int, int]]) -> None:
     """Pitch exact; onset within half a 1/63 s step; duration within half a step below 16 steps
-    and within 4 % above; velocity level kept. (System B kept neither durations nor timing.)"""
+    and within 4 % above; velocity level kept. (The original midichar format kept neither.)"""
     tok = _midichar()
     score = make_score(notes, tpq=TPQ)
     back = tok.from_text(tok.to_text(score))
@@ -101,7 +101,7 @@ def test_midichar_ids_round_trip_equals_text_round_trip(
 
 
 def test_midichar_short_notes_stay_short() -> None:
-    """System B decoded every note to ≥ 1.29 s; here a 0.1 s note stays 0.1 s."""
+    """The original midichar format decoded every note to ≥ 1.29 s; here 0.1 s stays 0.1 s."""
     tok = _midichar()
     score = make_score([(0, 96, 60, 80), (960, 48, 62, 80), (1920, 960, 64, 80)], tpq=TPQ)
     durs = notes_in_seconds(tok.from_text(tok.to_text(score)))[:, 1]
@@ -109,7 +109,7 @@ def test_midichar_short_notes_stay_short() -> None:
 
 
 def test_midichar_long_silences_use_rest_characters() -> None:
-    """B clamped gaps at 1 s; a 10 s silence now survives as rest characters."""
+    """Gaps are not clamped at 1 s: a 10 s silence survives as rest characters."""
     tok = _midichar()
     score = make_score([(0, 480, 60, 80), (9600, 480, 64, 80)], tpq=TPQ)
     text = tok.to_text(score)

@@ -1,4 +1,4 @@
-"""The "quarter-vq" tokenizer (system E's VQ-VAE over quarter-note rolls)."""
+"""The "quarter-vq" tokenizer (a VQ-VAE over quarter-note piano rolls)."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_packing_round_trip_is_exact_on_the_grid(tpq: int) -> None:
 
 
 def test_real_tpq_not_480_and_no_drift() -> None:
-    """The same music at 96 and 480 ticks per quarter gives the same symbols (E assumed 480)."""
+    """The same music at 96 and 480 ticks per quarter gives the same symbols (no fixed 480)."""
     base = [(0, 240, 60, 80), (240, 240, 62, 80), (4 * 480 * 50, 480, 64, 80)]
     a = make_score(base, tpq=480)
     b = make_score([(t // 5, d // 5, p, v) for t, d, p, v in base], tpq=96)
@@ -236,12 +236,12 @@ def test_bad_config_names_the_field(config: dict[str, object], field: str) -> No
         TokenizerSpec(name="quarter-vq", config=config)
 
 
-def test_bpe_is_refused_and_the_preset_is_system_e() -> None:
+def test_bpe_is_refused_and_the_large_preset_has_the_bachsformer_sizes() -> None:
     with pytest.raises(ValueError, match="bpe"):
         TokenizerSpec.model_validate({"name": "quarter-vq", "bpe": {"vocab_size": 100}})
-    from cadenza.tokenize.spec import preset
+    from cadenza.tokenize.presets import resolve_spec
 
-    spec = preset("bachsformer-vq")
+    spec = resolve_spec(preset="bachsformer-vq")
     assert spec.config["channels"] == [32, 64, 128, 128] and spec.config["codebook_size"] == 16
     assert spec.config["code_dim"] == 128 and spec.config["batch_size"] == 512
     assert not spec.is_miditok

@@ -26,7 +26,7 @@ from cadenza.tokenize import (
     decode_to_midi,
     encode_primer,
     load_npz,
-    preset,
+    resolve_spec,
     special_ids,
     tokenizer_from_bytes,
     tokenizer_hash,
@@ -187,7 +187,7 @@ _remi_cache: list[Tokenizer] = []
 
 def _remi() -> Tokenizer:
     if not _remi_cache:
-        _remi_cache.append(build_tokenizer(preset("remi-colab")))
+        _remi_cache.append(build_tokenizer(resolve_spec(preset="remi-chords-tempos")))
     return _remi_cache[0]
 
 
@@ -268,16 +268,75 @@ def test_bpe_spec_is_strict() -> None:
         TokenizerSpec.model_validate({"name": "REMI", "bpe": {"vocab_size": 1000, "merges": 5}})
 
 
-def test_remi_colab_preset_reproduces_system_a() -> None:
-    tok = build_tokenizer(preset("remi-colab"))
+def test_remi_chords_tempos_preset_reproduces_the_colab_remi_setup() -> None:
+    tok = build_tokenizer(resolve_spec(preset="remi-chords-tempos"))
     vocab = tok.miditok.vocab  # type: ignore[attr-defined]
     pitches = sorted(int(k.split("_")[1]) for k in vocab if k.startswith("Pitch_"))
     assert (pitches[0], pitches[-1], len(pitches)) == (21, 108, 88)
     assert sum(k.startswith("Velocity_") for k in vocab) == 32
     assert sum(k.startswith("Tempo_") for k in vocab) == 32
     assert any(k.startswith("Chord_") for k in vocab) and any(k.startswith("Rest_") for k in vocab)
-    assert tok.vocab_size == 284  # A's model hard-coded 258; MidiTok 2 gave 276-279
+    assert tok.vocab_size == 284  # the Colab model hard-coded 258; MidiTok 2 gave 276-279
     assert tok.spec.bpe is None
+
+
+def test_older_preset_names_resolve_to_the_same_specs() -> None:
+    from cadenza.tokenize.presets import (
+        ALIASES,
+        AUGMENT_ALIASES,
+        AUGMENT_PRESETS,
+        PRESETS,
+        PRESETS_BY_ANY_NAME,
+    )
+
+    assert set(ALIASES) == {
+        "remi-colab",
+        "midichar-ideas",
+        "chord-duration-keras",
+        "bachsformer-vq",
+    }
+    assert set(ALIASES.values()) == set(PRESETS) and set(PRESETS_BY_ANY_NAME) == {
+        *PRESETS,
+        *ALIASES,
+    }
+    for old, new in ALIASES.items():
+        assert resolve_spec(preset=old) == resolve_spec(preset=new)
+        assert PRESETS_BY_ANY_NAME[old] is PRESETS[new]
+    assert AUGMENT_ALIASES == {"colab": "small-shifts"}
+    for name in AUGMENT_PRESETS:
+        assert AugmentSpec.model_validate(AUGMENT_PRESETS[name]).enabled
+
+
+def test_resolve_spec_merges_overrides_and_names_the_problem() -> None:
+    spec = resolve_spec(preset="remi-colab", config={"num_velocities": 16}, bpe={"vocab_size": 500})
+    assert spec.name == "REMI" and spec.config["num_velocities"] == 16
+    assert spec.config["num_tempos"] == 32 and spec.bpe is not None and spec.bpe.vocab_size == 500
+    assert resolve_spec(preset="remi-chords-tempos", tokenizer="REMI").name == "REMI"
+    assert resolve_spec() == TokenizerSpec(name="REMI")
+    assert resolve_spec(tokenizer="TSD", config={"num_velocities": 8}).config["num_velocities"] == 8
+    with pytest.raises(ValueError, match="unknown preset 'nope'; known: remi-chords-tempos, ") as e:
+        resolve_spec(preset="nope")
+    assert "remi-colab" in str(e.value)  # the older names are still listed as accepted
+    with pytest.raises(ValueError, match="preset remi-colab is a REMI tokenizer; drop `tokenizer`"):
+        resolve_spec(preset="remi-colab", tokenizer="TSD")
+    with pytest.raises(ValueError, match="num_velocities"):
+        resolve_spec(preset="remi-colab", config={"num_velocities": "many"})
+
+
+def test_presets_import_no_heavy_module() -> None:
+    """The API resolves presets; importing them must not pull in torch, MidiTok or symusic."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cadenza.tokenize.presets import resolve_spec\n"
+        "resolve_spec(preset='quarter-vq-large')\n"
+        "resolve_spec(preset='remi-chords-tempos')\n"
+        "heavy = {'torch', 'miditok', 'symusic'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_spec_survives_a_key_reordering_store() -> None:
@@ -482,16 +541,16 @@ def test_a_crashing_worker_costs_only_its_file(
     process of its own and skipped; the other files still make the corpus."""
     import os
 
-    import cadenza.tokenize.corpus as corpus
+    import cadenza.tokenize.corpus_workers as corpus_workers
 
-    real = corpus._process
+    real = corpus_workers._process
 
     def crashing(ctx: object, index: int, file_id: str, data: bytes, is_train: bool) -> object:
         if file_id == "crash":
             os._exit(3)
         return real(ctx, index, file_id, data, is_train)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(corpus, "_process", crashing)  # forked workers inherit the patch
+    monkeypatch.setattr(corpus_workers, "_process", crashing)  # forked workers inherit the patch
     files = [*bach_bytes[:2], ("crash", bach_bytes[2][1]), *bach_bytes[2:]]
     build = build_corpus(files, TokenizerSpec(name="TSD"), workers=2)
     assert build.stats.skipped == {"crash": "the tokenizer process crashed on it"}

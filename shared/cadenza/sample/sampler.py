@@ -2,8 +2,8 @@
 
 `generate` reads the prompt once (prefill) and then one token per step through
 `CadenzaModel.forward_step`, so a step costs one position of compute whatever the context
-length. The earlier systems recomputed the whole context every step; `generate_uncached` does
-that, for tests and the benchmark.
+length. Without a cache a sampler recomputes the whole context every step (as nanoGPT's and
+minGPT's `generate` do); `generate_uncached` does that, for tests and the benchmark.
 
 Long-form: a transformer only sees `block_size` positions. When the context would exceed it,
 the window restarts at the last `window_keep` tokens (new token included; default half a block):
@@ -205,10 +205,10 @@ class _CachedStepper:
 
 
 class _RecomputeStepper:
-    """Full forward over the context window at every step (the earlier systems' way).
+    """Full forward over the context window at every step (no KV cache).
 
-    keep=None slides the window by one token per step (the last block_size tokens, as earlier
-    system A did); an int follows `_CachedStepper`'s policy exactly, for equivalence tests.
+    keep=None slides the window by one token per step (the last block_size tokens, as nanoGPT's
+    `generate` does); an int follows `_CachedStepper`'s policy exactly, for equivalence tests.
     """
 
     def __init__(self, model: CadenzaModel, keep: int | None) -> None:
@@ -361,8 +361,8 @@ def generate_uncached(
     """Like `generate`, but recompute the whole context window every step.
 
     window="slide": the context is the last block_size tokens, moving one token per step (what
-    the earlier systems did). window="same": the window policy of `generate`, so both samplers
-    see the same contexts and, with the same seed, produce the same tokens.
+    nanoGPT's and minGPT's `generate` do). window="same": the window policy of `generate`, so
+    both samplers see the same contexts and, with the same seed, produce the same tokens.
     """
     params = params or SamplingParams()
     if window not in ("slide", "same"):

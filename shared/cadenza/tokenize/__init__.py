@@ -1,7 +1,8 @@
-"""Tokenizers (MidiTok's and the earlier systems' encodings), corpus building, primers.
+"""Tokenizers (MidiTok's and Cadenza's own encodings), corpus building, primers.
 
-The spec models (:mod:`cadenza.tokenize.spec`) import neither MidiTok nor symusic, so the API can
-validate requests; everything else is imported on first attribute access.
+The spec models (:mod:`cadenza.tokenize.spec`) and presets (:mod:`cadenza.tokenize.presets`)
+import neither MidiTok nor symusic, so the API can validate requests; everything else is
+imported on first attribute access.
 """
 
 from __future__ import annotations
@@ -9,17 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cadenza._lazy import lazy_exports
+from cadenza.tokenize.presets import AUGMENT_PRESETS, PRESETS, resolve_spec
 from cadenza.tokenize.spec import (
-    AUGMENT_PRESETS,
-    PRESETS,
+    CODES_PER_QUARTER,
     AugmentSpec,
     BPESpec,
     ChordDurationConfig,
     MidiCharConfig,
     QuarterVQConfig,
     TokenizerSpec,
-    augment_preset,
-    preset,
 )
 
 if TYPE_CHECKING:
@@ -43,26 +42,29 @@ if TYPE_CHECKING:
         vocab_size,
     )
 
-_LAZY = {
-    "Symbols": "cadenza.tokenize.base",
-    "Tokenizer": "cadenza.tokenize.base",
-    "CorpusBuild": "cadenza.tokenize.corpus",
-    "CorpusCancelled": "cadenza.tokenize.corpus",
-    "CorpusEmpty": "cadenza.tokenize.corpus",
-    "CorpusStats": "cadenza.tokenize.corpus",
-    "assign_splits": "cadenza.tokenize.corpus",
-    "build_corpus": "cadenza.tokenize.corpus",
-    "load_npz": "cadenza.tokenize.corpus",
-    "crop_score": "cadenza.tokenize.primer",
-    "decode_to_midi": "cadenza.tokenize.primer",
-    "encode_primer": "cadenza.tokenize.primer",
-    "build_tokenizer": "cadenza.tokenize.registry",
-    "special_ids": "cadenza.tokenize.registry",
-    "tokenizer_from_bytes": "cadenza.tokenize.registry",
-    "tokenizer_hash": "cadenza.tokenize.registry",
-    "tokenizer_to_bytes": "cadenza.tokenize.registry",
-    "vocab_size": "cadenza.tokenize.registry",
+#: Names loaded on first use, by the module that defines them.
+_LAZY_BY_MODULE: dict[str, tuple[str, ...]] = {
+    "cadenza.tokenize.base": ("Symbols", "Tokenizer"),
+    "cadenza.tokenize.corpus": (
+        "CorpusBuild",
+        "CorpusCancelled",
+        "CorpusEmpty",
+        "CorpusStats",
+        "assign_splits",
+        "build_corpus",
+        "load_npz",
+    ),
+    "cadenza.tokenize.primer": ("crop_score", "decode_to_midi", "encode_primer"),
+    "cadenza.tokenize.registry": (
+        "build_tokenizer",
+        "special_ids",
+        "tokenizer_from_bytes",
+        "tokenizer_hash",
+        "tokenizer_to_bytes",
+        "vocab_size",
+    ),
 }
+_LAZY = {name: module for module, names in _LAZY_BY_MODULE.items() for name in names}
 
 # Heavy submodules (MidiTok, symusic) load only when one of their names is used.
 __getattr__ = lazy_exports(__name__, _LAZY, globals())
@@ -77,8 +79,8 @@ __all__ = [
     "MidiCharConfig",
     "QuarterVQConfig",
     "TokenizerSpec",
-    "augment_preset",
-    "preset",
+    "CODES_PER_QUARTER",
+    "resolve_spec",
     "Symbols",
     "Tokenizer",
     "CorpusBuild",

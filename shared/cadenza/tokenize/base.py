@@ -1,6 +1,6 @@
 """The tokenizer interface every encoding implements, and a subword (BPE) layer for our own ones.
 
-One interface for MidiTok's tokenizers and for the encodings of the earlier systems means the
+One interface for MidiTok's tokenizers and for Cadenza's own encodings means the
 corpus builder, the primer encoder and the sampler never ask which kind they hold. Work is
 split so that the expensive part runs in worker processes without any learned state:
 

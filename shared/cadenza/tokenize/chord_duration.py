@@ -1,4 +1,4 @@
-"""The "chord-duration" encoding of system C (Keras GRU/LSTM), as a Cadenza tokenizer.
+"""The "chord-duration" encoding (from a Keras GRU/LSTM model) as a Cadenza tokenizer.
 
 All parts merged on a 16th-note grid. For each onset: a separator, the steps since the previous
 onset, an optional tempo token when the tempo bin changes, then (pitch, duration) pairs from the
@@ -6,7 +6,8 @@ highest pitch down. Durations are capped (128 steps by default); gaps longer tha
 are written as several separator groups, so no silence is lost. The encoding has no velocity.
 
 Base vocabulary, in id order: PAD BOS EOS SEP, Shift_0..Shift_max, Note_lo..Note_hi,
-Dur_1..Dur_max, Tempo_0..Tempo_n-1 (361 ids with the defaults; C had 312 with 4 spare).
+Dur_1..Dur_max, Tempo_0..Tempo_n-1 (361 ids with the defaults; the Keras original had 312 with
+4 spare).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from cadenza.tokenize.base import (
     pitched_notes,
     sym_char,
 )
-from cadenza.tokenize.spec import ChordDurationConfig, TokenizerSpec
+from cadenza.tokenize.options import ChordDurationConfig
+from cadenza.tokenize.spec import TokenizerSpec
 
 SEP = 3
 _N_SPECIALS = 4
@@ -38,7 +40,7 @@ _TICKS_PER_STEP = 120  # decoded scores use tpq = 120 × steps_per_quarter: exac
 
 
 class ChordDurationTokenizer(OwnSpecials, Tokenizer):
-    """Port of system C's token format with the same interface as MidiTok's tokenizers."""
+    """The chord-duration token format with the same interface as MidiTok's tokenizers."""
 
     names = ("chord-duration",)
 

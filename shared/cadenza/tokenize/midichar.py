@@ -1,17 +1,18 @@
-"""The "midichar" encoding of system B (minGPT idea generator), fixed, as a Cadenza tokenizer.
+"""The "midichar" encoding as a Cadenza tokenizer: one Unicode character per note.
 
 Each note becomes one Unicode character packing, in mixed radix, (pitch, velocity level, onset
-step since the previous character, duration bin). System B's flaws are gone:
+step since the previous character, duration bin). The format comes from a minGPT "idea
+generator"; its flaws there are fixed here:
 
-* its OR mask forced a duration bit on, so every note decoded to ≥ 1.29 s — here durations are
+* an OR mask forced a duration bit on, so every note decoded to ≥ 1.29 s — here durations are
   exact up to 16 steps (~0.25 s) and within ±4 % above, up to ``max_duration_s``;
-* its decoder advanced a fixed 0.651 s per note — here time advances by the encoded step;
-* it rounded each gap separately (error accumulates) and clamped gaps at 1 s — here onsets are
+* the decoder advanced a fixed 0.651 s per note — here time advances by the encoded step;
+* each gap was rounded separately (error accumulates) and clamped gaps at 1 s — here onsets are
   rounded on an absolute grid and longer gaps are written as extra "rest" characters.
 
 Time is in seconds (the format was made for transcribed performances). The base vocabulary is
-the set of characters seen in the training files (``fit``), as SentencePiece built its alphabet
-in B; an unseen character is encoded as the nearest known one (same pitch first). Text form:
+the set of characters seen in the training files (``fit``), the way SentencePiece builds its
+alphabet; an unseen character is encoded as the nearest known one (same pitch first). Text form:
 :meth:`MidiCharTokenizer.to_text` / :meth:`from_text`.
 """
 
@@ -35,7 +36,8 @@ from cadenza.tokenize.base import (
     empty_symbols,
     sym_char,
 )
-from cadenza.tokenize.spec import MidiCharConfig, TokenizerSpec
+from cadenza.tokenize.options import MidiCharConfig
+from cadenza.tokenize.spec import TokenizerSpec
 
 _N_SPECIALS = 3
 _TPQ = 480  # decoded scores: 480 ticks per quarter at 120 qpm = 960 ticks per second

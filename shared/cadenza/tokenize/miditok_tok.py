@@ -32,13 +32,8 @@ from cadenza.tokenize.base import (
     empty_symbols,
     sym_char,
 )
-from cadenza.tokenize.spec import (
-    MIDITOK_MULTI_VOCAB,
-    MIDITOK_SINGLE_STREAM,
-    TokenizerSpec,
-    import_miditok,
-    make_miditok,
-)
+from cadenza.tokenize.miditok_options import import_miditok, make_miditok, miditok_class
+from cadenza.tokenize.spec import MIDITOK_MULTI_VOCAB, MIDITOK_SINGLE_STREAM, TokenizerSpec
 
 _VERSION_KEYS = ("miditok_version", "symusic_version", "hf_tokenizers_version")
 
@@ -379,8 +374,6 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
 
 def _miditok_from_dict(name: str, params: dict[str, Any]) -> Any:
     """A MidiTok tokenizer from its ``to_dict()`` (MidiTok only loads from a file path)."""
-    from cadenza.tokenize.spec import miditok_class
-
     fd, path = tempfile.mkstemp(suffix=".json", prefix="cadenza-tok-")
     try:
         with os.fdopen(fd, "w") as f:

@@ -1,11 +1,12 @@
-"""The "quarter-vq" tokenizer: system E ("bachsformer") as a learned Cadenza tokenizer.
+"""The "quarter-vq" tokenizer: a VQ-VAE over quarter-note piano rolls, learned from the corpus.
 
 A VQ-VAE over quarter-note piano-roll slices is the tokenizer; a GPT over its codes is the
-prior, trained by the ordinary corpus → train → sample machinery.
+prior, trained by the ordinary corpus → train → sample machinery (the bachsformer project's
+design).
 
 * ``symbols(score)``: all non-drum tracks merged; time on a grid of 32 columns per quarter at
-  the score's own ticks per quarter (E assumed 480 and dropped non-note delta times, so its
-  timing drifted); pitches 21-108. Each quarter is packed losslessly into 176 int32 symbols:
+  the score's own ticks per quarter (assuming 480 and dropping non-note delta times makes the
+  timing drift); pitches 21-108. Each quarter is packed losslessly into 176 int32 symbols:
   88 "held" bitmasks (bit c set while a note sounds in column c) then 88 "onset" bitmasks (bit
   c set where a note starts). Notes crossing quarter boundaries are split: they are held in
   both quarters, with an onset only in the first, so the split is reversible.
@@ -17,11 +18,11 @@ prior, trained by the ordinary corpus → train → sample machinery.
 * ``decode(ids)``: codes → decoder → sigmoid > threshold → notes, quarter after quarter;
   an incomplete trailing quarter is ignored.
 
-Onsets vs. held notes: E's VQ-VAE saw one binary roll, in which two repeated notes of one pitch
-melt into one. Here the roll the network sees clears the last column of a note that is
-immediately re-struck (unless that note is only one column long), so repeated notes stay two
-runs of cells and decode as two notes (each 1/32 quarter shorter). The symbols themselves keep
-the onset plane, so ``symbols → notes`` is exact on the grid.
+Onsets vs. held notes: in one plain binary roll, two repeated notes of one pitch melt into one.
+Here the roll the network sees clears the last column of a note that is immediately re-struck
+(unless that note is only one column long), so repeated notes stay two runs of cells and decode
+as two notes (each 1/32 quarter shorter). The symbols themselves keep the onset plane, so
+``symbols → notes`` is exact on the grid.
 
 torch is imported only inside the methods that train or run the network.
 """
@@ -46,7 +47,8 @@ from cadenza.tokenize.base import (
     empty_symbols,
     pitched_notes,
 )
-from cadenza.tokenize.spec import CODES_PER_QUARTER, QuarterVQConfig, TokenizerSpec
+from cadenza.tokenize.options import CODES_PER_QUARTER, QuarterVQConfig
+from cadenza.tokenize.spec import TokenizerSpec
 
 if TYPE_CHECKING:
     from cadenza.models.vqvae import QuarterVQVAE
@@ -179,7 +181,7 @@ def reconstruction(truth: NDArray[np.uint8], pred: NDArray[np.uint8]) -> dict[st
 
 
 class QuarterVQTokenizer(OwnSpecials, Tokenizer):
-    """Quarter-note rolls ⇄ VQ-VAE codes (system E's tokenizer), learned by :meth:`fit`."""
+    """Quarter-note rolls ⇄ VQ-VAE codes, learned by :meth:`fit`."""
 
     names = ("quarter-vq",)
 
