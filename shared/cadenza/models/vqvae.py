@@ -1,7 +1,7 @@
 """A VQ-VAE over quarter-note piano rolls: the learned part of the "quarter-vq" tokenizer.
 
 The network has the shape of the bachsformer project's VQ-VAE (the tokenizer preset
-`bachsformer-vq` uses its widths), and the gpt preset `vq-prior` is the prior over its codes.
+`quarter-vq-large` uses its widths), and the gpt preset `vq-prior` is the prior over its codes.
 
 Imported only by :mod:`cadenza.tokenize.quarter_vq` when it trains, encodes or decodes, so the
 API process (which only validates specs) never imports torch.

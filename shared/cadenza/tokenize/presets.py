@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "chord-duration-16th": {"name": "chord-duration", "config": {}, "bpe": None},
     # VQ-VAE over quarter-note rolls at full size: convs 1→32→64→128→128, 16 codes of 128 dims,
     # batch 512. Slow where tokenizing runs (the CPU worker): about an hour on 2 cores. Pair it
-    # with the gpt preset "bachsformer-prior".
+    # with the gpt preset "vq-prior".
     "quarter-vq-large": {
         "name": "quarter-vq",
         "config": {
