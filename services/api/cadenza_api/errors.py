@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cadenza.db.repo import NotFound
@@ -37,6 +38,14 @@ def install(app: FastAPI) -> None:
     async def _invalid_params(_: Request, exc: InvalidParams) -> JSONResponse:
         extra = {"details": exc.details} if exc.details else {}
         return JSONResponse(error_body(exc.code, exc.message, **extra), status_code=422)
+
+    @app.exception_handler(ValidationError)
+    async def _invalid_model(_: Request, exc: ValidationError) -> JSONResponse:
+        # A params model built inside a route (after the resources it names were found).
+        message, details = validation_message(list(exc.errors()))
+        return JSONResponse(
+            error_body("invalid_request", message, details=details), status_code=422
+        )
 
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, exc: Conflict) -> JSONResponse:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cadenza.audio.positions import parse_positions
 from cadenza.audio.transcribe.params import TranscribeParams
@@ -25,8 +25,13 @@ class ConvertParams(BaseModel):
     mono: bool = True
 
 
-class CropParams(BaseModel):
-    """Cut every `interval_s` (a tail under `min_tail_s` joins the piece before) or at positions."""
+class CropRequest(BaseModel):
+    """Cut every `interval_s` (a tail under `min_tail_s` joins the piece before) or at positions.
+
+    Only the bounds of each field are checked on the request itself; cut lists are parsed and
+    cross-checked by `CropParams` once the request's files are known to exist, so a request on
+    a dataset without audio says that first.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,26 +39,25 @@ class CropParams(BaseModel):
     min_tail_s: float = Field(default=0.0, ge=0, le=3600)
     positions: list[float] | None = Field(default=None, max_length=9999)
     positions_text: str | None = Field(
-        default=None,
-        max_length=100_000,
-        description="comma-separated seconds, e.g. 179,500,748",
-        exclude=True,
+        default=None, max_length=100_000, description="comma-separated seconds, e.g. 179,500,748"
     )
 
-    @field_validator("positions")
-    @classmethod
-    def _positive_sorted(cls, v: list[float] | None) -> list[float] | None:
-        if v is None:
-            return None
-        if any(p <= 0 for p in v):
-            raise ValueError("positions must be > 0 seconds")
-        return sorted(set(v))
+
+class CropParams(CropRequest):
+    """A crop the job can run: `positions_text` parsed into sorted seconds, bounds checked."""
 
     @model_validator(mode="after")
     def _resolve(self) -> CropParams:
         if self.positions_text:
-            self.positions = parse_positions(self.positions_text)
+            try:
+                self.positions = parse_positions(self.positions_text)
+            except ValueError as exc:
+                raise ValueError(f"positions_text: {exc}") from exc
             self.positions_text = None
+        if self.positions is not None:
+            if any(p <= 0 for p in self.positions):
+                raise ValueError("positions must be > 0 seconds")
+            self.positions = sorted(set(self.positions))
         if self.min_tail_s > self.interval_s:
             raise ValueError("min_tail_s must be ≤ interval_s")
         return self
@@ -69,7 +73,7 @@ class AudioJobRequest(BaseModel):
         default_factory=list, max_length=10_000, description="audio files; empty = all of them"
     )
     convert: ConvertParams = Field(default_factory=ConvertParams)
-    crop: CropParams = Field(default_factory=CropParams)
+    crop: CropRequest = Field(default_factory=CropRequest)
     transcribe: TranscribeParams = Field(default_factory=TranscribeParams)
 
 
@@ -78,3 +82,4 @@ class AudioParams(AudioJobRequest):
 
     dataset_id: str
     file_ids: list[str] = Field(min_length=1, max_length=10_000)
+    crop: CropParams = Field(default_factory=CropParams)
