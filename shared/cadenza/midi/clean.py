@@ -1,8 +1,9 @@
 """Normalise a parsed score before tokenization, and say per file what was changed.
 
-The earlier systems each did part of this implicitly (B dropped drums and merged everything into
-one piano track; A silently kept track 0 only). Here it is one explicit, reported step so a user
-can see why a file got shorter or was skipped.
+Pipelines Cadenza replaces each did part of this implicitly: the minGPT "midichar" idea generator
+dropped drums and merged everything into one piano track, and a nanoGPT pipeline over MidiTok
+REMI silently kept track 0 only. Here it is one explicit, reported step so a user can see why a
+file got shorter or was skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class CleanOptions:
 
     drop_drums: bool = True  # drum hits are not pitches; mixed in they read as random notes
     merge_tracks: bool = True  # our models are single-stream: one track in, one track out
-    program: int = 0  # GM program of the merged track (0 = Acoustic Grand Piano, as in B)
+    program: int = 0  # GM program of the merged track (0 = Acoustic Grand Piano, as in midichar)
     keep_programs: list[int] | None = None  # keep only these programs (None = all)
     quantize: int | None = None  # grid divisions per quarter note (4 = 16ths); None = as is
     min_notes: int = 8  # fewer notes than this is not music a model can learn from
