@@ -139,7 +139,7 @@ def _span(name: str) -> dict[str, float]:
 
 def _render(ctx: JobContext) -> Outcome:
     """Render MIDI targets ({sha256, key}) to MP3, WAV and a piano roll, cached by content."""
-    from cadenza.renders import render_all
+    from cadenza.render import render_all
 
     targets = ctx.params["targets"]
     errors: dict[str, dict[str, str]] = {}

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from cadenza.db.models import Dataset, File, Job, Sample
 from cadenza.db.repo import get_owned
-from cadenza.renders import MEDIA_TYPES, render_key
+from cadenza.render import MEDIA_TYPES, render_key
 from cadenza.storage import ObjectNotFound, ObjectStore
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError, invalid
