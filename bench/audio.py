@@ -51,13 +51,8 @@ from symusic.core import NoteTick, ScoreSecond, ScoreTick, TempoTick, TrackTick 
 
 from cadenza.audio.transcribe import transcribe  # noqa: E402
 from cadenza.audio.transcribe.session import shared_model  # noqa: E402
-from cadenza.midi.render import (  # noqa: E402
-    DEFAULT_SOUNDFONT,
-    Engine,
-    _choose_engine,
-    render_midi,
-    symusic_in_tune,
-)
+from cadenza.render.audio import DEFAULT_SOUNDFONT, Engine, choose_engine, render_midi  # noqa: E402
+from cadenza.render.symusic import symusic_in_tune  # noqa: E402
 
 README = Path(__file__).with_name("README_audio.md")
 T = TypeVar("T")
@@ -131,12 +126,12 @@ def render_rows(midis: list[bytes], total_audio: float) -> list[tuple[str, float
         if not font.is_file():
             continue
         render_midi(midis[0], soundfont=font, engine=engine)
-        chosen = _choose_engine(engine, font)
+        chosen = choose_engine(engine, font)
         render = partial(render_midi, soundfont=font, engine=engine)
         seconds = sum(timed(partial(render, m))[0] for m in midis)
         label = f"{font.name} · {engine}" + (f" → {chosen}" if engine == "auto" else "")
         if chosen == "symusic" and not symusic_in_tune(str(font.resolve())):
-            label += " (rewritten copy, see symusic_font.py)"
+            label += " (rewritten copy, see render/soundfont.py)"
         rows.append((label, seconds, total_audio / seconds))
     return rows
 
@@ -409,7 +404,7 @@ Written by `bench/audio.py` (rerun it to refresh; `--quick` for a smoke run).
   rendered before (`--only render` runs this table alone). symusic 0.5.9 plays FluidR3_GM
   out of tune (upstream issue Yikai-Liao/symusic#55: it ignores the overriding root key,
   clamps coarse tuning, ignores scale tuning), so `auto` has it play a copy of FluidR3
-  rewritten once into the subset it reads correctly (`cadenza/midi/symusic_font.py`; cached
+  rewritten once into the subset it reads correctly (`cadenza/render/soundfont.py`; cached
   under `CADENZA_CACHE_DIR`, default `~/.cache/cadenza`), and renders notes in groups of
   similar velocity to apply fluidsynth's velocity curve, which symusic ignores.
   `fluidsynth` is libfluidsynth in the worker process, the fallback when no copy can be

@@ -18,7 +18,7 @@ from tests.support.services import (
 from tests.support.stack import Stack, print_logs, run_stack
 
 CACHE = Path(os.environ.get("CADENZA_TEST_CACHE", Path(__file__).parent.parent / ".cache"))
-# The soundfont copy symusic renders with (cadenza.midi.symusic_font) stays in the checkout's
+# The soundfont copy symusic renders with (cadenza.render.soundfont) stays in the checkout's
 # cache too, not in the user's home; worker processes started by the tests inherit it.
 os.environ.setdefault("CADENZA_CACHE_DIR", str(CACHE))
 

@@ -29,7 +29,7 @@ def scale_midi() -> bytes:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from cadenza.midi.render import render_midi
+    from cadenza.render.audio import render_midi
 
     out = tmp_path_factory.mktemp("audio")
     paths = {}

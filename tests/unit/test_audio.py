@@ -463,7 +463,7 @@ def _intervals_and_hz(midi: bytes) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def piano(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path, Path]:
     """The reference MIDI, its FluidR3 rendering as WAV, and the same audio as MP3."""
-    from cadenza.midi.render import render_midi
+    from cadenza.render.audio import render_midi
 
     d = tmp_path_factory.mktemp("piano")
     midi = _scale_and_chords_midi()

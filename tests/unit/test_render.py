@@ -13,10 +13,11 @@ import pytest
 import soundfile as sf
 from symusic.core import NoteTick, ScoreTick, TempoTick, TimeSignatureTick, TrackTick
 
-from cadenza.midi import render as render_module
-from cadenza.midi.pianoroll import pianoroll_png, pitch_name, program_name
-from cadenza.midi.render import SoundfontMissing, default_soundfont, render_midi
-from cadenza.plots import loss_curve_png
+from cadenza.render import audio as render_module
+from cadenza.render import symusic as symusic_engine
+from cadenza.render.audio import SoundfontMissing, default_soundfont, render_midi
+from cadenza.render.pianoroll import pianoroll_png, pitch_name, program_name
+from cadenza.render.plots import loss_curve_png
 
 
 def _midi(
@@ -117,10 +118,10 @@ def test_render_plays_in_tune(scale_wav: bytes) -> None:
 
 def test_symusic_plays_fluidr3_out_of_tune_and_its_rewritten_copy_in_tune() -> None:
     original = default_soundfont()
-    assert not render_module.symusic_in_tune(str(original))
-    copy = render_module.symusic_soundfont(original)
+    assert not symusic_engine.symusic_in_tune(str(original))
+    copy = symusic_engine.symusic_soundfont(original)
     assert copy is not None and copy != original and copy.suffix == ".sf2"
-    assert render_module.symusic_in_tune(str(copy))
+    assert symusic_engine.symusic_in_tune(str(copy))
 
 
 MUSESCORE = Path("/usr/share/sounds/sf3/MuseScore_General.sf3")
@@ -131,8 +132,8 @@ MUSESCORE = Path("/usr/share/sounds/sf3/MuseScore_General.sf3")
 )
 def test_auto_engine_uses_symusic_where_it_plays_in_tune() -> None:
     """symusic plays MuseScore General correctly, so "auto" takes the fast in-process path."""
-    assert render_module.symusic_in_tune(str(MUSESCORE.resolve()))
-    assert render_module._choose_engine("auto", MUSESCORE) == "symusic"
+    assert symusic_engine.symusic_in_tune(str(MUSESCORE.resolve()))
+    assert render_module.choose_engine("auto", MUSESCORE) == "symusic"
     data, rate = _read(render_midi(SCALE, soundfont=MUSESCORE))
     mono = data.mean(axis=1)
     found = _dominant_hz(mono[int(2.05 * rate) : int(2.4 * rate)], rate)  # beat 4: G4
@@ -140,7 +141,7 @@ def test_auto_engine_uses_symusic_where_it_plays_in_tune() -> None:
 
 
 def test_auto_engine_uses_symusic_for_fluidr3() -> None:
-    assert render_module._choose_engine("auto", default_soundfont()) == "symusic"
+    assert render_module.choose_engine("auto", default_soundfont()) == "symusic"
 
 
 def test_auto_engine_falls_back_to_fluidsynth_when_no_copy_can_be_written(
@@ -149,12 +150,12 @@ def test_auto_engine_falls_back_to_fluidsynth_when_no_copy_can_be_written(
     blocker = tmp_path / "a-file"
     blocker.write_bytes(b"")
     monkeypatch.setenv("CADENZA_CACHE_DIR", str(blocker / "cache"))  # cannot be a folder
-    render_module._symusic_soundfont.cache_clear()
+    symusic_engine._symusic_soundfont.cache_clear()
     try:
-        assert render_module.symusic_soundfont(default_soundfont()) is None
-        assert render_module._choose_engine("auto", default_soundfont()) == "fluidsynth"
+        assert symusic_engine.symusic_soundfont(default_soundfont()) is None
+        assert render_module.choose_engine("auto", default_soundfont()) == "fluidsynth"
     finally:
-        render_module._symusic_soundfont.cache_clear()
+        symusic_engine._symusic_soundfont.cache_clear()
 
 
 @pytest.mark.parametrize("engine", ["auto", "fluidsynth"])

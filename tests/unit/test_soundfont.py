@@ -1,7 +1,7 @@
 """The SoundFont 2 reader/writer and the rewrite that makes symusic play a soundfont in tune.
 
 symusic 0.5.9 (prestosynth) plays Debian's FluidR3_GM out of tune; see
-``cadenza.midi.symusic_font`` for why. These tests check the rewrite three ways: on small
+``cadenza.render.soundfont`` for why. These tests check the rewrite three ways: on small
 fonts built here (each fault in isolation, heard through symusic), statically on FluidR3 (the
 voices prestosynth would play from the rewritten font against the voices the SoundFont spec
 plays from the original, for every preset and key), and by ear against libfluidsynth.
@@ -19,9 +19,10 @@ import pytest
 import soundfile as sf
 from symusic.core import NoteTick, ScoreTick, Synthesizer, TempoTick, TrackTick
 
-from cadenza.midi import render as render_module
-from cadenza.midi import sf2, symusic_font
-from cadenza.midi.sf2 import SoundFont, SoundFontError, key_range, range_amount
+from cadenza.render import audio as render_module
+from cadenza.render import fluidsynth, sf2, soundfont, soundfont_builder
+from cadenza.render import symusic as symusic_engine
+from cadenza.render.sf2 import SoundFont, SoundFontError, key_range, range_amount
 
 FLUIDR3 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 needs_fluidr3 = pytest.mark.skipif(
@@ -150,7 +151,7 @@ def test_rewrite_fixes_each_fault_symusic_has(
     original, fixed = tmp_path / "original.sf2", tmp_path / "fixed.sf2"
     font = _tiny_font(igens, pgens)
     sf2.write(font, original)
-    sf2.write(symusic_font.for_symusic(font), fixed)
+    sf2.write(soundfont.for_symusic(font), fixed)
     assert abs(_cents(_symusic_hz(original, key), hz)) > 50, "symusic got this right already?"
     assert abs(_cents(_symusic_hz(fixed, key), hz)) < 3
 
@@ -161,7 +162,7 @@ def test_rewrite_keeps_preset_release_from_collapsing(tmp_path: Path) -> None:
     font = _tiny_font([(sf2.RELEASE_VOL_ENV, 0)])  # 0 timecents: 1 s
     original, fixed = tmp_path / "original.sf2", tmp_path / "fixed.sf2"
     sf2.write(font, original)
-    sf2.write(symusic_font.for_symusic(font), fixed)
+    sf2.write(soundfont.for_symusic(font), fixed)
 
     def seconds(path: Path) -> float:
         score = ScoreTick(480)
@@ -185,7 +186,7 @@ def fluidr3() -> SoundFont:
 
 @pytest.fixture(scope="module")
 def rewritten(fluidr3: SoundFont) -> SoundFont:
-    return sf2.loads(sf2.dumps(symusic_font.for_symusic(fluidr3)))
+    return sf2.loads(sf2.dumps(soundfont.for_symusic(fluidr3)))
 
 
 @needs_fluidr3
@@ -265,7 +266,7 @@ def test_rewritten_fluidr3_plays_every_voice_at_the_spec_pitch(
                 for (start_w, cents_w, rate_w), (start_g, cents_g, rate_g) in zip(
                     want, got, strict=True
                 ):
-                    assert 0 <= start_g - start_w <= symusic_font._MAX_SKIP, (preset, key)
+                    assert 0 <= start_g - start_w <= soundfont_builder._MAX_SKIP, (preset, key)
                     assert abs(cents_g - cents_w) <= 1, (preset, key, velocity, want, got)
                     assert rate_g == rate_w
                 checked += len(want)
@@ -330,7 +331,7 @@ def _offset_cents(a: np.ndarray, b: np.ndarray, span: int) -> float:
 
 
 @needs_fluidr3
-@pytest.mark.skipif(render_module._libfluidsynth() is None, reason="libfluidsynth not installed")
+@pytest.mark.skipif(fluidsynth.libfluidsynth() is None, reason="libfluidsynth not installed")
 @pytest.mark.parametrize(
     ("program", "drum", "keys"),
     [
@@ -348,7 +349,7 @@ def test_symusic_with_the_rewritten_fluidr3_sounds_like_fluidsynth(
     """One note per second through symusic (rewritten font) and libfluidsynth (original):
     their spectra line up within 3 cents, also when searched over ±2 octaves (no octave
     error), for instruments that were off by up to two octaves before."""
-    font = render_module.symusic_soundfont(FLUIDR3)
+    font = symusic_engine.symusic_soundfont(FLUIDR3)
     assert font is not None and font != FLUIDR3
     score = ScoreTick(480)
     score.tempos.append(TempoTick(0, qpm=60.0))
@@ -356,8 +357,8 @@ def test_symusic_with_the_rewritten_fluidr3_sounds_like_fluidsynth(
     for i, key in enumerate(keys):
         track.notes.append(NoteTick(i * 480, 240, key, 100))
     score.tracks.append(track)
-    ours = render_module._render_symusic(score, font, RATE).mean(axis=0)
-    theirs = render_module._render_libfluidsynth(score.dumps_midi(), FLUIDR3, RATE, len(keys))
+    ours = symusic_engine.render_symusic(score, font, RATE).mean(axis=0)
+    theirs = fluidsynth.render_libfluidsynth(score.dumps_midi(), FLUIDR3, RATE, len(keys))
     theirs = theirs.mean(axis=0)
     for i, key in enumerate(keys):
         a = ours[int((i + 0.05) * RATE) : int((i + 0.4) * RATE)].astype(np.float64)
@@ -371,12 +372,12 @@ def test_symusic_with_the_rewritten_fluidr3_sounds_like_fluidsynth(
 
 @needs_fluidr3
 def test_corrected_soundfont_is_built_once_and_named_by_the_source_hash(tmp_path: Path) -> None:
-    first = symusic_font.corrected_soundfont(FLUIDR3, tmp_path)
+    first = soundfont.corrected_soundfont(FLUIDR3, tmp_path)
     stat = first.stat()
-    again = symusic_font.corrected_soundfont(FLUIDR3, tmp_path)
+    again = soundfont.corrected_soundfont(FLUIDR3, tmp_path)
     assert again == first and again.stat().st_mtime_ns == stat.st_mtime_ns  # not rebuilt
     assert first.parent == tmp_path and first.name.startswith("FluidR3_GM.")
-    assert f"symusic{symusic_font.FORMAT_VERSION}" in first.name
+    assert f"symusic{soundfont.FORMAT_VERSION}" in first.name
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [first.name]
     font = sf2.read(first)
     assert font.tables["shdr"]["root"].max() > 60  # root keys now live in the headers
@@ -388,7 +389,7 @@ def test_a_soundfont_that_cannot_be_rewritten_is_refused(tmp_path: Path) -> None
     font = _tiny_font([])
     font.info[0] = (b"ifil", struct.pack("<HH", 3, 1))  # sf3: Ogg samples
     with pytest.raises(SoundFontError, match="only SoundFont 2"):
-        symusic_font.for_symusic(font)
+        soundfont.for_symusic(font)
 
 
 def test_render_midi_plays_a_rewritten_copy_of_a_font_symusic_gets_wrong(
@@ -400,9 +401,9 @@ def test_render_midi_plays_a_rewritten_copy_of_a_font_symusic_gets_wrong(
     # A sample recorded at A3 and marked so by the zone only: by the spec every key plays at
     # its pitch, symusic plays it all an octave low and the pitch check notices.
     sf2.write(_tiny_font([(sf2.OVERRIDING_ROOT_KEY, 57)], freq=220.0), path)
-    assert not render_module.symusic_in_tune(str(path.resolve()))
-    assert render_module._choose_engine("auto", path) == "symusic"
-    assert render_module.symusic_soundfont(path) != path
+    assert not symusic_engine.symusic_in_tune(str(path.resolve()))
+    assert render_module.choose_engine("auto", path) == "symusic"
+    assert symusic_engine.symusic_soundfont(path) != path
     score = ScoreTick(480)
     score.tempos.append(TempoTick(0, qpm=60.0))
     track = TrackTick("t", 0, False)

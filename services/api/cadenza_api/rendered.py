@@ -11,8 +11,7 @@ from sqlalchemy.orm import Session
 
 from cadenza.config import Settings
 from cadenza.jobs.submit import submit_render
-from cadenza.media import media_type
-from cadenza.renders import render_key
+from cadenza.render import MEDIA_TYPES, render_key
 from cadenza.storage import ObjectNotFound, ObjectStore
 from cadenza_api.schemas import JobOut
 
@@ -31,7 +30,7 @@ def rendered(
 ) -> Response:
     """The cached rendering, or 202 with the render job that will make it (poll, then retry)."""
     try:
-        return Response(store.get(render_key(sha256, fmt)), media_type=media_type(fmt))
+        return Response(store.get(render_key(sha256, fmt)), media_type=MEDIA_TYPES[fmt])
     except ObjectNotFound:
         pass
     job = submit_render(session, settings, owner_id=owner_id, sha256=sha256, key=midi_key)

@@ -30,6 +30,8 @@ import tempfile
 import threading
 from typing import Any
 
+from cadenza.midi.limits import MidiLimits, MidiRejected, parse_smf, summarize
+
 _CHILD_CPU_MARGIN_S = 1  # CPU rlimit = ceil(timeout) + margin; the wall timer should fire first
 
 
@@ -77,8 +79,6 @@ def _apply_limits(memory_bytes: int, cpu_s: int) -> None:
 
 def _child_serve(conn: socket.socket) -> None:
     """Body of a forked child: read one request, parse under limits, answer, never return."""
-    from cadenza.midi.load import MidiLimits, MidiRejected, parse_smf, summarize
-
     (n,) = struct.unpack(">I", _recv_exact(conn, 4))
     limits = MidiLimits(**json.loads(_recv_exact(conn, n)))
     (n,) = struct.unpack(">Q", _recv_exact(conn, 8))
@@ -102,8 +102,6 @@ def _child_serve(conn: socket.socket) -> None:
 def zygote_main(path: str) -> None:
     """Serve forever on ``path``; exit when stdin closes (the owner process ended)."""
     import symusic  # noqa: F401 - imported once here so every forked child has it warm
-
-    import cadenza.midi.load  # noqa: F401
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps children, no zombies
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -1,8 +1,9 @@
 """Normalise a parsed score before tokenization, and say per file what was changed.
 
-The earlier systems each did part of this implicitly (B dropped drums and merged everything into
-one piano track; A silently kept track 0 only). Here it is one explicit, reported step so a user
-can see why a file got shorter or was skipped.
+Pipelines Cadenza replaces each did part of this implicitly: the minGPT "midichar" idea generator
+dropped drums and merged everything into one piano track, and a nanoGPT pipeline over MidiTok
+REMI silently kept track 0 only. Here it is one explicit, reported step so a user can see why a
+file got shorter or was skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class CleanOptions:
 
     drop_drums: bool = True  # drum hits are not pitches; mixed in they read as random notes
     merge_tracks: bool = True  # our models are single-stream: one track in, one track out
-    program: int = 0  # GM program of the merged track (0 = Acoustic Grand Piano, as in B)
+    program: int = 0  # GM program of the merged track (0 = Acoustic Grand Piano, as in midichar)
     keep_programs: list[int] | None = None  # keep only these programs (None = all)
     quantize: int | None = None  # grid divisions per quarter note (4 = 16ths); None = as is
     min_notes: int = 8  # fewer notes than this is not music a model can learn from
@@ -156,6 +157,21 @@ def _quantize(arr: dict[str, NDArray[np.int64]], step: int) -> tuple[float, floa
     return float(np.abs(t - t0).mean()), float(np.abs((e - t) - (e0 - t0)).mean())
 
 
+_Group = tuple[str, int, bool, list[TrackTick]]  # (name, program, is_drum, source tracks)
+
+
+@dataclass
+class _Tally:
+    """What cleaning changed, summed over the output tracks, for the report."""
+
+    sustained: int = 0
+    deduped: int = 0
+    trimmed: int = 0
+    dropped_bends: int = 0
+    dropped_controls: int = 0
+    shifts: list[tuple[float, float]] = field(default_factory=list)  # (onset, duration) per track
+
+
 def clean_score(
     score: ScoreTick, opts: CleanOptions | None = None
 ) -> tuple[ScoreTick | None, list[str]]:
@@ -166,6 +182,30 @@ def clean_score(
     """
     opts = opts or CleanOptions()
     report: list[str] = []
+    tracks = _select_tracks(score, opts, report)
+
+    out = ScoreTick(int(score.ticks_per_quarter))
+    out.tempos = score.tempos.copy()
+    out.time_signatures = score.time_signatures.copy()
+    out.key_signatures = score.key_signatures.copy()
+    step = None
+    if opts.quantize is not None:
+        step = max(1, round(int(score.ticks_per_quarter) / opts.quantize))
+
+    tally = _Tally()
+    for group in _group_tracks(tracks, opts, report):
+        out.tracks.append(_clean_group(group, opts, step, tally))
+    _report_tally(tally, opts, step, report)
+
+    total = sum(len(t.notes) for t in out.tracks)
+    if total < max(1, opts.min_notes):
+        report.append(f"skipped: {total} notes left after cleaning, fewer than {opts.min_notes}")
+        return None, report
+    return out, report
+
+
+def _select_tracks(score: ScoreTick, opts: CleanOptions, report: list[str]) -> list[TrackTick]:
+    """The tracks ``opts`` keeps (by index, with notes, not drums, by program), reported."""
     tracks = list(score.tracks)
     if opts.keep_tracks is not None:
         keep = set(opts.keep_tracks)
@@ -193,91 +233,82 @@ def clean_score(
             n = sum(len(t.notes) for t in gone)
             report.append(f"dropped {len(gone)} track(s) with programs {progs} ({n} notes)")
             tracks = [t for t in tracks if t.is_drum or int(t.program) in allowed]
+    return tracks
 
-    out = ScoreTick(int(score.ticks_per_quarter))
-    out.tempos = score.tempos.copy()
-    out.time_signatures = score.time_signatures.copy()
-    out.key_signatures = score.key_signatures.copy()
-    step = None
-    if opts.quantize is not None:
-        step = max(1, round(int(score.ticks_per_quarter) / opts.quantize))
 
-    groups: list[tuple[str, int, bool, list[TrackTick]]]
-    if opts.merge_tracks and len(tracks) > 0:
-        non_drum = [t for t in tracks if not t.is_drum]
-        groups = []
-        if non_drum:
-            groups.append(("merged", opts.program, False, non_drum))
-        drum_tracks = [t for t in tracks if t.is_drum]
-        if drum_tracks:
-            groups.append(("drums", 0, True, drum_tracks))
-        if len(tracks) > 1:
-            report.append(
-                f"merged {len(tracks)} tracks into {len(groups)} (program {opts.program})"
-            )
-        else:
-            report.append(f"set program to {opts.program}")
+def _group_tracks(tracks: list[TrackTick], opts: CleanOptions, report: list[str]) -> list[_Group]:
+    """One group per output track: with ``merge_tracks``, the pitched tracks and the drum
+    tracks each become one; otherwise every track stays itself."""
+    if not (opts.merge_tracks and len(tracks) > 0):
+        return [(t.name, int(t.program), bool(t.is_drum), [t]) for t in tracks]
+    non_drum = [t for t in tracks if not t.is_drum]
+    groups: list[_Group] = []
+    if non_drum:
+        groups.append(("merged", opts.program, False, non_drum))
+    drum_tracks = [t for t in tracks if t.is_drum]
+    if drum_tracks:
+        groups.append(("drums", 0, True, drum_tracks))
+    if len(tracks) > 1:
+        report.append(f"merged {len(tracks)} tracks into {len(groups)} (program {opts.program})")
     else:
-        groups = [(t.name, int(t.program), bool(t.is_drum), [t]) for t in tracks]
+        report.append(f"set program to {opts.program}")
+    return groups
 
-    sustained = deduped = trimmed = 0
-    shifts: list[tuple[float, float]] = []
-    dropped_bends = dropped_controls = 0
-    for name, program, is_drum, members in groups:
-        arrs = []
-        for t in members:
-            a = _notes_arrays(t)
-            if opts.apply_sustain and opts.merge_tracks:
-                sustained += _apply_sustain(a, t)
-            arrs.append(a)
-        arr = _concat(arrs)
-        bad = arr["duration"] <= 0
-        if bad.any():
-            arr["duration"] = np.where(bad, 1, arr["duration"])
-        if step is not None:
-            shifts.append(_quantize(arr, step))
-        if opts.dedupe:
-            deduped += _dedupe(arr)
-        if opts.trim_overlaps and not is_drum:
-            trimmed += _trim_overlaps(arr)
-        track = _make_track(arr, name, program, is_drum)
-        if len(members) == 1 and not (opts.merge_tracks and opts.apply_sustain):
-            src = members[0]
-            track.controls = src.controls.copy()
-            track.pitch_bends = src.pitch_bends.copy()
-            track.pedals = src.pedals.copy()
-        else:
-            # neutral bends (value 0, which music21 writes everywhere) change nothing
-            dropped_bends += sum(sum(1 for b in t.pitch_bends if b.value != 0) for t in members)
-            applied = 64 if opts.apply_sustain and opts.merge_tracks else -1
-            dropped_controls += sum(
-                sum(1 for c in t.controls if c.number != applied) for t in members
-            )
-        out.tracks.append(track)
 
-    if sustained:
-        report.append(f"lengthened {sustained} notes held by the sustain pedal")
-    if dropped_bends or dropped_controls:
-        report.append(
-            f"dropped {dropped_controls} control changes and {dropped_bends} pitch bends "
-            "(they do not survive merging tracks)"
+def _clean_group(group: _Group, opts: CleanOptions, step: int | None, tally: _Tally) -> TrackTick:
+    """The cleaned output track of one group; what changed is added to ``tally``."""
+    name, program, is_drum, members = group
+    arrs = []
+    for t in members:
+        a = _notes_arrays(t)
+        if opts.apply_sustain and opts.merge_tracks:
+            tally.sustained += _apply_sustain(a, t)
+        arrs.append(a)
+    arr = _concat(arrs)
+    bad = arr["duration"] <= 0
+    if bad.any():
+        arr["duration"] = np.where(bad, 1, arr["duration"])
+    if step is not None:
+        tally.shifts.append(_quantize(arr, step))
+    if opts.dedupe:
+        tally.deduped += _dedupe(arr)
+    if opts.trim_overlaps and not is_drum:
+        tally.trimmed += _trim_overlaps(arr)
+    track = _make_track(arr, name, program, is_drum)
+    if len(members) == 1 and not (opts.merge_tracks and opts.apply_sustain):
+        src = members[0]
+        track.controls = src.controls.copy()
+        track.pitch_bends = src.pitch_bends.copy()
+        track.pedals = src.pedals.copy()
+    else:
+        # neutral bends (value 0, which music21 writes everywhere) change nothing
+        tally.dropped_bends += sum(sum(1 for b in t.pitch_bends if b.value != 0) for t in members)
+        applied = 64 if opts.apply_sustain and opts.merge_tracks else -1
+        tally.dropped_controls += sum(
+            sum(1 for c in t.controls if c.number != applied) for t in members
         )
-    if deduped:
-        report.append(f"removed {deduped} doubled notes (same onset and pitch)")
-    if trimmed:
-        report.append(f"shortened {trimmed} notes overlapped by the same pitch")
-    if step is not None and shifts:
-        on = max(s[0] for s in shifts)
-        du = max(s[1] for s in shifts)
+    return track
+
+
+def _report_tally(tally: _Tally, opts: CleanOptions, step: int | None, report: list[str]) -> None:
+    if tally.sustained:
+        report.append(f"lengthened {tally.sustained} notes held by the sustain pedal")
+    if tally.dropped_bends or tally.dropped_controls:
+        report.append(
+            f"dropped {tally.dropped_controls} control changes and {tally.dropped_bends} pitch "
+            "bends (they do not survive merging tracks)"
+        )
+    if tally.deduped:
+        report.append(f"removed {tally.deduped} doubled notes (same onset and pitch)")
+    if tally.trimmed:
+        report.append(f"shortened {tally.trimmed} notes overlapped by the same pitch")
+    if step is not None and tally.shifts:
+        on = max(s[0] for s in tally.shifts)
+        du = max(s[1] for s in tally.shifts)
         report.append(
             f"quantized to 1/{opts.quantize} quarter ({step} ticks): mean onset shift "
             f"{on:.1f} ticks, mean duration change {du:.1f} ticks"
         )
-    total = sum(len(t.notes) for t in out.tracks)
-    if total < max(1, opts.min_notes):
-        report.append(f"skipped: {total} notes left after cleaning, fewer than {opts.min_notes}")
-        return None, report
-    return out, report
 
 
 __all__ = ["CleanOptions", "clean_score"]

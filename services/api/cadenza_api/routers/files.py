@@ -9,7 +9,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from cadenza.db.models import File
 from cadenza.db.repo import get_owned
-from cadenza.media import media_type
+from cadenza.render import MEDIA_TYPES
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
 from cadenza_api.rendered import RENDER_202, rendered
@@ -31,7 +31,10 @@ def download_file(
     """Stream a stored file with the content type of what it really is."""
     row = get_owned(session, File, file_id, owner.id)
     return stream_object(
-        store, row.object_key, filename=row.name, media_type=media_type(row.format)
+        store,
+        row.object_key,
+        filename=row.name,
+        media_type=MEDIA_TYPES.get(row.format, "application/octet-stream"),
     )
 
 

@@ -12,7 +12,7 @@ from cadenza.render.params import RenderParams
 
 
 def run(ctx: JobContext) -> Outcome:
-    from cadenza.renders import render_all
+    from cadenza.render import render_all
 
     p = RenderParams.model_validate(ctx.params)
     errors: dict[str, dict[str, str]] = {}

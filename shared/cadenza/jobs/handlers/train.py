@@ -53,7 +53,7 @@ class _Hooks:
 
     def write_curve(self) -> None:
         """Redraw the loss-curve PNG (train/val per step) so it is live during training."""
-        from cadenza.plots import loss_curve_png
+        from cadenza.render.plots import loss_curve_png
 
         with self.ctx.session() as s:
             rows = s.scalars(

@@ -8,14 +8,24 @@ so equal MIDI renders once and a rerun overwrites the same objects.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
+from cadenza.audio.probe import AUDIO_KINDS
 from cadenza.storage import ObjectStore, check_key
 
 log = logging.getLogger(__name__)
 
 RENDER_FORMATS: Final[tuple[str, ...]] = ("mp3", "wav", "png")
-MEDIA_TYPES: Final[dict[str, str]] = {"mp3": "audio/mpeg", "wav": "audio/wav", "png": "image/png"}
+
+#: The media type of every format Cadenza serves a stored file in, by format name: MIDI, the
+#: audio kinds an upload may have (listed once, in :data:`cadenza.audio.probe.AUDIO_KINDS`;
+#: "opus" is Ogg), and the renders. One table, so a format has the same type on every route.
+MEDIA_TYPES: Final[Mapping[str, str]] = MappingProxyType(
+    {"mid": "audio/midi", **AUDIO_KINDS, "opus": "audio/ogg", "png": "image/png"}
+)
+assert set(RENDER_FORMATS) <= MEDIA_TYPES.keys()
 
 
 def render_key(sha256: str, fmt: str) -> str:
@@ -31,8 +41,8 @@ def render_all(store: ObjectStore, midi: bytes, sha256: str) -> dict[str, str]:
     A failed rendering (say, no soundfont installed) never fails the caller: the MIDI is the
     product, audio and pictures are views of it.
     """
-    from cadenza.midi.pianoroll import pianoroll_png
-    from cadenza.midi.render import render_midi
+    from cadenza.render.audio import render_midi
+    from cadenza.render.pianoroll import pianoroll_png
 
     errors: dict[str, str] = {}
     for fmt in RENDER_FORMATS:

@@ -24,8 +24,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from symusic.core import ScoreSecond, ScoreTick
 
-from cadenza.midi.load import time_signature_map
-from cadenza.midi.render import parse_midi
+from cadenza.midi.load import parse_midi, time_signature_map
 
 #: General MIDI Level 1 program names, by program number 0..127.
 GM_PROGRAMS: Final[tuple[str, ...]] = (

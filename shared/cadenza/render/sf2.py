@@ -21,9 +21,7 @@ table spans ``bag[i]`` up to ``bag[i + 1]``.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,8 @@ from typing import BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
+
+from cadenza.atomic import atomic_path
 
 # --- generator operators (SF2.04 section 8.1.2) ---------------------------------------------
 START_ADDRS_OFFSET: Final = 0
@@ -280,18 +280,7 @@ def dumps(font: SoundFont) -> bytes:
 
 
 def write(font: SoundFont, path: Path) -> None:
-    """Write ``font`` to ``path`` atomically: a temporary file in the same folder, flushed to
-    disk, then renamed over the target, so a reader never sees a half-written font."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o644)  # mkstemp's 0600 would hide it from other users
-            dump(font, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``font`` to ``path`` atomically (:func:`cadenza.atomic.atomic_path`), readable by
+    every user, so a reader never sees a half-written font."""
+    with atomic_path(path) as tmp, tmp.open("wb") as out:
+        dump(font, out)
