@@ -21,11 +21,11 @@ def run(ctx: JobContext) -> Outcome:
 
     from cadenza.evaluate import compare, midi_metrics
     from cadenza.midi.load import load_score
+    from cadenza.models.checkpoint import load_for_inference as model_from_checkpoint
     from cadenza.renders import render_all
     from cadenza.sample import SamplingOptions, SamplingParams, generate
     from cadenza.tokenize import decode_to_midi, encode_primer, special_ids, tokenizer_from_bytes
     from cadenza.tokenize.primer import bar_end_tick, crop_score, seconds_to_tick
-    from cadenza.train.checkpoint import model_from_checkpoint
 
     p = SampleParams.model_validate(ctx.params)
     with ctx.session() as s:
