@@ -7,6 +7,8 @@ import json
 import math
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import torch
 from pydantic import ValidationError
 
 from cadenza.models import model_from_safetensors, resolve_config
-from cadenza.models.checkpoint import export_safetensors, load_for_inference
+from cadenza.models.checkpoint import dump_checkpoint, export_safetensors, load_for_inference
 from cadenza.train import TrainConfig, TrainResult, train
 from cadenza.train import data as data_module
 from cadenza.train.checkpoint import (
@@ -312,6 +314,20 @@ def test_unpack_refuses_pickled_code() -> None:
     torch.save({"format": 1, "model": {}, "evil": Path("/tmp")}, buffer)
     with pytest.raises(ValueError, match="weights-only"):
         unpack(buffer.getvalue())
+
+
+def test_unpack_refuses_a_newer_format() -> None:
+    payload = dump_checkpoint(
+        {"format": 2, "model": {}, "step": 1, "tokenizer_hash": "t", "model_spec": {}}
+    )
+    with pytest.raises(ValueError, match="format 2 is not supported"):
+        unpack(payload)
+
+
+def test_pruning_rule_imports_without_torch() -> None:
+    """The hooks that prune (SQL, files) may run where torch is not loaded."""
+    code = "import sys, cadenza.train.checkpoint; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_rng_state_round_trip() -> None:

@@ -193,7 +193,7 @@ class _Run:
         for note in notes:
             self.progress(note)
         self.train_step.model.train()
-        self.window = LossWindow(self.device, self.batches.tokens_per_step)
+        self.window.restart()  # throughput counts from the first step, not from set-up
 
     def elapsed(self) -> float:
         """Seconds of training in this run, earlier attempts included."""
