@@ -7,6 +7,8 @@ import json
 import math
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,17 +19,16 @@ import torch
 from pydantic import ValidationError
 
 from cadenza.models import model_from_safetensors, resolve_config
+from cadenza.models.checkpoint import dump_checkpoint, export_safetensors, load_for_inference
 from cadenza.train import TrainConfig, TrainResult, train
-from cadenza.train import loop as loop_module
+from cadenza.train import data as data_module
 from cadenza.train.checkpoint import (
     capture_rng_state,
     checkpoints_to_prune,
-    export_safetensors,
-    model_from_checkpoint,
     restore_rng_state,
     unpack,
 )
-from cadenza.train.loop import grid_starts
+from cadenza.train.data import grid_starts
 
 VOCAB = 24
 
@@ -185,14 +186,14 @@ def test_window_grid_starts_every_training_window_on_the_grid(
     stream = np.concatenate([np.r_[1, f, 2] for f in files]).astype(np.int32)
     data = {"train": stream, "val": stream[:400], "test": stream[:400]}
     seen: list[int] = []
-    real = loop_module._windows
+    real = data_module.windows
 
     def spy(arr: np.ndarray, starts: np.ndarray, seq_len: int) -> np.ndarray:
         if arr is data["train"]:
             seen.extend(int(s) for s in starts)
         return real(arr, starts, seq_len)
 
-    monkeypatch.setattr(loop_module, "_windows", spy)
+    monkeypatch.setattr(data_module, "windows", spy)
     cfg = config(window_grid=4, max_steps=10)
     result = train(spec(), data, cfg, MemoryHooks(), tokenizer_hash="t", device="cpu", bos_id=1)
     assert result.steps == 10 and len(seen) == 10 * cfg.batch_size
@@ -301,7 +302,7 @@ def test_checkpoint_is_weights_only_and_exports_to_safetensors() -> None:
     assert raw["tokenizer_hash"] == "tok-a" and raw["step"] == 4
     assert len(raw["data_generators"]) == 1 and len(raw["rng"]) == 1
 
-    model, info = model_from_checkpoint(payload, "cpu")
+    model, info = load_for_inference(payload, "cpu")
     assert info["tokenizer_hash"] == "tok-a" and info["architecture"] == "gpt"
     served = model_from_safetensors(export_safetensors(payload))
     idx = torch.arange(16).view(1, 16) % VOCAB
@@ -313,6 +314,20 @@ def test_unpack_refuses_pickled_code() -> None:
     torch.save({"format": 1, "model": {}, "evil": Path("/tmp")}, buffer)
     with pytest.raises(ValueError, match="weights-only"):
         unpack(buffer.getvalue())
+
+
+def test_unpack_refuses_a_newer_format() -> None:
+    payload = dump_checkpoint(
+        {"format": 2, "model": {}, "step": 1, "tokenizer_hash": "t", "model_spec": {}}
+    )
+    with pytest.raises(ValueError, match="format 2 is not supported"):
+        unpack(payload)
+
+
+def test_pruning_rule_imports_without_torch() -> None:
+    """The hooks that prune (SQL, files) may run where torch is not loaded."""
+    code = "import sys, cadenza.train.checkpoint; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_rng_state_round_trip() -> None:

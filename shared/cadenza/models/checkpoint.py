@@ -1,10 +1,13 @@
-"""Rebuilding models for inference from what training stored.
+"""The inference format: what a stored model is, and how to rebuild it for sampling or serving.
 
 A model is fully described by its *spec* `{"architecture", "config", "vocab_size"}` (plain JSON
-types) plus its weights. Training checkpoints are dicts loaded with `torch.load(...,
-weights_only=True)` (never unpickling code from the object store) holding at least
-`{MODEL_STATE_KEY: state_dict, MODEL_SPEC_KEY: spec}`. For serving, `model_to_safetensors`
-packs weights and spec into one safetensors blob (the spec goes in its string metadata).
+types) plus its weights; the corpus tokenizer's hash says which token ids it speaks. A checkpoint
+is a dict loaded with `torch.load(..., weights_only=True)` (never unpickling code from the object
+store) holding at least `{MODEL_STATE_KEY: state_dict, MODEL_SPEC_KEY: spec}`; a training
+checkpoint (`cadenza.train.checkpoint.pack`) adds `FORMAT_KEY`, `TOKENIZER_HASH_KEY`, `STEP_KEY`
+and the optimiser/RNG state on top of this format. For serving, `model_to_safetensors` and
+`export_safetensors` pack the weights and the spec into one safetensors blob (the spec goes in
+its string metadata under `SAFETENSORS_SPEC_KEY`).
 """
 
 from __future__ import annotations
@@ -28,20 +31,57 @@ MODEL_STATE_KEY = "model"
 """Checkpoint key of the model's state_dict."""
 MODEL_SPEC_KEY = "model_spec"
 """Checkpoint key of `CadenzaModel.spec()`."""
-_SPEC_METADATA = "cadenza_model_spec"
-_SPEC_FIELDS = {"architecture", "config", "vocab_size"}
+TOKENIZER_HASH_KEY = "tokenizer_hash"
+"""Checkpoint (and safetensors metadata) key of the corpus tokenizer's hash."""
+STEP_KEY = "step"
+"""Checkpoint (and safetensors metadata) key of the optimizer step the weights were saved at."""
+FORMAT_KEY = "format"
+"""Checkpoint key of the payload format version written by training."""
+FORMAT_VERSION = 1
+SAFETENSORS_SPEC_KEY = "cadenza_model_spec"
+"""safetensors metadata key holding the JSON spec that rebuilds the network."""
+SPEC_FIELDS = ("architecture", "config", "vocab_size")
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
 
 
+# ----------------------------------------------------------------------------- the spec
+
+
+def spec_to_plain(model_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's three keys as JSON-able builtins (a pydantic config is dumped).
+
+    Checkpoints must hold only builtins and tensors to stay `weights_only`-loadable, and the
+    spec is compared between a run and its resume, so it needs one canonical form.
+    """
+    config = model_spec.get("config")
+    if config is not None and hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+    return {
+        "architecture": str(model_spec["architecture"]),
+        "config": json.loads(json.dumps(config if config is not None else {})),
+        "vocab_size": int(model_spec["vocab_size"]),
+    }
+
+
 def build_from_spec(spec: Mapping[str, Any]) -> CadenzaModel:
-    """An untrained model from a spec dict; errors name missing or unexpected keys."""
-    keys = set(spec)
-    if keys != _SPEC_FIELDS:
+    """An untrained model from a spec dict; errors name missing or unexpected keys.
+
+    The config may be a dict or an already-validated pydantic config (training passes the
+    resolved preset object straight through).
+    """
+    keys, fields = set(spec), set(SPEC_FIELDS)
+    if keys != fields:
         raise ValueError(
-            f"model spec needs exactly the keys {sorted(_SPEC_FIELDS)}; "
-            f"missing {sorted(_SPEC_FIELDS - keys)}, unexpected {sorted(keys - _SPEC_FIELDS)}"
+            f"model spec needs exactly the keys {sorted(fields)}; "
+            f"missing {sorted(fields - keys)}, unexpected {sorted(keys - fields)}"
         )
-    return build_model(str(spec["architecture"]), dict(spec["config"]), int(spec["vocab_size"]))
+    config = spec["config"]
+    if not hasattr(config, "model_dump"):
+        config = dict(config)
+    return build_model(str(spec["architecture"]), config, int(spec["vocab_size"]))
+
+
+# ----------------------------------------------------------------------------- weights
 
 
 def _tied_aliases(model: CadenzaModel) -> set[str]:
@@ -61,31 +101,86 @@ def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_weights(model: CadenzaModel, state: Mapping[str, Tensor]) -> None:
-    """Strict load that tolerates missing tied aliases and torch.compile/DDP key prefixes."""
-    missing, unexpected = model.load_state_dict(_strip_wrappers(state), strict=False)
+    """Strict load that tolerates missing tied aliases and torch.compile/DDP key prefixes.
+
+    Every mismatch (missing or unexpected names, or torch's shape-mismatch RuntimeError) becomes
+    one ValueError that names the offending keys and says what to do.
+    """
+    advice = (
+        f"checkpoint weights do not fit this {model.architecture} model (different architecture "
+        "or size); use the same architecture and config as the checkpoint"
+    )
+    try:
+        missing, unexpected = model.load_state_dict(_strip_wrappers(state), strict=False)
+    except RuntimeError as exc:
+        raise ValueError(f"{advice}: {exc}") from exc
     really_missing = sorted(set(missing) - _tied_aliases(model))
     if really_missing or unexpected:
-        raise ValueError(
-            f"checkpoint does not match the {model.architecture} model: missing "
-            f"{really_missing}, unexpected {sorted(unexpected)}"
-        )
+        raise ValueError(f"{advice}: missing {really_missing}, unexpected {sorted(unexpected)}")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def model_checkpoint(
+    model_state: Mapping[str, Tensor],
+    model_spec: Mapping[str, Any],
+    *,
+    tokenizer_hash: str,
+    step: int,
+) -> dict[str, Any]:
+    """The inference part of a checkpoint (training adds its own state to this dict)."""
+    return {
+        FORMAT_KEY: FORMAT_VERSION,
+        MODEL_STATE_KEY: {k: v.detach().cpu() for k, v in model_state.items()},
+        STEP_KEY: int(step),
+        TOKENIZER_HASH_KEY: str(tokenizer_hash),
+        MODEL_SPEC_KEY: spec_to_plain(model_spec),
+    }
+
+
+def dump_checkpoint(checkpoint: Mapping[str, Any]) -> bytes:
+    """`torch.save` of a checkpoint dict to bytes (the inverse of `load_checkpoint`)."""
+    buffer = io.BytesIO()
+    torch.save(dict(checkpoint), buffer)
+    return buffer.getvalue()
 
 
 def load_checkpoint(
     source: str | Path | bytes | BinaryIO, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """torch.load with weights_only=True (plain tensors and containers only, no code)."""
+    """torch.load with weights_only=True (plain tensors and containers only, no code).
+
+    Anything else is refused with a ValueError, as is a payload whose `FORMAT_KEY` names a
+    format this version cannot read.
+    """
     f: Any = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-    obj = torch.load(f, map_location=map_location, weights_only=True)
+    try:
+        obj = torch.load(f, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe pickles
+        raise ValueError(
+            "not a readable Cadenza checkpoint (corrupt, truncated, or contains objects that "
+            f"are not allowed in a weights-only load): {exc}"
+        ) from exc
     if not isinstance(obj, dict):
         raise ValueError(f"a checkpoint must be a dict, got {type(obj).__name__}")
+    if FORMAT_KEY in obj and obj[FORMAT_KEY] != FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint format {obj[FORMAT_KEY]} is not supported by this version "
+            f"(expects {FORMAT_VERSION}); upgrade Cadenza or retrain"
+        )
     return obj
 
 
+def _as_checkpoint(checkpoint: Mapping[str, Any] | bytes) -> Mapping[str, Any]:
+    return load_checkpoint(checkpoint) if isinstance(checkpoint, bytes | bytearray) else checkpoint
+
+
 def model_from_checkpoint(
-    checkpoint: Mapping[str, Any], map_location: str | torch.device | None = None
+    checkpoint: Mapping[str, Any] | bytes, map_location: str | torch.device | None = None
 ) -> CadenzaModel:
-    """Rebuild a model in eval mode from a training checkpoint dict."""
+    """Rebuild a model in eval mode from a checkpoint dict (or its stored bytes)."""
+    checkpoint = _as_checkpoint(checkpoint)
     for key in (MODEL_SPEC_KEY, MODEL_STATE_KEY):
         if key not in checkpoint:
             raise ValueError(f"checkpoint has no {key!r} entry; keys: {sorted(checkpoint)}")
@@ -96,15 +191,57 @@ def model_from_checkpoint(
     return model.eval()
 
 
-def model_to_safetensors(model: CadenzaModel) -> bytes:
-    """Weights (tied ones once) and the spec in one safetensors blob."""
+def checkpoint_spec(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored spec annotated with `tokenizer_hash` and `step` (None where not stored).
+
+    The sampler compares the tokenizer hash with the primer's corpus before generating.
+    """
+    spec: dict[str, Any] = dict(checkpoint[MODEL_SPEC_KEY])
+    spec[TOKENIZER_HASH_KEY] = checkpoint.get(TOKENIZER_HASH_KEY)
+    spec[STEP_KEY] = checkpoint.get(STEP_KEY)
+    return spec
+
+
+def load_for_inference(
+    checkpoint: Mapping[str, Any] | bytes, device: str | torch.device | None = None
+) -> tuple[CadenzaModel, dict[str, Any]]:
+    """The model in eval mode on `device` (default: CUDA when present) and its annotated spec."""
+    checkpoint = _as_checkpoint(checkpoint)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model_from_checkpoint(checkpoint, device), checkpoint_spec(checkpoint)
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+
+def model_to_safetensors(model: CadenzaModel, metadata: Mapping[str, str] | None = None) -> bytes:
+    """Weights (tied ones once) and the spec in one safetensors blob, plus extra `metadata`."""
     aliases = _tied_aliases(model)
     tensors = {
         name: t.detach().contiguous()
         for name, t in model.state_dict().items()
         if name not in aliases
     }
-    return st_save(tensors, metadata={_SPEC_METADATA: json.dumps(model.spec())})
+    meta = {SAFETENSORS_SPEC_KEY: json.dumps(model.spec()), **(metadata or {})}
+    return st_save(tensors, metadata=meta)
+
+
+def export_safetensors(checkpoint: Mapping[str, Any] | bytes) -> bytes:
+    """A checkpoint's weights as safetensors, for serving or taking the model elsewhere.
+
+    Loadable with `model_from_safetensors`. The metadata also carries the tokenizer hash and
+    step, so the file alone says which corpus tokenizer its ids belong to.
+    """
+    checkpoint = _as_checkpoint(checkpoint)
+    model = model_from_checkpoint(checkpoint, "cpu")
+    return model_to_safetensors(
+        model,
+        {
+            TOKENIZER_HASH_KEY: str(checkpoint.get(TOKENIZER_HASH_KEY)),
+            STEP_KEY: str(checkpoint.get(STEP_KEY)),
+        },
+    )
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
@@ -122,8 +259,8 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
 def model_from_safetensors(data: bytes, map_location: str | torch.device = "cpu") -> CadenzaModel:
     """Inverse of `model_to_safetensors`; the model comes back in eval mode."""
     meta = _safetensors_metadata(data)
-    if _SPEC_METADATA not in meta:
+    if SAFETENSORS_SPEC_KEY not in meta:
         raise ValueError("safetensors blob carries no Cadenza model spec in its metadata")
-    model = build_from_spec(json.loads(meta[_SPEC_METADATA]))
+    model = build_from_spec(json.loads(meta[SAFETENSORS_SPEC_KEY]))
     load_weights(model, st_load(data))
     return model.to(map_location).eval()

@@ -1,7 +1,9 @@
 """Training: config, the hook-driven loop, full-state checkpoints and DDP plumbing.
 
 `TrainConfig` is importable without torch (the API validates a training request with it);
-everything else loads torch on first use, like `cadenza.models`.
+everything else loads torch on first use, like `cadenza.models`. Rebuilding a trained model for
+inference (and the safetensors export) belongs to `cadenza.models.checkpoint`; this package adds
+only the training state on top of that format.
 
     from cadenza.train import TrainConfig, train
     cfg = TrainConfig.from_preset("music-transformer", "tiny", {"max_steps": 200})
@@ -16,31 +18,16 @@ from cadenza._lazy import lazy_exports
 from cadenza.train.config import Precision, TrainConfig
 
 if TYPE_CHECKING:
-    from cadenza.train.checkpoint import (
-        checkpoints_to_prune,
-        export_safetensors,
-        model_from_checkpoint,
-        pack,
-        unpack,
-    )
+    from cadenza.train.checkpoint import checkpoints_to_prune, pack, unpack
     from cadenza.train.distributed import DistInfo, cleanup_distributed, init_distributed
     from cadenza.train.loop import NullHooks, StopReason, TrainHooks, TrainResult, train
 
-_LAZY: dict[str, str] = {
-    "pack": "cadenza.train.checkpoint",
-    "unpack": "cadenza.train.checkpoint",
-    "export_safetensors": "cadenza.train.checkpoint",
-    "model_from_checkpoint": "cadenza.train.checkpoint",
-    "checkpoints_to_prune": "cadenza.train.checkpoint",
-    "DistInfo": "cadenza.train.distributed",
-    "init_distributed": "cadenza.train.distributed",
-    "cleanup_distributed": "cadenza.train.distributed",
-    "NullHooks": "cadenza.train.loop",
-    "StopReason": "cadenza.train.loop",
-    "TrainHooks": "cadenza.train.loop",
-    "TrainResult": "cadenza.train.loop",
-    "train": "cadenza.train.loop",
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "cadenza.train.checkpoint": ("pack", "unpack", "checkpoints_to_prune"),
+    "cadenza.train.distributed": ("DistInfo", "init_distributed", "cleanup_distributed"),
+    "cadenza.train.loop": ("NullHooks", "StopReason", "TrainHooks", "TrainResult", "train"),
 }
+_LAZY: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
 __getattr__ = lazy_exports(__name__, _LAZY, globals())
@@ -56,9 +43,7 @@ __all__ = [
     "TrainResult",
     "checkpoints_to_prune",
     "cleanup_distributed",
-    "export_safetensors",
     "init_distributed",
-    "model_from_checkpoint",
     "pack",
     "train",
     "unpack",

@@ -1,42 +1,64 @@
-"""Checkpoint payloads: the complete state of a training run as one `bytes` object.
+"""Training state on top of the inference format: everything a run needs to resume exactly.
+
+A payload is the inference checkpoint of `cadenza.models.checkpoint` (weights, spec, tokenizer
+hash, step, format version) plus the optimizer, scheduler and grad-scaler state, the counters of
+`TrainState`, every rank's RNG state and every data slot's generator state. It is a `torch.save`
+of plain containers and tensors only, so `torch.load(weights_only=True)` can open it: a
+checkpoint uploaded by a user, or read back from a shared bucket, can never execute code.
 
 The loop never touches files or SQL; it hands these bytes to its hooks, which store them
-atomically wherever they like. A payload is a `torch.save` of plain containers and tensors only,
-so `torch.load(weights_only=True)` can open it: a checkpoint uploaded by a user, or read back from
-a shared bucket, can never execute code on a worker.
+atomically and prune old ones with `checkpoints_to_prune`. Importing this module does not
+import torch (the pruning rule is pure); the functions that need it load it on first use.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import random
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    import torch
+
+    from cadenza.models import CadenzaModel
+    from cadenza.train.config import TrainConfig
+    from cadenza.train.data import TrainBatches
+    from cadenza.train.distributed import DistInfo
+    from cadenza.train.step import TrainStep
+
 _REQUIRED_KEYS = ("format", "model", "step", "tokenizer_hash", "model_spec")
 
 
-def spec_to_plain(model_spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn a model spec (whose config may be a pydantic model) into JSON-able builtins.
+@dataclass
+class TrainState:
+    """Counters that go into every checkpoint and come back on resume."""
 
-    Checkpoints must hold only builtins and tensors to stay `weights_only`-loadable, and the
-    spec is compared between a run and its resume, so it needs one canonical form.
-    """
-    config = model_spec.get("config")
-    if config is not None and hasattr(config, "model_dump"):
-        config = config.model_dump(mode="json")
-    plain = {
-        "architecture": str(model_spec["architecture"]),
-        "config": json.loads(json.dumps(config if config is not None else {})),
-        "vocab_size": int(model_spec["vocab_size"]),
-    }
-    return plain
+    step: int = 0
+    best_val_loss: float | None = None
+    evals_since_best: int = 0
+    elapsed_before: float = 0.0  # seconds trained by earlier attempts of this run
+    tokens_seen: int = 0
+    last_lr: float = 0.0  # lr of the latest optimizer step, reported with val/test rows
+
+    def note_val(self, loss: float, *, count_miss: bool = True) -> bool:
+        """Record a validation loss; True when it is the best so far.
+
+        Early stopping counts the evaluations since the best (`count_miss`); the final
+        evaluation of a run only updates the best, since no further step depends on it.
+        """
+        if self.best_val_loss is None or loss < self.best_val_loss:
+            self.best_val_loss = loss
+            self.evals_since_best = 0
+            return True
+        if count_miss:
+            self.evals_since_best += 1
+        return False
+
+
+# ----------------------------------------------------------------------------- RNG
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -45,6 +67,8 @@ def capture_rng_state() -> dict[str, Any]:
     numpy's and python's states are converted to int64 tensors because their native forms
     (ndarray, tuples of huge ints) are not on the `weights_only` allow-list or are wasteful.
     """
+    import torch
+
     np_state = np.random.get_state(legacy=True)
     assert isinstance(np_state, tuple)
     _, keys, pos, has_gauss, cached = np_state
@@ -67,6 +91,8 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Inverse of `capture_rng_state`; CUDA state is skipped when resuming on a CPU machine."""
+    import torch
+
     torch.set_rng_state(state["torch_cpu"].cpu().to(torch.uint8))
     cuda_state = state.get("torch_cuda")
     if cuda_state is not None and torch.cuda.is_available():
@@ -83,6 +109,18 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     )
     py_state = tuple(int(v) for v in state["python_state"].tolist())
     random.setstate((int(state["python_version"]), py_state, state["python_gauss_next"]))
+
+
+def seed_rngs(seed: int, rank: int) -> None:
+    """Per-rank dropout / numpy / python streams (ranks must not drop the same units)."""
+    import torch
+
+    torch.manual_seed(seed + 7919 * (rank + 1))
+    np.random.seed((seed + rank) % 2**32)
+    random.seed(seed + rank)
+
+
+# ----------------------------------------------------------------------------- payloads
 
 
 def pack(
@@ -108,122 +146,169 @@ def pack(
     `rng_states` and `data_generator_states` are lists because a distributed run has one per
     rank / per data slot; rank 0 gathers them before calling this.
     """
-    payload: dict[str, Any] = {
-        "format": FORMAT_VERSION,
-        "model": {k: v.detach().cpu() for k, v in model_state.items()},
-        "optimizer": optimizer_state,
-        "scheduler": scheduler_state,
-        "scaler": scaler_state,
-        "step": int(step),
-        "tokenizer_hash": str(tokenizer_hash),
-        "model_spec": spec_to_plain(model_spec),
-        "train_config": dict(train_config) if train_config is not None else None,
-        "best_val_loss": None if best_val_loss is None else float(best_val_loss),
-        "evals_since_best": int(evals_since_best),
-        "elapsed_s": float(elapsed_s),
-        "tokens_seen": int(tokens_seen),
-        "world_size": int(world_size),
-        "rng": rng_states or [],
-        "data_generators": data_generator_states or [],
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
+    from cadenza.models.checkpoint import dump_checkpoint, model_checkpoint
+
+    payload = model_checkpoint(model_state, model_spec, tokenizer_hash=tokenizer_hash, step=step)
+    payload.update(
+        {
+            "optimizer": optimizer_state,
+            "scheduler": scheduler_state,
+            "scaler": scaler_state,
+            "train_config": dict(train_config) if train_config is not None else None,
+            "best_val_loss": None if best_val_loss is None else float(best_val_loss),
+            "evals_since_best": int(evals_since_best),
+            "elapsed_s": float(elapsed_s),
+            "tokens_seen": int(tokens_seen),
+            "world_size": int(world_size),
+            "rng": rng_states or [],
+            "data_generators": data_generator_states or [],
+        }
+    )
+    return dump_checkpoint(payload)
 
 
 def unpack(payload: bytes) -> dict[str, Any]:
-    """Load a payload with `weights_only=True`; anything else is refused with a clear error."""
-    try:
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe pickles
-        raise ValueError(
-            "not a readable Cadenza checkpoint (corrupt, truncated, or contains objects that "
-            f"are not allowed in a weights-only load): {exc}"
-        ) from exc
-    if not isinstance(state, dict) or any(key not in state for key in _REQUIRED_KEYS):
+    """Load a training payload weights-only; anything else is refused with a clear error."""
+    from cadenza.models.checkpoint import load_checkpoint
+
+    state = load_checkpoint(payload)
+    if any(key not in state for key in _REQUIRED_KEYS):
         raise ValueError("not a Cadenza checkpoint: required keys are missing")
-    if state["format"] != FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint format {state['format']} is not supported by this version "
-            f"(expects {FORMAT_VERSION}); upgrade Cadenza or retrain"
-        )
     return state
 
 
-# Metadata key that `cadenza.models.model_from_safetensors` reads the spec from; the unit tests
-# load an export with that function, so a rename on either side fails loudly.
-SAFETENSORS_SPEC_KEY = "cadenza_model_spec"
+# ----------------------------------------------------------------------------- capture / restore
 
 
-def export_safetensors(payload: bytes) -> bytes:
-    """Weights only, as safetensors, for serving or taking the model elsewhere.
-
-    Loadable with `cadenza.models.model_from_safetensors`. Tied weights are stored once, and
-    the metadata also carries the tokenizer hash and step, so the file alone says which corpus
-    tokenizer its ids belong to.
-    """
-    from safetensors.torch import save
-
-    state = unpack(payload)
-    model, spec = model_from_checkpoint(payload, "cpu")
-    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    aliases = every - {name for name, _ in model.named_parameters()}
-    tensors = {
-        name: tensor.detach().contiguous()
-        for name, tensor in model.state_dict().items()
-        if name not in aliases
-    }
-    metadata = {
-        SAFETENSORS_SPEC_KEY: json.dumps(ckpt_spec(spec)),
-        "tokenizer_hash": str(state["tokenizer_hash"]),
-        "step": str(state["step"]),
-    }
-    return save(tensors, metadata=metadata)
-
-
-def ckpt_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Only the three keys that rebuild a model (drops tokenizer_hash/step annotations)."""
-    return {k: spec[k] for k in ("architecture", "config", "vocab_size")}
-
-
-def load_weights(model: nn.Module, model_state: Mapping[str, torch.Tensor]) -> None:
-    """Load weights into `model`, turning every mismatch into a ValueError that says what to do.
-
-    Delegates to `cadenza.models.checkpoint.load_weights` (which tolerates tied aliases and
-    torch.compile/DDP prefixes) and also converts torch's shape-mismatch RuntimeError.
-    """
-    from cadenza.models.checkpoint import load_weights as models_load_weights
-
-    try:
-        models_load_weights(model, model_state)  # type: ignore[arg-type]
-    except (RuntimeError, ValueError) as exc:
+def check_tokenizer(saved: str, expected: str, what: str) -> None:
+    """Token ids only mean the same thing under the same tokenizer; refuse anything else."""
+    if saved != expected:
         raise ValueError(
-            "checkpoint weights do not fit this model (different architecture or size); use "
-            f"the same architecture and config as the checkpoint: {exc}"
-        ) from exc
+            f"{what} was trained with tokenizer {saved!r} but this corpus uses {expected!r}; "
+            "token ids would mean different things. Use a corpus built with the same tokenizer "
+            "or train from scratch"
+        )
 
 
-def model_from_checkpoint(
-    payload: bytes, device: str | torch.device | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained as, in eval mode, for the sampler.
+def capture(
+    *,
+    step: TrainStep,
+    state: TrainState,
+    batches: TrainBatches,
+    spec: Mapping[str, Any],
+    tokenizer_hash: str,
+    cfg: TrainConfig,
+    info: DistInfo,
+    elapsed: Callable[[], float],
+) -> bytes | None:
+    """The full training state as a payload on rank 0 (None on other ranks).
 
-    Returns the model and its spec (architecture, config, vocab_size) annotated with the
-    `tokenizer_hash` and `step` the sampler needs to check a primer's tokenizer.
+    A collective: every rank must call it, since each contributes its RNG and data-generator
+    states.
     """
-    from cadenza.models.checkpoint import build_from_spec
+    from cadenza.train.distributed import gather_objects
 
-    state = unpack(payload)
-    model = build_from_spec(state["model_spec"])
-    load_weights(model, state["model"])
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    model.eval()
-    spec: dict[str, Any] = dict(state["model_spec"])
-    spec["tokenizer_hash"] = state["tokenizer_hash"]
-    spec["step"] = state["step"]
-    return model, spec
+    local = {"rng": capture_rng_state(), "gens": [g.get_state() for g in batches.generators]}
+    gathered = gather_objects(local, info)
+    if not info.is_main:
+        return None
+    optim = step.state_dicts()
+    return pack(
+        model_state=step.raw_model.state_dict(),
+        optimizer_state=optim["optimizer"],
+        scheduler_state=optim["scheduler"],
+        scaler_state=optim["scaler"],
+        step=state.step,
+        tokenizer_hash=tokenizer_hash,
+        model_spec=spec,
+        train_config=cfg.model_dump(mode="json"),
+        best_val_loss=state.best_val_loss,
+        rng_states=[g["rng"] for g in gathered],
+        data_generator_states=[t for g in gathered for t in g["gens"]],
+        evals_since_best=state.evals_since_best,
+        elapsed_s=elapsed(),
+        tokens_seen=state.tokens_seen,
+        world_size=info.world_size,
+    )
+
+
+def restore(
+    payload: bytes,
+    *,
+    step: TrainStep,
+    batches: TrainBatches,
+    spec: Mapping[str, Any],
+    tokenizer_hash: str,
+    seed: int,
+    info: DistInfo,
+) -> tuple[TrainState, list[str]]:
+    """Load a payload written by an earlier attempt of this run; return its counters and notes.
+
+    Weights, optimizer, schedule and scaler always come back. RNG and data streams come back
+    exactly when the number of ranks and micro-batch slots match; otherwise they are reseeded
+    from the step and a note says the data order is not bit-identical.
+    """
+    import torch
+
+    from cadenza.models.checkpoint import load_weights
+    from cadenza.train.data import slot_seed
+
+    saved = unpack(payload)
+    check_tokenizer(saved["tokenizer_hash"], tokenizer_hash, "the checkpoint to resume")
+    if saved["model_spec"] != spec:
+        raise ValueError(
+            "the checkpoint to resume belongs to a different model spec "
+            f"({saved['model_spec']}) than this job ({spec}); start a new model instead"
+        )
+    load_weights(step.raw_model, saved["model"])
+    step.load_state_dicts(saved)
+    state = TrainState(
+        step=int(saved["step"]),
+        best_val_loss=saved.get("best_val_loss"),
+        evals_since_best=int(saved.get("evals_since_best", 0)),
+        elapsed_before=float(saved.get("elapsed_s", 0.0)),
+        tokens_seen=int(saved.get("tokens_seen", 0)),
+    )
+    rngs = saved.get("rng") or []
+    gens = saved.get("data_generators") or []
+    if len(rngs) == info.world_size:
+        restore_rng_state(rngs[info.rank])
+    else:
+        # Dropout streams cannot be mapped onto a different number of ranks; reseed them.
+        torch.manual_seed(seed + state.step + 7919 * (info.rank + 1))
+    pairs = zip(batches.generators, batches.slots, strict=True)
+    if len(gens) == batches.total_slots:
+        # Slot j's stream moves with slot j, so 2 ranks x 1 accumulation and 1 rank x 2
+        # accumulation continue with exactly the same batches.
+        for gen, slot in pairs:
+            gen.set_state(gens[slot].to(torch.uint8))
+        return state, []
+    for gen, slot in pairs:
+        gen.manual_seed(slot_seed(seed + state.step, slot))
+    note = (
+        f"resumed with {batches.total_slots} micro-batches per step from a checkpoint written "
+        f"with {len(gens)}; the data order was reseeded (not bit-identical)"
+    )
+    return state, [note]
+
+
+def load_init_weights(
+    raw_model: CadenzaModel, payload: bytes, *, tokenizer_hash: str, vocab_size: int
+) -> None:
+    """Seed a fine-tune with a checkpoint's weights (same tokenizer and vocabulary required)."""
+    from cadenza.models.checkpoint import load_weights
+
+    source = unpack(payload)
+    check_tokenizer(source["tokenizer_hash"], tokenizer_hash, "the checkpoint to fine-tune")
+    if int(source["model_spec"]["vocab_size"]) != vocab_size:
+        raise ValueError(
+            f"the checkpoint to fine-tune has vocab_size {source['model_spec']['vocab_size']} "
+            f"but this model has {vocab_size}; use the same tokenizer settings"
+        )
+    load_weights(raw_model, source["model"])
+
+
+# ----------------------------------------------------------------------------- pruning
 
 
 def checkpoints_to_prune(

@@ -40,13 +40,13 @@ class TrainConfig(BaseModel):
         ge=1,
         le=65_536,
         description="start training windows only at a file's BOS or a multiple of this many "
-        "tokens after it, so every window begins on the same grid (16 for quarter-vq corpora: "
-        "a quarter's codes, like system E's stride); None starts them anywhere",
+        "tokens after it, so every window begins on the same grid (16 for quarter-vq corpora, "
+        "one quarter's codes, so each window starts on a quarter); None starts them anywhere",
     )
     grad_accum_steps: int = Field(default=1, ge=1, le=1024)
     weight_decay: float = Field(default=0.1, ge=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.95)
-    # Max global grad norm; None (or 0) disables clipping. 1.0 is what systems A and B used.
+    # Max global grad norm; None (or 0) disables clipping. 1.0 is nanoGPT's and minGPT's default.
     grad_clip: float | None = Field(default=1.0, ge=0.0, le=1e6)
     eval_interval: int = Field(default=250, ge=1, le=10_000_000)
     eval_batches: int = Field(default=20, ge=1, le=100_000)

@@ -4,9 +4,10 @@
         --preset tiny --out runs/demo [--set max_steps=200 --set batch_size=8]
     torchrun --nproc_per_node=2 -m cadenza.train.run_local --data corpus.npz ... --out runs/ddp
 
-The .npz holds 1-D token arrays `train_data` and `val_data` (system A's format), optionally
-`test_data`, `vocab_size` and `tokenizer_hash`. Checkpoints go to OUT/checkpoints (atomic
-write-then-rename, newest `keep_last_n` kept, plus OUT/best.pt), metrics to OUT/metrics.jsonl,
+The .npz holds 1-D token arrays `train_data` and `val_data` (the layout `cadenza.tokenize`
+exports a corpus in), optionally `test_data`, `vocab_size` and `tokenizer_hash`. Checkpoints go
+to OUT/checkpoints (atomic write-then-rename, newest `keep_last_n` kept, plus OUT/best.pt),
+metrics to OUT/metrics.jsonl,
 the result to OUT/result.json. Rerunning the same command resumes from the newest checkpoint;
 `touch OUT/STOP` or SIGTERM stops it after saving one.
 """
@@ -16,38 +17,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import numpy as np
 
-from cadenza.train.checkpoint import checkpoints_to_prune, export_safetensors
+from cadenza.atomic import write_atomic
+from cadenza.models.checkpoint import export_safetensors
+from cadenza.train.checkpoint import checkpoints_to_prune
 from cadenza.train.config import TrainConfig
 from cadenza.train.distributed import cleanup_distributed, init_distributed
 from cadenza.train.loop import TrainResult, train
 
 _CKPT_PREFIX = "step-"
 _CKPT_SUFFIX = ".pt"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write-then-rename in the same folder, so a crash never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FileHooks:
@@ -73,7 +59,7 @@ class FileHooks:
     def on_progress(self, fraction: float, message: str) -> None:
         """Keep progress.json current and echo the line to stderr."""
         body = json.dumps({"progress": fraction, "message": message}).encode()
-        _atomic_write(self.out_dir / "progress.json", body)
+        write_atomic(self.out_dir / "progress.json", body)
         if self.echo:
             print(f"[{fraction:6.1%}] {message}", file=sys.stderr, flush=True)
 
@@ -96,9 +82,9 @@ class FileHooks:
         self, step: int, payload: bytes, *, val_loss: float | None, is_best: bool
     ) -> None:
         """Write atomically, copy to best.pt when best, then prune the oldest beyond keep_last_n."""
-        _atomic_write(self._path(step), payload)
+        write_atomic(self._path(step), payload)
         if is_best:
-            _atomic_write(self.out_dir / "best.pt", payload)
+            write_atomic(self.out_dir / "best.pt", payload)
         for old in checkpoints_to_prune(self._steps(), keep_last_n=self.keep_last_n):
             self._path(old).unlink(missing_ok=True)
 
@@ -221,7 +207,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
             bos_id=args.bos_id,
         )
         if info.is_main:
-            _atomic_write(
+            write_atomic(
                 args.out / "result.json",
                 json.dumps(dataclasses.asdict(result), indent=2).encode(),
             )
@@ -230,7 +216,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
                 source = best if best.exists() else None
                 payload = source.read_bytes() if source else hooks.load_latest_checkpoint()
                 if payload is not None:
-                    _atomic_write(args.out / "model.safetensors", export_safetensors(payload))
+                    write_atomic(args.out / "model.safetensors", export_safetensors(payload))
             print(json.dumps(dataclasses.asdict(result)))
     finally:
         cleanup_distributed()

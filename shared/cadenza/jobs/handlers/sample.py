@@ -21,11 +21,11 @@ def run(ctx: JobContext) -> Outcome:
 
     from cadenza.evaluate import compare, midi_metrics
     from cadenza.midi.load import load_score
+    from cadenza.models.checkpoint import load_for_inference
     from cadenza.render import render_all
     from cadenza.sample import SamplingOptions, SamplingParams, generate
     from cadenza.tokenize import decode_to_midi, encode_primer, special_ids, tokenizer_from_bytes
     from cadenza.tokenize.primer import bar_end_tick, crop_score, seconds_to_tick
-    from cadenza.train.checkpoint import model_from_checkpoint
 
     p = SampleParams.model_validate(ctx.params)
     with ctx.session() as s:
@@ -41,7 +41,7 @@ def run(ctx: JobContext) -> Outcome:
     ctx.progress(0.0, "loading model", force=True)
     tokenizer = tokenizer_from_bytes(ctx.store.get(corpus.tokenizer_key))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module, spec = model_from_checkpoint(ctx.store.get(ckpt.object_key), device)
+    module, spec = load_for_inference(ctx.store.get(ckpt.object_key), device)
     model = cast("CadenzaModel", module)
     if spec.get("tokenizer_hash") and spec["tokenizer_hash"] != corpus.tokenizer_hash:
         raise UserError("the checkpoint's tokenizer does not match its corpus; retrain the model")

@@ -203,7 +203,7 @@ def _bos_id(ctx: JobContext, corpus: Corpus) -> int:
 def _export_weights(ctx: JobContext, model_id: str) -> None:
     """Write the best checkpoint's weights as safetensors (served by the API for download)."""
     from cadenza.db.repo import pick_checkpoint
-    from cadenza.train.checkpoint import export_safetensors
+    from cadenza.models.checkpoint import export_safetensors
 
     with ctx.session() as s:
         best = pick_checkpoint(session=s, model_id=model_id, which="best")

@@ -1,0 +1,157 @@
+"""Token splits in, (x, y) batches out: checks, window sampling and the seeded data streams.
+
+Training windows are drawn by one `torch.Generator` per micro-batch *slot* (see `slot_seed`), so
+the data order depends only on the seed and the global batch shape, not on the number of ranks,
+and a checkpoint of the generator states resumes the exact same batches. Evaluation uses fixed,
+evenly spaced windows instead (`eval_starts`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from cadenza.train.config import TrainConfig
+from cadenza.train.distributed import DistInfo
+
+
+def _check_split(
+    name: str, array: np.ndarray[Any, Any], seq_len: int, vocab_size: int
+) -> np.ndarray[Any, Any]:
+    """Reject data the loop cannot use, with the fix in the message."""
+    arr = np.asarray(array)
+    if arr.ndim != 1:
+        raise ValueError(f"the {name} split must be a 1-D token array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"the {name} split must hold integer token ids, got dtype {arr.dtype}")
+    if arr.shape[0] < seq_len + 1:
+        raise ValueError(
+            f"the {name} split has {arr.shape[0]} tokens but seq_len={seq_len} needs at least "
+            f"{seq_len + 1}; add more data to the corpus or lower seq_len"
+        )
+    low, high = int(arr.min()), int(arr.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"the {name} split has token ids in [{low}, {high}] but vocab_size is {vocab_size}; "
+            "the corpus and the model were built with different tokenizers"
+        )
+    return arr
+
+
+def check_splits(
+    data: Mapping[str, np.ndarray], seq_len: int, vocab_size: int
+) -> dict[str, np.ndarray]:
+    """The "train", "val" and (if given) "test" arrays, each checked for the model and seq_len."""
+    if "train" not in data or "val" not in data:
+        raise ValueError("data needs 'train' and 'val' token arrays ('test' is optional)")
+    return {
+        name: _check_split(name, data[name], seq_len, vocab_size)
+        for name in ("train", "val", "test")
+        if name in data
+    }
+
+
+def windows(arr: np.ndarray[Any, Any], starts: np.ndarray[Any, Any], seq_len: int) -> np.ndarray:
+    """(B, seq_len + 1) int64 windows starting at `starts` (gathered in numpy, no full copy)."""
+    index = starts[:, None] + np.arange(seq_len + 1)[None, :]
+    return np.asarray(arr[index], dtype=np.int64)
+
+
+def grid_starts(arr: np.ndarray[Any, Any], bos_id: int, grid: int, high: int) -> np.ndarray:
+    """Window starts below `high` at each BOS of `arr` and every `grid` tokens after it.
+
+    A corpus stream is BOS file EOS BOS file EOS ...; aligned windows see a file's tokens in
+    the same phase of its grid (for quarter-vq: a window starts on a quarter's first code).
+    """
+    bos = np.flatnonzero(arr[: max(high, 0)] == bos_id)
+    if bos.size == 0:
+        return np.zeros(0, np.int64)
+    ends = np.append(bos[1:], high)
+    parts = [bos.astype(np.int64)]
+    parts += [np.arange(b + 1, e, grid, dtype=np.int64) for b, e in zip(bos, ends, strict=True)]
+    return np.sort(np.concatenate(parts))
+
+
+def eval_starts(n_tokens: int, seq_len: int, max_windows: int) -> np.ndarray:
+    """Evenly spaced, fixed window starts: every evaluation scores the same tokens.
+
+    Fixed windows make successive val losses comparable (early stopping reacts to the model,
+    not to sampling noise) and do not depend on the number of ranks.
+    """
+    last = n_tokens - seq_len - 1
+    disjoint = max(1, (n_tokens - 1) // seq_len)
+    count = max(1, min(max_windows, disjoint))
+    return np.unique(np.linspace(0, last, count).round().astype(np.int64))
+
+
+def slot_seed(seed: int, slot: int) -> int:
+    """Seed of the data generator that feeds micro-batch slot `slot` of every global batch.
+
+    A global batch has world_size x grad_accum_steps slots; slot j always gets the same stream
+    whichever rank runs it, so one process with grad_accum 2 sees exactly the batches that two
+    DDP ranks with grad_accum 1 see together.
+    """
+    return (seed + 1) * 1_000_003 + slot
+
+
+class Batcher:
+    """Moves windows to the device; pinned + non-blocking on CUDA so copies overlap compute."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.pin = device.type == "cuda"
+
+    def __call__(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        tensor = torch.from_numpy(windows)
+        if self.pin:
+            tensor = tensor.pin_memory()
+        tensor = tensor.to(self.device, non_blocking=self.pin)
+        return tensor[:, :-1], tensor[:, 1:]
+
+
+class TrainBatches:
+    """This rank's micro-batch streams: one seeded generator per slot it runs in each step."""
+
+    def __init__(
+        self,
+        train_arr: np.ndarray,
+        cfg: TrainConfig,
+        info: DistInfo,
+        batcher: Batcher,
+        bos_id: int | None,
+    ) -> None:
+        ga = cfg.grad_accum_steps
+        self.slots = [info.rank * ga + m for m in range(ga)]
+        self.total_slots = info.world_size * ga
+        self.generators = [
+            torch.Generator().manual_seed(slot_seed(cfg.seed, s)) for s in self.slots
+        ]
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len * self.total_slots
+        self.arr = train_arr
+        self.batch_size = cfg.batch_size
+        self.seq_len = cfg.seq_len
+        self.batcher = batcher
+        self.high = train_arr.shape[0] - cfg.seq_len  # exclusive upper bound of window starts
+        self.aligned: np.ndarray | None = None
+        if cfg.window_grid is not None:
+            if bos_id is None:
+                raise ValueError("train.window_grid needs the corpus's BOS id to find file starts")
+            self.aligned = grid_starts(train_arr, bos_id, cfg.window_grid, self.high)
+            if self.aligned.size == 0:
+                raise ValueError(
+                    f"no training window of {cfg.seq_len} tokens starts on the window_grid; "
+                    "lower seq_len or drop window_grid"
+                )
+
+    def __call__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One step's micro-batches, drawn lazily (each after the previous one's backward)."""
+        for gen in self.generators:
+            if self.aligned is None:
+                starts = torch.randint(0, self.high, (self.batch_size,), generator=gen).numpy()
+            else:
+                picks = torch.randint(0, self.aligned.size, (self.batch_size,), generator=gen)
+                starts = self.aligned[picks.numpy()]
+            yield self.batcher(windows(self.arr, starts, self.seq_len))
