@@ -45,7 +45,7 @@ from cadenza.models.relative_attention import REL_CHUNK  # noqa: E402
 from cadenza.train import TrainConfig, train  # noqa: E402
 from cadenza.train.loop import NullHooks  # noqa: E402
 
-VOCAB = 280  # about the size of system A's REMI vocabulary (276-279 tokens)
+VOCAB = 280  # about the size of a REMI vocabulary with chords, rests and tempos (276-284 ids)
 
 # ----------------------------------------------------------------------------- reference nanoGPT
 # A plain re-implementation of nanoGPT's model.py/train.py training step: flash SDPA with

@@ -84,5 +84,5 @@ def test_flower_uses_the_apps_celery_and_redis_client() -> None:
 
 
 def test_symusic_pin_avoids_the_broken_release() -> None:
-    """DESIGN.md: symusic 0.6.0's Synthesizer.render fails; the images must carry 0.5.9."""
+    """symusic 0.6.0's Synthesizer.render fails with a pybind TypeError; images carry 0.5.9."""
     assert LOCK.read_pins(LOCK.constraints_path("worker"))["symusic"] == "0.5.9"

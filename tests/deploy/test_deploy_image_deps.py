@@ -205,7 +205,7 @@ def test_every_import_is_installed_in_the_image(image: str) -> None:
 
 
 def test_api_image_stays_light() -> None:
-    """DESIGN.md: heavy imports (torch, miditok, basic_pitch) stay out of the API process."""
+    """Heavy imports (torch, miditok, basic_pitch) stay out of the API process."""
     modules = _third_party("api")
     heavy = {"torch", "miditok", "basic_pitch", "onnxruntime"} & set(modules)
     assert not heavy, {m: modules[m] for m in heavy}

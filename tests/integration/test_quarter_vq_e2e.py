@@ -34,7 +34,7 @@ def finished(client: Client, job: dict[str, Any], timeout: float = 600) -> dict[
 
 def test_quarter_vq_corpus_prior_and_sample(stack: Stack, chorales: list[Path]) -> None:
     client = Client(stack.api_url, stack.api_key)
-    ds = client.create_dataset("chorales for system E")
+    ds = client.create_dataset("chorales for a VQ prior")
     files = client.upload(ds["id"], chorales[:3])
 
     job = client.create_corpus(
