@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cadenza.db.repo import NotFound
@@ -15,12 +16,34 @@ from cadenza.db.repo import NotFound
 class ApiError(Exception):
     """An error with an HTTP status, a stable code and a message a person can act on."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
         self.extra = extra
+
+
+RETRY_AFTER_SECONDS = 1
+
+
+def busy(what: str) -> ApiError:
+    """503 + Retry-After: the server is saturated right now; the same request later succeeds."""
+    return ApiError(
+        503,
+        "busy",
+        f"the server is busy ({what}); retry in {RETRY_AFTER_SECONDS} s",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -47,7 +70,15 @@ def invalid(prefix: str, exc: Any, code: str | None = None) -> ApiError:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, **exc.extra), status_code=exc.status)
+        return JSONResponse(
+            error_body(exc.code, exc.message, **exc.extra),
+            status_code=exc.status,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(request: Request, _: PoolTimeout) -> JSONResponse:
+        return await _api_error(request, busy("no database connection free"))
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:

@@ -1,10 +1,24 @@
-"""Streaming a stored object to the client as a download, without holding it in memory."""
+"""Streaming responses: a stored object as a download, and a job's events as SSE.
+
+Neither holds a database connection or a worker thread while it waits on the client.
+"""
 
 from __future__ import annotations
 
-from fastapi.responses import StreamingResponse
+import functools
+import json
+from collections.abc import AsyncIterator
 
+import anyio
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cadenza.db.models import Job, JobEvent
+from cadenza.jobs import TERMINAL, JobState
 from cadenza.storage import ObjectNotFound, ObjectStore
+from cadenza_api.deps import Database
 from cadenza_api.errors import ApiError
 
 
@@ -29,4 +43,62 @@ def stream_object(
             "Content-Length": str(size),
             "Content-Disposition": f'attachment; filename="{safe}"',
         },
+    )
+
+
+# Seconds between polls of an SSE stream, and of silence before a keep-alive comment.
+POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+
+
+def _poll(session: Session, job_id: str, cursor: int) -> tuple[list[JobEvent], str]:
+    events = list(
+        session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > cursor)
+            .order_by(JobEvent.id)
+            .limit(500)
+        )
+    )
+    state = session.scalar(select(Job.state).where(Job.id == job_id)) or "failed"
+    return events, state
+
+
+async def job_event_stream(
+    db: Database, job_id: str, cursor: int, request: Request
+) -> AsyncIterator[bytes]:
+    """The job's events after `cursor` as SSE frames, until the job ends or the client leaves.
+
+    Each poll takes a database slot and a short-lived session for a few milliseconds; between
+    polls the stream holds neither a connection nor a thread, so a thousand idle subscribers
+    cost a thousand sleeping coroutines and no pool capacity.
+    """
+    idle = 0.0
+    while True:
+        events, state = await db.run(functools.partial(_poll, job_id=job_id, cursor=cursor))
+        for ev in events:
+            cursor = ev.id
+            payload = json.dumps({"kind": ev.kind, **ev.data, "at": ev.created_at.isoformat()})
+            yield f"id: {ev.id}\nevent: {ev.kind}\ndata: {payload}\n\n".encode()
+        if not events and JobState(state) in TERMINAL:
+            yield f"event: end\ndata: {json.dumps({'state': state})}\n\n".encode()
+            return
+        if await request.is_disconnected():
+            return
+        if events:
+            idle = 0.0
+        else:
+            idle += POLL_SECONDS
+            if idle >= KEEPALIVE_SECONDS:
+                idle = 0.0
+                yield b": keep-alive\n\n"
+            await anyio.sleep(POLL_SECONDS)
+
+
+def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
+    """A Server-Sent-Events response that proxies must not buffer."""
+    return StreamingResponse(
+        frames,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
