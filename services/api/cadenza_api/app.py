@@ -15,6 +15,7 @@ from cadenza.storage import open_store
 from cadenza_api import errors
 from cadenza_api.deps import Database
 from cadenza_api.routers import audio, corpora, datasets, health, jobs, models, samples
+from cadenza_api.streams import EventPolls
 
 
 @asynccontextmanager
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = open_store(settings)
     app.state.db = Database(settings)
     app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
+    app.state.event_polls = EventPolls(app.state.db)
     errors.install(app)
     for module in (health, datasets, audio, corpora, models, samples, jobs):
         app.include_router(module.router)

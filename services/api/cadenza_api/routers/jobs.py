@@ -90,4 +90,4 @@ def job_events(
     get_owned(session, Job, job_id, owner.id)
     last = request.headers.get("last-event-id", "")
     cursor = int(last) if last.isdigit() else after
-    return sse_response(job_event_stream(request.app.state.db, job_id, cursor, request))
+    return sse_response(job_event_stream(request.app.state.event_polls, job_id, cursor, request))
