@@ -15,6 +15,7 @@ submit), and `sse`: N idle SSE subscribers on a queued job (N = the level) held 
     .venv/bin/python bench/api_load.py [--backends embedded,postgres] [--seconds 2]
         [--workloads get,list,submit,sse] [--code /path/to/another/checkout]
 
+CADENZA_DB_* and CADENZA_API_* variables pass through to the server (to compare pool sizes).
 `--code` runs the server from another checkout's `shared/` and `services/api/` (to measure
 the code before a change). Needs `wrk` (Debian package). Loopback only; bounded: every level
 runs `--seconds`, wrk's own timeout is 2 s per request.
@@ -201,7 +202,8 @@ def _measure(
 ) -> Row:
     before = server.cpu_seconds()
     (rps, p50, p99), non2xx, sock = _wrk(server, path, conns, seconds, setup)
-    cpu = (server.cpu_seconds() - before) * 1000 / max(1, rps * seconds)
+    done = rps * seconds
+    cpu = (server.cpu_seconds() - before) * 1000 / done if done else float("nan")
     return Row(workload, level, rps, p50, p99, non2xx, sock, cpu, "" if rps else "STALLED")
 
 
@@ -294,6 +296,10 @@ def _postgres_and_redis() -> Iterator[dict[str, str]]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _ms(value: float) -> str:
+    return "-" if value != value else f"{value:.2f}"  # NaN: no request completed
+
+
 def _table(title: str, rows: list[Row]) -> str:
     lines = [
         f"**{title}**",
@@ -305,7 +311,7 @@ def _table(title: str, rows: list[Row]) -> str:
     for r in rows:
         lines.append(
             f"| {r.workload} | {r.level} | {r.rps:.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
-            f"| {r.non2xx} | {r.socket_errors} | {r.cpu_ms_per_req:.2f} | {r.note} |"
+            f"| {r.non2xx} | {r.socket_errors} | {_ms(r.cpu_ms_per_req)} | {r.note} |"
         )
     return "\n".join(lines)
 
@@ -320,7 +326,13 @@ def main() -> None:
     seconds = min(max(args.seconds, 1), 10)
     code = args.code.resolve()
     paths = [code / "shared", code / "services" / "api", code / "services" / "worker"]
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CADENZA_")}
+    # Tuning knobs (CADENZA_DB_POOL_SIZE, CADENZA_API_THREADS, ...) pass through; the rest of
+    # CADENZA_* would point the server at someone else's data.
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CADENZA_") or k.startswith(("CADENZA_DB_", "CADENZA_API_"))
+    }
     base["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
     print(f"machine: {_cpu_model()}, nproc {os.cpu_count()}; code: {code}; {seconds:g} s/level")
     for backend in args.backends.split(","):
