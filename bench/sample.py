@@ -1,9 +1,9 @@
 """New tokens per second: KV-cached sampling vs recomputing the whole context every step.
 
 Both samplers run on the same randomly initialised model in the same process (weights do not
-change the cost). The recompute sampler is what nanoGPT's and minGPT's `generate` do: step t runs a forward
-pass over its whole context of L_t = min(prompt + t - 1, block) tokens, so a full run to 4096
-tokens takes hours on a small CPU. It is reported two ways:
+change the cost). The recompute sampler is what nanoGPT's and minGPT's `generate` do: step
+t runs a forward pass over its whole context of L_t = min(prompt + t - 1, block) tokens, so a
+full run to 4096 tokens takes hours on a small CPU. It is reported two ways:
 
 * measured directly: the real sampler runs until `--recompute-budget` seconds are spent; its
   rate over those (early, short-context, cheapest) tokens is an upper bound on its rate over

@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=3, ge=1)
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
 
+    # API process concurrency (see cadenza_api.deps.Database): sync routes run on `api_threads`
+    # AnyIO worker threads; at most `db_pool_size` requests hold a database session at once,
+    # each with its own pooled connection, so no thread ever waits for a connection. A request
+    # that finds every slot taken for `db_pool_timeout` seconds gets 503 + Retry-After.
+    # PostgreSQL: uvicorn --workers N opens up to N * (db_pool_size + 4) connections.
+    api_threads: int = Field(default=40, ge=4)
+    db_pool_size: int = Field(default=20, ge=1)
+    db_pool_timeout: float = Field(default=10.0, gt=0)
+    # A verified API key is trusted this long without a query; a key revoked by another
+    # process stops working within this many seconds (0 turns the cache off).
+    api_key_cache_seconds: float = Field(default=5.0, ge=0)
+
     soundfont: Path = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
     torch_threads: int | None = None
 

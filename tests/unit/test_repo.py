@@ -42,3 +42,34 @@ def test_keys_are_hashed_scoped_and_revocable(tmp_path: Path) -> None:
         assert revoke_keys(session=s, owner_name="alice") == 1
         assert owner_for_key(session=s, key=key) is None
         assert owner_for_key(session=s, key=bob_key) == bob
+
+
+def test_key_cache_answers_verified_keys_without_sql_until_expiry(tmp_path: Path) -> None:
+    from sqlalchemy import event
+
+    from cadenza.db.repo import KeyCache
+    from cadenza.db.session import engine_for
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    with session_scope(url) as s:
+        alice, key = create_api_key(session=s, owner_name="alice")
+    cache = KeyCache(ttl=60)
+    with session_scope(url) as s:
+        assert owner_for_key(session=s, key=key, cache=cache).id == alice.id  # type: ignore[union-attr]
+    statements: list[str] = []
+    event.listen(engine_for(url), "before_cursor_execute", lambda *a: statements.append(a[2]))
+    with session_scope(url) as s:
+        assert owner_for_key(session=s, key=key, cache=cache).id == alice.id  # type: ignore[union-attr]
+        assert statements == []
+        assert revoke_keys(session=s, owner_name="alice") == 1
+    with session_scope(url) as s:  # revoked elsewhere: trusted until the entry expires
+        assert cache.lookup(s, key).id == alice.id  # type: ignore[union-attr]
+        cache.clear()
+        assert owner_for_key(session=s, key=key, cache=cache) is None
+    expired = KeyCache(ttl=0)
+    with session_scope(url) as s:
+        _, key2 = create_api_key(session=s, owner_name="bob")
+    with session_scope(url) as s:
+        assert owner_for_key(session=s, key=key2, cache=expired) is not None
+        assert expired.lookup(s, key2) is None

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
 from fastapi import FastAPI
 
 from cadenza import __version__
 from cadenza.config import Settings, get_settings
+from cadenza.db.repo import KeyCache
 from cadenza.storage import open_store
 from cadenza_api import errors
+from cadenza_api.deps import Database
 from cadenza_api.routers import corpora, datasets, files, health, jobs, models, samples
+from cadenza_api.streams import EventPolls
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Size the worker-thread pool that runs sync routes (AnyIO's default is 40 threads).
+
+    Threads beyond the database slots serve what needs no session (health, downloads).
+    """
+    settings: Settings = app.state.settings
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+    yield
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -19,9 +37,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Turn your own audio and MIDI into music-generation models, and use them. "
         "Authenticate with `Authorization: Bearer <key>` (`cadenza keys create --owner NAME`).",
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.store = open_store(settings)
+    app.state.db = Database(settings)
+    app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
+    app.state.event_polls = EventPolls(app.state.db)
     errors.install(app)
     for module in (health, datasets, files, corpora, models, samples, jobs):
         app.include_router(module.router)

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cadenza.db.repo import NotFound
@@ -17,12 +18,34 @@ from cadenza.validation import Conflict, InvalidParams, validation_message
 class ApiError(Exception):
     """An error with an HTTP status, a stable code and a message a person can act on."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
         self.extra = extra
+
+
+RETRY_AFTER_SECONDS = 1
+
+
+def busy(what: str) -> ApiError:
+    """503 + Retry-After: the server is saturated right now; the same request later succeeds."""
+    return ApiError(
+        503,
+        "busy",
+        f"the server is busy ({what}); retry in {RETRY_AFTER_SECONDS} s",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -32,7 +55,15 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, **exc.extra), status_code=exc.status)
+        return JSONResponse(
+            error_body(exc.code, exc.message, **exc.extra),
+            status_code=exc.status,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(request: Request, _: PoolTimeout) -> JSONResponse:
+        return await _api_error(request, busy("no database connection free"))
 
     @app.exception_handler(InvalidParams)
     async def _invalid_params(_: Request, exc: InvalidParams) -> JSONResponse:

@@ -21,23 +21,57 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine for `url` with the pragmas/pooling that url's backend needs."""
+# Workers and the CLI hold one or two sessions at a time; SQLAlchemy's default pool fits them.
+DEFAULT_POOL_SIZE = 5
+DEFAULT_POOL_OVERFLOW = 10
+DEFAULT_POOL_TIMEOUT = 30.0
+
+
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    max_overflow: int = DEFAULT_POOL_OVERFLOW,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+) -> Engine:
+    """Create an engine for `url` with the pragmas/pooling that url's backend needs.
+
+    Both backends get a bounded QueuePool of `pool_size` + `max_overflow` connections; a
+    checkout waits at most `pool_timeout` seconds and then raises `sqlalchemy.exc.TimeoutError`
+    (the API answers that with 503 + Retry-After instead of hanging).
+    """
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **pool
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 @lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
-    """One engine per URL per process (engines own connection pools)."""
-    return make_engine(url)
+def engine_for(
+    url: str,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    max_overflow: int = DEFAULT_POOL_OVERFLOW,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+) -> Engine:
+    """One engine per URL (and pool shape) per process: engines own connection pools."""
+    return make_engine(
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout
+    )
 
 
-def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(engine_for(url), expire_on_commit=False)
+def session_factory(
+    url: str,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    max_overflow: int = DEFAULT_POOL_OVERFLOW,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+) -> sessionmaker[Session]:
+    return sessionmaker(
+        engine_for(url, pool_size, max_overflow, pool_timeout), expire_on_commit=False
+    )
 
 
 @contextmanager

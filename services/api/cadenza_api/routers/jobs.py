@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
-
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 
-from cadenza.db.models import Job, JobEvent
+from cadenza.db.models import Job
 from cadenza.db.repo import get_owned, list_owned
-from cadenza.db.session import session_factory
 from cadenza.jobs import TERMINAL, JobState, request_cancel
 from cadenza_api.deps import CurrentOwner, SessionDep
 from cadenza_api.schemas import JobList, JobOut
+from cadenza_api.streams import job_event_stream, sse_response
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -49,53 +44,11 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
 
 
 @router.get("/{job_id}/events")
-async def job_events(
+def job_events(
     job_id: str, request: Request, session: SessionDep, owner: CurrentOwner, after: int = 0
 ) -> StreamingResponse:
     """Stream the job's events as SSE until it ends (`Last-Event-ID` resumes a stream)."""
     get_owned(session, Job, job_id, owner.id)
     last = request.headers.get("last-event-id", "")
     cursor = int(last) if last.isdigit() else after
-    factory = session_factory(request.app.state.settings.resolved_database_url)
-
-    def _poll(cur: int) -> tuple[list[JobEvent], str]:
-        with factory() as s:
-            events = list(
-                s.scalars(
-                    select(JobEvent)
-                    .where(JobEvent.job_id == job_id, JobEvent.id > cur)
-                    .order_by(JobEvent.id)
-                    .limit(500)
-                )
-            )
-            state = s.scalar(select(Job.state).where(Job.id == job_id)) or "failed"
-        return events, state
-
-    async def stream() -> AsyncIterator[bytes]:
-        nonlocal cursor
-        idle = 0.0
-        while True:
-            events, state = await asyncio.to_thread(_poll, cursor)
-            for ev in events:
-                cursor = ev.id
-                payload = json.dumps({"kind": ev.kind, **ev.data, "at": ev.created_at.isoformat()})
-                yield f"id: {ev.id}\nevent: {ev.kind}\ndata: {payload}\n\n".encode()
-            if not events and JobState(state) in TERMINAL:
-                yield f"event: end\ndata: {json.dumps({'state': state})}\n\n".encode()
-                return
-            if await request.is_disconnected():
-                return
-            if events:
-                idle = 0.0
-            else:
-                idle += 0.5
-                if idle >= 15:
-                    idle = 0.0
-                    yield b": keep-alive\n\n"
-                await asyncio.sleep(0.5)
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(job_event_stream(request.app.state.event_polls, job_id, cursor, request))
