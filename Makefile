@@ -24,7 +24,9 @@ lint: setup
 	$(BIN)/mypy shared/cadenza
 
 bench: setup
+	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python bench/api_latency.py
+	$(BIN)/python bench/api_load.py --backends embedded,postgres
 	$(BIN)/python bench/tokenization.py
 	$(BIN)/python bench/train.py --quick
 	$(BIN)/python bench/sample.py --quick

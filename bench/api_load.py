@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import socket
 import struct
 import subprocess
@@ -323,6 +324,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=2, help="per level (1 to 10)")
     ap.add_argument("--code", type=Path, default=ROOT, help="checkout whose server code runs")
     args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/api_load.py needs wrk: apt-get install wrk (make bench installs it)")
     seconds = min(max(args.seconds, 1), 10)
     code = args.code.resolve()
     paths = [code / "shared", code / "services" / "api", code / "services" / "worker"]
