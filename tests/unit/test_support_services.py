@@ -20,18 +20,10 @@ import pytest
 import redis
 from obstore.store import S3Store
 
-from tests.support.services import (
-    S3Endpoint,
-    ensure_postgres,
-    ensure_redis,
-    free_port,
-    fresh_postgres_database,
-    fresh_redis_url,
-    libpq_url,
-    seaweedfs_s3,
-    wait_for_http,
-    wait_for_port,
-)
+from cadenza.launch.postgres import ensure_postgres, fresh_postgres_database, libpq_url
+from cadenza.launch.processes import free_port, wait_for_http, wait_for_port
+from cadenza.launch.redis import ensure_redis, fresh_redis_url
+from tests.support.seaweedfs import S3Endpoint, seaweedfs_s3
 
 # --------------------------------------------------------------------------------------------
 # ports and waiting
