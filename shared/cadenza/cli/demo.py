@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 
 from cadenza.cli.client import api_errors, follow
@@ -20,15 +19,8 @@ from cadenza.cli.output import console, out
 from cadenza.cli.server import migrate_database
 from cadenza.client import Client
 from cadenza.config import get_settings
-from cadenza.launch.processes import ServiceUnavailableError
+from cadenza.launch.processes import ServiceUnavailableError, http_status
 from cadenza.launch.stack import launch
-
-
-def _api_up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def demo(
@@ -46,13 +38,19 @@ def demo(
     migrate_database(settings)
     url = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as servers:
-        if not _api_up(url):
+        if http_status(f"{url}/healthz", timeout=2) != 200:
             env = os.environ | {"CADENZA_DATA_DIR": str(settings.data_dir.resolve())}
             log_path = settings.data_dir / "logs" / "demo-server.log"
             console.print(f"starting the embedded server (log: {log_path})")
             try:
                 servers.enter_context(
-                    launch(env, port=port, queues=("cpu", "gpu"), log_file=log_path)
+                    launch(
+                        env,
+                        port=port,
+                        queues=("cpu", "gpu"),
+                        worker_loglevel="warning",
+                        log_file=log_path,
+                    )
                 )
             except ServiceUnavailableError as exc:
                 console.print(f"[red]error[/] {exc}")
