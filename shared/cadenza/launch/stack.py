@@ -9,8 +9,6 @@ parser, tokenizer pools), and a test can kill a worker the way a node dies.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +21,7 @@ from cadenza.launch.processes import (
     ServiceUnavailableError,
     http_status,
     log_tail,
-    stop_process_group,
+    stop_process_groups,
 )
 
 # Seconds a child gets between SIGTERM and SIGKILL: a worker finishes its current database
@@ -177,12 +175,7 @@ class Launched:
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM every child's group (SIGKILL after `timeout`) and reap it."""
-        for proc in self.procs.values():  # all at once: they shut down in parallel
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            stop_process_group(proc, timeout)
+        stop_process_groups(self.procs.values(), timeout)
 
     def exit_code(self) -> int:
         """The largest child exit status if any failed, else 0 (what `cadenza serve` exits with)."""
