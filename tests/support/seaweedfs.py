@@ -197,6 +197,58 @@ def _s3_ready(endpoint: S3Endpoint, probe_key: str) -> str | None:
     return None if data == b"ready" else f"probe read back {data!r}"
 
 
+def _write_identity(run_dir: Path) -> tuple[str, str, Path]:
+    """A random access key and secret, written as the server's only identity (`-s3.config`)."""
+    access_key_id = "CADENZA" + secrets.token_hex(6).upper()
+    secret_access_key = secrets.token_hex(20)
+    identities = {
+        "identities": [
+            {
+                "name": "cadenza-test",
+                "credentials": [{"accessKey": access_key_id, "secretKey": secret_access_key}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
+    config_path = run_dir / "s3.json"
+    config_path.write_text(json.dumps(identities))
+    config_path.chmod(0o600)
+    return access_key_id, secret_access_key, config_path
+
+
+def _weed_mini_args(
+    weed: Path,
+    data_dir: Path,
+    config_path: Path,
+    bucket: str,
+    sock_dir: Path,
+    ports: dict[str, int],
+) -> list[str]:
+    """The `weed mini` command line: loopback only, no telemetry, UI, WebDAV or catalogs."""
+    args = [
+        str(weed),
+        "mini",
+        f"-dir={data_dir}",
+        f"-ip={LOCALHOST}",
+        f"-ip.bind={LOCALHOST}",
+        "-master.telemetry=false",
+        # Small volumes so the auto-sized volume count stays > 0 on a CI disk with little room.
+        "-master.volumeSizeLimitMB=64",
+        "-volume.preStopSeconds=0",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={config_path}",
+        f"-bucket={bucket}",
+        f"-s3.localSocket={sock_dir / 's3.sock'}",
+        f"-filer.localSocket={sock_dir / 'filer.sock'}",
+    ]
+    for name, port in ports.items():
+        args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + _GRPC_OFFSET}"]
+    return args
+
+
 @contextlib.contextmanager
 def seaweedfs_s3(
     workdir: Path,
@@ -244,46 +296,13 @@ def seaweedfs_s3(
             own_sock_dir = True
         log_path = run_dir / "weed.log"
 
-        access_key_id = "CADENZA" + secrets.token_hex(6).upper()
-        secret_access_key = secrets.token_hex(20)
-        identities = {
-            "identities": [
-                {
-                    "name": "cadenza-test",
-                    "credentials": [{"accessKey": access_key_id, "secretKey": secret_access_key}],
-                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                }
-            ]
-        }
-        config_path = run_dir / "s3.json"
-        config_path.write_text(json.dumps(identities))
-        config_path.chmod(0o600)
+        access_key_id, secret_access_key, config_path = _write_identity(run_dir)
 
         ports = {
             name: _free_port_with_grpc_twin(LOCALHOST, taken)
             for name in ("master", "volume", "filer", "s3", "admin")
         }
-        args = [
-            str(weed),
-            "mini",
-            f"-dir={data_dir}",
-            f"-ip={LOCALHOST}",
-            f"-ip.bind={LOCALHOST}",
-            "-master.telemetry=false",
-            # Small volumes so the auto-sized volume count stays > 0 on a CI disk with little room.
-            "-master.volumeSizeLimitMB=64",
-            "-volume.preStopSeconds=0",
-            "-admin.ui=false",
-            "-webdav=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            f"-s3.config={config_path}",
-            f"-bucket={bucket}",
-            f"-s3.localSocket={sock_dir / 's3.sock'}",
-            f"-filer.localSocket={sock_dir / 'filer.sock'}",
-        ]
-        for name, port in ports.items():
-            args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + _GRPC_OFFSET}"]
+        args = _weed_mini_args(weed, data_dir, config_path, bucket, sock_dir, ports)
 
         endpoint = S3Endpoint(
             endpoint_url=f"http://{LOCALHOST}:{ports['s3']}",
