@@ -110,9 +110,13 @@ def serve(
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)
     try:
-        launched.start_api(host=host, port=port, log_level=loglevel)
-        for queues in ("cpu", "gpu"):
-            launched.start_worker(queues, loglevel=loglevel)
+        launched.start_stack(
+            port=port,
+            host=host,
+            queues=("cpu", "gpu"),
+            log_level=loglevel,
+            worker_loglevel=loglevel,
+        )
         launched.wait_ready()
         console.print(
             f"Cadenza serving on http://{host}:{port} (docs at /docs); data in {settings.data_dir}"

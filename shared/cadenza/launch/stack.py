@@ -152,6 +152,20 @@ class Launched:
         workers = sum(1 for n in self.procs if n.startswith("worker"))
         return self.start(name or f"worker{workers}", worker_command(queues, loglevel=loglevel))
 
+    def start_stack(
+        self,
+        *,
+        port: int,
+        host: str = LOCALHOST,
+        queues: Sequence[str] = ("cpu,gpu",),
+        log_level: str = "warning",
+        worker_loglevel: str = "info",
+    ) -> None:
+        """The API on `host:port` and one worker per entry of `queues`."""
+        self.start_api(host=host, port=port, log_level=log_level)
+        for q in queues:
+            self.start_worker(q, loglevel=worker_loglevel)
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until the API answers `/healthz`; fail early, with its log, if it exits."""
         deadline = time.monotonic() + timeout
@@ -200,9 +214,13 @@ def launch(
     answers; stop them all on exit (also when start-up fails)."""
     launched = Launched(env, logs=logs, log_file=log_file)
     try:
-        launched.start_api(host=host, port=port, log_level=log_level)
-        for q in queues:
-            launched.start_worker(q, loglevel=worker_loglevel)
+        launched.start_stack(
+            port=port,
+            host=host,
+            queues=queues,
+            log_level=log_level,
+            worker_loglevel=worker_loglevel,
+        )
         launched.wait_ready(ready_timeout)
         yield launched
     finally:
