@@ -14,24 +14,16 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.support.services import (  # noqa: E402
-    ensure_postgres,
-    ensure_redis,
-    free_port,
-    fresh_postgres_database,
-    fresh_redis_url,
-    wait_for_http,
-)
+from cadenza.launch.postgres import ensure_postgres, fresh_postgres_database
+from cadenza.launch.processes import free_port
+from cadenza.launch.redis import ensure_redis, fresh_redis_url
+from cadenza.launch.stack import create_key, launch, migrate
 
 
 def _cpu() -> str:
@@ -47,33 +39,10 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def run(env: dict[str, str], n: int, midi: bytes) -> dict[str, list[float]]:
-    subprocess.run([sys.executable, "-m", "cadenza.cli", "migrate"], env=env, check=True)
-    key = subprocess.run(
-        [sys.executable, "-m", "cadenza.cli", "keys", "create", "--owner", "bench"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    port = free_port()
-    api = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "cadenza_api.app:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{url}/healthz", timeout=60)
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
+    migrate(env)
+    key = create_key(env, "bench")
+    with launch(env, port=free_port(), queues=()) as api:
+        with httpx.Client(base_url=api.api_url, headers={"Authorization": f"Bearer {key}"}) as c:
             ds = c.post("/v1/datasets", json={"name": "bench"}).json()["id"]
             c.post(
                 f"/v1/datasets/{ds}/files", files=[("files", ("a.mid", midi))]
@@ -91,9 +60,6 @@ def run(env: dict[str, str], n: int, midi: bytes) -> dict[str, list[float]]:
                 c.get("/healthz")
                 times["healthz"].append(time.perf_counter() - t)
         return times
-    finally:
-        api.terminate()
-        api.wait(timeout=20)
 
 
 def main() -> None:

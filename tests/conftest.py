@@ -8,13 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.services import (
-    ensure_postgres,
-    ensure_redis,
-    fresh_postgres_database,
-    fresh_redis_url,
-    seaweedfs_s3,
-)
+from cadenza.launch.postgres import ensure_postgres, fresh_postgres_database
+from cadenza.launch.redis import ensure_redis, fresh_redis_url
+from tests.support.seaweedfs import seaweedfs_s3
 from tests.support.stack import Stack, print_logs, run_stack
 
 CACHE = Path(os.environ.get("CADENZA_TEST_CACHE", Path(__file__).parent.parent / ".cache"))

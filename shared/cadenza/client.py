@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from cadenza.atomic import atomic_path
+
 TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
 
 
@@ -23,6 +25,11 @@ class ApiFailure(RuntimeError):
 
 
 class Client:
+    """The REST API over one HTTP connection pool, as `api_key`'s owner.
+
+    Methods return the API's JSON; an error answer raises `ApiFailure`.
+    """
+
     def __init__(self, api_url: str, api_key: str | None, *, timeout: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout)
@@ -66,7 +73,8 @@ class Client:
                     if job["state"] != "succeeded":
                         raise ApiFailure(409, "job_" + job["state"], job.get("error") or "")
                     continue
-                with dest.open("wb") as fh:
+                # A download cut short leaves no torn file under dest.
+                with atomic_path(dest) as tmp, tmp.open("wb") as fh:
                     for chunk in r.iter_bytes():
                         fh.write(chunk)
                 return dest

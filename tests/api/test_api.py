@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import symusic
 from fastapi.testclient import TestClient
 
 from cadenza.config import Settings
@@ -17,15 +16,11 @@ from cadenza.db.migrate import upgrade
 from cadenza.db.repo import create_api_key
 from cadenza.db.session import session_scope
 from cadenza_api.app import create_app
+from tests.support.music import midi_bytes
 
 
 def tiny_midi(notes: int = 16) -> bytes:
-    score = symusic.Score(480)
-    track = symusic.Track(program=0)
-    for i in range(notes):
-        track.notes.append(symusic.Note(i * 240, 240, 60 + i % 12, 80))
-    score.tracks.append(track)
-    return bytes(score.dumps_midi())
+    return midi_bytes([(i * 240, 240, 60 + i % 12, 80) for i in range(notes)])
 
 
 @pytest.fixture

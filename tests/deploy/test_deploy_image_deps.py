@@ -120,7 +120,7 @@ def _imports(module: str, module_level_only: bool) -> frozenset[str]:
 def _follows_lazy(image: str, module: str) -> bool:
     if image == "api":
         return module.startswith("cadenza_api")
-    return module != CLI
+    return module.split(".")[:2] not in (["cadenza", "cli"], ["cadenza", "launch"])
 
 
 def _third_party(image: str) -> dict[str, str]:

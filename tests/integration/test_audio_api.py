@@ -12,6 +12,7 @@ import soundfile as sf
 import symusic
 
 from cadenza.client import Client
+from tests.support.music import midi_bytes
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -19,12 +20,9 @@ pytestmark = pytest.mark.integration
 
 def scale_midi() -> bytes:
     """A C-major scale, quarter notes at 120 bpm: 8 notes, 4 s."""
-    score = symusic.Score(480)
-    track = symusic.Track(program=0)
-    for i, pitch in enumerate([60, 62, 64, 65, 67, 69, 71, 72]):
-        track.notes.append(symusic.Note(i * 480, 440, pitch, 90))
-    score.tracks.append(track)
-    return bytes(score.dumps_midi())
+    return midi_bytes(
+        [(i * 480, 440, p, 90) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])]
+    )
 
 
 @pytest.fixture(scope="module")

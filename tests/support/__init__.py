@@ -1,6 +1,7 @@
-"""Helpers shared by the test suite and the bench scripts (no pytest imports here).
+"""Helpers shared by the test suite (no pytest imports here).
 
-`tests.support.services` gives real PostgreSQL, Redis and an S3 endpoint (SeaweedFS): the
-suite never mocks a database, broker or object store, so these helpers start the real ones
-when they are installed but stopped (a fresh CI machine) and isolate concurrent test runs.
+The suite never mocks a database, broker or object store. PostgreSQL and Redis come from
+`cadenza.launch.postgres` and `cadenza.launch.redis` (the benchmarks use them too), a private
+SeaweedFS S3 server from `tests.support.seaweedfs`, and the API + worker processes from
+`tests.support.stack`. `tests.support.music` builds the small MIDI files tests craft.
 """

@@ -433,21 +433,14 @@ CHORDS = [[48, 60, 64, 67], [53, 60, 65, 69], [55, 59, 62, 67, 71], [48, 60, 64,
 def _scale_and_chords_midi() -> bytes:
     """Solo piano at 100 bpm: a C-major scale up and down in quarters, then four half-note
     chords (C, F, G7, C)."""
-    from symusic.core import NoteTick, ScoreTick, TempoTick, TrackTick
+    from tests.support.music import midi_bytes
 
-    score = ScoreTick(480)
-    score.tempos.append(TempoTick(0, qpm=100.0))
-    track = TrackTick("Piano", 0, False)
-    tick = 0
-    for pitch in SCALE:
-        track.notes.append(NoteTick(tick, 440, pitch, 90))
-        tick += 480
+    notes = [(i * 480, 440, pitch, 90) for i, pitch in enumerate(SCALE)]
+    tick = len(SCALE) * 480
     for chord in CHORDS:
-        for pitch in chord:
-            track.notes.append(NoteTick(tick, 900, pitch, 85))
+        notes += [(tick, 900, pitch, 85) for pitch in chord]
         tick += 960
-    score.tracks.append(track)
-    return score.dumps_midi()
+    return midi_bytes(notes, qpm=100.0)
 
 
 def _intervals_and_hz(midi: bytes) -> tuple[np.ndarray, np.ndarray]:

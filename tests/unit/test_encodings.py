@@ -10,7 +10,7 @@ from symusic.core import ScoreTick
 from cadenza.tokenize import TokenizerSpec, build_tokenizer, tokenizer_from_bytes
 from cadenza.tokenize.chord_duration import SEP, ChordDurationTokenizer
 from cadenza.tokenize.midichar import MidiCharTokenizer
-from tests.unit._music import make_score, notes_in_quarters, notes_in_seconds
+from tests.support.music import make_score, notes_in_quarters, notes_in_seconds
 
 TPQ = 480  # at 120 qpm: 960 ticks per second
 

@@ -24,7 +24,7 @@ from cadenza.evaluate import (
     summarize,
 )
 from cadenza.midi import MidiRejected
-from tests.unit._music import Note, make_score, midi_bytes, smf
+from tests.support.music import Note, make_score, midi_bytes, smf
 
 Q = 480  # ticks per quarter in the hand-built files
 C_MAJOR = (60, 62, 64, 65, 67, 69, 71)

@@ -27,7 +27,7 @@ from cadenza.jobs import (
     renew_lease,
     request_cancel,
 )
-from tests.support.services import ensure_postgres, fresh_postgres_database
+from cadenza.launch.postgres import ensure_postgres, fresh_postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -19,7 +19,7 @@ from cadenza.midi.load import (
     load_score,
     sniff_midi,
 )
-from tests.unit._music import (
+from tests.support.music import (
     bach_paths,
     make_score,
     many_notes,

@@ -26,7 +26,7 @@ from cadenza.tokenize.quarter_vq import (
     vq_roll,
 )
 from cadenza.tokenize.registry import tokenizer_from_bytes
-from tests.unit._music import bach_pairs, make_score
+from tests.support.music import bach_pairs, make_score
 
 #: A network small enough to overfit a few quarters in about a second on 2 CPU cores.
 TINY = {

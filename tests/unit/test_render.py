@@ -18,6 +18,7 @@ from cadenza.render import symusic as symusic_engine
 from cadenza.render.audio import SoundfontMissing, default_soundfont, render_midi
 from cadenza.render.pianoroll import pianoroll_png, pitch_name, program_name
 from cadenza.render.plots import loss_curve_png
+from tests.support.music import midi_bytes
 
 
 def _midi(
@@ -29,14 +30,8 @@ def _midi(
 ) -> bytes:
     """A MIDI file from (start beat, length in beats, pitch, velocity), copied onto ``tracks``
     tracks with consecutive programs."""
-    score = ScoreTick(480)
-    score.tempos.append(TempoTick(0, qpm=qpm))
-    for k in range(tracks):
-        track = TrackTick(f"track {k}", program + k, False)
-        for start, length, pitch, velocity in notes:
-            track.notes.append(NoteTick(round(start * 480), round(length * 480), pitch, velocity))
-        score.tracks.append(track)
-    return score.dumps_midi()
+    ticks = [(round(s * 480), round(n * 480), p, v) for s, n, p, v in notes]
+    return midi_bytes(ticks, program=program, qpm=qpm, tracks=tracks)
 
 
 SCALE = _midi([(i, 0.9, p, 90) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])])

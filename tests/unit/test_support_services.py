@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,18 +22,16 @@ import pytest
 import redis
 from obstore.store import S3Store
 
-from tests.support.services import (
-    S3Endpoint,
-    ensure_postgres,
-    ensure_redis,
+from cadenza.launch.postgres import ensure_postgres, fresh_postgres_database, libpq_url
+from cadenza.launch.processes import (
+    ServiceUnavailableError,
     free_port,
-    fresh_postgres_database,
-    fresh_redis_url,
-    libpq_url,
-    seaweedfs_s3,
     wait_for_http,
     wait_for_port,
 )
+from cadenza.launch.redis import ensure_redis, fresh_redis_url
+from cadenza.launch.stack import Launched, api_command
+from tests.support.seaweedfs import S3Endpoint, seaweedfs_s3
 
 # --------------------------------------------------------------------------------------------
 # ports and waiting
@@ -207,6 +207,42 @@ def test_fresh_redis_url_skips_dbs_holding_foreign_data() -> None:
         assert redis.Redis.from_url(f"{base}/3").get("foreign") == b"keep"
     finally:
         _shutdown_redis(base)
+
+
+# --------------------------------------------------------------------------------------------
+# the API and worker processes
+# --------------------------------------------------------------------------------------------
+
+
+def test_api_command_is_uvicorn_on_the_app_factory() -> None:
+    argv = api_command(port=1234, log_level="warning")
+    assert argv[1:5] == ["-m", "uvicorn", "cadenza_api.app:create_app", "--factory"]
+    assert argv[argv.index("--port") + 1] == "1234" and "--workers" not in argv
+    assert api_command(port=1, workers=3)[-2:] == ["--workers", "3"]
+
+
+def test_launched_reports_an_api_that_dies_while_starting(tmp_path: Path) -> None:
+    """No minute-long wait for an API that already exited: its code and log come at once."""
+    launched = Launched(dict(os.environ), logs=tmp_path)
+    launched.start("api", [sys.executable, "-c", "print('no database'); raise SystemExit(3)"])
+    launched.api_url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailableError, match=r"code 3(.|\n)*no database"):
+        launched.wait_ready(timeout=30)
+    assert time.monotonic() - started < 10
+    launched.stop()
+    assert launched.exited() and launched.exit_code() == 3
+
+
+def test_launched_stop_ends_every_child(tmp_path: Path) -> None:
+    launched = Launched(dict(os.environ), log_file=tmp_path / "all.log")
+    for name in ("a", "b"):
+        launched.start(name, [sys.executable, "-c", "import time; time.sleep(60)"])
+    assert not launched.exited()
+    started = time.monotonic()
+    launched.stop(timeout=5)
+    assert time.monotonic() - started < 5  # SIGTERM to both at once, not one after the other
+    assert all(p.poll() is not None for p in launched.procs.values())
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from cadenza.tokenize.spec import (
     MIDITOK_SINGLE_STREAM,
     OWN_TOKENIZERS,
 )
-from tests.unit._music import (
+from tests.support.music import (
     bach_pairs,
     midi_bytes,
     notes_in_quarters,

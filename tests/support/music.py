@@ -1,4 +1,9 @@
-"""Test helpers for MIDI and tokenizer tests: real chorales, crafted files, note comparisons."""
+"""The one place tests build music: real chorales, crafted scores and MIDI files, note tables.
+
+Every test that needs MIDI bytes or a score builds it here (from (time, duration, pitch,
+velocity) tuples in ticks, or raw track events for malformed files), so a change in how
+symusic writes files is absorbed once.
+"""
 
 from __future__ import annotations
 
@@ -42,12 +47,17 @@ def make_score(
     program: int = 0,
     drum_notes: Iterable[Note] = (),
     ts: tuple[int, int] = (4, 4),
+    tracks: int = 1,
 ) -> ScoreTick:
-    """A one-track score (plus an optional drum track) from (time, duration, pitch, velocity)."""
+    """A score from (time, duration, pitch, velocity) in ticks: the notes on `tracks` piano
+    tracks (programs `program`, `program + 1`, …) plus an optional drum track. A track with no
+    notes is left out."""
     score = ScoreTick(tpq)
     score.tempos.append(TempoTick(0, qpm))
     score.time_signatures.append(TimeSignatureTick(0, ts[0], ts[1]))
-    for name, prog, drum, ns in (("piano", program, False, notes), ("drums", 0, True, drum_notes)):
+    pitched = list(notes)
+    parts = [("piano", program + k, False, pitched) for k in range(tracks)]
+    for name, prog, drum, ns in (*parts, ("drums", 0, True, drum_notes)):
         arr = np.asarray(list(ns), dtype=np.int64).reshape(-1, 4)
         if arr.size == 0:
             continue

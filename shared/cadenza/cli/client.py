@@ -1,0 +1,284 @@
+"""Client commands: drive the REST API at `CADENZA_API_URL` with `CADENZA_API_KEY`.
+
+Every command talks to the API through `connect()`, which also turns an API error into one
+line on stderr (`error STATUS CODE: message`) and exit status 1, so no command handles
+`ApiFailure` itself. Bad option values exit with status 2, like typer's own usage errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cadenza.cli.output import console, out, print_json
+from cadenza.client import ApiFailure, Client
+from cadenza.config import get_settings
+
+datasets_app = typer.Typer(help="Datasets and their files.")
+corpora_app = typer.Typer(help="Tokenized corpora.")
+models_app = typer.Typer(help="Models and training.")
+jobs_app = typer.Typer(help="Jobs: status, wait, cancel.")
+
+
+@contextmanager
+def api_errors() -> Iterator[None]:
+    """Turn an `ApiFailure` raised in the block into its message and exit status 1."""
+    try:
+        yield
+    except ApiFailure as exc:
+        console.print(f"[red]error[/] {exc.status} {exc.code}: {exc.message}")
+        raise typer.Exit(1) from None
+
+
+@contextmanager
+def connect() -> Iterator[Client]:
+    """A client for the configured API (exit 2 without a key), inside `api_errors`."""
+    s = get_settings()
+    if not s.api_key:
+        console.print(
+            "[red]set CADENZA_API_KEY[/] (make one with `cadenza keys create --owner NAME`)"
+        )
+        raise typer.Exit(2)
+    with Client(s.api_url, s.api_key) as c, api_errors():
+        yield c
+
+
+def _json_option(option: str, text: str) -> dict[str, Any]:
+    """A JSON-object option's value, or exit 2 naming the option (not a traceback)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]error[/] --{option} is not valid JSON: {exc}")
+        raise typer.Exit(2) from None
+    if not isinstance(value, dict):
+        console.print(f"[red]error[/] --{option} must be a JSON object, like '{{\"key\": 1}}'")
+        raise typer.Exit(2)
+    return value
+
+
+def follow(client: Client, job: dict[str, Any], label: str) -> dict[str, Any]:
+    """Show a progress bar for a job until it ends; exit non-zero if it did not succeed."""
+    with Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[msg]}"),
+        console=console,
+    ) as bar:
+        task = bar.add_task(label, total=1.0, msg="queued")
+
+        def update(j: dict[str, Any]) -> None:
+            bar.update(task, completed=j["progress"], msg=(j["message"] or j["state"])[:60])
+
+        final = client.wait(job["id"], on_update=update)
+    if final["state"] != "succeeded":
+        console.print(f"[red]{label} {final['state']}[/]: {final.get('error') or final['message']}")
+        raise typer.Exit(1)
+    return final
+
+
+@datasets_app.command("create")
+def datasets_create(name: str, description: str = "") -> None:
+    """Create a dataset."""
+    with connect() as c:
+        print_json(c.create_dataset(name, description))
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    with connect() as c:
+        table = Table("id", "name", "files", "created")
+        for d in c.get("/v1/datasets"):
+            table.add_row(d["id"], d["name"], str(d["file_count"]), d["created_at"])
+        out.print(table)
+
+
+@datasets_app.command("upload")
+def datasets_upload(dataset_id: str, paths: list[Path]) -> None:
+    """Upload files (MIDI, audio, or zips of them) to a dataset."""
+    with connect() as c:
+        files = c.upload(dataset_id, paths)
+        for f in files:
+            out.print(f"{f['id']}  {f['kind']:5} {f['format']:4} {f['size']:>9}  {f['name']}")
+
+
+@datasets_app.command("files")
+def datasets_files(dataset_id: str) -> None:
+    with connect() as c:
+        print_json(c.get(f"/v1/datasets/{dataset_id}/files"))
+
+
+@corpora_app.command("create")
+def corpora_create(
+    dataset_id: str,
+    tokenizer: Annotated[str | None, typer.Option(help="REMI, TSD, MIDILike, …")] = None,
+    preset: Annotated[str | None, typer.Option(help="e.g. remi-colab")] = None,
+    config: Annotated[str, typer.Option(help="JSON tokenizer config overrides")] = "{}",
+    seed: int = 0,
+    wait: bool = True,
+) -> None:
+    """Tokenize a dataset into a corpus (default: REMI with MidiTok's defaults)."""
+    with connect() as c:
+        job = c.create_corpus(
+            dataset_id,
+            tokenizer=tokenizer,
+            preset=preset,
+            tokenizer_config=_json_option("config", config),
+            seed=seed,
+        )
+        if wait:
+            job = follow(c, job, "tokenize")
+            print_json(c.get(f"/v1/corpora/{job['corpus_id']}"))
+        else:
+            print_json(job)
+
+
+@corpora_app.command("show")
+def corpora_show(corpus_id: str) -> None:
+    with connect() as c:
+        print_json(c.get(f"/v1/corpora/{corpus_id}"))
+
+
+@models_app.command("create")
+def models_create(
+    corpus_id: str,
+    architecture: str = "music-transformer",
+    preset: str = "tiny",
+    config: Annotated[str, typer.Option(help="JSON overrides of the model config")] = "{}",
+    train: Annotated[str, typer.Option(help="JSON overrides of the training config")] = "{}",
+    wait: bool = True,
+) -> None:
+    """Train a model on a corpus."""
+    with connect() as c:
+        job = c.create_model(
+            corpus_id,
+            architecture=architecture,
+            preset=preset,
+            config=_json_option("config", config),
+            train=_json_option("train", train),
+        )
+        if wait:
+            job = follow(c, job, "train")
+        print_json(job)
+
+
+@models_app.command("show")
+def models_show(model_id: str) -> None:
+    with connect() as c:
+        print_json(c.get(f"/v1/models/{model_id}"))
+
+
+def sample(
+    model_id: str,
+    primer: Annotated[Path | None, typer.Option(help="a MIDI file to continue")] = None,
+    primer_file_id: Annotated[
+        str | None, typer.Option(help="a stored MIDI file to continue")
+    ] = None,
+    primer_bars: int | None = None,
+    dataset_id: Annotated[str | None, typer.Option(help="dataset to upload --primer to")] = None,
+    n: Annotated[int, typer.Option("-n", "--n", help="variations, sampled as one batch")] = 1,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    seed: int | None = None,
+    primer_seconds: float | None = None,
+    max_bars: int | None = None,
+    options: Annotated[
+        str,
+        typer.Option(
+            help='JSON of any other sample fields, e.g. \'{"repetition_penalty": 1.2, '
+            '"include_primer": false}\' (see POST /v1/models/{id}/samples)'
+        ),
+    ] = "{}",
+    output: Annotated[Path, typer.Option("-o", "--output")] = Path("samples"),
+) -> None:
+    """Generate N variations and write their MIDI files to OUTPUT."""
+    with connect() as c:
+        if primer is not None:
+            if not dataset_id:
+                model = c.get(f"/v1/models/{model_id}")
+                corpus = c.get(f"/v1/corpora/{model['corpus_id']}")
+                dataset_id = corpus["dataset_id"]
+            primer_file_id = c.upload(str(dataset_id), [primer])[0]["id"]
+        opts: dict[str, Any] = {
+            "n": n,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "min_p": min_p,
+            "seed": seed,
+            "primer_file_id": primer_file_id,
+            "primer_bars": primer_bars,
+            "primer_seconds": primer_seconds,
+            "max_bars": max_bars,
+            **_json_option("options", options),
+        }
+        job = follow(c, c.sample(model_id, **opts), "sample")
+        for sid in job["sample_ids"]:
+            path = c.download(f"/v1/samples/{sid}/midi", output / f"{sid}.mid")
+            out.print(str(path))
+
+
+def _save_render(item_id: str, is_file: bool, view: str, dest: Path) -> None:
+    """Download a rendering of a sample (or a dataset MIDI file), waiting while it is made."""
+    base = f"/v1/files/{item_id}" if is_file else f"/v1/samples/{item_id}"
+    with connect() as c:
+        c.download(f"{base}/{view}", dest)
+    out.print(str(dest))
+
+
+def play(
+    item_id: Annotated[str, typer.Argument(help="a sample id (or a MIDI file id with --file)")],
+    file: Annotated[bool, typer.Option("--file", help="ITEM_ID is a dataset file")] = False,
+    format: Annotated[str, typer.Option(help="mp3 or wav")] = "mp3",
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+) -> None:
+    """Save a sample (or MIDI file) rendered to audio with the General MIDI soundfont."""
+    _save_render(item_id, file, f"audio?format={format}", output or Path(f"{item_id}.{format}"))
+
+
+def show(
+    item_id: Annotated[str, typer.Argument(help="a sample id (or a MIDI file id with --file)")],
+    file: Annotated[bool, typer.Option("--file", help="ITEM_ID is a dataset file")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+) -> None:
+    """Save the piano-roll picture of a sample (or MIDI file) as PNG."""
+    _save_render(item_id, file, "pianoroll.png", output or Path(f"{item_id}.png"))
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str) -> None:
+    with connect() as c:
+        print_json(c.job(job_id))
+
+
+@jobs_app.command("wait")
+def jobs_wait(job_id: str) -> None:
+    with connect() as c:
+        print_json(follow(c, c.job(job_id), "job"))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    with connect() as c:
+        print_json(c.cancel(job_id))
+
+
+@jobs_app.command("list")
+def jobs_list(state: str | None = None) -> None:
+    with connect() as c:
+        table = Table("id", "type", "state", "progress", "message")
+        for j in c.get("/v1/jobs", **({"state": state} if state else {}))["jobs"]:
+            table.add_row(j["id"], j["type"], j["state"], f"{j['progress']:.0%}", j["message"][:60])
+        out.print(table)
