@@ -32,7 +32,6 @@ import platform
 import re
 import secrets
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -42,6 +41,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from cadenza.launch.postgres import fresh_postgres_database
+from cadenza.launch.processes import free_port
+from cadenza.launch.redis import fresh_redis_url
+from cadenza.launch.stack import api_command, create_key, migrate
 
 HOST = "127.0.0.1"
 LEVELS = (4, 12, 24, 64, 256)
@@ -77,12 +81,6 @@ def _cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _tiny_midi() -> bytes:
@@ -123,18 +121,13 @@ class Server:
 
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
         self.env = env
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        cli = [sys.executable, "-m", "cadenza.cli"]
-        subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
-        out = subprocess.run(
-            [*cli, "keys", "create", "--owner", "bench"], env=env, check=True, capture_output=True
-        )
-        self.key = out.stdout.decode().strip().splitlines()[-1]
+        migrate(env)
+        self.key = create_key(env, "bench")
         self.log = (workdir / "api.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "cadenza_api.app:create_app", "--factory"]
-            + ["--host", HOST, "--port", str(self.port), "--log-level", "warning"],
+            api_command(host=HOST, port=self.port, log_level="warning"),
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -269,32 +262,12 @@ def run_backend(server: Server, workloads: list[str], seconds: int) -> list[Row]
 
 @contextlib.contextmanager
 def _postgres_and_redis() -> Iterator[dict[str, str]]:
-    """A fresh database on 127.0.0.1:5432 and an empty Redis db on :6379, removed afterwards."""
-    import psycopg
-    import redis
-
-    name = f"cadenza_bench_{int(time.time())}_{secrets.token_hex(3)}"
-    admin = f"postgresql://postgres@{HOST}:5432/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    claim = f"cadenza:bench:{secrets.token_hex(4)}"
-    db_number = None
-    for number in range(15, 0, -1):  # high numbers first: tests claim from the low end
-        r = redis.Redis(host=HOST, port=6379, db=number)
-        if r.dbsize() == 0 and r.set(claim, "1", nx=True, ex=3600):
-            db_number = number
-            break
-    if db_number is None:
-        raise RuntimeError("no empty Redis db on 127.0.0.1:6379")
-    try:
-        yield {
-            "CADENZA_DATABASE_URL": f"postgresql+psycopg://postgres@{HOST}:5432/{name}",
-            "CADENZA_BROKER_URL": f"redis://{HOST}:6379/{db_number}",
-        }
-    finally:
-        redis.Redis(host=HOST, port=6379, db=db_number).flushdb()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A fresh database on 127.0.0.1:5432 and an unused Redis db on :6379, removed afterwards."""
+    with (
+        fresh_postgres_database("cadenza_bench") as db_url,
+        fresh_redis_url() as broker_url,
+    ):
+        yield {"CADENZA_DATABASE_URL": db_url, "CADENZA_BROKER_URL": broker_url}
 
 
 def _ms(value: float) -> str:
