@@ -12,17 +12,38 @@ from cadenza.jobs import submit
 from cadenza.tokenize.params import TokenizeParams
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
+from cadenza_api.openapi import V1_ERRORS, binary, errors
 from cadenza_api.schemas import CorpusOut, CorpusRequest, JobOut
 from cadenza_api.streams import stream_object
 
-router = APIRouter(prefix="/v1/corpora", tags=["corpora"])
+router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=V1_ERRORS)
 
 
-@router.post("", status_code=202, response_model=JobOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    operation_id="corpora_create",
+    summary="Tokenize a dataset into a corpus",
+    responses=errors(
+        404,
+        409,
+        422,
+        why={
+            404: "No such dataset.",
+            409: "The dataset has no MIDI files yet: upload some (or transcribe audio) first.",
+            422: "An invalid tokenizer, preset, BPE, augmentation or split; `error.details` "
+            "names each field.",
+        },
+    ),
+)
 def create_corpus(
     body: CorpusRequest, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
 ) -> JobOut:
-    """Queue tokenization of a dataset's MIDI files; the job's `corpus_id` names the result."""
+    """Queue tokenization of a dataset's MIDI files; the job's `corpus_id` names the result.
+
+    Answers 202 with the job; poll it (`GET /v1/jobs/{id}`) until `succeeded`.
+    """
     get_owned(session, Dataset, body.dataset_id, owner.id)
     n_midi = session.scalar(
         select(func.count(File.id)).where(File.dataset_id == body.dataset_id, File.kind == "midi")
@@ -38,17 +59,31 @@ def create_corpus(
     return JobOut.model_validate(job)
 
 
-@router.get("", response_model=list[CorpusOut])
+@router.get("", response_model=list[CorpusOut], operation_id="corpora_list", summary="List corpora")
 def list_corpora(session: SessionDep, owner: CurrentOwner, limit: int = 100) -> list[CorpusOut]:
+    """Your corpora, newest first."""
     return [CorpusOut.model_validate(c) for c in list_owned(session, Corpus, owner.id, limit=limit)]
 
 
-@router.get("/{corpus_id}", response_model=CorpusOut)
+@router.get(
+    "/{corpus_id}",
+    response_model=CorpusOut,
+    operation_id="corpora_get",
+    summary="Get a corpus",
+    responses=errors(404),
+)
 def get_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner) -> CorpusOut:
+    """Its tokenizer (`params`, `tokenizer_hash`), vocabulary size and per-split counts."""
     return CorpusOut.model_validate(get_owned(session, Corpus, corpus_id, owner.id))
 
 
-@router.get("/{corpus_id}/export.npz")
+@router.get(
+    "/{corpus_id}/export.npz",
+    response_class=StreamingResponse,
+    operation_id="corpora_export",
+    summary="Download a corpus as .npz",
+    responses=binary("A NumPy `.npz` archive.", "application/octet-stream") | errors(404),
+)
 def export_corpus(
     corpus_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:

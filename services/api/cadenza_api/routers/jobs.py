@@ -9,13 +9,14 @@ from cadenza.db.models import Job
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.jobs import TERMINAL, JobState, request_cancel
 from cadenza_api.deps import CurrentOwner, SessionDep
+from cadenza_api.openapi import V1_ERRORS, errors
 from cadenza_api.schemas import JobList, JobOut
 from cadenza_api.streams import job_event_stream, sse_response
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, operation_id="jobs_list", summary="List jobs")
 def list_jobs(
     session: SessionDep,
     owner: CurrentOwner,
@@ -24,17 +25,34 @@ def list_jobs(
     limit: int = 100,
     offset: int = 0,
 ) -> JobList:
+    """Your jobs, newest first; filter by `state` (queued, running, succeeded, failed,
+    cancelled) and `type` (tokenize, train, sample, audio, render)."""
     filters = {k: v for k, v in {"state": state, "type": type}.items() if v}
     rows = list_owned(session, Job, owner.id, limit=min(limit, 1000), offset=offset, **filters)
     return JobList(jobs=[JobOut.model_validate(j) for j in rows])
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    operation_id="jobs_get",
+    summary="Get a job",
+    responses=errors(404),
+)
 def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
+    """Its state and progress, and once it succeeded the ids of what it made (`corpus_id`,
+    `model_id`, `sample_ids`, `file_ids`); poll until the state is terminal."""
     return JobOut.model_validate(get_owned(session, Job, job_id, owner.id))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    operation_id="jobs_cancel",
+    summary="Cancel a job",
+    responses=errors(404),
+)
 def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     """Cancel a queued job now, or ask a running one to stop; a finished job is unchanged."""
     job = get_owned(session, Job, job_id, owner.id)
@@ -43,7 +61,19 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     return JobOut.model_validate(job)
 
 
-@router.get("/{job_id}/events")
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    operation_id="jobs_events",
+    summary="Stream a job's progress events",
+    responses={
+        200: {
+            "description": "Server-Sent Events: one per progress event, then `end`.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    }
+    | errors(404),
+)
 def job_events(
     job_id: str, request: Request, session: SessionDep, owner: CurrentOwner, after: int = 0
 ) -> StreamingResponse:

@@ -15,6 +15,7 @@ from cadenza.storage import ObjectNotFound, job_key
 from cadenza.train.params import TrainParams, resolve_model
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
+from cadenza_api.openapi import V1_ERRORS, binary, errors
 from cadenza_api.schemas import (
     CheckpointOut,
     JobOut,
@@ -27,14 +28,35 @@ from cadenza_api.schemas import (
 )
 from cadenza_api.streams import stream_object
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=V1_ERRORS)
 
 
-@router.post("", status_code=202, response_model=JobOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    operation_id="models_create",
+    summary="Train a model on a corpus",
+    responses=errors(
+        404,
+        409,
+        422,
+        why={
+            404: "No such corpus, or no such `init_checkpoint_id`.",
+            409: "The checkpoint to fine-tune was trained with another tokenizer than this corpus.",
+            422: "An invalid architecture, preset, `config` or `train` value; `error.details` "
+            "names each field.",
+        },
+    ),
+)
 def create_model(
     body: ModelRequest, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
 ) -> JobOut:
-    """Queue training; the model row exists at once so its progress can be watched."""
+    """Queue training; the model row exists at once so its progress can be watched.
+
+    Answers 202 with the job; its `model_id` names the model (`GET /v1/models/{id}` shows
+    state, checkpoints and metrics while it trains).
+    """
     corpus = get_owned(session, Corpus, body.corpus_id, owner.id)
     tokenizer = (corpus.params.get("tokenizer_spec") or {}).get("name")
     config, train = resolve_model(body, tokenizer=tokenizer)
@@ -101,17 +123,32 @@ def _model_out(session: SessionDep, model: Model) -> ModelOut:
     )
 
 
-@router.get("", response_model=list[ModelOut])
+@router.get("", response_model=list[ModelOut], operation_id="models_list", summary="List models")
 def list_models(session: SessionDep, owner: CurrentOwner, limit: int = 100) -> list[ModelOut]:
+    """Your models, newest first, each with its checkpoints and metrics."""
     return [_model_out(session, m) for m in list_owned(session, Model, owner.id, limit=limit)]
 
 
-@router.get("/{model_id}", response_model=ModelOut)
+@router.get(
+    "/{model_id}",
+    response_model=ModelOut,
+    operation_id="models_get",
+    summary="Get a model",
+    responses=errors(404),
+)
 def get_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> ModelOut:
+    """Its state (`queued`, `training`, `ready`, `failed`, …), configs, checkpoints and losses."""
     return _model_out(session, get_owned(session, Model, model_id, owner.id))
 
 
-@router.get("/{model_id}/checkpoints/{checkpoint_id}")
+@router.get(
+    "/{model_id}/checkpoints/{checkpoint_id}",
+    response_class=StreamingResponse,
+    operation_id="models_download_checkpoint",
+    summary="Download a training checkpoint",
+    responses=binary("A PyTorch checkpoint (`.pt`).", "application/octet-stream")
+    | errors(404, why={404: "No such model, or no such checkpoint of it."}),
+)
 def download_checkpoint(
     model_id: str, checkpoint_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:
@@ -123,7 +160,14 @@ def download_checkpoint(
     return stream_object(store, ckpt.object_key, filename=f"{model.id}-{ckpt.step}.pt")
 
 
-@router.get("/{model_id}/loss.png")
+@router.get(
+    "/{model_id}/loss.png",
+    response_class=Response,
+    operation_id="models_get_loss_curve",
+    summary="Draw a model's loss curves",
+    responses=binary("The loss curves as a PNG.", "image/png")
+    | errors(404, 409, why={409: "No loss curve yet: it is drawn at the first evaluation."}),
+)
 def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner) -> Response:
     """Training curves (train/val loss per step) as a PNG, redrawn at every evaluation."""
     model = get_owned(session, Model, model_id, owner.id)
@@ -135,7 +179,14 @@ def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: Current
         ) from exc
 
 
-@router.get("/{model_id}/weights.safetensors")
+@router.get(
+    "/{model_id}/weights.safetensors",
+    response_class=StreamingResponse,
+    operation_id="models_download_weights",
+    summary="Download a model's weights",
+    responses=binary("The weights in safetensors format.", "application/octet-stream")
+    | errors(404, 409, why={409: "Not exported yet: the file is written when training ends."}),
+)
 def download_weights(
     model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:
@@ -149,7 +200,25 @@ def download_weights(
     )
 
 
-@router.post("/{model_id}/samples", status_code=202, response_model=JobOut)
+@router.post(
+    "/{model_id}/samples",
+    status_code=202,
+    response_model=JobOut,
+    operation_id="models_create_samples",
+    summary="Generate music from a model",
+    responses=errors(
+        404,
+        409,
+        422,
+        why={
+            404: "No such model, checkpoint or primer file.",
+            409: "The model has no checkpoint yet (wait for its training job to save one), or "
+            "`primer_tokens` come from another tokenizer.",
+            422: "An invalid sampling option, a primer file that is not MIDI, or "
+            "`primer_tokens` / `force_tokens` outside the model's vocabulary.",
+        },
+    ),
+)
 def create_samples(
     model_id: str,
     body: SampleRequest,
@@ -157,7 +226,11 @@ def create_samples(
     settings: SettingsDep,
     owner: CurrentOwner,
 ) -> JobOut:
-    """Queue `n` variations; the job's `sample_ids` name them when it succeeds."""
+    """Queue `n` variations; the job's `sample_ids` name them when it succeeds.
+
+    Answers 202 with the job; poll it, then fetch each sample's MIDI
+    (`GET /v1/samples/{id}/midi`).
+    """
     model = get_owned(session, Model, model_id, owner.id)
     ckpt = pick_checkpoint(session=session, model_id=model.id, which=body.checkpoint)
     if ckpt is None:
@@ -189,8 +262,15 @@ def create_samples(
     return JobOut.model_validate(job)
 
 
-@router.get("/{model_id}/samples", response_model=SampleList)
+@router.get(
+    "/{model_id}/samples",
+    response_model=SampleList,
+    operation_id="models_list_samples",
+    summary="List a model's samples",
+    responses=errors(404),
+)
 def list_samples(model_id: str, session: SessionDep, owner: CurrentOwner) -> SampleList:
+    """Every sample generated from this model, newest first."""
     get_owned(session, Model, model_id, owner.id)
     rows = list_owned(session, Sample, owner.id, limit=1000, model_id=model_id)
     return SampleList(samples=[SampleOut.model_validate(s) for s in rows])

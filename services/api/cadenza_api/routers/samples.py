@@ -12,21 +12,39 @@ from cadenza.db.repo import get_owned
 from cadenza.storage import ObjectNotFound
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
-from cadenza_api.rendered import RENDER_202, rendered
+from cadenza_api.openapi import AUDIO_RENDER_MEDIA_TYPES, V1_ERRORS, binary, errors, rendering
+from cadenza_api.rendered import rendered
 from cadenza_api.schemas import SampleOut
 
-router = APIRouter(prefix="/v1/samples", tags=["samples"])
+router = APIRouter(prefix="/v1/samples", tags=["samples"], responses=V1_ERRORS)
+
+# A sample made before renderings were keyed by content hash cannot be rendered.
+_RENDER_ERRORS = errors(404, 409, why={409: "This sample has no content hash: sample again."})
 
 
-@router.get("/{sample_id}", response_model=SampleOut)
+@router.get(
+    "/{sample_id}",
+    response_model=SampleOut,
+    operation_id="samples_get",
+    summary="Get a sample",
+    responses=errors(404),
+)
 def get_sample(sample_id: str, session: SessionDep, owner: CurrentOwner) -> SampleOut:
+    """Its sampling parameters, length (tokens, notes, seconds) and measured metrics (`meta`)."""
     return SampleOut.model_validate(get_owned(session, Sample, sample_id, owner.id))
 
 
-@router.get("/{sample_id}/midi")
+@router.get(
+    "/{sample_id}/midi",
+    response_class=Response,
+    operation_id="samples_get_midi",
+    summary="Download a sample's MIDI",
+    responses=binary("The generated piece as a Standard MIDI File.", "audio/midi") | errors(404),
+)
 def sample_midi(
     sample_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> Response:
+    """The generated piece as a `.mid` file (primer included when it was asked for)."""
     sample = get_owned(session, Sample, sample_id, owner.id)
     try:
         data = store.get(sample.midi_key)
@@ -46,7 +64,14 @@ def _hash(sample: Sample) -> str:
     return str(sha)
 
 
-@router.get("/{sample_id}/audio", responses=RENDER_202)
+@router.get(
+    "/{sample_id}/audio",
+    response_class=Response,
+    operation_id="samples_get_audio",
+    summary="Render a sample to audio",
+    responses=rendering("The audio (MP3 or WAV, as asked).", *AUDIO_RENDER_MEDIA_TYPES)
+    | _RENDER_ERRORS,
+)
 def sample_audio(
     sample_id: str,
     session: SessionDep,
@@ -55,7 +80,10 @@ def sample_audio(
     owner: CurrentOwner,
     format: Literal["mp3", "wav"] = "mp3",
 ) -> Response:
-    """The sample rendered with the General MIDI soundfont (rendered by its sample job)."""
+    """The sample rendered with the General MIDI soundfont (rendered by its sample job).
+
+    200 with the audio when it is rendered, else 202 with the render job: poll it, then retry.
+    """
     sample = get_owned(session, Sample, sample_id, owner.id)
     return rendered(
         session,
@@ -68,10 +96,17 @@ def sample_audio(
     )
 
 
-@router.get("/{sample_id}/pianoroll.png", responses=RENDER_202)
+@router.get(
+    "/{sample_id}/pianoroll.png",
+    response_class=Response,
+    operation_id="samples_get_pianoroll",
+    summary="Draw a sample's piano roll",
+    responses=rendering("The piano roll as a PNG.", "image/png") | _RENDER_ERRORS,
+)
 def sample_pianoroll(
     sample_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep, owner: CurrentOwner
 ) -> Response:
+    """The sample's notes drawn as a piano roll: 200 with the PNG, or 202 with the job."""
     sample = get_owned(session, Sample, sample_id, owner.id)
     return rendered(
         session,
