@@ -114,6 +114,7 @@ def test_every_error_response_is_the_error_schema(spec: dict[str, Any]) -> None:
                     path,
                     status,
                 )
+        assert list(op["responses"]) == sorted(op["responses"]), (method, path)  # 2xx first
         if "{" in path:
             assert "404" in op["responses"], (method, path)
         if method == "post" and "requestBody" in op:

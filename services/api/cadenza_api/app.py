@@ -12,7 +12,7 @@ from cadenza import __version__
 from cadenza.config import Settings, get_settings
 from cadenza.db.repo import KeyCache
 from cadenza.storage import open_store
-from cadenza_api import errors
+from cadenza_api import errors, openapi
 from cadenza_api.deps import Database
 from cadenza_api.routers import corpora, datasets, files, health, jobs, models, samples
 from cadenza_api.streams import EventPolls
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
     app.state.event_polls = EventPolls(app.state.db)
     errors.install(app)
+    openapi.install(app)
     for module in (health, datasets, files, corpora, models, samples, jobs):
         app.include_router(module.router)
     return app

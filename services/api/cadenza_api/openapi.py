@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import FastAPI
+
 from cadenza.render import MEDIA_TYPES
 from cadenza_api.schemas import Error, JobOut
 
@@ -61,6 +63,14 @@ def binary(description: str, *media_types: str, status: int = 200) -> Responses:
     }
 
 
+EVENT_STREAM: Responses = {
+    200: {
+        "description": "Server-Sent Events: one per progress event, then `end` with the state.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
 def rendering(description: str, *media_types: str) -> Responses:
     """The two successes of a rendering route (`cadenza_api.rendered`): 200 with the bytes when
     they are cached, else 202 with the render job making them."""
@@ -96,3 +106,18 @@ UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
+
+
+def install(app: FastAPI) -> None:
+    """Serve the document with each operation's responses in status order (successes first):
+    the routers declare 401 and 422 for all their routes, which would otherwise come first."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            for item in build()["paths"].values():
+                for op in item.values():
+                    op["responses"] = dict(sorted(op["responses"].items()))
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -60,6 +60,10 @@ class Error(BaseModel):
 
 
 # -- health --------------------------------------------------------------------------------
+class Liveness(BaseModel):
+    status: str = Field(description="always `ok`: the process answers")
+
+
 class Readiness(BaseModel):
     """`/readyz`: `ok` when the database, broker and store all answer (503 otherwise)."""
 
@@ -223,6 +227,7 @@ __all__ = [
     "FileOut",
     "JobList",
     "JobOut",
+    "Liveness",
     "MetricOut",
     "ModelOut",
     "ModelRequest",

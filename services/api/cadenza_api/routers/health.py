@@ -11,12 +11,12 @@ from sqlalchemy import func, select, text
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
 from cadenza.jobs.queue import ping_broker
-from cadenza_api.schemas import Readiness
+from cadenza_api.schemas import Liveness, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", operation_id="health_live", summary="Liveness")
+@router.get("/healthz", response_model=Liveness, operation_id="health_live", summary="Liveness")
 def healthz() -> dict[str, str]:
     """`{"status": "ok"}` while the process serves requests; it checks nothing else."""
     return {"status": "ok"}

@@ -9,7 +9,7 @@ from cadenza.db.models import Job
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.jobs import TERMINAL, JobState, request_cancel
 from cadenza_api.deps import CurrentOwner, SessionDep
-from cadenza_api.openapi import V1_ERRORS, errors
+from cadenza_api.openapi import EVENT_STREAM, V1_ERRORS, errors
 from cadenza_api.schemas import JobList, JobOut
 from cadenza_api.streams import job_event_stream, sse_response
 
@@ -66,13 +66,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     response_class=StreamingResponse,
     operation_id="jobs_events",
     summary="Stream a job's progress events",
-    responses={
-        200: {
-            "description": "Server-Sent Events: one per progress event, then `end`.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-        }
-    }
-    | errors(404),
+    responses=EVENT_STREAM | errors(404),
 )
 def job_events(
     job_id: str, request: Request, session: SessionDep, owner: CurrentOwner, after: int = 0
