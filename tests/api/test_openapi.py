@@ -175,3 +175,19 @@ def test_bearer_parsing_keeps_its_answers(settings: Settings) -> None:
         assert "cadenza keys create" in r.json()["error"]["message"]
     r = client.get("/v1/datasets")
     assert r.status_code == 401 and "missing API key" in r.json()["error"]["message"]
+
+
+def test_generator_config_reads_every_binary_media_type(spec: dict[str, Any]) -> None:
+    """docs/openapi-python-client.yaml maps each binary media type the document declares to
+    bytes; one missing would be a download the generated client cannot read."""
+    config = Path(__file__).parents[2] / "docs" / "openapi-python-client.yaml"
+    mapped = set(re.findall(r"^  (\S+): application/octet-stream$", config.read_text(), re.M))
+    declared = {
+        media_type
+        for _, _, op in operations(spec)
+        for response in op["responses"].values()
+        for media_type in response.get("content", {})
+        if media_type != "application/octet-stream"
+        and response["content"][media_type].get("schema") == BINARY
+    }
+    assert declared and declared <= mapped, declared - mapped

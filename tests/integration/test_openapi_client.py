@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -49,9 +50,13 @@ def generated(
     """The client package generated from the running API's document, importable."""
     spec = tmp_path / "openapi.json"
     spec.write_bytes(httpx.get(f"{embedded_stack.api_url}/openapi.json").raise_for_status().content)
+    generator = _generator()
+    # Its post-generation hooks run ruff, installed beside it.
+    path = os.pathsep.join([str(Path(generator).parent), os.environ.get("PATH", "")])
     run = subprocess.run(
-        [_generator(), "generate", "--path", str(spec), "--meta", "none"]
+        [generator, "generate", "--path", str(spec), "--meta", "none"]
         + ["--output-path", str(tmp_path / PACKAGE), "--config", str(CONFIG)],
+        env={**os.environ, "PATH": path},
         capture_output=True,
         text=True,
         timeout=120,
