@@ -12,7 +12,7 @@ from cadenza.jobs import submit
 from cadenza.tokenize.params import TokenizeParams
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
-from cadenza_api.openapi import V1_ERRORS, binary, errors
+from cadenza_api.openapi import NPZ, V1_ERRORS, describe
 from cadenza_api.schemas import CorpusOut, CorpusRequest, JobOut
 from cadenza_api.streams import stream_object
 
@@ -23,26 +23,16 @@ router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=V1_ERRORS)
     "",
     status_code=202,
     response_model=JobOut,
-    operation_id="corpora_create",
-    summary="Tokenize a dataset into a corpus",
-    responses=errors(
-        404,
-        409,
-        422,
-        why={
-            404: "No such dataset.",
-            409: "The dataset has no MIDI files yet: upload some (or transcribe audio) first.",
-            422: "An invalid tokenizer, preset, BPE, augmentation or split; `error.details` "
-            "names each field.",
-        },
-    ),
+    **describe("corpora_create", "Tokenize a dataset into a corpus", 404, 409, 422),
 )
 def create_corpus(
     body: CorpusRequest, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
 ) -> JobOut:
     """Queue tokenization of a dataset's MIDI files; the job's `corpus_id` names the result.
 
-    Answers 202 with the job; poll it (`GET /v1/jobs/{id}`) until `succeeded`.
+    Answers 202 with the job; poll it (`GET /v1/jobs/{id}`) until `succeeded`. 409 when the
+    dataset has no MIDI files yet (upload some, or transcribe audio, first); 422 names each
+    invalid tokenizer, preset, BPE, augmentation or split field.
     """
     get_owned(session, Dataset, body.dataset_id, owner.id)
     n_midi = session.scalar(
@@ -59,18 +49,14 @@ def create_corpus(
     return JobOut.model_validate(job)
 
 
-@router.get("", response_model=list[CorpusOut], operation_id="corpora_list", summary="List corpora")
+@router.get("", response_model=list[CorpusOut], **describe("corpora_list", "List corpora"))
 def list_corpora(session: SessionDep, owner: CurrentOwner, limit: int = 100) -> list[CorpusOut]:
     """Your corpora, newest first."""
     return [CorpusOut.model_validate(c) for c in list_owned(session, Corpus, owner.id, limit=limit)]
 
 
 @router.get(
-    "/{corpus_id}",
-    response_model=CorpusOut,
-    operation_id="corpora_get",
-    summary="Get a corpus",
-    responses=errors(404),
+    "/{corpus_id}", response_model=CorpusOut, **describe("corpora_get", "Get a corpus", 404)
 )
 def get_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner) -> CorpusOut:
     """Its tokenizer (`params`, `tokenizer_hash`), vocabulary size and per-split counts."""
@@ -79,10 +65,7 @@ def get_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner) -> Corp
 
 @router.get(
     "/{corpus_id}/export.npz",
-    response_class=StreamingResponse,
-    operation_id="corpora_export",
-    summary="Download a corpus as .npz",
-    responses=binary("A NumPy `.npz` archive.", "application/octet-stream") | errors(404),
+    **describe("corpora_export", "Download a corpus as .npz", 404, ok=NPZ),
 )
 def export_corpus(
     corpus_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner

@@ -16,7 +16,7 @@ from cadenza.jobs import submit
 from cadenza.midi.load import MidiLimits
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
-from cadenza_api.openapi import UPLOAD_BODY, V1_ERRORS, errors
+from cadenza_api.openapi import UPLOAD_BODY, V1_ERRORS, describe
 from cadenza_api.schemas import (
     AudioJobRequest,
     DatasetCreate,
@@ -39,8 +39,7 @@ def _dataset_out(session: SessionDep, ds: Dataset) -> DatasetOut:
     "",
     status_code=201,
     response_model=DatasetOut,
-    operation_id="datasets_create",
-    summary="Create a dataset",
+    **describe("datasets_create", "Create a dataset"),
 )
 def create_dataset(body: DatasetCreate, session: SessionDep, owner: CurrentOwner) -> DatasetOut:
     """An empty, named collection of your MIDI and audio files; upload into it next."""
@@ -50,9 +49,7 @@ def create_dataset(body: DatasetCreate, session: SessionDep, owner: CurrentOwner
     return _dataset_out(session, ds)
 
 
-@router.get(
-    "", response_model=list[DatasetOut], operation_id="datasets_list", summary="List datasets"
-)
+@router.get("", response_model=list[DatasetOut], **describe("datasets_list", "List datasets"))
 def list_datasets(
     session: SessionDep, owner: CurrentOwner, limit: int = 100, offset: int = 0
 ) -> list[DatasetOut]:
@@ -62,11 +59,7 @@ def list_datasets(
 
 
 @router.get(
-    "/{dataset_id}",
-    response_model=DatasetOut,
-    operation_id="datasets_get",
-    summary="Get a dataset",
-    responses=errors(404),
+    "/{dataset_id}", response_model=DatasetOut, **describe("datasets_get", "Get a dataset", 404)
 )
 def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> DatasetOut:
     """The dataset's name, description and file count."""
@@ -77,21 +70,8 @@ def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> Da
     "/{dataset_id}/files",
     status_code=201,
     response_model=FileList,
-    operation_id="datasets_upload_files",
-    summary="Upload files into a dataset",
     openapi_extra=UPLOAD_BODY,
-    responses=errors(
-        400,
-        404,
-        413,
-        415,
-        422,
-        why={
-            413: "Over a limit: the whole request, one MIDI file (its bytes, notes or tracks), "
-            "a zip's size, entries or compression ratio, or the number of files per request.",
-            422: "A MIDI file that cannot be read (`midi_*` codes); nothing was stored.",
-        },
-    ),
+    **describe("datasets_upload_files", "Upload files into a dataset", 400, 404, 413, 415, 422),
 )
 async def upload_files(
     dataset_id: str,
@@ -104,7 +84,9 @@ async def upload_files(
     """Upload one or many files (`-F files=@a.mid -F files=@b.wav`) or a zip of them.
 
     Every file is validated first (MIDI parsed, audio probed, by content, not by name); if any
-    is refused, none is stored and the error names the file.
+    is refused, none is stored and the error names the file: 413 past a limit (the request,
+    a MIDI file's bytes, notes or tracks, a zip's size, entries or ratio, files per request),
+    415 for a file that is neither MIDI nor supported audio, 422 for MIDI that cannot be read.
     """
     # 404 before reading the body; the DB call runs in a worker thread, not on the event loop.
     await asyncio.to_thread(get_owned, session, Dataset, dataset_id, owner.id)
@@ -148,9 +130,7 @@ async def upload_files(
 @router.get(
     "/{dataset_id}/files",
     response_model=FileList,
-    operation_id="datasets_list_files",
-    summary="List a dataset's files",
-    responses=errors(404),
+    **describe("datasets_list_files", "List a dataset's files", 404),
 )
 def list_files(
     dataset_id: str,
@@ -171,15 +151,8 @@ def list_files(
     "/{dataset_id}/audio-jobs",
     status_code=202,
     response_model=JobOut,
-    operation_id="datasets_create_audio_job",
-    summary="Convert, crop or transcribe a dataset's audio",
-    responses=errors(
-        404,
-        409,
-        why={
-            404: "No such dataset, or a `file_ids` entry that is not one of its audio files.",
-            409: "The dataset has no audio files: upload some first.",
-        },
+    **describe(
+        "datasets_create_audio_job", "Convert, crop or transcribe a dataset's audio", 404, 409
     ),
 )
 def create_audio_job(
@@ -191,7 +164,8 @@ def create_audio_job(
 ) -> JobOut:
     """Queue convert / crop / transcribe over audio files of the dataset (all by default).
 
-    Answers 202 with the job; poll it (`GET /v1/jobs/{id}`) and read its `file_ids`.
+    Answers 202 with the job; poll it (`GET /v1/jobs/{id}`) and read its `file_ids`. 404 also
+    for a `file_ids` entry that is not one of the dataset's audio files; 409 when it has none.
     """
     get_owned(session, Dataset, dataset_id, owner.id)
     stmt = select(File.id).where(File.dataset_id == dataset_id, File.kind == "audio")

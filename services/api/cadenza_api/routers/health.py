@@ -11,12 +11,13 @@ from sqlalchemy import func, select, text
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
 from cadenza.jobs.queue import ping_broker
+from cadenza_api.openapi import describe
 from cadenza_api.schemas import Liveness, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Liveness, operation_id="health_live", summary="Liveness")
+@router.get("/healthz", response_model=Liveness, **describe("health_live", "Liveness"))
 def healthz() -> dict[str, str]:
     """`{"status": "ok"}` while the process serves requests; it checks nothing else."""
     return {"status": "ok"}
@@ -56,9 +57,7 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get(
-    "/metrics", response_class=PlainTextResponse, operation_id="health_metrics", summary="Metrics"
-)
+@router.get("/metrics", response_class=PlainTextResponse, **describe("health_metrics", "Metrics"))
 def metrics(request: Request) -> str:
     """Job counts by type and state, in Prometheus text format."""
     settings = request.app.state.settings

@@ -9,14 +9,14 @@ from cadenza.db.models import Job
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.jobs import TERMINAL, JobState, request_cancel
 from cadenza_api.deps import CurrentOwner, SessionDep
-from cadenza_api.openapi import EVENT_STREAM, V1_ERRORS, errors
+from cadenza_api.openapi import EVENT_STREAM, V1_ERRORS, describe
 from cadenza_api.schemas import JobList, JobOut
 from cadenza_api.streams import job_event_stream, sse_response
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
 
 
-@router.get("", response_model=JobList, operation_id="jobs_list", summary="List jobs")
+@router.get("", response_model=JobList, **describe("jobs_list", "List jobs"))
 def list_jobs(
     session: SessionDep,
     owner: CurrentOwner,
@@ -32,13 +32,7 @@ def list_jobs(
     return JobList(jobs=[JobOut.model_validate(j) for j in rows])
 
 
-@router.get(
-    "/{job_id}",
-    response_model=JobOut,
-    operation_id="jobs_get",
-    summary="Get a job",
-    responses=errors(404),
-)
+@router.get("/{job_id}", response_model=JobOut, **describe("jobs_get", "Get a job", 404))
 def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     """Its state and progress, and once it succeeded the ids of what it made (`corpus_id`,
     `model_id`, `sample_ids`, `file_ids`); poll until the state is terminal."""
@@ -49,9 +43,7 @@ def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     "/{job_id}/cancel",
     status_code=202,
     response_model=JobOut,
-    operation_id="jobs_cancel",
-    summary="Cancel a job",
-    responses=errors(404),
+    **describe("jobs_cancel", "Cancel a job", 404),
 )
 def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     """Cancel a queued job now, or ask a running one to stop; a finished job is unchanged."""
@@ -63,10 +55,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
 
 @router.get(
     "/{job_id}/events",
-    response_class=StreamingResponse,
-    operation_id="jobs_events",
-    summary="Stream a job's progress events",
-    responses=EVENT_STREAM | errors(404),
+    **describe("jobs_events", "Stream a job's progress events", 404, ok=EVENT_STREAM),
 )
 def job_events(
     job_id: str, request: Request, session: SessionDep, owner: CurrentOwner, after: int = 0

@@ -15,7 +15,7 @@ from cadenza.storage import ObjectNotFound, job_key
 from cadenza.train.params import TrainParams, resolve_model
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
-from cadenza_api.openapi import V1_ERRORS, binary, errors
+from cadenza_api.openapi import CHECKPOINT, PNG, SAFETENSORS, V1_ERRORS, describe
 from cadenza_api.schemas import (
     CheckpointOut,
     JobOut,
@@ -35,19 +35,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=V1_ERRORS)
     "",
     status_code=202,
     response_model=JobOut,
-    operation_id="models_create",
-    summary="Train a model on a corpus",
-    responses=errors(
-        404,
-        409,
-        422,
-        why={
-            404: "No such corpus, or no such `init_checkpoint_id`.",
-            409: "The checkpoint to fine-tune was trained with another tokenizer than this corpus.",
-            422: "An invalid architecture, preset, `config` or `train` value; `error.details` "
-            "names each field.",
-        },
-    ),
+    **describe("models_create", "Train a model on a corpus", 404, 409, 422),
 )
 def create_model(
     body: ModelRequest, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
@@ -55,7 +43,9 @@ def create_model(
     """Queue training; the model row exists at once so its progress can be watched.
 
     Answers 202 with the job; its `model_id` names the model (`GET /v1/models/{id}` shows
-    state, checkpoints and metrics while it trains).
+    state, checkpoints and metrics while it trains). 404 for an unknown corpus or
+    `init_checkpoint_id`; 409 when that checkpoint was trained with another tokenizer than the
+    corpus; 422 names each invalid architecture, preset, `config` or `train` field.
     """
     corpus = get_owned(session, Corpus, body.corpus_id, owner.id)
     tokenizer = (corpus.params.get("tokenizer_spec") or {}).get("name")
@@ -123,19 +113,13 @@ def _model_out(session: SessionDep, model: Model) -> ModelOut:
     )
 
 
-@router.get("", response_model=list[ModelOut], operation_id="models_list", summary="List models")
+@router.get("", response_model=list[ModelOut], **describe("models_list", "List models"))
 def list_models(session: SessionDep, owner: CurrentOwner, limit: int = 100) -> list[ModelOut]:
     """Your models, newest first, each with its checkpoints and metrics."""
     return [_model_out(session, m) for m in list_owned(session, Model, owner.id, limit=limit)]
 
 
-@router.get(
-    "/{model_id}",
-    response_model=ModelOut,
-    operation_id="models_get",
-    summary="Get a model",
-    responses=errors(404),
-)
+@router.get("/{model_id}", response_model=ModelOut, **describe("models_get", "Get a model", 404))
 def get_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> ModelOut:
     """Its state (`queued`, `training`, `ready`, `failed`, …), configs, checkpoints and losses."""
     return _model_out(session, get_owned(session, Model, model_id, owner.id))
@@ -143,11 +127,7 @@ def get_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> ModelO
 
 @router.get(
     "/{model_id}/checkpoints/{checkpoint_id}",
-    response_class=StreamingResponse,
-    operation_id="models_download_checkpoint",
-    summary="Download a training checkpoint",
-    responses=binary("A PyTorch checkpoint (`.pt`).", "application/octet-stream")
-    | errors(404, why={404: "No such model, or no such checkpoint of it."}),
+    **describe("models_download_checkpoint", "Download a training checkpoint", 404, ok=CHECKPOINT),
 )
 def download_checkpoint(
     model_id: str, checkpoint_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
@@ -162,14 +142,11 @@ def download_checkpoint(
 
 @router.get(
     "/{model_id}/loss.png",
-    response_class=Response,
-    operation_id="models_get_loss_curve",
-    summary="Draw a model's loss curves",
-    responses=binary("The loss curves as a PNG.", "image/png")
-    | errors(404, 409, why={409: "No loss curve yet: it is drawn at the first evaluation."}),
+    **describe("models_get_loss_curve", "Draw a model's loss curves", 404, 409, ok=PNG),
 )
 def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner) -> Response:
-    """Training curves (train/val loss per step) as a PNG, redrawn at every evaluation."""
+    """Training curves (train/val loss per step) as a PNG, redrawn at every evaluation (409
+    before the first one)."""
     model = get_owned(session, Model, model_id, owner.id)
     try:
         return Response(store.get(job_key(model.job_id, "loss.png")), media_type="image/png")
@@ -181,16 +158,12 @@ def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: Current
 
 @router.get(
     "/{model_id}/weights.safetensors",
-    response_class=StreamingResponse,
-    operation_id="models_download_weights",
-    summary="Download a model's weights",
-    responses=binary("The weights in safetensors format.", "application/octet-stream")
-    | errors(404, 409, why={409: "Not exported yet: the file is written when training ends."}),
+    **describe("models_download_weights", "Download a model's weights", 404, 409, ok=SAFETENSORS),
 )
 def download_weights(
     model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:
-    """The best checkpoint's weights as safetensors (written when training ends)."""
+    """The best checkpoint's weights as safetensors (written when training ends; 409 before)."""
     model = get_owned(session, Model, model_id, owner.id)
     return stream_object(
         store,
@@ -204,20 +177,7 @@ def download_weights(
     "/{model_id}/samples",
     status_code=202,
     response_model=JobOut,
-    operation_id="models_create_samples",
-    summary="Generate music from a model",
-    responses=errors(
-        404,
-        409,
-        422,
-        why={
-            404: "No such model, checkpoint or primer file.",
-            409: "The model has no checkpoint yet (wait for its training job to save one), or "
-            "`primer_tokens` come from another tokenizer.",
-            422: "An invalid sampling option, a primer file that is not MIDI, or "
-            "`primer_tokens` / `force_tokens` outside the model's vocabulary.",
-        },
-    ),
+    **describe("models_create_samples", "Generate music from a model", 404, 409, 422),
 )
 def create_samples(
     model_id: str,
@@ -229,7 +189,9 @@ def create_samples(
     """Queue `n` variations; the job's `sample_ids` name them when it succeeds.
 
     Answers 202 with the job; poll it, then fetch each sample's MIDI
-    (`GET /v1/samples/{id}/midi`).
+    (`GET /v1/samples/{id}/midi`). 409 when the model has no checkpoint yet (wait for its
+    training job to save one) or `primer_tokens` come from another tokenizer; 422 for an
+    invalid option, a primer file that is not MIDI, or tokens outside the model's vocabulary.
     """
     model = get_owned(session, Model, model_id, owner.id)
     ckpt = pick_checkpoint(session=session, model_id=model.id, which=body.checkpoint)
@@ -265,9 +227,7 @@ def create_samples(
 @router.get(
     "/{model_id}/samples",
     response_model=SampleList,
-    operation_id="models_list_samples",
-    summary="List a model's samples",
-    responses=errors(404),
+    **describe("models_list_samples", "List a model's samples", 404),
 )
 def list_samples(model_id: str, session: SessionDep, owner: CurrentOwner) -> SampleList:
     """Every sample generated from this model, newest first."""

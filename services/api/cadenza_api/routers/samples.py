@@ -12,22 +12,15 @@ from cadenza.db.repo import get_owned
 from cadenza.storage import ObjectNotFound
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
-from cadenza_api.openapi import AUDIO_RENDER_MEDIA_TYPES, V1_ERRORS, binary, errors, rendering
+from cadenza_api.openapi import AUDIO_RENDERING, MIDI, PIANOROLL_RENDERING, V1_ERRORS, describe
 from cadenza_api.rendered import rendered
 from cadenza_api.schemas import SampleOut
 
 router = APIRouter(prefix="/v1/samples", tags=["samples"], responses=V1_ERRORS)
 
-# A sample made before renderings were keyed by content hash cannot be rendered.
-_RENDER_ERRORS = errors(404, 409, why={409: "This sample has no content hash: sample again."})
-
 
 @router.get(
-    "/{sample_id}",
-    response_model=SampleOut,
-    operation_id="samples_get",
-    summary="Get a sample",
-    responses=errors(404),
+    "/{sample_id}", response_model=SampleOut, **describe("samples_get", "Get a sample", 404)
 )
 def get_sample(sample_id: str, session: SessionDep, owner: CurrentOwner) -> SampleOut:
     """Its sampling parameters, length (tokens, notes, seconds) and measured metrics (`meta`)."""
@@ -35,11 +28,7 @@ def get_sample(sample_id: str, session: SessionDep, owner: CurrentOwner) -> Samp
 
 
 @router.get(
-    "/{sample_id}/midi",
-    response_class=Response,
-    operation_id="samples_get_midi",
-    summary="Download a sample's MIDI",
-    responses=binary("The generated piece as a Standard MIDI File.", "audio/midi") | errors(404),
+    "/{sample_id}/midi", **describe("samples_get_midi", "Download a sample's MIDI", 404, ok=MIDI)
 )
 def sample_midi(
     sample_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
@@ -66,11 +55,7 @@ def _hash(sample: Sample) -> str:
 
 @router.get(
     "/{sample_id}/audio",
-    response_class=Response,
-    operation_id="samples_get_audio",
-    summary="Render a sample to audio",
-    responses=rendering("The audio (MP3 or WAV, as asked).", *AUDIO_RENDER_MEDIA_TYPES)
-    | _RENDER_ERRORS,
+    **describe("samples_get_audio", "Render a sample to audio", 404, 409, ok=AUDIO_RENDERING),
 )
 def sample_audio(
     sample_id: str,
@@ -83,6 +68,7 @@ def sample_audio(
     """The sample rendered with the General MIDI soundfont (rendered by its sample job).
 
     200 with the audio when it is rendered, else 202 with the render job: poll it, then retry.
+    409 for a sample without a content hash (made before renderings were cached): sample again.
     """
     sample = get_owned(session, Sample, sample_id, owner.id)
     return rendered(
@@ -98,15 +84,15 @@ def sample_audio(
 
 @router.get(
     "/{sample_id}/pianoroll.png",
-    response_class=Response,
-    operation_id="samples_get_pianoroll",
-    summary="Draw a sample's piano roll",
-    responses=rendering("The piano roll as a PNG.", "image/png") | _RENDER_ERRORS,
+    **describe(
+        "samples_get_pianoroll", "Draw a sample's piano roll", 404, 409, ok=PIANOROLL_RENDERING
+    ),
 )
 def sample_pianoroll(
     sample_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep, owner: CurrentOwner
 ) -> Response:
-    """The sample's notes drawn as a piano roll: 200 with the PNG, or 202 with the job."""
+    """The sample's notes drawn as a piano roll: 200 with the PNG, or 202 with the job (409 as
+    for its audio)."""
     sample = get_owned(session, Sample, sample_id, owner.id)
     return rendered(
         session,
