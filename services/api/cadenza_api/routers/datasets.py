@@ -165,7 +165,8 @@ def create_audio_job(
     """Queue convert / crop / transcribe over audio files of the dataset (all by default).
 
     Answers 202 with the job; poll it (`GET /v1/jobs/{id}`) and read its `file_ids`. 404 also
-    for a `file_ids` entry that is not one of the dataset's audio files; 409 when it has none.
+    for a `file_ids` entry that is not one of the dataset's audio files; 409 when it has none;
+    422 for an invalid option, a cut list included (checked once the files are found).
     """
     get_owned(session, Dataset, dataset_id, owner.id)
     stmt = select(File.id).where(File.dataset_id == dataset_id, File.kind == "audio")
