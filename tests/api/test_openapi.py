@@ -72,9 +72,9 @@ def test_bearer_scheme_is_declared_and_applied_to_every_v1_operation(
     for method, path, op in operations(spec):
         if path.startswith("/v1/"):
             assert op.get("security") == [{bearer[0]: []}], (method, path)
-            assert op["responses"]["401"]["content"]["application/json"]["schema"] == {
-                "$ref": ERROR_REF
-            }
+            for status in ("401", "422", "503"):  # no key, bad parameter, no database slot
+                content = op["responses"][status]["content"]
+                assert content["application/json"]["schema"] == {"$ref": ERROR_REF}
         else:  # health checks and metrics are open to probes
             assert "security" not in op, (method, path)
 
@@ -107,7 +107,7 @@ def test_every_error_response_is_the_error_schema(spec: dict[str, Any]) -> None:
     assert set(error["required"]) == {"code", "message"} and "details" in error["properties"]
     for method, path, op in operations(spec):
         for status, response in op["responses"].items():
-            if status.startswith("4"):
+            if status.startswith("4") or (status == "503" and path.startswith("/v1/")):
                 content = response["content"]
                 assert content == {"application/json": {"schema": {"$ref": ERROR_REF}}}, (
                     method,

@@ -30,6 +30,7 @@ ERRORS: dict[int, str] = {
     413: "Too large: the request, a file, a zip's contents or the number of files is over a limit.",
     415: "Not `multipart/form-data`, or a file that is neither MIDI nor a supported audio format.",
     422: "A parameter is invalid: `error.message` names the fields, `error.details` lists each.",
+    503: "Busy: every database slot is taken. Retry after `Retry-After` seconds (code `busy`).",
 }
 
 
@@ -38,9 +39,9 @@ def errors(*statuses: int) -> Responses:
     return {s: {"model": Error, "description": ERRORS[s]} for s in statuses}
 
 
-# Every /v1 route needs a key, and every one takes a path, query or body parameter that
-# FastAPI validates (422): the routers declare both once for all their routes.
-V1_ERRORS = errors(401, 422)
+# Every /v1 route needs a key, takes a path, query or body parameter that FastAPI validates
+# (422), and waits for a database slot (503): the routers declare these for all their routes.
+V1_ERRORS = errors(401, 422, 503)
 
 
 def describe(

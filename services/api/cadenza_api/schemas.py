@@ -54,7 +54,7 @@ class ErrorInfo(BaseModel):
 
 
 class Error(BaseModel):
-    """The body of every 4xx answer: `{"error": {"code", "message", "details"?}}`."""
+    """The body of every error answer: `{"error": {"code", "message", "details"?}}`."""
 
     error: ErrorInfo
 
