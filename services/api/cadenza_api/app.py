@@ -12,10 +12,35 @@ from cadenza import __version__
 from cadenza.config import Settings, get_settings
 from cadenza.db.repo import KeyCache
 from cadenza.storage import open_store
-from cadenza_api import errors
+from cadenza_api import errors, openapi
 from cadenza_api.deps import Database
 from cadenza_api.routers import corpora, datasets, files, health, jobs, models, samples
 from cadenza_api.streams import EventPolls
+
+DESCRIPTION = """Turn your own audio and MIDI into music-generation models, and use them.
+
+Authenticate with `Authorization: Bearer <key>` (make a key with
+`cadenza keys create --owner NAME`; in `/docs`, press *Authorize*).
+
+The story: create a dataset, upload MIDI or audio into it, tokenize it into a corpus, train a
+model on the corpus, sample from the model, download the samples' MIDI (or audio, or a piano
+roll). Tokenizing, training, sampling and rendering run as jobs: those routes answer 202 with
+the job; poll `GET /v1/jobs/{id}` until its state is `succeeded` and read the ids it made.
+
+Every error answers with `{"error": {"code", "message", "details"?}}`: branch on `code`, show
+`message` (it says what to do).
+"""
+
+# One entry per router, in the order of the story above (`/docs` groups operations by these).
+TAGS = [
+    {"name": "datasets", "description": "Your collections of MIDI and audio files; uploads."},
+    {"name": "files", "description": "One stored file: its metadata, bytes and renderings."},
+    {"name": "corpora", "description": "A dataset tokenized into training arrays."},
+    {"name": "models", "description": "Training on a corpus; checkpoints, weights, sampling."},
+    {"name": "samples", "description": "Generated pieces: MIDI, audio and piano rolls."},
+    {"name": "jobs", "description": "Asynchronous work: state, progress, cancellation."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
+]
 
 
 @asynccontextmanager
@@ -35,8 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Cadenza",
         version=__version__,
-        description="Turn your own audio and MIDI into music-generation models, and use them. "
-        "Authenticate with `Authorization: Bearer <key>` (`cadenza keys create --owner NAME`).",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
         lifespan=_lifespan,
     )
     app.state.settings = settings
@@ -45,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
     app.state.event_polls = EventPolls(app.state.db)
     errors.install(app)
+    openapi.install(app)
     for module in (health, datasets, files, corpora, models, samples, jobs):
         app.include_router(module.router)
     return app

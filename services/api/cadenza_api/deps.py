@@ -26,6 +26,7 @@ from typing import Annotated, TypeVar
 import anyio
 import anyio.to_thread
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from cadenza.config import Settings
@@ -111,23 +112,33 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-async def current_owner(request: Request, session: SessionDep) -> Owner:
+# Declares the Bearer scheme in the OpenAPI document (so `/docs` can authorize and generated
+# clients send the key) and parses the header; it never answers itself (auto_error=False),
+# so a missing or wrong key gets the 401s below, with their hints.
+bearer = HTTPBearer(
+    scheme_name="ApiKey",
+    description="An API key, made with `cadenza keys create --owner NAME`.",
+    auto_error=False,
+)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+async def current_owner(request: Request, credentials: BearerDep, session: SessionDep) -> Owner:
     """The owner of the Bearer API key; 401 with a hint when it is missing or wrong.
 
     Async: a key verified in the last few seconds is answered from the key cache without SQL
     (no worker thread, which saves a thread hop per request); only a miss runs the query on
     a worker thread.
     """
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    # None unless the header is `Bearer <token>` (scheme in any case, token stripped, non-empty).
+    if credentials is None:
         raise ApiError(
             401,
             "unauthorized",
             "missing API key: send 'Authorization: Bearer <key>' "
             "(make one with `cadenza keys create --owner NAME`)",
         )
+    token = credentials.credentials
     cache: KeyCache = request.app.state.key_cache
     owner = cache.lookup(session, token) if token.startswith(KEY_PREFIX) else None
     if owner is None:

@@ -15,8 +15,6 @@ from cadenza.render import MEDIA_TYPES, render_key
 from cadenza.storage import ObjectNotFound, ObjectStore
 from cadenza_api.schemas import JobOut
 
-RENDER_202 = {202: {"model": JobOut, "description": "not rendered yet: poll the job, then retry"}}
-
 
 def rendered(
     session: Session,

@@ -1,4 +1,4 @@
-"""Response bodies, and the request bodies that belong to the API alone.
+"""Response bodies (the error body included), and the request bodies that belong to the API alone.
 
 A job's request body is its params model's request form (`CorpusRequest`, `ModelRequest`,
 `SampleRequest`, `AudioJobRequest`, next to the domain code that uses them), re-exported here
@@ -34,8 +34,53 @@ class In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# -- errors --------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    """One field of the request that failed validation."""
+
+    field: str = Field(description="the field's dotted path, e.g. `train.seq_len`")
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(
+        description="stable machine code to branch on, e.g. `not_found`, `too_large`, "
+        "`no_midi_files`, `model_not_ready`"
+    )
+    message: str = Field(description="what went wrong and what to do about it, for a person")
+    details: list[ErrorDetail] = Field(
+        default_factory=list, description="on 422: every invalid field (absent otherwise)"
+    )
+
+
+class Error(BaseModel):
+    """The body of every error answer: `{"error": {"code", "message", "details"?}}`."""
+
+    error: ErrorInfo
+
+
+# -- health --------------------------------------------------------------------------------
+class Liveness(BaseModel):
+    status: str = Field(description="always `ok`: the process answers")
+
+
+class Readiness(BaseModel):
+    """`/readyz`: `ok` when the database, broker and store all answer (503 otherwise)."""
+
+    status: str = Field(description="`ok` or `unavailable`")
+    checks: dict[str, str] = Field(description="`ok` or `error: …` per dependency")
+
+
 # -- datasets and files --------------------------------------------------------------------
 class DatasetCreate(In):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "bach chorales", "description": "four-part chorales from music21"}
+            ]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=5000)
 
@@ -175,13 +220,18 @@ __all__ = [
     "CorpusRequest",
     "DatasetCreate",
     "DatasetOut",
+    "Error",
+    "ErrorDetail",
+    "ErrorInfo",
     "FileList",
     "FileOut",
     "JobList",
     "JobOut",
+    "Liveness",
     "MetricOut",
     "ModelOut",
     "ModelRequest",
+    "Readiness",
     "SampleList",
     "SampleOut",
     "SampleRequest",

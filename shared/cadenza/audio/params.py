@@ -66,7 +66,16 @@ class CropParams(CropRequest):
 class AudioJobRequest(BaseModel):
     """`POST /v1/datasets/{id}/audio-jobs`: one operation over some (default: all) audio files."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"operation": "transcribe"},
+                {"operation": "crop", "crop": {"interval_s": 30, "min_tail_s": 5}},
+                {"operation": "convert", "convert": {"sample_rate": 16000, "mono": True}},
+            ]
+        },
+    )
 
     operation: Literal["convert", "crop", "transcribe"]
     file_ids: list[str] = Field(

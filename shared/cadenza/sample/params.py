@@ -48,6 +48,21 @@ class SamplingOptions(BaseModel):
 class SampleRequest(SamplingOptions):
     """`POST /v1/models/{id}/samples`: a primer (or none), how many, how long, how to sample."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"n": 4, "max_new_tokens": 512, "temperature": 0.9, "top_k": 20, "seed": 7},
+                {
+                    "primer_file_id": "c7e2a9d4b1f84e6a9d3c2b1a0f9e8d76",
+                    "primer_bars": 4,
+                    "n": 2,
+                    "max_bars": 16,
+                    "top_p": 0.95,
+                },
+            ]
+        }
+    )
+
     primer_file_id: str | None = Field(default=None, max_length=64)
     primer_bars: int | None = Field(default=None, ge=1, le=512)
     primer_seconds: float | None = Field(default=None, gt=0, le=3600)

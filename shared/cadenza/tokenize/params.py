@@ -32,7 +32,22 @@ class CleanParams(BaseModel):
 class CorpusRequest(BaseModel):
     """`POST /v1/corpora`: a dataset, a tokenizer (or preset) and how to split and augment."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"dataset_id": "3f0c2b9e8d7a4c1b9e6f5a4d3c2b1a09", "preset": "remi-colab"},
+                {
+                    "dataset_id": "3f0c2b9e8d7a4c1b9e6f5a4d3c2b1a09",
+                    "tokenizer": "REMI",
+                    "tokenizer_config": {"use_chords": True, "use_tempos": True},
+                    "bpe": {"vocab_size": 2000},
+                    "split": [0.9, 0.1, 0.0],
+                    "seed": 1,
+                },
+            ]
+        },
+    )
 
     dataset_id: str = Field(min_length=1, max_length=64)
     tokenizer: str | None = Field(

@@ -18,7 +18,19 @@ from cadenza.validation import InvalidParams
 class ModelRequest(BaseModel):
     """`POST /v1/models`: what to train, from which preset, with which overrides."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "corpus_id": "8b1d4e2f6a9c4d3e8f7a6b5c4d3e2f10",
+                    "architecture": "music-transformer",
+                    "preset": "tiny",
+                    "train": {"max_steps": 2000, "eval_interval": 200},
+                }
+            ]
+        },
+    )
 
     corpus_id: str = Field(min_length=1, max_length=64)
     architecture: str = Field(default="music-transformer", max_length=64)

@@ -12,17 +12,28 @@ from cadenza.jobs import submit
 from cadenza.tokenize.params import TokenizeParams
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
+from cadenza_api.openapi import NPZ, V1_ERRORS, describe
 from cadenza_api.schemas import CorpusOut, CorpusRequest, JobOut
 from cadenza_api.streams import stream_object
 
-router = APIRouter(prefix="/v1/corpora", tags=["corpora"])
+router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=V1_ERRORS)
 
 
-@router.post("", status_code=202, response_model=JobOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    **describe("corpora_create", "Tokenize a dataset into a corpus", 404, 409, 422),
+)
 def create_corpus(
     body: CorpusRequest, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
 ) -> JobOut:
-    """Queue tokenization of a dataset's MIDI files; the job's `corpus_id` names the result."""
+    """Queue tokenization of a dataset's MIDI files; the job's `corpus_id` names the result.
+
+    Answers 202 with the job; poll it (`GET /v1/jobs/{id}`) until `succeeded`. 409 when the
+    dataset has no MIDI files yet (upload some, or transcribe audio, first); 422 names each
+    invalid tokenizer, preset, BPE, augmentation or split field.
+    """
     get_owned(session, Dataset, body.dataset_id, owner.id)
     n_midi = session.scalar(
         select(func.count(File.id)).where(File.dataset_id == body.dataset_id, File.kind == "midi")
@@ -38,17 +49,24 @@ def create_corpus(
     return JobOut.model_validate(job)
 
 
-@router.get("", response_model=list[CorpusOut])
+@router.get("", response_model=list[CorpusOut], **describe("corpora_list", "List corpora"))
 def list_corpora(session: SessionDep, owner: CurrentOwner, limit: int = 100) -> list[CorpusOut]:
+    """Your corpora, newest first."""
     return [CorpusOut.model_validate(c) for c in list_owned(session, Corpus, owner.id, limit=limit)]
 
 
-@router.get("/{corpus_id}", response_model=CorpusOut)
+@router.get(
+    "/{corpus_id}", response_model=CorpusOut, **describe("corpora_get", "Get a corpus", 404)
+)
 def get_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner) -> CorpusOut:
+    """Its tokenizer (`params`, `tokenizer_hash`), vocabulary size and per-split counts."""
     return CorpusOut.model_validate(get_owned(session, Corpus, corpus_id, owner.id))
 
 
-@router.get("/{corpus_id}/export.npz")
+@router.get(
+    "/{corpus_id}/export.npz",
+    **describe("corpora_export", "Download a corpus as .npz", 404, ok=NPZ),
+)
 def export_corpus(
     corpus_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:

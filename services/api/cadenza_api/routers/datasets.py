@@ -16,6 +16,7 @@ from cadenza.jobs import submit
 from cadenza.midi.load import MidiLimits
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
+from cadenza_api.openapi import UPLOAD_BODY, V1_ERRORS, describe
 from cadenza_api.schemas import (
     AudioJobRequest,
     DatasetCreate,
@@ -26,7 +27,7 @@ from cadenza_api.schemas import (
 )
 from cadenza_api.upload import parse_upload
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=V1_ERRORS)
 
 
 def _dataset_out(session: SessionDep, ds: Dataset) -> DatasetOut:
@@ -34,28 +35,44 @@ def _dataset_out(session: SessionDep, ds: Dataset) -> DatasetOut:
     return DatasetOut.model_validate(ds).model_copy(update={"file_count": count})
 
 
-@router.post("", status_code=201, response_model=DatasetOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    **describe("datasets_create", "Create a dataset"),
+)
 def create_dataset(body: DatasetCreate, session: SessionDep, owner: CurrentOwner) -> DatasetOut:
+    """An empty, named collection of your MIDI and audio files; upload into it next."""
     ds = Dataset(owner_id=owner.id, name=body.name, description=body.description)
     session.add(ds)
     session.commit()
     return _dataset_out(session, ds)
 
 
-@router.get("", response_model=list[DatasetOut])
+@router.get("", response_model=list[DatasetOut], **describe("datasets_list", "List datasets"))
 def list_datasets(
     session: SessionDep, owner: CurrentOwner, limit: int = 100, offset: int = 0
 ) -> list[DatasetOut]:
+    """Your datasets, newest first, with their file counts (`limit` at most 1000)."""
     rows = list_owned(session, Dataset, owner.id, limit=min(limit, 1000), offset=offset)
     return [_dataset_out(session, d) for d in rows]
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get(
+    "/{dataset_id}", response_model=DatasetOut, **describe("datasets_get", "Get a dataset", 404)
+)
 def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> DatasetOut:
+    """The dataset's name, description and file count."""
     return _dataset_out(session, get_owned(session, Dataset, dataset_id, owner.id))
 
 
-@router.post("/{dataset_id}/files", status_code=201, response_model=FileList)
+@router.post(
+    "/{dataset_id}/files",
+    status_code=201,
+    response_model=FileList,
+    openapi_extra=UPLOAD_BODY,
+    **describe("datasets_upload_files", "Upload files into a dataset", 400, 404, 413, 415, 422),
+)
 async def upload_files(
     dataset_id: str,
     request: Request,
@@ -66,7 +83,10 @@ async def upload_files(
 ) -> FileList:
     """Upload one or many files (`-F files=@a.mid -F files=@b.wav`) or a zip of them.
 
-    Every file is validated first; if any is refused, none is stored.
+    Every file is validated first (MIDI parsed, audio probed, by content, not by name); if any
+    is refused, none is stored and the error names the file: 413 past a limit (the request,
+    a MIDI file's bytes, notes or tracks, a zip's size, entries or ratio, files per request),
+    415 for a file that is neither MIDI nor supported audio, 422 for MIDI that cannot be read.
     """
     # 404 before reading the body; the DB call runs in a worker thread, not on the event loop.
     await asyncio.to_thread(get_owned, session, Dataset, dataset_id, owner.id)
@@ -107,7 +127,11 @@ async def upload_files(
     return FileList(files=files)
 
 
-@router.get("/{dataset_id}/files", response_model=FileList)
+@router.get(
+    "/{dataset_id}/files",
+    response_model=FileList,
+    **describe("datasets_list_files", "List a dataset's files", 404),
+)
 def list_files(
     dataset_id: str,
     session: SessionDep,
@@ -116,13 +140,21 @@ def list_files(
     limit: int = 1000,
     offset: int = 0,
 ) -> FileList:
+    """The dataset's files, newest first; `kind=midi` or `kind=audio` keeps one kind."""
     get_owned(session, Dataset, dataset_id, owner.id)
     filters = {"dataset_id": dataset_id} | ({"kind": kind} if kind else {})
     rows = list_owned(session, File, owner.id, limit=min(limit, 10000), offset=offset, **filters)
     return FileList(files=[FileOut.model_validate(r) for r in rows])
 
 
-@router.post("/{dataset_id}/audio-jobs", status_code=202, response_model=JobOut)
+@router.post(
+    "/{dataset_id}/audio-jobs",
+    status_code=202,
+    response_model=JobOut,
+    **describe(
+        "datasets_create_audio_job", "Convert, crop or transcribe a dataset's audio", 404, 409
+    ),
+)
 def create_audio_job(
     dataset_id: str,
     body: AudioJobRequest,
@@ -130,7 +162,12 @@ def create_audio_job(
     settings: SettingsDep,
     owner: CurrentOwner,
 ) -> JobOut:
-    """Queue convert / crop / transcribe over audio files of the dataset (all by default)."""
+    """Queue convert / crop / transcribe over audio files of the dataset (all by default).
+
+    Answers 202 with the job; poll it (`GET /v1/jobs/{id}`) and read its `file_ids`. 404 also
+    for a `file_ids` entry that is not one of the dataset's audio files; 409 when it has none;
+    422 for an invalid option, a cut list included (checked once the files are found).
+    """
     get_owned(session, Dataset, dataset_id, owner.id)
     stmt = select(File.id).where(File.dataset_id == dataset_id, File.kind == "audio")
     if body.file_ids:

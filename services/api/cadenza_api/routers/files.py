@@ -12,19 +12,33 @@ from cadenza.db.repo import get_owned
 from cadenza.render import MEDIA_TYPES
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
-from cadenza_api.rendered import RENDER_202, rendered
+from cadenza_api.openapi import (
+    AUDIO_RENDERING,
+    PIANOROLL_RENDERING,
+    STORED_FILE,
+    V1_ERRORS,
+    describe,
+)
+from cadenza_api.rendered import rendered
 from cadenza_api.schemas import FileOut
 from cadenza_api.streams import stream_object
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=V1_ERRORS)
 
 
-@router.get("/{file_id}", response_model=FileOut)
+@router.get(
+    "/{file_id}", response_model=FileOut, **describe("files_get", "Get a file's metadata", 404)
+)
 def get_file(file_id: str, session: SessionDep, owner: CurrentOwner) -> FileOut:
+    """Kind (`midi` or `audio`), format, size, content hash and what was measured (`meta`:
+    notes, tracks, programs and duration of MIDI; codec, sample rate, channels and duration of
+    audio)."""
     return FileOut.model_validate(get_owned(session, File, file_id, owner.id))
 
 
-@router.get("/{file_id}/content")
+@router.get(
+    "/{file_id}/content", **describe("files_download", "Download a file", 404, ok=STORED_FILE)
+)
 def download_file(
     file_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:
@@ -45,7 +59,10 @@ def _midi(session: SessionDep, file_id: str, owner_id: str, hint: str) -> File:
     return f
 
 
-@router.get("/{file_id}/audio", responses=RENDER_202)
+@router.get(
+    "/{file_id}/audio",
+    **describe("files_get_audio", "Render a MIDI file to audio", 404, 409, ok=AUDIO_RENDERING),
+)
 def file_audio(
     file_id: str,
     session: SessionDep,
@@ -54,7 +71,10 @@ def file_audio(
     owner: CurrentOwner,
     format: Literal["mp3", "wav"] = "mp3",
 ) -> Response:
-    """A MIDI file rendered to audio: 200 with the audio, or 202 with the job rendering it."""
+    """A MIDI file rendered to audio: 200 with the audio, or 202 with the job rendering it.
+
+    409 for an audio file: renderings are drawn from MIDI (GET its `/content` instead).
+    """
     f = _midi(session, file_id, owner.id, "this is an audio file already; GET its /content")
     return rendered(
         session,
@@ -67,10 +87,19 @@ def file_audio(
     )
 
 
-@router.get("/{file_id}/pianoroll.png", responses=RENDER_202)
+@router.get(
+    "/{file_id}/pianoroll.png",
+    **describe(
+        "files_get_pianoroll", "Draw a MIDI file's piano roll", 404, 409, ok=PIANOROLL_RENDERING
+    ),
+)
 def file_pianoroll(
     file_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep, owner: CurrentOwner
 ) -> Response:
+    """A MIDI file's notes drawn as a piano roll: 200 with the PNG, or 202 with the job.
+
+    409 for an audio file: transcribe it to MIDI first.
+    """
     f = _midi(session, file_id, owner.id, "piano rolls are drawn from MIDI; transcribe audio first")
     return rendered(
         session,

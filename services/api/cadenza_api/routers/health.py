@@ -11,17 +11,29 @@ from sqlalchemy import func, select, text
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
 from cadenza.jobs.queue import ping_broker
+from cadenza_api.openapi import describe
+from cadenza_api.schemas import Liveness, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Liveness, **describe("health_live", "Liveness"))
 def healthz() -> dict[str, str]:
+    """`{"status": "ok"}` while the process serves requests; it checks nothing else."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    operation_id="health_ready",
+    summary="Readiness",
+    responses={
+        200: {"model": Readiness, "description": "The database, broker and store all answer."},
+        503: {"model": Readiness, "description": "A dependency does not answer (see `checks`)."},
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
+    """Whether this API can serve: each dependency is pinged (5 s each) and reported."""
     settings = request.app.state.settings
     checks: dict[str, str] = {}
 
@@ -45,7 +57,7 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse, **describe("health_metrics", "Metrics"))
 def metrics(request: Request) -> str:
     """Job counts by type and state, in Prometheus text format."""
     settings = request.app.state.settings

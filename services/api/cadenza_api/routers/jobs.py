@@ -9,13 +9,14 @@ from cadenza.db.models import Job
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.jobs import TERMINAL, JobState, request_cancel
 from cadenza_api.deps import CurrentOwner, SessionDep
+from cadenza_api.openapi import EVENT_STREAM, V1_ERRORS, describe
 from cadenza_api.schemas import JobList, JobOut
 from cadenza_api.streams import job_event_stream, sse_response
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, **describe("jobs_list", "List jobs"))
 def list_jobs(
     session: SessionDep,
     owner: CurrentOwner,
@@ -24,17 +25,26 @@ def list_jobs(
     limit: int = 100,
     offset: int = 0,
 ) -> JobList:
+    """Your jobs, newest first; filter by `state` (queued, running, succeeded, failed,
+    cancelled) and `type` (tokenize, train, sample, audio, render)."""
     filters = {k: v for k, v in {"state": state, "type": type}.items() if v}
     rows = list_owned(session, Job, owner.id, limit=min(limit, 1000), offset=offset, **filters)
     return JobList(jobs=[JobOut.model_validate(j) for j in rows])
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, **describe("jobs_get", "Get a job", 404))
 def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
+    """Its state and progress, and once it succeeded the ids of what it made (`corpus_id`,
+    `model_id`, `sample_ids`, `file_ids`); poll until the state is terminal."""
     return JobOut.model_validate(get_owned(session, Job, job_id, owner.id))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    **describe("jobs_cancel", "Cancel a job", 404),
+)
 def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     """Cancel a queued job now, or ask a running one to stop; a finished job is unchanged."""
     job = get_owned(session, Job, job_id, owner.id)
@@ -43,7 +53,10 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
     return JobOut.model_validate(job)
 
 
-@router.get("/{job_id}/events")
+@router.get(
+    "/{job_id}/events",
+    **describe("jobs_events", "Stream a job's progress events", 404, ok=EVENT_STREAM),
+)
 def job_events(
     job_id: str, request: Request, session: SessionDep, owner: CurrentOwner, after: int = 0
 ) -> StreamingResponse:

@@ -15,6 +15,7 @@ from cadenza.storage import ObjectNotFound, job_key
 from cadenza.train.params import TrainParams, resolve_model
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
+from cadenza_api.openapi import CHECKPOINT, PNG, SAFETENSORS, V1_ERRORS, describe
 from cadenza_api.schemas import (
     CheckpointOut,
     JobOut,
@@ -27,14 +28,25 @@ from cadenza_api.schemas import (
 )
 from cadenza_api.streams import stream_object
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=V1_ERRORS)
 
 
-@router.post("", status_code=202, response_model=JobOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    **describe("models_create", "Train a model on a corpus", 404, 409, 422),
+)
 def create_model(
     body: ModelRequest, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
 ) -> JobOut:
-    """Queue training; the model row exists at once so its progress can be watched."""
+    """Queue training; the model row exists at once so its progress can be watched.
+
+    Answers 202 with the job; its `model_id` names the model (`GET /v1/models/{id}` shows
+    state, checkpoints and metrics while it trains). 404 for an unknown corpus or
+    `init_checkpoint_id`; 409 when that checkpoint was trained with another tokenizer than the
+    corpus; 422 names each invalid architecture, preset, `config` or `train` field.
+    """
     corpus = get_owned(session, Corpus, body.corpus_id, owner.id)
     tokenizer = (corpus.params.get("tokenizer_spec") or {}).get("name")
     config, train = resolve_model(body, tokenizer=tokenizer)
@@ -101,17 +113,22 @@ def _model_out(session: SessionDep, model: Model) -> ModelOut:
     )
 
 
-@router.get("", response_model=list[ModelOut])
+@router.get("", response_model=list[ModelOut], **describe("models_list", "List models"))
 def list_models(session: SessionDep, owner: CurrentOwner, limit: int = 100) -> list[ModelOut]:
+    """Your models, newest first, each with its checkpoints and metrics."""
     return [_model_out(session, m) for m in list_owned(session, Model, owner.id, limit=limit)]
 
 
-@router.get("/{model_id}", response_model=ModelOut)
+@router.get("/{model_id}", response_model=ModelOut, **describe("models_get", "Get a model", 404))
 def get_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> ModelOut:
+    """Its state (`queued`, `training`, `ready`, `failed`, …), configs, checkpoints and losses."""
     return _model_out(session, get_owned(session, Model, model_id, owner.id))
 
 
-@router.get("/{model_id}/checkpoints/{checkpoint_id}")
+@router.get(
+    "/{model_id}/checkpoints/{checkpoint_id}",
+    **describe("models_download_checkpoint", "Download a training checkpoint", 404, ok=CHECKPOINT),
+)
 def download_checkpoint(
     model_id: str, checkpoint_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:
@@ -123,9 +140,13 @@ def download_checkpoint(
     return stream_object(store, ckpt.object_key, filename=f"{model.id}-{ckpt.step}.pt")
 
 
-@router.get("/{model_id}/loss.png")
+@router.get(
+    "/{model_id}/loss.png",
+    **describe("models_get_loss_curve", "Draw a model's loss curves", 404, 409, ok=PNG),
+)
 def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner) -> Response:
-    """Training curves (train/val loss per step) as a PNG, redrawn at every evaluation."""
+    """Training curves (train/val loss per step) as a PNG, redrawn at every evaluation (409
+    before the first one)."""
     model = get_owned(session, Model, model_id, owner.id)
     try:
         return Response(store.get(job_key(model.job_id, "loss.png")), media_type="image/png")
@@ -135,11 +156,14 @@ def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: Current
         ) from exc
 
 
-@router.get("/{model_id}/weights.safetensors")
+@router.get(
+    "/{model_id}/weights.safetensors",
+    **describe("models_download_weights", "Download a model's weights", 404, 409, ok=SAFETENSORS),
+)
 def download_weights(
     model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:
-    """The best checkpoint's weights as safetensors (written when training ends)."""
+    """The best checkpoint's weights as safetensors (written when training ends; 409 before)."""
     model = get_owned(session, Model, model_id, owner.id)
     return stream_object(
         store,
@@ -149,7 +173,12 @@ def download_weights(
     )
 
 
-@router.post("/{model_id}/samples", status_code=202, response_model=JobOut)
+@router.post(
+    "/{model_id}/samples",
+    status_code=202,
+    response_model=JobOut,
+    **describe("models_create_samples", "Generate music from a model", 404, 409, 422),
+)
 def create_samples(
     model_id: str,
     body: SampleRequest,
@@ -157,7 +186,13 @@ def create_samples(
     settings: SettingsDep,
     owner: CurrentOwner,
 ) -> JobOut:
-    """Queue `n` variations; the job's `sample_ids` name them when it succeeds."""
+    """Queue `n` variations; the job's `sample_ids` name them when it succeeds.
+
+    Answers 202 with the job; poll it, then fetch each sample's MIDI
+    (`GET /v1/samples/{id}/midi`). 409 when the model has no checkpoint yet (wait for its
+    training job to save one) or `primer_tokens` come from another tokenizer; 422 for an
+    invalid option, a primer file that is not MIDI, or tokens outside the model's vocabulary.
+    """
     model = get_owned(session, Model, model_id, owner.id)
     ckpt = pick_checkpoint(session=session, model_id=model.id, which=body.checkpoint)
     if ckpt is None:
@@ -189,8 +224,13 @@ def create_samples(
     return JobOut.model_validate(job)
 
 
-@router.get("/{model_id}/samples", response_model=SampleList)
+@router.get(
+    "/{model_id}/samples",
+    response_model=SampleList,
+    **describe("models_list_samples", "List a model's samples", 404),
+)
 def list_samples(model_id: str, session: SessionDep, owner: CurrentOwner) -> SampleList:
+    """Every sample generated from this model, newest first."""
     get_owned(session, Model, model_id, owner.id)
     rows = list_owned(session, Sample, owner.id, limit=1000, model_id=model_id)
     return SampleList(samples=[SampleOut.model_validate(s) for s in rows])

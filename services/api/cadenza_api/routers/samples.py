@@ -12,21 +12,28 @@ from cadenza.db.repo import get_owned
 from cadenza.storage import ObjectNotFound
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
-from cadenza_api.rendered import RENDER_202, rendered
+from cadenza_api.openapi import AUDIO_RENDERING, MIDI, PIANOROLL_RENDERING, V1_ERRORS, describe
+from cadenza_api.rendered import rendered
 from cadenza_api.schemas import SampleOut
 
-router = APIRouter(prefix="/v1/samples", tags=["samples"])
+router = APIRouter(prefix="/v1/samples", tags=["samples"], responses=V1_ERRORS)
 
 
-@router.get("/{sample_id}", response_model=SampleOut)
+@router.get(
+    "/{sample_id}", response_model=SampleOut, **describe("samples_get", "Get a sample", 404)
+)
 def get_sample(sample_id: str, session: SessionDep, owner: CurrentOwner) -> SampleOut:
+    """Its sampling parameters, length (tokens, notes, seconds) and measured metrics (`meta`)."""
     return SampleOut.model_validate(get_owned(session, Sample, sample_id, owner.id))
 
 
-@router.get("/{sample_id}/midi")
+@router.get(
+    "/{sample_id}/midi", **describe("samples_get_midi", "Download a sample's MIDI", 404, ok=MIDI)
+)
 def sample_midi(
     sample_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> Response:
+    """The generated piece as a `.mid` file (primer included when it was asked for)."""
     sample = get_owned(session, Sample, sample_id, owner.id)
     try:
         data = store.get(sample.midi_key)
@@ -46,7 +53,10 @@ def _hash(sample: Sample) -> str:
     return str(sha)
 
 
-@router.get("/{sample_id}/audio", responses=RENDER_202)
+@router.get(
+    "/{sample_id}/audio",
+    **describe("samples_get_audio", "Render a sample to audio", 404, 409, ok=AUDIO_RENDERING),
+)
 def sample_audio(
     sample_id: str,
     session: SessionDep,
@@ -55,7 +65,11 @@ def sample_audio(
     owner: CurrentOwner,
     format: Literal["mp3", "wav"] = "mp3",
 ) -> Response:
-    """The sample rendered with the General MIDI soundfont (rendered by its sample job)."""
+    """The sample rendered with the General MIDI soundfont (rendered by its sample job).
+
+    200 with the audio when it is rendered, else 202 with the render job: poll it, then retry.
+    409 for a sample without a content hash (made before renderings were cached): sample again.
+    """
     sample = get_owned(session, Sample, sample_id, owner.id)
     return rendered(
         session,
@@ -68,10 +82,17 @@ def sample_audio(
     )
 
 
-@router.get("/{sample_id}/pianoroll.png", responses=RENDER_202)
+@router.get(
+    "/{sample_id}/pianoroll.png",
+    **describe(
+        "samples_get_pianoroll", "Draw a sample's piano roll", 404, 409, ok=PIANOROLL_RENDERING
+    ),
+)
 def sample_pianoroll(
     sample_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep, owner: CurrentOwner
 ) -> Response:
+    """The sample's notes drawn as a piano roll: 200 with the PNG, or 202 with the job (409 as
+    for its audio)."""
     sample = get_owned(session, Sample, sample_id, owner.id)
     return rendered(
         session,

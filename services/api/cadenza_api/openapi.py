@@ -1,0 +1,139 @@
+"""What the OpenAPI document says beyond the routes' types: operation ids, error answers,
+binary bodies and the upload form.
+
+Users generate clients from `/openapi.json` and read `/docs`, so the document is a contract:
+every status a route can answer with is declared with its body, every binary body with its
+media type. The routes pass these declarations to their decorators (`**describe(...)`,
+`openapi_extra=`); nothing here changes what a route does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+from cadenza.render import MEDIA_TYPES
+from cadenza_api.schemas import Error, JobOut
+
+Responses = dict[int | str, dict[str, Any]]
+
+# What each status means in this API; a route's description says what it means there.
+ERRORS: dict[int, str] = {
+    400: "The body is malformed (not valid multipart, a broken zip, an empty file, no file).",
+    401: "No API key, or a wrong or revoked one: send `Authorization: Bearer <key>` "
+    "(make one with `cadenza keys create --owner NAME`).",
+    404: "Not found for this API key (another owner's resources are not found either).",
+    409: "The request is valid but does not fit the stored state; the message says what to do "
+    "first.",
+    413: "Too large: the request, a file, a zip's contents or the number of files is over a limit.",
+    415: "Not `multipart/form-data`, or a file that is neither MIDI nor a supported audio format.",
+    422: "A parameter is invalid: `error.message` names the fields, `error.details` lists each.",
+    503: "Busy: every database slot is taken. Retry after `Retry-After` seconds (code `busy`).",
+}
+
+
+def errors(*statuses: int) -> Responses:
+    """`responses=` entries answering `statuses` with the `Error` body."""
+    return {s: {"model": Error, "description": ERRORS[s]} for s in statuses}
+
+
+# Every /v1 route needs a key, takes a path, query or body parameter that FastAPI validates
+# (422), and waits for a database slot (503): the routers declare these for all their routes.
+V1_ERRORS = errors(401, 422, 503)
+
+
+def describe(
+    operation_id: str, summary: str, *statuses: int, ok: Responses | None = None
+) -> dict[str, Any]:
+    """The decorator arguments that document one operation: its id (`resource_action`, the
+    name generated clients give the call), its one-line summary, and its responses: `ok` when
+    the success is not the route's JSON model, then the error `statuses`."""
+    described: dict[str, Any] = {"operation_id": operation_id, "summary": summary}
+    if ok is not None:  # the route returns a Response itself; this only keeps JSON off the 200
+        described["response_class"] = Response
+    return described | {"responses": (ok or {}) | errors(*statuses)}
+
+
+# How binary parts and bodies are typed: a string of bytes (generators map it to a file type).
+BINARY: dict[str, str] = {"type": "string", "format": "binary"}
+
+
+def binary(description: str, *media_types: str) -> Responses:
+    """A 200 whose body is raw bytes served as any of `media_types`."""
+    content = {t: {"schema": BINARY} for t in media_types}
+    return {200: {"description": description, "content": content}}
+
+
+def rendering(description: str, *media_types: str) -> Responses:
+    """The two successes of a rendering route (`cadenza_api.rendered`): 200 with the bytes when
+    they are cached, else 202 with the render job making them."""
+    job = {
+        "model": JobOut,
+        "description": "Not rendered yet: a render job is making it. Poll the job (its URL is in "
+        "`Location`), then GET this again.",
+    }
+    return binary(description, *media_types) | {202: job}
+
+
+# The bodies that are not JSON. A stored file is MIDI or audio, and its download is typed by
+# what it is (the table in cadenza.render); exports are plain bytes.
+STORED_FILE = binary(
+    "The stored bytes, typed by what the file is.",
+    *(t for t in dict.fromkeys(MEDIA_TYPES.values()) if t.startswith("audio/")),
+)
+MIDI = binary("A Standard MIDI File.", MEDIA_TYPES["mid"])
+PNG = binary("A PNG image.", MEDIA_TYPES["png"])
+NPZ = binary("A NumPy `.npz` archive.", "application/octet-stream")
+CHECKPOINT = binary("A PyTorch checkpoint (`.pt`).", "application/octet-stream")
+SAFETENSORS = binary("Weights in safetensors format.", "application/octet-stream")
+AUDIO_RENDERING = rendering(
+    "The audio (MP3 or WAV, as asked).", MEDIA_TYPES["mp3"], MEDIA_TYPES["wav"]
+)
+PIANOROLL_RENDERING = rendering("The piano roll as a PNG.", MEDIA_TYPES["png"])
+EVENT_STREAM: Responses = {
+    200: {
+        "description": "Server-Sent Events: one per progress event, then `end` with the state.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+# The upload route reads its body with a streaming parser (cadenza_api.upload), so FastAPI
+# cannot see the form; this declares it for `/docs` and client generators.
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": BINARY,
+                            "description": "One part per file (MIDI, audio, or a zip of them), "
+                            "all with the field name `files`.",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def install(app: FastAPI) -> None:
+    """Serve the document with each operation's responses in status order (successes first):
+    the routers declare 401 and 422 for all their routes, which would otherwise come first."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            for item in build()["paths"].values():
+                for op in item.values():
+                    op["responses"] = dict(sorted(op["responses"].items()))
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
