@@ -339,7 +339,7 @@ def test_train_job_templates() -> None:
     c = pod["containers"][0]
     assert c["command"] == ["torchrun"]
     assert "--nproc_per_node=$(GPUS)" in c["args"]
-    assert c["args"][-3:] == ["-m", "cadenza.train.job", "$(JOB_ID)"]
+    assert c["args"][-3:] == ["-m", "cadenza.jobs.train_job", "$(JOB_ID)"]
     assert {"name": "GPUS", "value": "4"} in c["env"]
     assert {"name": "JOB_ID", "value": "j42"} in c["env"]
     _assert_gpu_pod(pod, count=4)

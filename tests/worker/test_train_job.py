@@ -1,4 +1,4 @@
-"""`cadenza train-job` and `torchrun -m cadenza.train.job`: the Kubernetes training path.
+"""`cadenza train-job` and `torchrun -m cadenza.jobs.train_job`: the Kubernetes training path.
 
 The API queues the jobs (no Celery worker runs here); the jobs are then run the way a k8s Job
 runs them, including a 2-process DDP run (gloo on CPU) of one training job.
@@ -67,7 +67,14 @@ def test_training_job_runs_under_torchrun(
     ).json()
     torchrun = Path(sys.executable).with_name("torchrun")
     res = run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "cadenza.train.job", job["id"]],
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "cadenza.jobs.train_job",
+            job["id"],
+        ],
         env,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

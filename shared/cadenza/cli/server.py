@@ -135,7 +135,7 @@ def serve(
 
 def train_job(job_id: str) -> None:
     """Run one queued job in this process (the Kubernetes GPU training Job; DDP-aware)."""
-    from cadenza.train.job import run
+    from cadenza.jobs.train_job import run
 
     state = run(job_id)
     console.print(f"job {job_id}: {state or 'not claimed (already taken or finished)'}")

@@ -1,7 +1,7 @@
 """Run one queued training job, alone or across processes under `torchrun` (DDP).
 
-    cadenza train-job JOB_ID                                   # one process (k8s GPU Job)
-    torchrun --nproc_per_node=4 -m cadenza.train.job JOB_ID    # 4 GPUs, one job
+    cadenza train-job JOB_ID                                        # one process (k8s GPU Job)
+    torchrun --nproc_per_node=4 -m cadenza.jobs.train_job JOB_ID     # 4 GPUs, one job
 
 Rank 0 claims the job row (compare-and-set, lease) exactly as a Celery worker would, and
 only rank 0 writes metrics, checkpoints and the final commit; the other ranks read the same
@@ -20,7 +20,7 @@ from cadenza.config import get_settings
 from cadenza.jobs.runner import claim_context, execute, follower_context, load_handler
 from cadenza.train.distributed import cleanup_distributed, init_distributed
 
-log = logging.getLogger("cadenza.train.job")
+log = logging.getLogger("cadenza.jobs.train_job")
 
 
 def run(job_id: str) -> str | None:
@@ -53,7 +53,7 @@ def run(job_id: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m cadenza.train.job JOB_ID", file=sys.stderr)
+        print("usage: python -m cadenza.jobs.train_job JOB_ID", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO)
     state = run(args[0])
