@@ -148,7 +148,7 @@ def test_corpus_and_model_requests_are_validated(client: TestClient) -> None:
 
 
 def test_quarter_vq_corpus_requests(client: TestClient) -> None:
-    """System E's learned tokenizer: options validated at request time, naming the field."""
+    """The learned quarter-vq tokenizer: options validated at request time, naming the field."""
     ds = dataset(client)
     client.post(f"/v1/datasets/{ds}/files", files=[("files", ("a.mid", tiny_midi()))])
     body = {"dataset_id": ds, "tokenizer": "quarter-vq"}

@@ -1,5 +1,6 @@
-"""System E through the real HTTP API and worker, on both deployments: a corpus tokenized by a
-learned VQ-VAE ("quarter-vq"), a tiny GPT prior over its codes, and a sample decoded to MIDI."""
+"""A VQ-VAE tokenizer and its prior through the real HTTP API and worker, on both deployments:
+a corpus tokenized by a learned VQ-VAE ("quarter-vq"), a tiny GPT prior over its codes, and a
+sample decoded to MIDI."""
 
 from __future__ import annotations
 
