@@ -7,8 +7,10 @@ single-process `DistInfo`, so there is one code path for a laptop, a GPU worker 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -93,10 +95,22 @@ def current_dist_info(device: str | None = None) -> DistInfo:
     return DistInfo(rank=0, world_size=1, local_rank=0, device=device or default_device())
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group so the next run (or test) can create a fresh one."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup_distributed(barrier_timeout_s: float = 60.0) -> None:
+    """Leave the process group so the next run (or test) can create a fresh one.
+
+    Every rank waits for the others first: rank 0 hosts the rendezvous store, and a rank still
+    tearing down its gloo connections when rank 0's store closes aborts in C++ ("terminate
+    called without an active exception", seen as a SIGABRT exit of rank 1). The wait is
+    bounded, so a rank whose peer died still gets out.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with contextlib.suppress(Exception):
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=barrier_timeout_s))
+        else:
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(values: list[float], info: DistInfo, device: str) -> list[float]:
