@@ -120,7 +120,7 @@ def datasets_files(dataset_id: str) -> None:
 def corpora_create(
     dataset_id: str,
     tokenizer: Annotated[str | None, typer.Option(help="REMI, TSD, MIDILike, …")] = None,
-    preset: Annotated[str | None, typer.Option(help="e.g. remi-colab")] = None,
+    preset: Annotated[str | None, typer.Option(help="e.g. remi-chords-tempos")] = None,
     config: Annotated[str, typer.Option(help="JSON tokenizer config overrides")] = "{}",
     seed: int = 0,
     wait: bool = True,

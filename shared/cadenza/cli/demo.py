@@ -75,7 +75,7 @@ def _run(c: Client, data_dir: Path, files: int, steps: int, output: Path) -> lis
     ds = c.create_dataset("bach-chorales", "Bach chorales from music21's corpus")
     uploaded = c.upload(ds["id"], paths)
     console.print(f"[bold]2/5[/] uploaded {len(uploaded)} MIDI files to dataset {ds['id']}")
-    job = follow(c, c.create_corpus(ds["id"], preset="remi-colab"), "tokenize")
+    job = follow(c, c.create_corpus(ds["id"], preset="remi-chords-tempos"), "tokenize")
     corpus = c.get(f"/v1/corpora/{job['corpus_id']}")
     tokens = corpus["stats"].get("tokens_per_split", {})
     console.print(
