@@ -20,13 +20,15 @@ def rendered(
     session: Session,
     settings: Settings,
     store: ObjectStore,
-    *,
     owner_id: str,
-    sha256: str,
-    midi_key: str,
+    midi: tuple[str, str],
     fmt: str,
 ) -> Response:
-    """The cached rendering, or 202 with the render job that will make it (poll, then retry)."""
+    """The cached rendering, or 202 with the render job that will make it (poll, then retry).
+
+    `midi` is the (sha256, store key) of the MIDI bytes to render.
+    """
+    sha256, midi_key = midi
     try:
         return Response(store.get(render_key(sha256, fmt)), media_type=MEDIA_TYPES[fmt])
     except ObjectNotFound:

@@ -76,15 +76,7 @@ def file_audio(
     409 for an audio file: renderings are drawn from MIDI (GET its `/content` instead).
     """
     f = _midi(session, file_id, owner.id, "this is an audio file already; GET its /content")
-    return rendered(
-        session,
-        settings,
-        store,
-        owner_id=owner.id,
-        sha256=f.sha256,
-        midi_key=f.object_key,
-        fmt=format,
-    )
+    return rendered(session, settings, store, owner.id, (f.sha256, f.object_key), format)
 
 
 @router.get(
@@ -101,12 +93,4 @@ def file_pianoroll(
     409 for an audio file: transcribe it to MIDI first.
     """
     f = _midi(session, file_id, owner.id, "piano rolls are drawn from MIDI; transcribe audio first")
-    return rendered(
-        session,
-        settings,
-        store,
-        owner_id=owner.id,
-        sha256=f.sha256,
-        midi_key=f.object_key,
-        fmt="png",
-    )
+    return rendered(session, settings, store, owner.id, (f.sha256, f.object_key), "png")

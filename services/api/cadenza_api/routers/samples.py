@@ -71,15 +71,7 @@ def sample_audio(
     409 for a sample without a content hash (made before renderings were cached): sample again.
     """
     sample = get_owned(session, Sample, sample_id, owner.id)
-    return rendered(
-        session,
-        settings,
-        store,
-        owner_id=owner.id,
-        sha256=_hash(sample),
-        midi_key=sample.midi_key,
-        fmt=format,
-    )
+    return rendered(session, settings, store, owner.id, (_hash(sample), sample.midi_key), format)
 
 
 @router.get(
@@ -94,12 +86,4 @@ def sample_pianoroll(
     """The sample's notes drawn as a piano roll: 200 with the PNG, or 202 with the job (409 as
     for its audio)."""
     sample = get_owned(session, Sample, sample_id, owner.id)
-    return rendered(
-        session,
-        settings,
-        store,
-        owner_id=owner.id,
-        sha256=_hash(sample),
-        midi_key=sample.midi_key,
-        fmt="png",
-    )
+    return rendered(session, settings, store, owner.id, (_hash(sample), sample.midi_key), "png")
