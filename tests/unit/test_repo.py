@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from cadenza.db.migrate import upgrade
-from cadenza.db.models import ApiKey, Dataset
+from cadenza.db.models import ApiKey, Dataset, File
 from cadenza.db.repo import (
     NotFound,
     create_api_key,
+    datasets_with_counts,
     get_owned,
     list_owned,
     owner_for_key,
@@ -73,3 +74,33 @@ def test_key_cache_answers_verified_keys_without_sql_until_expiry(tmp_path: Path
     with session_scope(url) as s:
         assert owner_for_key(session=s, key=key2, cache=expired) is not None
         assert expired.lookup(s, key2) is None
+
+
+def test_datasets_with_counts_is_one_owner_scoped_query(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    with session_scope(url) as s:
+        alice, _ = create_api_key(session=s, owner_name="alice")
+        bob, _ = create_api_key(session=s, owner_name="bob")
+        full, empty = Dataset(owner_id=alice.id, name="full"), Dataset(owner_id=alice.id, name="e")
+        theirs = Dataset(owner_id=bob.id, name="bob's")
+        s.add_all([full, empty, theirs])
+        s.flush()
+        for i in range(3):
+            s.add(
+                File(
+                    owner_id=alice.id,
+                    dataset_id=full.id,
+                    name=f"{i}.mid",
+                    kind="midi",
+                    format="mid",
+                    sha256=f"{i:064d}",
+                    size=1,
+                    object_key=f"k{i}",
+                )
+            )
+        s.flush()
+        counts = {ds.name: n for ds, n in datasets_with_counts(s, alice.id)}
+        assert counts == {"full": 3, "e": 0}
+        assert [n for _, n in datasets_with_counts(s, alice.id, dataset_id=full.id)] == [3]
+        assert datasets_with_counts(s, alice.id, dataset_id=theirs.id) == []

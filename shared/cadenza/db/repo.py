@@ -8,10 +8,10 @@ import threading
 import time
 from typing import Any, TypeVar
 
-from sqlalchemy import inspect, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from cadenza.db.models import ApiKey, Base, Checkpoint, Owner, utcnow
+from cadenza.db.models import ApiKey, Base, Checkpoint, Dataset, File, Owner, utcnow
 
 KEY_PREFIX = "cz_"
 T = TypeVar("T", bound=Base)
@@ -176,3 +176,24 @@ def pick_checkpoint(*, session: Session, model_id: str, which: str = "best") -> 
         )
         return best or session.scalar(stmt.order_by(Checkpoint.step.desc()).limit(1))
     return session.scalar(stmt.where(Checkpoint.id == which))
+
+
+def datasets_with_counts(
+    session: Session,
+    owner_id: str,
+    *,
+    dataset_id: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[tuple[Dataset, int]]:
+    """The owner's datasets (newest first, or the one `dataset_id`) with their file counts.
+
+    One query with a correlated count, not one count per dataset: a dataset GET is the API's
+    most frequent request (clients poll it), and its cost is mostly SQL round trips.
+    """
+    files = select(func.count(File.id)).where(File.dataset_id == Dataset.id).scalar_subquery()
+    stmt = select(Dataset, files).where(Dataset.owner_id == owner_id)
+    if dataset_id is not None:
+        stmt = stmt.where(Dataset.id == dataset_id)
+    stmt = stmt.order_by(Dataset.created_at.desc()).limit(limit).offset(offset)
+    return [(ds, int(n or 0)) for ds, n in session.execute(stmt)]

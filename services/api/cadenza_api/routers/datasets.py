@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from cadenza.audio.params import AudioParams
 from cadenza.db.models import Dataset, File
-from cadenza.db.repo import get_owned, list_owned
+from cadenza.db.repo import NotFound, datasets_with_counts, get_owned, list_owned
 from cadenza.ingest import Incoming, Rejected, check_all, cleanup_unreferenced, store_files
 from cadenza.jobs import submit
 from cadenza.midi.load import MidiLimits
@@ -30,9 +30,8 @@ from cadenza_api.upload import parse_upload
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=V1_ERRORS)
 
 
-def _dataset_out(session: SessionDep, ds: Dataset) -> DatasetOut:
-    count = session.scalar(select(func.count(File.id)).where(File.dataset_id == ds.id)) or 0
-    return DatasetOut.model_validate(ds).model_copy(update={"file_count": count})
+def _dataset_out(ds: Dataset, file_count: int) -> DatasetOut:
+    return DatasetOut.model_validate(ds).model_copy(update={"file_count": file_count})
 
 
 @router.post(
@@ -46,7 +45,7 @@ def create_dataset(body: DatasetCreate, session: SessionDep, owner: CurrentOwner
     ds = Dataset(owner_id=owner.id, name=body.name, description=body.description)
     session.add(ds)
     session.commit()
-    return _dataset_out(session, ds)
+    return _dataset_out(ds, 0)
 
 
 @router.get("", response_model=list[DatasetOut], **describe("datasets_list", "List datasets"))
@@ -54,8 +53,8 @@ def list_datasets(
     session: SessionDep, owner: CurrentOwner, limit: int = 100, offset: int = 0
 ) -> list[DatasetOut]:
     """Your datasets, newest first, with their file counts (`limit` at most 1000)."""
-    rows = list_owned(session, Dataset, owner.id, limit=min(limit, 1000), offset=offset)
-    return [_dataset_out(session, d) for d in rows]
+    rows = datasets_with_counts(session, owner.id, limit=min(limit, 1000), offset=offset)
+    return [_dataset_out(ds, n) for ds, n in rows]
 
 
 @router.get(
@@ -63,7 +62,10 @@ def list_datasets(
 )
 def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> DatasetOut:
     """The dataset's name, description and file count."""
-    return _dataset_out(session, get_owned(session, Dataset, dataset_id, owner.id))
+    found = datasets_with_counts(session, owner.id, dataset_id=dataset_id[:64], limit=1)
+    if not found:
+        raise NotFound("dataset", dataset_id)
+    return _dataset_out(*found[0])
 
 
 @router.post(
