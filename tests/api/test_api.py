@@ -74,6 +74,20 @@ def test_validation_errors_name_the_field(client: TestClient) -> None:
     assert r.status_code == 422 and "colour" in r.json()["error"]["message"]
 
 
+def test_paging_is_validated_on_every_list_route(client: TestClient) -> None:
+    ds = dataset(client)
+    routes = ["/v1/datasets", f"/v1/datasets/{ds}/files", "/v1/corpora", "/v1/models", "/v1/jobs"]
+    for route in routes:
+        for query in ("limit=-1", "limit=0", "limit=100000", "offset=-1", f"offset={10**20}"):
+            r = client.get(f"{route}?{query}")
+            field = query.split("=")[0]
+            assert r.status_code == 422 and field in r.json()["error"]["message"], (route, query)
+        assert client.get(f"{route}?limit=1&offset=0").status_code == 200
+    names = [client.post("/v1/datasets", json={"name": f"d{i}"}).json()["name"] for i in range(3)]
+    page = [d["name"] for d in client.get("/v1/datasets?limit=2&offset=1").json()]
+    assert page == [names[1], names[0]]  # newest first: d2, d1, d0, then the fixture's dataset
+
+
 def test_upload_many_and_zip(client: TestClient, settings: Settings) -> None:
     ds = dataset(client)
     buf = io.BytesIO()

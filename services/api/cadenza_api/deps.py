@@ -25,7 +25,7 @@ from typing import Annotated, TypeVar
 
 import anyio
 import anyio.to_thread
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -151,3 +151,10 @@ async def current_owner(request: Request, credentials: BearerDep, session: Sessi
 
 
 CurrentOwner = Annotated[Owner, Depends(current_owner, scope="function")]
+
+
+# Paging of list routes, validated (422 naming the parameter): a negative limit would mean "no
+# limit" to SQLite and an offset past 64 bits would overflow the driver.
+Limit = Annotated[int, Query(ge=1, le=1000, description="rows per page (1..1000)")]
+FileLimit = Annotated[int, Query(ge=1, le=10_000, description="rows per page (1..10000)")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000, description="rows to skip")]

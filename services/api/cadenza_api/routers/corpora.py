@@ -10,7 +10,7 @@ from cadenza.db.models import Corpus, Dataset, File
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.jobs import submit
 from cadenza.tokenize.params import TokenizeParams
-from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
+from cadenza_api.deps import CurrentOwner, Limit, Offset, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import NPZ, V1_ERRORS, describe
 from cadenza_api.schemas import CorpusOut, CorpusRequest, JobOut
@@ -50,9 +50,14 @@ def create_corpus(
 
 
 @router.get("", response_model=list[CorpusOut], **describe("corpora_list", "List corpora"))
-def list_corpora(session: SessionDep, owner: CurrentOwner, limit: int = 100) -> list[CorpusOut]:
+def list_corpora(
+    session: SessionDep, owner: CurrentOwner, limit: Limit = 100, offset: Offset = 0
+) -> list[CorpusOut]:
     """Your corpora, newest first."""
-    return [CorpusOut.model_validate(c) for c in list_owned(session, Corpus, owner.id, limit=limit)]
+    return [
+        CorpusOut.model_validate(c)
+        for c in list_owned(session, Corpus, owner.id, limit=limit, offset=offset)
+    ]
 
 
 @router.get(

@@ -14,7 +14,15 @@ from cadenza.db.repo import NotFound, datasets_with_counts, get_owned, list_owne
 from cadenza.ingest import Incoming, Rejected, check_all, cleanup_unreferenced, store_files
 from cadenza.jobs import submit
 from cadenza.midi.load import MidiLimits
-from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
+from cadenza_api.deps import (
+    CurrentOwner,
+    FileLimit,
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+)
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import UPLOAD_BODY, V1_ERRORS, describe
 from cadenza_api.schemas import (
@@ -50,10 +58,10 @@ def create_dataset(body: DatasetCreate, session: SessionDep, owner: CurrentOwner
 
 @router.get("", response_model=list[DatasetOut], **describe("datasets_list", "List datasets"))
 def list_datasets(
-    session: SessionDep, owner: CurrentOwner, limit: int = 100, offset: int = 0
+    session: SessionDep, owner: CurrentOwner, limit: Limit = 100, offset: Offset = 0
 ) -> list[DatasetOut]:
     """Your datasets, newest first, with their file counts (`limit` at most 1000)."""
-    rows = datasets_with_counts(session, owner.id, limit=min(limit, 1000), offset=offset)
+    rows = datasets_with_counts(session, owner.id, limit=limit, offset=offset)
     return [_dataset_out(ds, n) for ds, n in rows]
 
 
@@ -139,13 +147,13 @@ def list_files(
     session: SessionDep,
     owner: CurrentOwner,
     kind: str | None = None,
-    limit: int = 1000,
-    offset: int = 0,
+    limit: FileLimit = 1000,
+    offset: Offset = 0,
 ) -> FileList:
     """The dataset's files, newest first; `kind=midi` or `kind=audio` keeps one kind."""
     get_owned(session, Dataset, dataset_id, owner.id)
     filters = {"dataset_id": dataset_id} | ({"kind": kind} if kind else {})
-    rows = list_owned(session, File, owner.id, limit=min(limit, 10000), offset=offset, **filters)
+    rows = list_owned(session, File, owner.id, limit=limit, offset=offset, **filters)
     return FileList(files=[FileOut.model_validate(r) for r in rows])
 
 

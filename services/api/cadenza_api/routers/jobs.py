@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 from cadenza.db.models import Job
 from cadenza.db.repo import get_owned, list_owned
 from cadenza.jobs import TERMINAL, JobState, request_cancel
-from cadenza_api.deps import CurrentOwner, SessionDep
+from cadenza_api.deps import CurrentOwner, Limit, Offset, SessionDep
 from cadenza_api.openapi import EVENT_STREAM, V1_ERRORS, describe
 from cadenza_api.schemas import JobList, JobOut
 from cadenza_api.streams import job_event_stream, sse_response
@@ -22,13 +22,13 @@ def list_jobs(
     owner: CurrentOwner,
     state: str | None = None,
     type: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> JobList:
     """Your jobs, newest first; filter by `state` (queued, running, succeeded, failed,
     cancelled) and `type` (tokenize, train, sample, audio, render)."""
     filters = {k: v for k, v in {"state": state, "type": type}.items() if v}
-    rows = list_owned(session, Job, owner.id, limit=min(limit, 1000), offset=offset, **filters)
+    rows = list_owned(session, Job, owner.id, limit=limit, offset=offset, **filters)
     return JobList(jobs=[JobOut.model_validate(j) for j in rows])
 
 

@@ -13,7 +13,7 @@ from cadenza.jobs import submit
 from cadenza.sample.params import SampleParams, check_for_model
 from cadenza.storage import ObjectNotFound, job_key
 from cadenza.train.params import TrainParams, resolve_model
-from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
+from cadenza_api.deps import CurrentOwner, Limit, Offset, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import CHECKPOINT, PNG, SAFETENSORS, V1_ERRORS, describe
 from cadenza_api.schemas import (
@@ -114,9 +114,14 @@ def _model_out(session: SessionDep, model: Model) -> ModelOut:
 
 
 @router.get("", response_model=list[ModelOut], **describe("models_list", "List models"))
-def list_models(session: SessionDep, owner: CurrentOwner, limit: int = 100) -> list[ModelOut]:
+def list_models(
+    session: SessionDep, owner: CurrentOwner, limit: Limit = 100, offset: Offset = 0
+) -> list[ModelOut]:
     """Your models, newest first, each with its checkpoints and metrics."""
-    return [_model_out(session, m) for m in list_owned(session, Model, owner.id, limit=limit)]
+    return [
+        _model_out(session, m)
+        for m in list_owned(session, Model, owner.id, limit=limit, offset=offset)
+    ]
 
 
 @router.get("/{model_id}", response_model=ModelOut, **describe("models_get", "Get a model", 404))
