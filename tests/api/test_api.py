@@ -178,3 +178,17 @@ def test_quarter_vq_corpus_requests(client: TestClient) -> None:
     assert spec["name"] == "quarter-vq" and spec["config"]["steps"] == 10
     r = client.post("/v1/corpora", json={"dataset_id": ds, "preset": "bachsformer-vq"})
     assert r.status_code == 202, r.json()
+
+
+def test_a_database_that_does_not_answer_gives_json_503_and_leaks_nothing(tmp_path: Path) -> None:
+    # Nothing listens on port 9 of loopback: every connection is refused at once.
+    url = "postgresql+psycopg://cadenza:secret@127.0.0.1:9/cadenza"
+    down = TestClient(create_app(Settings(data_dir=tmp_path, database_url=url)))
+    down.headers["Authorization"] = "Bearer cz_" + "x" * 40
+    r = down.get("/v1/datasets")
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert r.json()["error"]["code"] == "unavailable"
+    assert "127.0.0.1" not in r.text and "secret" not in r.text and "SELECT" not in r.text
+    ready = down.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
+    assert "127.0.0.1" not in ready.text and "9" not in ready.json()["checks"]["database"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -38,6 +40,12 @@ class ApiError(Exception):
 RETRY_AFTER_SECONDS = 1
 
 
+log = logging.getLogger("cadenza.api")
+
+# Seconds a client should wait before retrying while the database does not answer.
+UNAVAILABLE_RETRY_SECONDS = 5
+
+
 def busy(what: str) -> ApiError:
     """503 + Retry-After: the server is saturated right now; the same request later succeeds."""
     return ApiError(
@@ -64,6 +72,29 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeout)
     async def _pool_timeout(request: Request, _: PoolTimeout) -> JSONResponse:
         return await _api_error(request, busy("no database connection free"))
+
+    @app.exception_handler(DBAPIError)
+    async def _database_down(_: Request, exc: DBAPIError) -> JSONResponse:
+        # A lost or refused connection is transient: say so, and keep the SQL, its parameters
+        # and the server's address out of the answer (they go to the log).
+        if not exc.connection_invalidated and not _is_unreachable(exc):
+            return await _internal(_, exc)
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse(
+            error_body("unavailable", "the database does not answer; retry shortly"),
+            status_code=503,
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        # The traceback is for the log; the client gets the one error shape and nothing of
+        # the server's code, SQL or paths.
+        log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
+        return JSONResponse(
+            error_body("internal_error", "the server failed to answer this request"),
+            status_code=500,
+        )
 
     @app.exception_handler(InvalidParams)
     async def _invalid_params(_: Request, exc: InvalidParams) -> JSONResponse:
@@ -101,3 +132,10 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
+
+
+def _is_unreachable(exc: DBAPIError) -> bool:
+    """Whether a driver error means "no database to talk to" rather than a bad statement."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, OperationalError | InterfaceError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -15,6 +16,7 @@ from cadenza_api.openapi import describe
 from cadenza_api.schemas import Liveness, Readiness
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("cadenza.api")
 
 
 @router.get("/healthz", response_model=Liveness, **describe("health_live", "Liveness"))
@@ -50,7 +52,10 @@ async def readyz(request: Request) -> JSONResponse:
             await asyncio.wait_for(asyncio.to_thread(fn), timeout=5)
             checks[name] = "ok"
         except Exception as exc:  # readiness reports, it never raises
-            checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+            # Only the component's name goes out (a probe is unauthenticated); the driver's
+            # message, with hosts and ports, goes to the log.
+            log.warning("readiness: %s unavailable: %s: %s", name, type(exc).__name__, exc)
+            checks[name] = "unavailable"
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
