@@ -4,6 +4,7 @@ limits and error shapes. The worker side is covered by tests/integration."""
 from __future__ import annotations
 
 import io
+import wave
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,3 +193,26 @@ def test_a_database_that_does_not_answer_gives_json_503_and_leaks_nothing(tmp_pa
     ready = down.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
     assert "127.0.0.1" not in ready.text and "9" not in ready.json()["checks"]["database"]
+
+
+def test_audio_job_requests_are_checked_after_their_files_and_queue_nothing(
+    client: TestClient,
+) -> None:
+    ds = dataset(client)
+    body = {"operation": "crop", "crop": {"positions_text": "1,abc"}}
+    r = client.post(f"/v1/datasets/{ds}/audio-jobs", json=body)
+    assert r.status_code == 409  # no audio yet: said before the cut list is read
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\x00\x01" * 32000)
+    files = [("files", ("a.wav", buf.getvalue()))]
+    assert client.post(f"/v1/datasets/{ds}/files", files=files).status_code == 201
+    r = client.post(f"/v1/datasets/{ds}/audio-jobs", json=body)
+    assert r.status_code == 422 and "positions_text" in r.json()["error"]["message"]
+    bad_tail = {"operation": "crop", "crop": {"interval_s": 1, "min_tail_s": 2}}
+    r = client.post(f"/v1/datasets/{ds}/audio-jobs", json=bad_tail)
+    assert r.status_code == 422 and "min_tail_s" in r.json()["error"]["message"]
+    assert client.get("/v1/jobs").json()["jobs"] == []

@@ -101,14 +101,6 @@ def install(app: FastAPI) -> None:
         extra = {"details": exc.details} if exc.details else {}
         return JSONResponse(error_body(exc.code, exc.message, **extra), status_code=422)
 
-    @app.exception_handler(ValidationError)
-    async def _invalid_model(_: Request, exc: ValidationError) -> JSONResponse:
-        # A params model built inside a route (after the resources it names were found).
-        message, details = validation_message(list(exc.errors()))
-        return JSONResponse(
-            error_body("invalid_request", message, details=details), status_code=422
-        )
-
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message), status_code=409)
@@ -117,8 +109,11 @@ def install(app: FastAPI) -> None:
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse(error_body("not_found", str(exc)), status_code=404)
 
+    # A request body FastAPI could not parse, or a params model built inside a route (after
+    # the resources it names were found): the same 422 naming each field.
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    @app.exception_handler(ValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:
         message, details = validation_message(list(exc.errors()))
         return JSONResponse(
             error_body("invalid_request", message, details=details), status_code=422
