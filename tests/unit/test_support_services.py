@@ -28,6 +28,7 @@ from cadenza.launch.processes import (
     free_port,
     wait_for_http,
     wait_for_port,
+    wait_until_healthy,
 )
 from cadenza.launch.redis import ensure_redis, fresh_redis_url
 from cadenza.launch.stack import Launched, api_command
@@ -296,3 +297,17 @@ def test_seaweedfs_s3_serves_the_object_operations_storage_needs(tmp_path: Path)
     assert list(tmp_path.iterdir()) == []
     for p in (port, port + 10000):
         assert list(Path("/tmp").glob(f"seaweedfs-*-{p}.sock")) == []
+
+
+def test_wait_until_healthy_returns_none_once_healthy_else_the_last_reason() -> None:
+    answers = iter(["starting", "still starting", None])
+    assert wait_until_healthy(lambda: next(answers), timeout=5, interval=0.01) is None
+    calls: list[int] = []
+
+    def never() -> str:
+        calls.append(1)
+        return f"refused ({len(calls)})"
+
+    reason = wait_until_healthy(never, timeout=0.05, interval=0.01)
+    assert reason == f"refused ({len(calls)})" and len(calls) >= 2
+    assert wait_until_healthy(never, timeout=0) == f"refused ({len(calls)})"  # one check only

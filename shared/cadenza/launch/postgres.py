@@ -24,6 +24,7 @@ from cadenza.launch.processes import (
     ServiceUnavailableError,
     machine_lock,
     privileged,
+    wait_until_healthy,
 )
 
 POSTGRES_HOST = LOCALHOST
@@ -105,11 +106,8 @@ def ensure_postgres(
             hopeless = proc.returncode != 0 and "already running" not in started_output
         except (OSError, subprocess.TimeoutExpired) as exc:
             started_output = f"{type(exc).__name__}: {exc}"
-        deadline = time.monotonic() + (0 if hopeless else timeout)
-        reason = _pg_error(port)
-        while reason is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            reason = _pg_error(port)
+        wait_s = 0 if hopeless else timeout
+        reason = wait_until_healthy(lambda: _pg_error(port), wait_s, interval=0.2)
         if reason is not None:
             raise ServiceUnavailableError(
                 f"PostgreSQL {version}/{cluster} did not accept connections on "

@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from pathlib import Path
 
 LOCALHOST = "127.0.0.1"
@@ -73,6 +73,22 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"nothing accepted TCP connections on {host}:{port} in {timeout}s")
         time.sleep(0.05)
+
+
+def wait_until_healthy(
+    check: Callable[[], str | None], timeout: float, *, interval: float = 0.05
+) -> str | None:
+    """Call `check` (None = healthy, else why not) until it is healthy or `timeout` passes.
+
+    Returns None when healthy, else the last reason, so the caller can raise an error that
+    says what it started and what the service last said.
+    """
+    deadline = time.monotonic() + timeout
+    reason = check()
+    while reason is not None and time.monotonic() < deadline:
+        time.sleep(interval)
+        reason = check()
+    return reason
 
 
 def http_status(url: str, timeout: float) -> int | None:

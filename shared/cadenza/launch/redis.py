@@ -15,11 +15,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cadenza.launch.processes import LOCALHOST, ServiceUnavailableError, machine_lock
+from cadenza.launch.processes import (
+    LOCALHOST,
+    ServiceUnavailableError,
+    machine_lock,
+    wait_until_healthy,
+)
 
 REDIS_HOST = LOCALHOST
 REDIS_PORT = 6379
@@ -89,11 +93,7 @@ def ensure_redis(port: int = REDIS_PORT, *, timeout: float = 15.0) -> str:
             output = (proc.stdout + proc.stderr).strip()
         except (OSError, subprocess.TimeoutExpired) as exc:
             output = f"{type(exc).__name__}: {exc}"
-        deadline = time.monotonic() + timeout
-        reason = _redis_error(port)
-        while reason is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            reason = _redis_error(port)
+        reason = wait_until_healthy(lambda: _redis_error(port), timeout)
         if reason is not None:
             raise ServiceUnavailableError(
                 f"Redis did not answer on {REDIS_HOST}:{port} within {timeout}s after "
