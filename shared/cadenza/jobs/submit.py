@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cadenza.config import Settings
@@ -18,6 +19,7 @@ from cadenza.db.models import Job
 from cadenza.jobs.queue import enqueue
 from cadenza.jobs.registry import job_type
 from cadenza.jobs.state import create_job
+from cadenza.render.params import RenderParams, RenderTarget
 
 log = logging.getLogger("cadenza.jobs")
 
@@ -65,10 +67,6 @@ def submit_render(
     Renderings are cached by content hash, so a second request for the same MIDI while the
     first is still rendering waits on that job instead of queueing a duplicate.
     """
-    from sqlalchemy import select
-
-    from cadenza.render.params import RenderParams, RenderTarget
-
     active = session.scalars(
         select(Job).where(
             Job.owner_id == owner_id,
