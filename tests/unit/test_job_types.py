@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from cadenza.config import Settings
 from cadenza.db.migrate import upgrade
-from cadenza.db.models import Job, Owner
+from cadenza.db.models import Owner
 from cadenza.db.session import session_scope
 from cadenza.jobs import JOB_TYPES, job_type, submit
 from cadenza.render.params import RenderParams, RenderTarget
@@ -55,30 +55,3 @@ def test_submit_refuses_params_of_another_type_and_commits_before_enqueueing(
         assert job.params == {"targets": [{"sha256": "ab" * 32, "key": "renders/x.mid"}]}
     # the message is in the embedded broker's queue folder
     assert any((settings.broker_dir / "queue").iterdir())
-
-
-def test_old_render_jobs_are_retyped_by_the_migration(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    upgrade(url, "0001")
-    render_params = {"operation": "render", "targets": [{"sha256": "c" * 64, "key": "k"}]}
-    with session_scope(url) as s:  # the jobs table is unchanged since 0001
-        owner = Owner(name="o")
-        s.add(owner)
-        s.flush()
-        s.add(Job(id="r", owner_id=owner.id, type="audio", queue="cpu", params=render_params))
-        s.add(
-            Job(
-                id="c",
-                owner_id=owner.id,
-                type="audio",
-                queue="cpu",
-                params={"operation": "convert"},
-            )
-        )
-    upgrade(url)
-    with session_scope(url) as s:
-        render, convert = s.get(Job, "r"), s.get(Job, "c")
-        assert render is not None and convert is not None
-        assert render.type == "render" and render.params == {"targets": render_params["targets"]}
-        assert convert.type == "audio" and convert.params["operation"] == "convert"
-        RenderParams.model_validate(render.params)

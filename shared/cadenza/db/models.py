@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -47,10 +48,16 @@ class Owner(Timestamped, Base):
     __tablename__ = "owners"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Per-owner overrides of the budgets and quotas in Settings (e.g. {"max_stored_bytes": …}).
+    limits: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class ApiKey(Timestamped, Base):
-    """An API key; only its sha256 is stored, the prefix finds the row quickly."""
+    """An API key; only its sha256 is stored, the prefix finds the row quickly.
+
+    `scopes` say what the key may do (read, write, train, admin); a key past `expires_at` or
+    with `revoked_at` set is refused.
+    """
 
     __tablename__ = "api_keys"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -58,6 +65,10 @@ class ApiKey(Timestamped, Base):
     prefix: Mapped[str] = mapped_column(String(16), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    scopes: Mapped[list[Any]] = mapped_column(default=lambda: ["read", "write", "train"])
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 class Dataset(Timestamped, Base):
@@ -137,7 +148,10 @@ class MetricRecord(Base):
     values: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    __table_args__ = (Index("ix_model_metrics_model_step", "model_id", "step"),)
+    __table_args__ = (
+        Index("ix_model_metrics_model_step", "model_id", "step"),
+        UniqueConstraint("model_id", "step", "split", name="uq_model_metrics_model_step_split"),
+    )
 
 
 class Checkpoint(Timestamped, Base):
@@ -150,6 +164,8 @@ class Checkpoint(Timestamped, Base):
     size: Mapped[int] = mapped_column(BigInteger)
     val_loss: Mapped[float | None] = mapped_column(Float, default=None)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (UniqueConstraint("model_id", "step", name="uq_checkpoints_model_step"),)
 
 
 class Sample(Timestamped, Base):
@@ -168,6 +184,8 @@ class Sample(Timestamped, Base):
     duration_s: Mapped[float] = mapped_column(Float)
     partial: Mapped[bool] = mapped_column(Boolean, default=False)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_samples_job_index"),)
 
 
 class Job(Base):
@@ -189,6 +207,14 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    # Fencing: a fresh token per claim; every write of a running job names it, so a worker
+    # that lost its lease (paused, partitioned) can no longer write anything.
+    claim_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Requeues that are not the job's fault (worker drained by SIGTERM, database or store
+    # outage); they do not use up an attempt, and are bounded on their own.
+    interruptions: Mapped[int] = mapped_column(Integer, default=0)
+    # Times the reconciler re-sent a queued job whose broker message seemed lost.
+    resends: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
@@ -206,3 +232,27 @@ class JobEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+
+class RateBucket(Base):
+    """A token bucket of the rate limiter (embedded default; production keeps them in Redis)."""
+
+    __tablename__ = "rate_buckets"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)  # epoch seconds of the last refill
+
+
+class PendingDelete(Base):
+    """An object-store key to delete: written in the transaction that removes its row.
+
+    The sweep deletes the object and then this row, so a crash between the SQL delete and
+    the object delete leaves a to-do, never an orphan.
+    """
+
+    __tablename__ = "pending_deletes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    object_key: Mapped[str] = mapped_column(String(300))
+    # Prefix deletes (a model's checkpoints folder) name the prefix and set this flag.
+    is_prefix: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -27,6 +27,12 @@ def run_migrations_online() -> None:
     assert url, "sqlalchemy.url must be set by the caller"
     engine = make_engine(url)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch mode copies a table and drops the old one; with foreign keys on, that drop
+            # would cascade and delete every child row (all keys of every owner). SQLite only
+            # honours this pragma outside a transaction, hence here, before the migration's.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         # render_as_batch: SQLite cannot ALTER most things; batch mode copies tables instead.
         context.configure(
             connection=connection, target_metadata=target_metadata, render_as_batch=True

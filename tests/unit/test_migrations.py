@@ -1,0 +1,92 @@
+"""Schema migrations keep the rows they find, on SQLite and PostgreSQL, and match the models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
+
+from cadenza.db.migrate import alembic_config, upgrade
+from cadenza.db.models import Base, Job
+from cadenza.db.session import session_scope
+from cadenza.launch.postgres import ensure_postgres, fresh_postgres_database
+from cadenza.render.params import RenderParams
+
+T0 = "2026-01-01 00:00:00"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+        return
+    ensure_postgres()
+    with fresh_postgres_database() as url:
+        yield url
+
+
+def _insert_0002_rows(url: str) -> None:
+    rows = [
+        "INSERT INTO owners (id, name, created_at) VALUES ('o', 'alice', :t)",
+        "INSERT INTO api_keys (id, owner_id, prefix, key_hash, created_at)"
+        " VALUES ('k', 'o', 'p', 'h', :t)",
+        "INSERT INTO jobs (id, owner_id, type, queue, state, progress, message, params, result,"
+        " attempts, max_attempts, cancel_requested, created_at, updated_at) VALUES"
+        " ('j', 'o', 'train', 'gpu', 'queued', 0, '', '{}', '{}', 0, 3, false, :t, :t)",
+        "INSERT INTO job_events (job_id, kind, data, created_at) VALUES ('j', 'state', '{}', :t)",
+    ]
+    with create_engine(url).begin() as c:
+        for sql in rows:
+            c.execute(text(sql), {"t": T0})
+
+
+def test_0003_keeps_rows_and_matches_models(db_url: str) -> None:
+    upgrade(db_url, "0002")
+    _insert_0002_rows(db_url)
+    upgrade(db_url)
+    engine = create_engine(db_url)
+    with engine.connect() as c:
+        # SQLite copies a table to alter it: with foreign keys on, that used to cascade.
+        assert c.execute(text("SELECT count(*) FROM job_events")).scalar_one() == 1
+        (scopes,) = c.execute(text("SELECT scopes FROM api_keys")).one()
+        assert "train" in str(scopes) and "admin" not in str(scopes)
+        (attempts, interruptions) = c.execute(
+            text("SELECT attempts, interruptions FROM jobs")
+        ).one()
+        assert (attempts, interruptions) == (0, 0)
+        assert compare_metadata(MigrationContext.configure(c), Base.metadata) == []
+    command.downgrade(alembic_config(db_url), "0002")
+    upgrade(db_url)
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM api_keys")).scalar_one() == 1
+    engine.dispose()
+
+
+def test_old_render_jobs_are_retyped_by_0002(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url, "0001")
+    render_params = {"operation": "render", "targets": [{"sha256": "c" * 64, "key": "k"}]}
+    insert = text(
+        "INSERT INTO jobs (id, owner_id, type, queue, state, progress, message, params, result,"
+        " attempts, max_attempts, cancel_requested, created_at, updated_at) VALUES"
+        " (:id, 'o', 'audio', 'cpu', 'queued', 0, '', :params, '{}', 0, 3, false, :t, :t)"
+    )
+    with create_engine(url).begin() as c:
+        c.execute(
+            text("INSERT INTO owners (id, name, created_at) VALUES ('o', 'o', :t)"), {"t": T0}
+        )
+        c.execute(insert, {"id": "r", "params": json.dumps(render_params), "t": T0})
+        c.execute(insert, {"id": "c", "params": json.dumps({"operation": "convert"}), "t": T0})
+    upgrade(url)
+    with session_scope(url) as s:
+        render, convert = s.get(Job, "r"), s.get(Job, "c")
+        assert render is not None and convert is not None
+        assert render.type == "render" and render.params == {"targets": render_params["targets"]}
+        assert convert.type == "audio" and convert.params["operation"] == "convert"
+        RenderParams.model_validate(render.params)
