@@ -236,3 +236,16 @@ __all__ = [
     "SampleOut",
     "SampleRequest",
 ]
+
+
+class DeletedOut(BaseModel):
+    """What a DELETE removed. Rows are gone when it answers; objects are gone too, except the
+    `objects_pending` that a background sweep removes once nothing can still need them."""
+
+    kind: str = Field(description="dataset, file, corpus, model, sample or job")
+    id: str
+    rows: dict[str, int] = Field(description="rows deleted, per table")
+    objects_deleted: int = Field(description="objects removed from the store by this request")
+    objects_pending: int = Field(
+        description="deletes left to the background sweep (a recently written shared object)"
+    )
