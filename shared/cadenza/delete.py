@@ -6,8 +6,9 @@ depend on it, deletes the rows (children explicitly, not by cascade, so nothing 
 without its objects being scheduled), and schedules the objects in the same transaction. The
 caller commits and then sweeps the returned pending ids (`cadenza.sweep`).
 
-Dependencies refuse rather than cascade: a dataset with corpora, a corpus with models. A model
-takes its checkpoints, metrics and samples with it (they mean nothing without it). A job's
+A corpus outlives its dataset (it holds its own tokenizer and token arrays); a corpus with
+models refuses (a model samples with its corpus's tokenizer). A model takes its checkpoints,
+metrics and samples with it (they mean nothing without it). A job's
 outputs (corpus, model, samples, files) are resources of their own: deleting a finished job
 removes its row and events, and only those objects of the job that no row uses any more.
 """
@@ -95,21 +96,13 @@ def _count(session: Session, stmt: Any) -> int:
 
 
 def delete_dataset(session: Session, *, owner_id: str, dataset_id: str) -> Deleted:
-    """A dataset and its files; 409 while it has corpora or a job reads it."""
+    """A dataset and its files; 409 while a job reads it.
+
+    Its corpora stay (they hold their own tokenizer and token arrays, so the models trained on
+    them keep sampling and can be fine-tuned further); their `dataset_id` becomes null.
+    """
     get_owned(session, Dataset, dataset_id, owner_id)
     _lock(session, Dataset, dataset_id)
-    corpora = list(
-        session.scalars(
-            select(Corpus.id).where(Corpus.dataset_id == dataset_id).order_by(Corpus.created_at)
-        )
-    )
-    _refuse_if_depended(
-        f"dataset {dataset_id}",
-        "corpora",
-        corpora,
-        "a corpus (and the models trained on it) belongs to its dataset; delete those first "
-        "(models, then corpora), or keep the dataset",
-    )
     files = list(
         session.execute(
             select(File.id, File.object_key, File.sha256, File.kind).where(
@@ -128,6 +121,7 @@ def delete_dataset(session: Session, *, owner_id: str, dataset_id: str) -> Delet
         session,
         [f.object_key for f in files] + _renders(f.sha256 for f in files if f.kind == "midi"),
     )
+    session.execute(update(Corpus).where(Corpus.dataset_id == dataset_id).values(dataset_id=None))
     out.rows["files"] = _count(session, delete(File).where(File.id.in_(ids))) if ids else 0
     out.rows["datasets"] = _count(session, delete(Dataset).where(Dataset.id == dataset_id))
     return out

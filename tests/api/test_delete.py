@@ -163,11 +163,18 @@ def test_deleting_everything_leaves_no_row_and_no_object(
     made = made_by_jobs(settings, ds, "ab" * 32)
     assert len(keys(settings)) == 2 + 2 + 4 + 1 + 3  # blobs, corpus, model, sample+renders
 
+    r = client.delete(f"/v1/files/{files[0]['id']}")
+    assert r.status_code == 200 and r.json()["objects_deleted"] == 1
     r = client.delete(f"/v1/datasets/{ds}")
-    assert r.status_code == 409 and made["corpus"] in r.json()["error"]["message"]
-    r = client.delete(f"/v1/corpora/{made['corpus']}")
-    assert r.status_code == 409 and made["model"] in r.json()["error"]["message"]
+    assert r.status_code == 200 and r.json()["rows"] == {"files": 1, "datasets": 1}
+    assert client.get(f"/v1/datasets/{ds}").status_code == 404
+    # The corpus outlives its dataset, and the model trained on it is untouched.
+    assert client.get(f"/v1/corpora/{made['corpus']}").json()["dataset_id"] is None
+    assert client.get(f"/v1/models/{made['model']}").json()["checkpoints"]
 
+    r = client.delete(f"/v1/corpora/{made['corpus']}")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "has_dependents"
+    assert made["model"] in r.json()["error"]["message"]
     r = client.delete(f"/v1/samples/{made['sample']}")
     assert r.status_code == 200 and r.json()["rows"] == {"samples": 1}
     assert r.json()["objects_deleted"] == 4  # its MIDI and three renderings
@@ -177,11 +184,6 @@ def test_deleting_everything_leaves_no_row_and_no_object(
     assert r.json()["objects_deleted"] == 4 and r.json()["objects_pending"] == 0
     assert client.get(f"/v1/models/{made['model']}").status_code == 404
     assert client.delete(f"/v1/corpora/{made['corpus']}").json()["objects_deleted"] == 2
-    r = client.delete(f"/v1/files/{files[0]['id']}")
-    assert r.status_code == 200 and r.json()["objects_deleted"] == 1
-    r = client.delete(f"/v1/datasets/{ds}")
-    assert r.status_code == 200 and r.json()["rows"] == {"files": 1, "datasets": 1}
-    assert client.get(f"/v1/datasets/{ds}").status_code == 404
     for j in client.get("/v1/jobs").json()["jobs"]:
         r = client.delete(f"/v1/jobs/{j['id']}")
         assert r.status_code == 200 and r.json()["rows"]["job_events"] == 1

@@ -152,7 +152,7 @@ class JobList(BaseModel):
 # -- corpora -------------------------------------------------------------------------------
 class CorpusOut(Out):
     id: str
-    dataset_id: str
+    dataset_id: str | None = Field(description="null once its dataset was deleted")
     params: dict[str, Any]
     tokenizer_hash: str
     vocab_size: int

@@ -210,6 +210,9 @@ def sample(
                 model = c.get(f"/v1/models/{model_id}")
                 corpus = c.get(f"/v1/corpora/{model['corpus_id']}")
                 dataset_id = corpus["dataset_id"]
+            if not dataset_id:
+                console.print("[red]error[/] the model's dataset was deleted: pass --dataset-id")
+                raise typer.Exit(2)
             primer_file_id = c.upload(str(dataset_id), [primer])[0]["id"]
         opts: dict[str, Any] = {
             "n": n,

@@ -219,8 +219,9 @@ def delete_dataset_route(
 ) -> DeletedOut:
     """Delete the dataset, its files and their stored bytes (and renderings).
 
-    409 while it has corpora (delete their models, then them, first: a model samples with its
-    corpus's tokenizer) or while a queued or running job reads it (cancel the job first).
+    Corpora made from it stay, with `dataset_id` null: they hold their own tokenizer and
+    token arrays, so their models keep working. 409 while a queued or running job reads the
+    dataset (cancel the job first).
     """
     deleted = delete_dataset(session, owner_id=owner.id, dataset_id=dataset_id[:64])
     return finish_delete(session, store, settings, deleted)
