@@ -122,7 +122,8 @@ def delete_dataset(session: Session, *, owner_id: str, dataset_id: str) -> Delet
         [f.object_key for f in files] + _renders(f.sha256 for f in files if f.kind == "midi"),
     )
     session.execute(update(Corpus).where(Corpus.dataset_id == dataset_id).values(dataset_id=None))
-    out.rows["files"] = _count(session, delete(File).where(File.id.in_(ids))) if ids else 0
+    # By dataset, not by id list (no parameter limit); the lock keeps the set as read above.
+    out.rows["files"] = _count(session, delete(File).where(File.dataset_id == dataset_id))
     out.rows["datasets"] = _count(session, delete(Dataset).where(Dataset.id == dataset_id))
     return out
 

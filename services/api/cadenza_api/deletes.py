@@ -20,6 +20,11 @@ from cadenza_api.schemas import DeletedOut
 
 log = logging.getLogger("cadenza.api")
 
+# Pending deletes one request works through (a few store calls each) before it answers; a
+# bigger delete (a dataset of thousands of files) leaves the rest to the workers' sweep, so a
+# request never holds its database slot for long.
+INLINE_SWEEP_LIMIT = 200
+
 
 def finish_delete(
     session: Session, store: ObjectStore, settings: Settings, deleted: Deleted
@@ -28,16 +33,19 @@ def finish_delete(
     session.commit()
     try:
         report = sweep(
-            session, store, grace_s=settings.sweep_grace_seconds, ids=deleted.pending_ids
+            session,
+            store,
+            grace_s=settings.sweep_grace_seconds,
+            ids=deleted.pending_ids[:INLINE_SWEEP_LIMIT],
         )
     except Exception:  # the store or database hiccuped: the pending rows stay for the sweep
         log.exception("sweep after deleting %s %s failed", deleted.kind, deleted.id)
         session.rollback()
-        report = SweepReport(waiting=len(deleted.pending_ids))
+        report = SweepReport()
     return DeletedOut(
         kind=deleted.kind,
         id=deleted.id,
         rows=deleted.rows,
         objects_deleted=len(report.deleted),
-        objects_pending=report.waiting,
+        objects_pending=len(deleted.pending_ids) - report.finished,
     )

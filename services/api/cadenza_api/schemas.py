@@ -247,5 +247,6 @@ class DeletedOut(BaseModel):
     rows: dict[str, int] = Field(description="rows deleted, per table")
     objects_deleted: int = Field(description="objects removed from the store by this request")
     objects_pending: int = Field(
-        description="deletes left to the background sweep (a recently written shared object)"
+        description="object deletes left to the background sweep (a recently written shared "
+        "object, or the rest of a large delete)"
     )
