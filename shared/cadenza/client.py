@@ -59,6 +59,10 @@ class Client:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self._check(self.http.post(path, json=body or {})).json()
 
+    def delete(self, path: str) -> Any:
+        """DELETE `path`; the answer says what was removed (rows, objects)."""
+        return self._check(self.http.delete(path)).json()
+
     def download(self, path: str, dest: Path, *, timeout: float = 600.0) -> Path:
         """Save GET `path` to `dest`; a 202 (e.g. a render being made) is waited for."""
         dest.parent.mkdir(parents=True, exist_ok=True)

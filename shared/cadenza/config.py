@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     job_lease_seconds: int = Field(default=60, ge=5)
     job_max_attempts: int = Field(default=3, ge=1)
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
+    # Deletes: an unreferenced content-addressed object (an upload's blob, a rendering) is
+    # removed only once it is this old, since an upload of the same bytes may have written it
+    # and not committed its row yet; the periodic sweep removes it later.
+    sweep_grace_seconds: float = Field(default=3600.0, ge=0)
 
     # API process concurrency (see cadenza_api.deps.Database): sync routes run on `api_threads`
     # AnyIO worker threads; at most `db_pool_size` requests hold a database session at once,

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cadenza.db.models import File
 from cadenza.midi.load import MidiLimits, MidiRejected, inspect_midi, sniff_midi
 from cadenza.storage import ObjectStore, blob_key, sha256_of
+from cadenza.sweep import schedule, sweep
 
 ZIP_MAGIC = b"PK\x03\x04"
 MAX_ZIP_ENTRIES = 2000
@@ -191,9 +191,11 @@ def store_files(
     rows: list[File] = []
     for c in checked:
         key = blob_key(c.incoming.sha256, c.format)
-        if not store.exists(key):
-            c.incoming.body.seek(0)
-            store.put(key, c.incoming.body.read())
+        # Written even when the key exists (same bytes, same key): the write makes the object
+        # young again, and the sweep never deletes a young object, so a delete of another row
+        # with these bytes cannot remove the blob before this upload commits its row.
+        c.incoming.body.seek(0)
+        store.put(key, c.incoming.body.read())
         row = File(
             owner_id=owner_id,
             dataset_id=dataset_id,
@@ -213,8 +215,19 @@ def store_files(
     return rows
 
 
-def cleanup_unreferenced(*, session: Session, store: ObjectStore, keys: Iterable[str]) -> None:
-    """Delete blobs that no File row references (after a failed commit)."""
-    for key in set(keys):
-        if session.scalar(select(File.id).where(File.object_key == key).limit(1)) is None:
-            store.delete(key)
+def cleanup_unreferenced(
+    *, session: Session, store: ObjectStore, keys: Iterable[str], grace_s: float
+) -> None:
+    """After a failed commit: hand the blobs this request wrote to the sweep.
+
+    Not a direct delete: another upload of the same bytes may have written the same blob and
+    not committed yet, and a check "no row references it" cannot see that row. The sweep
+    checks references when it runs and leaves young objects (this one included) for later.
+    """
+    todo = sorted(set(keys))
+    if not todo:
+        return
+    session.rollback()
+    ids = schedule(session, todo)
+    session.commit()
+    sweep(session, store, grace_s=grace_s, ids=ids)

@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
@@ -110,6 +111,14 @@ class ObjectStore:
             return int(obstore.head(self._store, check_key(key))["size"])
         except (NotFoundError, FileNotFoundError) as exc:
             raise ObjectNotFound(key) from exc
+
+    def modified_at(self, key: str) -> datetime | None:
+        """When the object was last written, or None if it does not exist (the sweep's grace
+        period: an object written moments ago may belong to an upload not yet committed)."""
+        try:
+            return obstore.head(self._store, check_key(key))["last_modified"]
+        except (NotFoundError, FileNotFoundError):
+            return None
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         out: list[ObjectInfo] = []

@@ -79,7 +79,8 @@ def test_paging_is_validated_on_every_list_route(client: TestClient) -> None:
     ds = dataset(client)
     routes = ["/v1/datasets", f"/v1/datasets/{ds}/files", "/v1/corpora", "/v1/models", "/v1/jobs"]
     for route in routes:
-        for query in ("limit=-1", "limit=0", "limit=100000", "offset=-1", f"offset={10**20}"):
+        queries = ("limit=-1", "limit=0", "limit=100000", f"limit={10**20}", "offset=-1")
+        for query in (*queries, f"offset={10**20}"):
             r = client.get(f"{route}?{query}")
             field = query.split("=")[0]
             assert r.status_code == 422 and field in r.json()["error"]["message"], (route, query)

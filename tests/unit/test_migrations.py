@@ -90,3 +90,35 @@ def test_old_render_jobs_are_retyped_by_0002(tmp_path: Path) -> None:
         assert render.type == "render" and render.params == {"targets": render_params["targets"]}
         assert convert.type == "audio" and convert.params["operation"] == "convert"
         RenderParams.model_validate(render.params)
+
+
+def test_0004_lets_a_corpus_outlive_its_dataset(db_url: str) -> None:
+    upgrade(db_url, "0003")
+    rows = [
+        "INSERT INTO owners (id, name, limits, created_at) VALUES ('o', 'alice', '{}', :t)",
+        "INSERT INTO datasets (id, owner_id, name, description, created_at)"
+        " VALUES ('d', 'o', 'd', '', :t)",
+        "INSERT INTO corpora (id, owner_id, dataset_id, job_id, params, tokenizer_key,"
+        " tokenizer_hash, vocab_size, object_prefix, stats, created_at)"
+        " VALUES ('c', 'o', 'd', 'j', '{}', 'k', 'h', 1, 'p', '{}', :t)",
+    ]
+    with create_engine(db_url).begin() as c:
+        for sql in rows:
+            c.execute(text(sql), {"t": T0})
+    upgrade(db_url)
+    with session_scope(db_url) as s:  # the app's engine: SQLite foreign keys on
+        (fk,) = [
+            fk
+            for fk in s.connection().dialect.get_foreign_keys(s.connection(), "corpora")
+            if fk["referred_table"] == "datasets"
+        ]
+        assert fk["options"].get("ondelete") == "SET NULL"
+        s.execute(text("DELETE FROM datasets"))
+    with session_scope(db_url) as s:
+        assert s.execute(text("SELECT id, dataset_id FROM corpora")).one() == ("c", None)
+    with pytest.raises(RuntimeError, match="1 corpora outlived their datasets"):
+        command.downgrade(alembic_config(db_url), "0003")
+    with session_scope(db_url) as s:
+        s.execute(text("DELETE FROM corpora"))
+    command.downgrade(alembic_config(db_url), "0003")
+    upgrade(db_url)

@@ -152,7 +152,7 @@ class JobList(BaseModel):
 # -- corpora -------------------------------------------------------------------------------
 class CorpusOut(Out):
     id: str
-    dataset_id: str
+    dataset_id: str | None = Field(description="null once its dataset was deleted")
     params: dict[str, Any]
     tokenizer_hash: str
     vocab_size: int
@@ -236,3 +236,17 @@ __all__ = [
     "SampleOut",
     "SampleRequest",
 ]
+
+
+class DeletedOut(BaseModel):
+    """What a DELETE removed. Rows are gone when it answers; objects are gone too, except the
+    `objects_pending` that a background sweep removes once nothing can still need them."""
+
+    kind: str = Field(description="dataset, file, corpus, model, sample or job")
+    id: str
+    rows: dict[str, int] = Field(description="rows deleted, per table")
+    objects_deleted: int = Field(description="objects removed from the store by this request")
+    objects_pending: int = Field(
+        description="object deletes left to the background sweep (a recently written shared "
+        "object, or the rest of a large delete)"
+    )

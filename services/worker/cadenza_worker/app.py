@@ -19,6 +19,7 @@ from cadenza.db.session import engine_for
 from cadenza.jobs.queue import RUN_JOB_TASK, make_celery
 from cadenza.jobs.reconciler import reconcile_and_resend
 from cadenza.jobs.runner import run_job as _run_job
+from cadenza.sweep import sweep_pending
 
 log = logging.getLogger("cadenza.worker")
 settings = get_settings()
@@ -70,6 +71,10 @@ def _reconcile_loop() -> None:
             reconcile_once()
         except Exception:
             log.exception("reconciler round failed")
+        try:  # objects of deleted rows that a delete's own sweep could not remove yet
+            sweep_pending(settings, limit=200)
+        except Exception:
+            log.exception("sweep round failed")
 
 
 @worker_ready.connect

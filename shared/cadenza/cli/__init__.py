@@ -1,9 +1,9 @@
 """The `cadenza` command: run the services, manage keys, and drive the REST API.
 
-Server-side commands (`server`: serve, api, worker, migrate, keys, train-job, reconcile) read
-the same `CADENZA_*` settings as the services; client commands (`client`: datasets, corpora,
-models, sample, play, show, jobs) talk HTTP to `CADENZA_API_URL` with `CADENZA_API_KEY`;
-`demo` runs the whole path on the embedded default.
+Server-side commands (`server`: serve, api, worker, migrate, keys, train-job, reconcile,
+sweep) read the same `CADENZA_*` settings as the services; client commands (`client`:
+datasets, corpora, models, samples, sample, play, show, jobs) talk HTTP to `CADENZA_API_URL`
+with `CADENZA_API_KEY`; `demo` runs the whole path on the embedded default.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ app.add_typer(client.datasets_app, name="datasets")
 app.add_typer(client.corpora_app, name="corpora")
 app.add_typer(client.models_app, name="models")
 app.add_typer(client.jobs_app, name="jobs")
+app.add_typer(client.samples_app, name="samples")
 app.command()(server.migrate)
 app.command()(server.api)
 app.command()(server.worker)
 app.command()(server.serve)
 app.command("train-job")(server.train_job)
 app.command()(server.reconcile)
+app.command()(server.sweep)
 app.command()(client.sample)
 app.command()(client.play)
 app.command()(client.show)

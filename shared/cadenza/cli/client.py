@@ -24,7 +24,8 @@ from cadenza.config import get_settings
 datasets_app = typer.Typer(help="Datasets and their files.")
 corpora_app = typer.Typer(help="Tokenized corpora.")
 models_app = typer.Typer(help="Models and training.")
-jobs_app = typer.Typer(help="Jobs: status, wait, cancel.")
+jobs_app = typer.Typer(help="Jobs: status, wait, cancel, delete.")
+samples_app = typer.Typer(help="Generated samples.")
 
 
 @contextmanager
@@ -209,6 +210,9 @@ def sample(
                 model = c.get(f"/v1/models/{model_id}")
                 corpus = c.get(f"/v1/corpora/{model['corpus_id']}")
                 dataset_id = corpus["dataset_id"]
+            if not dataset_id:
+                console.print("[red]error[/] the model's dataset was deleted: pass --dataset-id")
+                raise typer.Exit(2)
             primer_file_id = c.upload(str(dataset_id), [primer])[0]["id"]
         opts: dict[str, Any] = {
             "n": n,
@@ -282,3 +286,51 @@ def jobs_list(state: str | None = None) -> None:
         for j in c.get("/v1/jobs", **({"state": state} if state else {}))["jobs"]:
             table.add_row(j["id"], j["type"], j["state"], f"{j['progress']:.0%}", j["message"][:60])
         out.print(table)
+
+
+def _delete(path: str) -> None:
+    """DELETE `path` (no confirmation: scripts call it) and print what went."""
+    with connect() as c:
+        gone = c.delete(path)
+    rows = ", ".join(f"{n} {table}" for table, n in gone["rows"].items() if n)
+    pending = f", {gone['objects_pending']} left to the sweep" if gone["objects_pending"] else ""
+    out.print(
+        f"deleted {gone['kind']} {gone['id']}: {rows or 'no rows'}; "
+        f"{gone['objects_deleted']} object(s) removed{pending}"
+    )
+
+
+@datasets_app.command("delete")
+def datasets_delete(dataset_id: str) -> None:
+    """Delete a dataset and its files (refused while it has corpora or a job reads it)."""
+    _delete(f"/v1/datasets/{dataset_id}")
+
+
+@datasets_app.command("delete-file")
+def datasets_delete_file(file_id: str) -> None:
+    """Delete one file of a dataset."""
+    _delete(f"/v1/files/{file_id}")
+
+
+@corpora_app.command("delete")
+def corpora_delete(corpus_id: str) -> None:
+    """Delete a corpus (refused while models were trained on it)."""
+    _delete(f"/v1/corpora/{corpus_id}")
+
+
+@models_app.command("delete")
+def models_delete(model_id: str) -> None:
+    """Delete a model with its checkpoints, metrics and samples."""
+    _delete(f"/v1/models/{model_id}")
+
+
+@samples_app.command("delete")
+def samples_delete(sample_id: str) -> None:
+    """Delete a sample, its MIDI and renderings."""
+    _delete(f"/v1/samples/{sample_id}")
+
+
+@jobs_app.command("delete")
+def jobs_delete(job_id: str) -> None:
+    """Delete a finished job and its events (cancel a queued or running one first)."""
+    _delete(f"/v1/jobs/{job_id}")

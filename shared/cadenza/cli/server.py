@@ -151,3 +151,22 @@ def reconcile() -> None:
 
     requeued, failed, resent = reconcile_and_resend(get_settings())
     console.print(f"requeued {requeued}, failed {failed}, re-sent {resent}")
+
+
+def sweep(
+    grace: Annotated[
+        float | None,
+        typer.Option(help="seconds a shared object must be old to go (default: the setting)"),
+    ] = None,
+) -> None:
+    """Delete the objects of deleted rows now (the workers also do this periodically)."""
+    from cadenza.sweep import sweep_pending
+
+    settings = get_settings()
+    if grace is not None:
+        settings = settings.model_copy(update={"sweep_grace_seconds": grace})
+    report = sweep_pending(settings, limit=100_000)
+    console.print(
+        f"deleted {len(report.deleted)} object(s); finished {report.finished} pending "
+        f"delete(s), {report.waiting} still wait"
+    )

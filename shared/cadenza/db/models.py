@@ -107,7 +107,10 @@ class Corpus(Timestamped, Base):
     __tablename__ = "corpora"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
-    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    # None once the dataset is deleted: the corpus keeps its own tokenizer and token arrays.
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), default=None
+    )
     job_id: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     tokenizer_key: Mapped[str] = mapped_column(String(300))

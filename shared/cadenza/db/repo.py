@@ -161,7 +161,9 @@ def list_owned(
     stmt = select(model).where(model.owner_id == owner_id)  # type: ignore[attr-defined]
     for name, value in filters.items():
         stmt = stmt.where(getattr(model, name) == value)
-    stmt = stmt.order_by(model.created_at.desc()).limit(limit).offset(offset)  # type: ignore[attr-defined]
+    # The id breaks ties of equal timestamps, so pages never repeat or skip a row.
+    newest = (model.created_at.desc(), model.id.desc())  # type: ignore[attr-defined]
+    stmt = stmt.order_by(*newest).limit(limit).offset(offset)
     return list(session.scalars(stmt))
 
 
@@ -195,5 +197,5 @@ def datasets_with_counts(
     stmt = select(Dataset, files).where(Dataset.owner_id == owner_id)
     if dataset_id is not None:
         stmt = stmt.where(Dataset.id == dataset_id)
-    stmt = stmt.order_by(Dataset.created_at.desc()).limit(limit).offset(offset)
+    stmt = stmt.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset)
     return [(ds, int(n or 0)) for ds, n in session.execute(stmt)]

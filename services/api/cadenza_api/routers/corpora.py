@@ -8,12 +8,14 @@ from sqlalchemy import func, select
 
 from cadenza.db.models import Corpus, Dataset, File
 from cadenza.db.repo import get_owned, list_owned
+from cadenza.delete import delete_corpus
 from cadenza.jobs import submit
 from cadenza.tokenize.params import TokenizeParams
+from cadenza_api.deletes import finish_delete
 from cadenza_api.deps import CurrentOwner, Limit, Offset, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import NPZ, V1_ERRORS, describe
-from cadenza_api.schemas import CorpusOut, CorpusRequest, JobOut
+from cadenza_api.schemas import CorpusOut, CorpusRequest, DeletedOut, JobOut
 from cadenza_api.streams import stream_object
 
 router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=V1_ERRORS)
@@ -80,3 +82,17 @@ def export_corpus(
     return stream_object(
         store, f"{corpus.object_prefix}/export.npz", filename=f"corpus-{corpus.id}.npz"
     )
+
+
+@router.delete(
+    "/{corpus_id}",
+    response_model=DeletedOut,
+    **describe("corpora_delete", "Delete a corpus", 404, 409),
+)
+def delete_corpus_route(
+    corpus_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, owner: CurrentOwner
+) -> DeletedOut:
+    """Delete the corpus, its tokenizer and token arrays. 409 while models were trained on it
+    (delete them first)."""
+    deleted = delete_corpus(session, owner_id=owner.id, corpus_id=corpus_id[:64])
+    return finish_delete(session, store, settings, deleted)

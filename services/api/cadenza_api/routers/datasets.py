@@ -11,9 +11,11 @@ from sqlalchemy import select
 from cadenza.audio.params import AudioParams
 from cadenza.db.models import Dataset, File
 from cadenza.db.repo import NotFound, datasets_with_counts, get_owned, list_owned
+from cadenza.delete import delete_dataset
 from cadenza.ingest import Incoming, Rejected, check_all, cleanup_unreferenced, store_files
 from cadenza.jobs import submit
 from cadenza.midi.load import MidiLimits
+from cadenza_api.deletes import finish_delete
 from cadenza_api.deps import (
     CurrentOwner,
     FileLimit,
@@ -29,6 +31,7 @@ from cadenza_api.schemas import (
     AudioJobRequest,
     DatasetCreate,
     DatasetOut,
+    DeletedOut,
     FileList,
     FileOut,
     JobOut,
@@ -127,7 +130,12 @@ async def upload_files(
                 session.commit()
             except Exception:
                 session.rollback()
-                cleanup_unreferenced(session=session, store=store, keys=keys)
+                cleanup_unreferenced(
+                    session=session,
+                    store=store,
+                    keys=keys,
+                    grace_s=settings.sweep_grace_seconds,
+                )
                 raise
             return [FileOut.model_validate(r) for r in rows]
 
@@ -195,3 +203,25 @@ def create_audio_job(
     )
     job = submit(session, settings, owner_id=owner.id, type="audio", params=params)
     return JobOut.model_validate(job)
+
+
+@router.delete(
+    "/{dataset_id}",
+    response_model=DeletedOut,
+    **describe("datasets_delete", "Delete a dataset and its files", 404, 409),
+)
+def delete_dataset_route(
+    dataset_id: str,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    owner: CurrentOwner,
+) -> DeletedOut:
+    """Delete the dataset, its files and their stored bytes (and renderings).
+
+    Corpora made from it stay, with `dataset_id` null: they hold their own tokenizer and
+    token arrays, so their models keep working. 409 while a queued or running job reads the
+    dataset (cancel the job first).
+    """
+    deleted = delete_dataset(session, owner_id=owner.id, dataset_id=dataset_id[:64])
+    return finish_delete(session, store, settings, deleted)

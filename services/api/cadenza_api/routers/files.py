@@ -9,7 +9,9 @@ from fastapi.responses import Response, StreamingResponse
 
 from cadenza.db.models import File
 from cadenza.db.repo import get_owned
+from cadenza.delete import delete_file
 from cadenza.render import MEDIA_TYPES
+from cadenza_api.deletes import finish_delete
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import (
@@ -20,7 +22,7 @@ from cadenza_api.openapi import (
     describe,
 )
 from cadenza_api.rendered import rendered
-from cadenza_api.schemas import FileOut
+from cadenza_api.schemas import DeletedOut, FileOut
 from cadenza_api.streams import stream_object
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=V1_ERRORS)
@@ -94,3 +96,18 @@ def file_pianoroll(
     """
     f = _midi(session, file_id, owner.id, "piano rolls are drawn from MIDI; transcribe audio first")
     return rendered(session, settings, store, owner.id, (f.sha256, f.object_key), "png")
+
+
+@router.delete(
+    "/{file_id}",
+    response_model=DeletedOut,
+    **describe("files_delete", "Delete a file", 404, 409),
+)
+def delete_file_route(
+    file_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, owner: CurrentOwner
+) -> DeletedOut:
+    """Delete one file of a dataset, its stored bytes and renderings (bytes another file
+    shares stay). 409 while a queued or running job reads it (cancel the job first).
+    Corpora already made from it keep their token arrays."""
+    deleted = delete_file(session, owner_id=owner.id, file_id=file_id[:64])
+    return finish_delete(session, store, settings, deleted)

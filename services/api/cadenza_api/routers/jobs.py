@@ -7,10 +7,12 @@ from fastapi.responses import StreamingResponse
 
 from cadenza.db.models import Job
 from cadenza.db.repo import get_owned, list_owned
+from cadenza.delete import delete_job
 from cadenza.jobs import TERMINAL, JobState, request_cancel
-from cadenza_api.deps import CurrentOwner, Limit, Offset, SessionDep
+from cadenza_api.deletes import finish_delete
+from cadenza_api.deps import CurrentOwner, Limit, Offset, SessionDep, SettingsDep, StoreDep
 from cadenza_api.openapi import EVENT_STREAM, V1_ERRORS, describe
-from cadenza_api.schemas import JobList, JobOut
+from cadenza_api.schemas import DeletedOut, JobList, JobOut
 from cadenza_api.streams import job_event_stream, sse_response
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
@@ -65,3 +67,18 @@ def job_events(
     last = request.headers.get("last-event-id", "")
     cursor = int(last) if last.isdigit() else after
     return sse_response(job_event_stream(request.app.state.event_polls, job_id, cursor, request))
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=DeletedOut,
+    **describe("jobs_delete", "Delete a finished job", 404, 409),
+)
+def delete_job_route(
+    job_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, owner: CurrentOwner
+) -> DeletedOut:
+    """Delete a finished job's row and its events. 409 while it is queued or running: cancel
+    it first. What it made (a corpus, model, samples, files) stays: delete those on their own;
+    leftovers of a failed or cancelled job that nothing uses are removed."""
+    deleted = delete_job(session, owner_id=owner.id, job_id=job_id[:64])
+    return finish_delete(session, store, settings, deleted)

@@ -9,15 +9,18 @@ from sqlalchemy import select
 
 from cadenza.db.models import Checkpoint, Corpus, File, Job, MetricRecord, Model, Sample, new_id
 from cadenza.db.repo import get_owned, list_owned, pick_checkpoint
+from cadenza.delete import delete_model
 from cadenza.jobs import submit
 from cadenza.sample.params import SampleParams, check_for_model
 from cadenza.storage import ObjectNotFound, job_key
 from cadenza.train.params import TrainParams, resolve_model
+from cadenza_api.deletes import finish_delete
 from cadenza_api.deps import CurrentOwner, Limit, Offset, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import CHECKPOINT, PNG, SAFETENSORS, V1_ERRORS, describe
 from cadenza_api.schemas import (
     CheckpointOut,
+    DeletedOut,
     JobOut,
     MetricOut,
     ModelOut,
@@ -234,8 +237,25 @@ def create_samples(
     response_model=SampleList,
     **describe("models_list_samples", "List a model's samples", 404),
 )
-def list_samples(model_id: str, session: SessionDep, owner: CurrentOwner) -> SampleList:
-    """Every sample generated from this model, newest first."""
+def list_samples(
+    model_id: str, session: SessionDep, owner: CurrentOwner, limit: Limit = 1000, offset: Offset = 0
+) -> SampleList:
+    """The samples generated from this model, newest first (`limit` at most 1000)."""
     get_owned(session, Model, model_id, owner.id)
-    rows = list_owned(session, Sample, owner.id, limit=1000, model_id=model_id)
+    rows = list_owned(session, Sample, owner.id, limit=limit, offset=offset, model_id=model_id)
     return SampleList(samples=[SampleOut.model_validate(s) for s in rows])
+
+
+@router.delete(
+    "/{model_id}",
+    response_model=DeletedOut,
+    **describe("models_delete", "Delete a model with its checkpoints and samples", 404, 409),
+)
+def delete_model_route(
+    model_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, owner: CurrentOwner
+) -> DeletedOut:
+    """Delete the model with its checkpoints, metrics, weights, loss curve, and its samples
+    (MIDI and renderings). 409 while its training job, a sample job on it, or a fine-tuning
+    from its checkpoints is queued or running (cancel that job first)."""
+    deleted = delete_model(session, owner_id=owner.id, model_id=model_id[:64])
+    return finish_delete(session, store, settings, deleted)

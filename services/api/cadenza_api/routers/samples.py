@@ -9,12 +9,14 @@ from fastapi.responses import Response
 
 from cadenza.db.models import Sample
 from cadenza.db.repo import get_owned
+from cadenza.delete import delete_sample
 from cadenza.storage import ObjectNotFound
+from cadenza_api.deletes import finish_delete
 from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import AUDIO_RENDERING, MIDI, PIANOROLL_RENDERING, V1_ERRORS, describe
 from cadenza_api.rendered import rendered
-from cadenza_api.schemas import SampleOut
+from cadenza_api.schemas import DeletedOut, SampleOut
 
 router = APIRouter(prefix="/v1/samples", tags=["samples"], responses=V1_ERRORS)
 
@@ -87,3 +89,17 @@ def sample_pianoroll(
     for its audio)."""
     sample = get_owned(session, Sample, sample_id, owner.id)
     return rendered(session, settings, store, owner.id, (_hash(sample), sample.midi_key), "png")
+
+
+@router.delete(
+    "/{sample_id}",
+    response_model=DeletedOut,
+    **describe("samples_delete", "Delete a sample", 404),
+)
+def delete_sample_route(
+    sample_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, owner: CurrentOwner
+) -> DeletedOut:
+    """Delete the sample, its MIDI and its renderings (unless another sample or file has the
+    same content)."""
+    deleted = delete_sample(session, owner_id=owner.id, sample_id=sample_id[:64])
+    return finish_delete(session, store, settings, deleted)
