@@ -126,8 +126,11 @@ class Launched:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     argv: dict[str, list[str]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start `argv` as the child called `name`, in a process group of its own."""
         log = self._log(name)
         out = None
@@ -137,7 +140,7 @@ class Launched:
         try:
             proc = subprocess.Popen(
                 argv,
-                env=self.env,
+                env=self.env | (extra_env or {}),
                 stdout=out,
                 stderr=subprocess.STDOUT if out else None,
                 start_new_session=True,
@@ -147,6 +150,7 @@ class Launched:
                 out.close()  # the child holds its own copy of the descriptor
         self.procs[name] = proc
         self.argv[name] = list(argv)
+        self.extra_env[name] = dict(extra_env or {})
         return proc
 
     def start_api(self, *, host: str = LOCALHOST, port: int, log_level: str = "warning") -> None:
@@ -154,10 +158,16 @@ class Launched:
         self.api_url = f"http://{host}:{port}"
 
     def start_worker(
-        self, queues: str = "cpu,gpu", *, loglevel: str = "info", name: str | None = None
+        self,
+        queues: str = "cpu,gpu",
+        *,
+        loglevel: str = "info",
+        name: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         workers = sum(1 for n in self.procs if n.startswith("worker"))
-        return self.start(name or f"worker{workers}", worker_command(queues, loglevel=loglevel))
+        argv = worker_command(queues, loglevel=loglevel)
+        return self.start(name or f"worker{workers}", argv, extra_env)
 
     def start_stack(
         self,
@@ -219,8 +229,9 @@ class Launched:
                         file=sys.stderr,
                         flush=True,
                     )
-                elif now >= due.pop(name):
-                    self.start(name, self.argv[name])
+                elif now >= due[name]:
+                    del due[name]
+                    self.start(name, self.argv[name], self.extra_env[name])
                     self.restarts[name] = self.restarts.get(name, 0) + 1
                     started[name] = now
                     delay[name] = min(delay[name] * 2, RESTART_DELAYS_S[1])
