@@ -124,6 +124,15 @@ def test_interruptions_give_the_attempt_back_and_are_bounded(tmp_path: Path) -> 
         assert row is not None and row.state == "failed" and row.interruptions == 3
         assert row.error == "interrupted 3 times (outage); giving up"
 
+        job = create_job(s, owner_id=owner.id, type="tokenize", params={})
+        s.commit()
+        assert claim(s, job.id, lease_seconds=60) is not None
+        row = s.get(Job, job.id)
+        assert row is not None
+        row.cancel_requested = True
+        s.commit()
+        assert requeue_interrupted(s, job.id, reason="drain", max_interruptions=2) == "cancelled"
+
 
 def test_worker_alive_reads_the_heartbeat_age(tmp_path: Path) -> None:
     runner = CliRunner()

@@ -135,7 +135,8 @@ def requeue_interrupted(
 ) -> JobState | None:
     """Put a running job back in the queue without counting the attempt it was on.
 
-    Past `max_interruptions` the job fails instead, with a message that says why. Returns the
+    Past `max_interruptions` the job fails instead, with a message that says why; a job its
+    owner asked to cancel ends cancelled. Returns the
     new state, or None when the job was no longer running (its lease expired and another
     worker took it, or it was cancelled). The caller commits, then re-sends the job id.
     """
@@ -152,7 +153,11 @@ def requeue_interrupted(
         "worker": None,
         "updated_at": utcnow(),
     }
-    if done > max_interruptions:
+    if job.cancel_requested:  # a queued job asked to cancel would never be claimed again
+        target = JobState.CANCELLED
+        msg = f"cancelled; {reason}"
+        values |= {"state": target.value, "finished_at": utcnow()}
+    elif done > max_interruptions:
         target = JobState.FAILED
         msg = f"interrupted {done} times ({reason}); giving up"
         values |= {"state": target.value, "error": msg, "finished_at": utcnow()}

@@ -38,16 +38,21 @@ class _Hooks:
 
     def on_metrics(self, record: dict[str, Any]) -> None:
         values = {k: v for k, v in record.items() if k not in ("step", "split", "loss")}
+        step, split = int(record["step"]), str(record["split"])
         with self.ctx.session() as s:
-            s.add(
-                MetricRecord(
-                    model_id=self.model_id,
-                    step=int(record["step"]),
-                    split=str(record["split"]),
-                    loss=float(record["loss"]),
-                    values=values,
+            # A run resumed from a checkpoint (after a drain or an outage) replays the steps
+            # after it: their rows are replaced, not duplicated.
+            row = s.scalar(
+                select(MetricRecord).where(
+                    MetricRecord.model_id == self.model_id,
+                    MetricRecord.step == step,
+                    MetricRecord.split == split,
                 )
             )
+            if row is None:
+                row = MetricRecord(model_id=self.model_id, step=step, split=split)
+                s.add(row)
+            row.loss, row.values = float(record["loss"]), values
         self.ctx.event("metrics", record)
         if record["split"] in ("val", "test"):
             self.write_curve()
