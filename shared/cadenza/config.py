@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     job_lease_seconds: int = Field(default=60, ge=5)
     job_max_attempts: int = Field(default=3, ge=1)
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
+    # Requeues that are not the job's fault (a worker draining on SIGTERM, a database, broker
+    # or store outage) do not use up an attempt; this many end the job as failed.
+    job_max_interruptions: int = Field(default=20, ge=1)
+    # A worker retries its own database writes (claim, progress, finish) through an outage
+    # this long before it gives up on them.
+    job_transient_retry_seconds: float = Field(default=60.0, ge=0)
+    # The file a worker touches while it is alive (`cadenza worker-alive` reads it); unset,
+    # the worker keeps no heartbeat.
+    worker_heartbeat_file: Path | None = None
+    worker_heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
     # Deletes: an unreferenced content-addressed object (an upload's blob, a rendering) is
     # removed only once it is this old, since an upload of the same bytes may have written it
     # and not committed its row yet; the periodic sweep removes it later.

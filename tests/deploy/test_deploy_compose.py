@@ -248,3 +248,13 @@ def test_app_containers_are_hardened(compose_model: dict[str, Any]) -> None:
         service = compose_model["services"][name]
         assert service.get("cap_drop") == ["ALL"], name
         assert "no-new-privileges:true" in service.get("security_opt", []), name
+
+
+def test_workers_probe_their_heartbeat(compose_model: dict[str, Any]) -> None:
+    """Not a Celery ping: with the solo pool a worker running a job answers none."""
+    services = compose_model["services"]
+    for name in ("worker-cpu", "worker-gpu"):
+        check = services[name]["healthcheck"]
+        assert check["test"] == ["CMD", "cadenza-worker-healthcheck"], name
+    dockerfile = (ROOT / "Dockerfile.worker").read_text()
+    assert dockerfile.count("CADENZA_WORKER_HEARTBEAT_FILE=/tmp/cadenza-worker.alive") == 2

@@ -290,6 +290,21 @@ def test_workers_run_their_queues(rendered: dict[str, list[Doc]]) -> None:
             worker = pod["containers"][0]
             assert worker["args"] == ["worker", "--queues", queue, "--concurrency", concurrency]
             assert worker["livenessProbe"]["exec"]["command"] == ["cadenza-worker-healthcheck"]
+            _assert_heartbeat_probe(worker["livenessProbe"])
+
+
+def _assert_heartbeat_probe(probe: dict[str, Any]) -> None:
+    """The probe may fail only well after the worker's 10 s heartbeat: a busy worker passes."""
+    assert probe["exec"]["command"] == ["cadenza-worker-healthcheck"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 90, probe
+    assert probe["timeoutSeconds"] >= 10, probe
+
+
+def test_training_jobs_have_the_heartbeat_liveness_probe() -> None:
+    for template in train_job_templates().values():
+        job = render_train_job(template, job_id="j42")
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        _assert_heartbeat_probe(container["livenessProbe"])
 
 
 def _assert_gpu_pod(pod: dict[str, Any], count: int = 1) -> None:

@@ -3,6 +3,10 @@
 Start it with `cadenza worker --queues cpu,gpu`. The worker's main process also runs the
 reconciler: jobs whose lease expired (a worker killed mid-job) are requeued or failed, and
 queued jobs whose broker message was lost are re-sent.
+
+SIGTERM (Celery's warm shutdown) sets the drain flag: the running job stops resumably and is
+requeued without using up an attempt, then the worker exits. With `CADENZA_WORKER_HEARTBEAT_FILE`
+set the worker keeps that file fresh while it is alive, busy or idle (`cadenza worker-alive`).
 """
 
 from __future__ import annotations
@@ -12,10 +16,17 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from cadenza.config import get_settings
 from cadenza.db.session import engine_for
+from cadenza.jobs import heartbeat
 from cadenza.jobs.queue import RUN_JOB_TASK, make_celery
 from cadenza.jobs.reconciler import reconcile_and_resend
 from cadenza.jobs.runner import run_job as _run_job
@@ -84,6 +95,19 @@ def _start_reconciler(**_: Any) -> None:
     except Exception:
         log.exception("initial reconcile failed")
     threading.Thread(target=_reconcile_loop, name="cadenza-reconciler", daemon=True).start()
+
+
+@worker_ready.connect
+def _start_heartbeat(**_: Any) -> None:
+    path = settings.worker_heartbeat_file
+    if path is not None:
+        heartbeat.IdleTicker(path, settings.worker_heartbeat_interval_seconds).start()
+
+
+@worker_shutting_down.connect
+def _drain(**_: Any) -> None:
+    """Warm shutdown began (SIGTERM, first Ctrl-C): the running job stops resumably."""
+    heartbeat.DRAIN.set()
 
 
 @worker_shutdown.connect

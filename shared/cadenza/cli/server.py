@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -101,7 +101,11 @@ def serve(
     port: int = 8000,
     loglevel: str = "warning",
 ) -> None:
-    """Run the API and two workers (queues cpu and gpu) on the embedded default."""
+    """Run the API and two workers (queues cpu and gpu); a child that dies is restarted.
+
+    Ctrl-C or SIGTERM stops them all: the workers drain (a running job is requeued, a
+    training job after a checkpoint) and exit.
+    """
     settings = get_settings()
     migrate_database(settings)
     env = os.environ | {"CADENZA_DATA_DIR": str(settings.data_dir.resolve())}
@@ -121,8 +125,7 @@ def serve(
         console.print(
             f"Cadenza serving on http://{host}:{port} (docs at /docs); data in {settings.data_dir}"
         )
-        while not launched.exited():
-            time.sleep(0.5)
+        launched.supervise()
     except _Stopped:
         pass
     except ServiceUnavailableError as exc:
@@ -131,6 +134,34 @@ def serve(
     finally:
         launched.stop()
     raise typer.Exit(max(launched.exit_code(), int(failed)))
+
+
+def worker_alive(
+    max_age: Annotated[
+        float, typer.Option(help="seconds since the last heartbeat that still count as alive")
+    ] = 90.0,
+    file: Annotated[
+        Path | None,
+        typer.Option(help="heartbeat file (default: CADENZA_WORKER_HEARTBEAT_FILE)"),
+    ] = None,
+) -> None:
+    """Exit 0 if the worker's heartbeat file is fresh, 1 if stale or missing (liveness probe).
+
+    A worker touches the file while idle and, from its lease keeper, while a job runs, so a
+    long job keeps it alive and a stopped or frozen process does not.
+    """
+    from cadenza.jobs.heartbeat import age
+
+    path = file or get_settings().worker_heartbeat_file
+    if path is None:
+        console.print("[red]error[/] no heartbeat file: set CADENZA_WORKER_HEARTBEAT_FILE")
+        raise typer.Exit(2)
+    seconds = age(path)
+    if seconds is None or seconds > max_age:
+        when = "never" if seconds is None else f"{seconds:.0f} s ago"
+        console.print(f"worker not alive: last heartbeat {when} ({path})")
+        raise typer.Exit(1)
+    console.print(f"worker alive: last heartbeat {seconds:.0f} s ago")
 
 
 def train_job(job_id: str) -> None:

@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 
 from cadenza.config import Settings
 from cadenza.db.session import session_factory
+from cadenza.jobs.heartbeat import DRAIN
 from cadenza.jobs.state import JobState, add_event, set_progress
+from cadenza.jobs.transient import JobInterrupted
 from cadenza.storage import ObjectStore
 
 
@@ -87,6 +89,12 @@ class JobContext:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    def draining(self) -> bool:
+        """The worker is shutting down: stop soon, leaving the work resumable."""
+        return DRAIN.is_set()
+
     def check_cancel(self) -> None:
         if self._cancel.is_set():
             raise JobCancelled()
+        if DRAIN.is_set():  # requeued by the runner, without using up an attempt
+            raise JobInterrupted("the worker shut down")

@@ -12,20 +12,30 @@ import importlib
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
+from typing import TypeVar
 
 from cadenza.config import Settings
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
+from cadenza.jobs import heartbeat
 from cadenza.jobs.context import JobCancelled, JobContext, Outcome, UserError
+from cadenza.jobs.queue import enqueue
 from cadenza.jobs.registry import JOB_TYPES
-from cadenza.jobs.state import JobState, add_event, claim, finish, renew_lease
+from cadenza.jobs.state import JobState, claim, finish, renew_lease
+from cadenza.jobs.transient import (
+    JobInterrupted,
+    is_transient,
+    public_error,
+    requeue_interrupted,
+    retry_transient,
+)
 from cadenza.storage import open_store
 
 log = logging.getLogger("cadenza.runner")
 
 Handler = Callable[[JobContext], Outcome]
+T = TypeVar("T")
 
 
 def load_handler(job_type: str) -> Handler:
@@ -51,6 +61,7 @@ class _LeaseKeeper(threading.Thread):
     def run(self) -> None:
         factory = session_factory(self.ctx.settings.resolved_database_url)
         while not self.stop.wait(self.interval):
+            heartbeat.beat(self.ctx.settings.worker_heartbeat_file)
             try:
                 with factory() as s:
                     ours, cancel = renew_lease(
@@ -67,15 +78,20 @@ class _LeaseKeeper(threading.Thread):
 def claim_context(job_id: str, settings: Settings) -> JobContext | None:
     """Claim job `job_id` (compare-and-set) and describe it; None if not ours to run."""
     factory = session_factory(settings.resolved_database_url)
-    with factory() as s:
-        job = claim(s, job_id, lease_seconds=settings.job_lease_seconds)
-        if job is None:
-            current = s.get(Job, job_id)
-            log.info(
-                "job %s not claimed (state %s)", job_id, current.state if current else "missing"
-            )
-            return None
-        return _context(job, settings)
+
+    def attempt() -> JobContext | None:
+        with factory() as s:
+            job = claim(s, job_id, lease_seconds=settings.job_lease_seconds)
+            if job is None:
+                current = s.get(Job, job_id)
+                state = current.state if current else "missing"
+                log.info("job %s not claimed (state %s)", job_id, state)
+                return None
+            return _context(job, settings)
+
+    return retry_transient(
+        attempt, what=f"claiming job {job_id}", budget_s=settings.job_transient_retry_seconds
+    )
 
 
 def _context(job: Job, settings: Settings) -> JobContext:
@@ -112,22 +128,66 @@ def execute(ctx: JobContext) -> str:
     """Run a claimed job's handler under a lease; commit its outputs with its final state."""
     keeper = _LeaseKeeper(ctx)
     keeper.start()
+    heartbeat.job_started()
     state: JobState
     try:
         outcome = load_handler(ctx.type)(ctx)
-        state = _commit(ctx, outcome)
+        state = _retry(ctx, "committing", lambda: _commit(ctx, outcome))
     except JobCancelled:
-        state = _end(ctx, JobState.CANCELLED, message="cancelled")
+        state = _retry(
+            ctx, "cancelling", lambda: _end(ctx, JobState.CANCELLED, message="cancelled")
+        )
     except UserError as exc:
-        state = _end(ctx, JobState.FAILED, error=str(exc))
+        user_error = str(exc)
+        state = _retry(ctx, "failing", lambda: _end(ctx, JobState.FAILED, error=user_error))
     except Exception as exc:
-        log.exception("job %s failed", ctx.job_id)
-        tb = traceback.format_exc(limit=5)
-        state = _end(ctx, JobState.FAILED, error=f"{type(exc).__name__}: {exc}", detail=tb)
+        if isinstance(exc, JobInterrupted) or is_transient(exc):
+            log.warning("job %s interrupted: %s", ctx.job_id, exc, exc_info=is_transient(exc))
+            state = _interrupt(ctx, exc)
+        else:  # the traceback goes to the worker log only: it names server paths
+            log.exception("job %s failed", ctx.job_id)
+            error = public_error(exc)
+            state = _retry(ctx, "failing", lambda: _end(ctx, JobState.FAILED, error=error))
     finally:
+        heartbeat.job_ended()
         keeper.stop.set()
         keeper.join(timeout=10)
     return state.value
+
+
+def _retry(ctx: JobContext, what: str, fn: Callable[[], T]) -> T:
+    """Run one of the runner's final writes through a database outage (bounded)."""
+    budget = ctx.settings.job_transient_retry_seconds
+    return retry_transient(fn, what=f"{what} job {ctx.job_id}", budget_s=budget)
+
+
+def _interrupt(ctx: JobContext, exc: BaseException) -> JobState:
+    """Requeue a job stopped by a drain or an outage (no attempt used) and re-send it."""
+    reason = str(exc) if isinstance(exc, JobInterrupted) else public_error(exc)
+
+    def write() -> JobState | None:
+        with ctx.session() as s:
+            return requeue_interrupted(
+                s, ctx.job_id, reason=reason, max_interruptions=ctx.settings.job_max_interruptions
+            )
+
+    try:
+        state = _retry(ctx, "requeueing", write)
+    except Exception:  # still down: the lease expires and the reconciler requeues the job
+        log.exception("could not requeue job %s; its lease will expire", ctx.job_id)
+        return JobState.RUNNING
+    if state is None:
+        return JobState.QUEUED
+    if state == JobState.QUEUED:
+        try:
+            retry_transient(
+                lambda: enqueue(ctx.settings, ctx.job_id, JOB_TYPES[ctx.type].queue),
+                what=f"re-sending job {ctx.job_id}",
+                budget_s=ctx.settings.job_transient_retry_seconds,
+            )
+        except Exception:  # the reconciler re-sends queued jobs whose message was lost
+            log.exception("could not re-send job %s; the reconciler will", ctx.job_id)
+    return state
 
 
 def run_job(job_id: str, settings: Settings) -> str | None:
@@ -153,11 +213,8 @@ def _end(
     *,
     message: str = "",
     error: str | None = None,
-    detail: str | None = None,
 ) -> JobState:
     with ctx.session() as s:
         if not finish(s, ctx.job_id, state, message=message or (error or "")[:200], error=error):
             return JobState.QUEUED
-        if detail:
-            add_event(s, ctx.job_id, "traceback", {"traceback": detail})
     return state

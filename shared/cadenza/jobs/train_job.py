@@ -12,11 +12,14 @@ or finished), every rank exits without training.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from typing import Any
 
 import torch.distributed as dist
 
 from cadenza.config import get_settings
+from cadenza.jobs import heartbeat
 from cadenza.jobs.runner import claim_context, execute, follower_context, load_handler
 from cadenza.train.distributed import cleanup_distributed, init_distributed
 
@@ -24,8 +27,13 @@ log = logging.getLogger("cadenza.jobs.train_job")
 
 
 def run(job_id: str) -> str | None:
-    """Train job `job_id` in this process group; rank 0 returns the final state."""
+    """Train job `job_id` in this process group; rank 0 returns the final state.
+
+    SIGTERM (a pod evicted) sets the drain flag: training stops at the next step with a
+    checkpoint, and the job is requeued without using up an attempt.
+    """
     settings = get_settings()
+    signal.signal(signal.SIGTERM, _drain)
     info = init_distributed()
     try:
         if not info.is_distributed:
@@ -48,6 +56,10 @@ def run(job_id: str) -> str | None:
         return None
     finally:
         cleanup_distributed()
+
+
+def _drain(*_: Any) -> None:
+    heartbeat.DRAIN.set()
 
 
 def main(argv: list[str] | None = None) -> int:

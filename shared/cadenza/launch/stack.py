@@ -12,7 +12,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,10 @@ from cadenza.launch.processes import (
 # Seconds a child gets between SIGTERM and SIGKILL: a worker finishes its current database
 # write and acknowledges nothing it has not done.
 STOP_TIMEOUT_S = 20.0
+# A child that dies is started again after a delay that doubles from the first to the last
+# value while it keeps dying; one that ran this long is healthy again and starts at the first.
+RESTART_DELAYS_S = (1.0, 30.0)
+HEALTHY_AFTER_S = 60.0
 
 
 def api_command(
@@ -120,8 +124,13 @@ class Launched:
     log_file: Path | None = None
     api_url: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start `argv` as the child called `name`, in a process group of its own."""
         log = self._log(name)
         out = None
@@ -131,7 +140,7 @@ class Launched:
         try:
             proc = subprocess.Popen(
                 argv,
-                env=self.env,
+                env=self.env | (extra_env or {}),
                 stdout=out,
                 stderr=subprocess.STDOUT if out else None,
                 start_new_session=True,
@@ -140,6 +149,8 @@ class Launched:
             if out is not None:
                 out.close()  # the child holds its own copy of the descriptor
         self.procs[name] = proc
+        self.argv[name] = list(argv)
+        self.extra_env[name] = dict(extra_env or {})
         return proc
 
     def start_api(self, *, host: str = LOCALHOST, port: int, log_level: str = "warning") -> None:
@@ -147,10 +158,16 @@ class Launched:
         self.api_url = f"http://{host}:{port}"
 
     def start_worker(
-        self, queues: str = "cpu,gpu", *, loglevel: str = "info", name: str | None = None
+        self,
+        queues: str = "cpu,gpu",
+        *,
+        loglevel: str = "info",
+        name: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         workers = sum(1 for n in self.procs if n.startswith("worker"))
-        return self.start(name or f"worker{workers}", worker_command(queues, loglevel=loglevel))
+        argv = worker_command(queues, loglevel=loglevel)
+        return self.start(name or f"worker{workers}", argv, extra_env)
 
     def start_stack(
         self,
@@ -186,6 +203,39 @@ class Launched:
     def exited(self) -> bool:
         """True once any child has exited."""
         return any(p.poll() is not None for p in self.procs.values())
+
+    def supervise(self, until: Callable[[], bool] = lambda: False, poll: float = 0.5) -> None:
+        """Keep every child running until `until()` is true: a dead one is started again.
+
+        A worker killed by the OOM killer or a crash must not take the API or the other
+        workers with it (`cadenza serve`). Restarts back off (`RESTART_DELAYS_S`) while a
+        child keeps dying, so a child that cannot start does not spin.
+        """
+        started = {name: time.monotonic() for name in self.procs}
+        delay = {name: RESTART_DELAYS_S[0] for name in self.procs}
+        due: dict[str, float] = {}
+        while not until():
+            now = time.monotonic()
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is None:
+                    if now - started[name] >= HEALTHY_AFTER_S:
+                        delay[name] = RESTART_DELAYS_S[0]
+                    continue
+                if name not in due:
+                    due[name] = now + delay[name]
+                    print(
+                        f"cadenza: {name} exited with code {proc.returncode}; "
+                        f"restarting in {delay[name]:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                elif now >= due[name]:
+                    del due[name]
+                    self.start(name, self.argv[name], self.extra_env[name])
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    started[name] = now
+                    delay[name] = min(delay[name] * 2, RESTART_DELAYS_S[1])
+            time.sleep(poll)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM every child's group (SIGKILL after `timeout`) and reap it."""

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from cadenza.db.models import Checkpoint, Corpus, MetricRecord, Model
 from cadenza.jobs.context import JobContext, Outcome, UserError
 from cadenza.jobs.state import JobState
+from cadenza.jobs.transient import JobInterrupted
 from cadenza.storage import job_key
 from cadenza.train.config import TrainConfig
 from cadenza.train.params import TrainParams
@@ -37,16 +38,21 @@ class _Hooks:
 
     def on_metrics(self, record: dict[str, Any]) -> None:
         values = {k: v for k, v in record.items() if k not in ("step", "split", "loss")}
+        step, split = int(record["step"]), str(record["split"])
         with self.ctx.session() as s:
-            s.add(
-                MetricRecord(
-                    model_id=self.model_id,
-                    step=int(record["step"]),
-                    split=str(record["split"]),
-                    loss=float(record["loss"]),
-                    values=values,
+            # A run resumed from a checkpoint (after a drain or an outage) replays the steps
+            # after it: their rows are replaced, not duplicated.
+            row = s.scalar(
+                select(MetricRecord).where(
+                    MetricRecord.model_id == self.model_id,
+                    MetricRecord.step == step,
+                    MetricRecord.split == split,
                 )
             )
+            if row is None:
+                row = MetricRecord(model_id=self.model_id, step=step, split=split)
+                s.add(row)
+            row.loss, row.values = float(record["loss"]), values
         self.ctx.event("metrics", record)
         if record["split"] in ("val", "test"):
             self.write_curve()
@@ -73,7 +79,7 @@ class _Hooks:
         self.ctx.progress(fraction, message)
 
     def should_stop(self) -> bool:
-        return self.ctx.cancelled()
+        return self.ctx.cancelled() or self.ctx.draining()
 
     def save_checkpoint(
         self, step: int, payload: bytes, *, val_loss: float | None, is_best: bool
@@ -172,6 +178,9 @@ def run(ctx: JobContext) -> Outcome:
         )
     except ValueError as exc:  # bad data/config for this corpus: the user's to fix
         raise UserError(str(exc)) from exc
+    if result.stopped_reason == "cancelled" and not ctx.cancelled() and ctx.draining():
+        # Stopped for a worker shutdown: the loop saved a checkpoint; the next run resumes it.
+        raise JobInterrupted("the worker shut down during training; checkpoint saved")
     hooks.write_curve()
     _export_weights(ctx, model.id)
     summary = {
