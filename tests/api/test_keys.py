@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,7 +30,7 @@ def app(settings: Settings) -> TestClient:
     return TestClient(create_app(settings))
 
 
-def make_key(settings: Settings, owner: str, *scopes: str, **options: object) -> tuple[str, str]:
+def make_key(settings: Settings, owner: str, *scopes: str, **options: Any) -> tuple[str, str]:
     """(id, secret) of a new key."""
     with session_scope(settings.resolved_database_url) as s:
         row, secret = issue_api_key(

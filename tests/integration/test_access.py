@@ -67,12 +67,14 @@ def fill(path: str, ids: dict[str, str]) -> str:
     return path.format(**{n: ids[n] for n in names})
 
 
-def body_for(op: dict[str, Any], spec: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
+def body_for(
+    op: dict[str, Any], spec: dict[str, Any], ids: dict[str, str], midi: bytes
+) -> dict[str, Any]:
     """httpx arguments for the operation's body: its first example with every `…_id` field
     naming the owner's resource, or a small MIDI upload."""
     content = op.get("requestBody", {}).get("content", {})
     if "multipart/form-data" in content:
-        return {"files": [("files", ("a.mid", MIDI, "audio/midi"))]}
+        return {"files": [("files", ("a.mid", midi, "audio/midi"))]}
     if "application/json" not in content:
         return {}
     name = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
@@ -81,9 +83,6 @@ def body_for(op: dict[str, Any], spec: dict[str, Any], ids: dict[str, str]) -> d
         if field.endswith("_id") and isinstance(value, str):
             example[field] = ids[field.removeprefix("primer_").removeprefix("init_")]
     return {"json": example}
-
-
-MIDI = b""  # set by the test from a real chorale
 
 
 def probe(http: httpx.Client, method: str, url: str, headers: dict[str, str], **kw: Any) -> int:
@@ -122,8 +121,7 @@ def make_resources(client: Client, chorales: list[Path]) -> dict[str, str]:
 def test_every_route_refuses_other_owners_and_wrong_keys(
     stack: Stack, chorales: list[Path]
 ) -> None:
-    global MIDI
-    MIDI = chorales[3].read_bytes()
+    midi = chorales[3].read_bytes()
     owner_a = f"access-a-{stack.data_dir.name}"
     alice = Client(stack.api_url, create_key(stack.env, owner_a))
     ids = make_resources(alice, chorales)
@@ -153,7 +151,7 @@ def test_every_route_refuses_other_owners_and_wrong_keys(
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         op = next(o for m, p, o in ops if (m, p) == (method, path))
         url = fill(path, ids)
-        status = probe(http, method, url, headers, **body_for(op, spec, ids))
+        status = probe(http, method, url, headers, **body_for(op, spec, ids, midi))
         counts[kind] = counts.get(kind, 0) + 1
         if status not in ok:
             failures.append(f"{kind}: {method} {url} answered {status}, expected {sorted(ok)}")
