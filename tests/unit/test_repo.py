@@ -65,7 +65,7 @@ def test_key_cache_answers_verified_keys_without_sql_until_expiry(tmp_path: Path
         assert statements == []
         assert revoke_keys(session=s, owner_name="alice") == 1
     with session_scope(url) as s:  # revoked elsewhere: trusted until the entry expires
-        assert cache.lookup(s, key).id == alice.id  # type: ignore[union-attr]
+        assert cache.lookup(s, key).owner.id == alice.id  # type: ignore[union-attr]
         cache.clear()
         assert owner_for_key(session=s, key=key, cache=cache) is None
     expired = KeyCache(ttl=0)

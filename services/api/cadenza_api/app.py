@@ -14,13 +14,15 @@ from cadenza.db.repo import KeyCache
 from cadenza.storage import open_store
 from cadenza_api import errors, openapi
 from cadenza_api.deps import Database
-from cadenza_api.routers import corpora, datasets, files, health, jobs, models, samples
+from cadenza_api.routers import corpora, datasets, files, health, jobs, keys, models, samples
 from cadenza_api.streams import EventPolls
 
 DESCRIPTION = """Turn your own audio and MIDI into music-generation models, and use them.
 
 Authenticate with `Authorization: Bearer <key>` (make a key with
-`cadenza keys create --owner NAME`; in `/docs`, press *Authorize*).
+`cadenza keys create --owner NAME`; in `/docs`, press *Authorize*). A key's scopes say what it
+may do: `read` (GET), `write` (every other method), `train` (`POST /v1/models`), `admin`
+(`/v1/admin/*`, and everything else); a missing scope answers 403.
 
 The story: create a dataset, upload MIDI or audio into it, tokenize it into a corpus, train a
 model on the corpus, sample from the model, download the samples' MIDI (or audio, or a piano
@@ -39,6 +41,8 @@ TAGS = [
     {"name": "models", "description": "Training on a corpus; checkpoints, weights, sampling."},
     {"name": "samples", "description": "Generated pieces: MIDI, audio and piano rolls."},
     {"name": "jobs", "description": "Asynchronous work: state, progress, cancellation."},
+    {"name": "keys", "description": "Your API keys: list them, revoke one."},
+    {"name": "admin", "description": "Every owner's API keys (keys with the `admin` scope)."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 
@@ -73,4 +77,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     for module in (health, datasets, files, corpora, models, samples, jobs):
         app.include_router(module.router)
+    for router in keys.routers:
+        app.include_router(router)
     return app

@@ -1,4 +1,5 @@
-"""Request dependencies: settings, DB session, object store and the caller's owner.
+"""Request dependencies: settings, DB session, object store, and the caller (key, owner and
+scopes, checked here for every route).
 
 The API's concurrency model (why it looks like this): routes are sync and run on AnyIO's
 worker threads, while the database allows a bounded number of connections. With the session
@@ -31,7 +32,15 @@ from sqlalchemy.orm import Session
 
 from cadenza.config import Settings
 from cadenza.db.models import Owner
-from cadenza.db.repo import KEY_PREFIX, KeyCache, owner_for_key
+from cadenza.db.repo import (
+    KEY_PREFIX,
+    Caller,
+    KeyCache,
+    KeyRefused,
+    caller_for_key,
+    ensure_unexpired,
+    touch_key,
+)
 from cadenza.db.session import session_factory
 from cadenza.storage import ObjectStore
 from cadenza_api.errors import ApiError, busy
@@ -123,31 +132,88 @@ bearer = HTTPBearer(
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-async def current_owner(request: Request, credentials: BearerDep, session: SessionDep) -> Owner:
-    """The owner of the Bearer API key; 401 with a hint when it is missing or wrong.
+# Routes that need a scope beyond what their method implies, by (method, route path).
+# Training spends the most compute of anything a key can start, so it has a scope of its own.
+SCOPED_ROUTES: dict[tuple[str, str], str] = {("POST", "/v1/models"): "train"}
+ADMIN_PREFIX = "/v1/admin/"
+
+
+def required_scope(method: str, route_path: str) -> str:
+    """The scope a request needs: `admin` under /v1/admin, a route's own (SCOPED_ROUTES),
+    else `read` to look (GET, HEAD) and `write` to change anything."""
+    if route_path.startswith(ADMIN_PREFIX):
+        return "admin"
+    if (own := SCOPED_ROUTES.get((method, route_path))) is not None:
+        return own
+    return "read" if method in ("GET", "HEAD") else "write"
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message)
+
+
+async def authenticate(request: Request, token: str, session: Session) -> Caller:
+    """The caller of `token`; 401 naming why not (invalid, revoked, expired).
 
     Async: a key verified in the last few seconds is answered from the key cache without SQL
     (no worker thread, which saves a thread hop per request); only a miss runs the query on
-    a worker thread.
+    a worker thread, and so does the once-a-minute write of the key's `last_used_at`.
+    """
+    cache: KeyCache = request.app.state.key_cache
+    try:
+        caller = cache.lookup(session, token) if token.startswith(KEY_PREFIX) else None
+        if caller is None:
+            caller = await anyio.to_thread.run_sync(
+                functools.partial(caller_for_key, session=session, key=token, cache=cache)
+            )
+        else:  # a cached key may have expired since it was verified
+            caller = ensure_unexpired(caller)
+    except KeyRefused as refused:
+        raise _unauthorized(refused.message) from None
+    if cache.due_for_touch(caller):
+        await anyio.to_thread.run_sync(functools.partial(_touch, session, caller.key_id))
+    return caller
+
+
+def _touch(session: Session, key_id: str) -> None:
+    # Its own commit, before the route runs: a GET never commits, and a route's rollback
+    # must not undo it.
+    touch_key(session=session, key_id=key_id)
+    session.commit()
+
+
+async def current_caller(request: Request, credentials: BearerDep, session: SessionDep) -> Caller:
+    """The key behind the request, checked for the scope the route needs (`required_scope`).
+
+    The only place scopes are enforced: every route that needs a caller depends on this, so a
+    route added later is covered by its method and path without saying anything.
     """
     # None unless the header is `Bearer <token>` (scheme in any case, token stripped, non-empty).
     if credentials is None:
-        raise ApiError(
-            401,
-            "unauthorized",
+        raise _unauthorized(
             "missing API key: send 'Authorization: Bearer <key>' "
-            "(make one with `cadenza keys create --owner NAME`)",
+            "(make one with `cadenza keys create --owner NAME`)"
         )
-    token = credentials.credentials
-    cache: KeyCache = request.app.state.key_cache
-    owner = cache.lookup(session, token) if token.startswith(KEY_PREFIX) else None
-    if owner is None:
-        owner = await anyio.to_thread.run_sync(
-            functools.partial(owner_for_key, session=session, key=token, cache=cache)
+    caller = await authenticate(request, credentials.credentials, session)
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    needed = required_scope(request.method, path)
+    if not caller.allows(needed):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this API key lacks the '{needed}' scope that {request.method} {path} needs; "
+            f"it has: {', '.join(caller.scopes) or 'none'}; use a key with that scope",
         )
-    if owner is None:
-        raise ApiError(401, "unauthorized", "invalid or revoked API key")
-    return owner
+    return caller
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller, scope="function")]
+
+
+async def current_owner(caller: CurrentCaller) -> Owner:
+    """The owner of the request's key (scopes checked by `current_caller`)."""
+    return caller.owner
 
 
 CurrentOwner = Annotated[Owner, Depends(current_owner, scope="function")]

@@ -22,8 +22,10 @@ Responses = dict[int | str, dict[str, Any]]
 # What each status means in this API; a route's description says what it means there.
 ERRORS: dict[int, str] = {
     400: "The body is malformed (not valid multipart, a broken zip, an empty file, no file).",
-    401: "No API key, or a wrong or revoked one: send `Authorization: Bearer <key>` "
+    401: "No API key, or a wrong, revoked or expired one: send `Authorization: Bearer <key>` "
     "(make one with `cadenza keys create --owner NAME`).",
+    403: "The key lacks the scope this operation needs (`read` for GET, `write` for other "
+    "methods, `train` to train, `admin` for /v1/admin); the message names it and the key's.",
     404: "Not found for this API key (another owner's resources are not found either).",
     409: "The request is valid but does not fit the stored state; the message says what to do "
     "first.",
@@ -40,9 +42,10 @@ def errors(*statuses: int) -> Responses:
     return {s: {"model": Error, "description": ERRORS[s]} for s in statuses}
 
 
-# Every /v1 route needs a key, takes a path, query or body parameter that FastAPI validates
-# (422), and waits for a database slot (503): the routers declare these for all their routes.
-V1_ERRORS = errors(401, 422, 503)
+# Every /v1 route needs a key (401) with a scope (403), takes a path, query or body parameter
+# that FastAPI validates (422), and waits for a database slot (503): the routers declare these
+# for all their routes.
+V1_ERRORS = errors(401, 403, 422, 503)
 
 
 def describe(

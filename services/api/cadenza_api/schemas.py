@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from cadenza.audio.params import AudioJobRequest
+from cadenza.db.repo import SCOPES
 from cadenza.sample.params import SampleRequest
 from cadenza.tokenize.params import CorpusRequest
 from cadenza.train.params import ModelRequest
@@ -68,7 +69,12 @@ class Readiness(BaseModel):
     """`/readyz`: `ok` when the database, broker and store all answer (503 otherwise)."""
 
     status: str = Field(description="`ok` or `unavailable`")
-    checks: dict[str, str] = Field(description="`ok` or `error: …` per dependency")
+    checks: dict[str, str] = Field(description="`ok` or `unavailable` per dependency")
+    errors: dict[str, str] | None = Field(
+        default=None,
+        description="only for a key with the `admin` scope: the exception class of each "
+        "unavailable dependency",
+    )
 
 
 # -- datasets and files --------------------------------------------------------------------
@@ -250,3 +256,50 @@ class DeletedOut(BaseModel):
         description="object deletes left to the background sweep (a recently written shared "
         "object, or the rest of a large delete)"
     )
+
+
+# -- API keys -------------------------------------------------------------------------------
+# Ten years: longer is "never", which is what leaving it out says.
+MAX_EXPIRES_IN_S = 10 * 365 * 86400
+
+
+class KeyOut(Out):
+    """An API key as it is shown: never its secret or hash, only the prefix to recognise it."""
+
+    id: str
+    owner: str = Field(description="the owner's name")
+    name: str = Field(description="a label, e.g. the machine the key lives on")
+    prefix: str = Field(description="the secret's first characters")
+    scopes: list[str] = Field(description=f"what the key may do: {', '.join(SCOPES)}")
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None = Field(description="updated at most once a minute")
+
+
+class KeyCreate(In):
+    """What `POST /v1/admin/keys` takes: whose key, what it may do, for how long."""
+
+    owner: str = Field(min_length=1, max_length=200, description="owner name (created if new)")
+    scopes: list[str] = Field(
+        default=["read", "write", "train"],
+        max_length=len(SCOPES),
+        description=f"any of {', '.join(SCOPES)}; `admin` implies all",
+    )
+    name: str = Field(default="", max_length=200, description="a label for the key")
+    expires_in_s: int | None = Field(
+        default=None,
+        ge=60,
+        le=MAX_EXPIRES_IN_S,
+        description="seconds until the key stops working (never when absent)",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"owner": "alice", "scopes": ["read"], "name": "dashboard"}]
+        }
+    )
+
+
+class KeyCreated(KeyOut):
+    secret: str = Field(description="the key itself: shown this once, only its hash is kept")

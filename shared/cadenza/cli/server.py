@@ -42,27 +42,126 @@ def _redact(url: str) -> str:
     return url
 
 
-@keys_app.command("create")
-def keys_create(owner: Annotated[str, typer.Option(help="owner name")]) -> None:
-    """Print a new API key for OWNER (created if new). Shown once; only its hash is kept."""
-    from cadenza.db.repo import create_api_key
-    from cadenza.db.session import session_scope
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
+
+def parse_duration(text: str) -> float:
+    """Seconds in `30d`, `12h`, `90m`, `45s`, `2w` (a bare number is seconds)."""
+    text = text.strip().lower()
+    unit = DURATION_UNITS.get(text[-1:])
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise typer.BadParameter(f"{text!r}: give a positive duration such as 30d, 12h or 90m")
+    return value
+
+
+@keys_app.command("create")
+def keys_create(
+    owner: Annotated[str, typer.Option(help="owner name (created if new)")],
+    scopes: Annotated[
+        str, typer.Option(help="comma-separated: read, write, train, admin")
+    ] = "read,write,train",
+    name: Annotated[str, typer.Option(help="a label, e.g. the machine it lives on")] = "",
+    expires_in: Annotated[
+        str | None, typer.Option(help="e.g. 30d, 12h, 90m (default: never)")
+    ] = None,
+) -> None:
+    """Print a new API key for OWNER on stdout (its id on stderr). Shown once; only its hash
+    is kept."""
+    from datetime import timedelta
+
+    from cadenza.db.models import utcnow
+    from cadenza.db.repo import check_scopes, issue_api_key
+    from cadenza.db.session import session_scope
+    from cadenza.validation import InvalidParams
+
+    try:
+        wanted = check_scopes(scopes.split(","))
+    except InvalidParams as exc:
+        raise typer.BadParameter(exc.message, param_hint="--scopes") from None
+    expires_at = utcnow() + timedelta(seconds=parse_duration(expires_in)) if expires_in else None
     settings = get_settings()
     migrate_database(settings)
     with session_scope(settings.resolved_database_url) as s:
-        _, key = create_api_key(session=s, owner_name=owner)
+        row, key = issue_api_key(
+            session=s, owner_name=owner, scopes=wanted, name=name, expires_at=expires_at
+        )
+        key_id = row.id
+    until = f", expires {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
+    console.print(f"key {key_id} for {owner} ({','.join(wanted)}{until})")
     out.print(key, soft_wrap=True)
 
 
-@keys_app.command("revoke")
-def keys_revoke(owner: Annotated[str, typer.Option(help="owner name")]) -> None:
-    """Revoke every live key of OWNER."""
-    from cadenza.db.repo import revoke_keys
+def _when(t: Any) -> str | None:
+    from cadenza.db.repo import aware
+
+    return aware(t).isoformat(timespec="seconds") if t is not None else None  # type: ignore[union-attr]
+
+
+@keys_app.command("list")
+def keys_list(
+    owner: Annotated[str | None, typer.Option(help="only this owner's keys")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+) -> None:
+    """Every key (or OWNER's): id, owner, name, prefix, scopes and times; never the secret."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cadenza.cli.output import print_json
+    from cadenza.db.repo import find_owner, list_api_keys
     from cadenza.db.session import session_scope
 
     with session_scope(get_settings().resolved_database_url) as s:
-        n = revoke_keys(session=s, owner_name=owner)
+        found = find_owner(session=s, name=owner) if owner is not None else None
+        if owner is not None and found is None:
+            rows = []
+        else:
+            owner_id = found.id if found is not None else None
+            rows = list_api_keys(session=s, owner_id=owner_id, limit=100_000)
+    fields = ("created_at", "expires_at", "revoked_at", "last_used_at")
+    records: list[dict[str, Any]] = [
+        {"id": k.id, "owner": name, "name": k.name, "prefix": k.prefix, "scopes": k.scopes}
+        | {f: _when(getattr(k, f)) for f in fields}
+        for k, name in rows
+    ]
+    if as_json:
+        print_json(records)
+        return
+    table = Table("id", "owner", "name", "prefix", "scopes", "created", "expires", "revoked")
+    table.add_column("last used")
+    for r in records:
+        times = [(r[f] or "-")[:16].replace("T", " ") for f in fields]
+        table.add_row(r["id"], r["owner"], r["name"], r["prefix"], ",".join(r["scopes"]), *times)
+    # Wide enough that ids are never cut, in a terminal or a pipe.
+    Console(soft_wrap=True, width=max(out.width, 180)).print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str | None, typer.Argument(help="the key's id (`cadenza keys list`)")] = None,
+    owner: Annotated[str | None, typer.Option(help="revoke every live key of OWNER")] = None,
+) -> None:
+    """Revoke the key KEY_ID, or every live key of OWNER. API processes stop accepting it
+    within CADENZA_API_KEY_CACHE_SECONDS (5 s by default)."""
+    from cadenza.db.repo import NotFound, revoke_api_key, revoke_keys
+    from cadenza.db.session import session_scope
+
+    if (key_id is None) == (owner is None):
+        raise typer.BadParameter("give a KEY_ID or --owner NAME (one of them)")
+    with session_scope(get_settings().resolved_database_url) as s:
+        if owner is not None:
+            n = revoke_keys(session=s, owner_name=owner)
+        else:
+            try:
+                revoke_api_key(session=s, key_id=str(key_id))
+            except NotFound:
+                console.print(f"[red]error[/] no key {key_id} (see `cadenza keys list`)")
+                raise typer.Exit(1) from None
+            n = 1
     console.print(f"revoked {n} key(s)")
 
 

@@ -6,12 +6,16 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from cadenza.db.models import ApiKey, Base, Checkpoint, Dataset, File, Owner, utcnow
+from cadenza.validation import InvalidParams
 
 KEY_PREFIX = "cz_"
 T = TypeVar("T", bound=Base)
@@ -39,38 +43,110 @@ def get_or_create_owner(*, session: Session, name: str) -> Owner:
     return owner
 
 
-def create_api_key(*, session: Session, owner_name: str) -> tuple[Owner, str]:
-    """Make a new key for `owner_name` (created if new); only its hash is stored."""
+SCOPES = ("read", "write", "train", "admin")
+DEFAULT_SCOPES = ("read", "write", "train")
+# `last_used_at` is written at most this often per key and process: a write per request would
+# double the cost of a GET (and serialize every request on SQLite's single writer).
+TOUCH_INTERVAL_S = 60.0
+
+
+def check_scopes(scopes: Iterable[str]) -> list[str]:
+    """`scopes` deduplicated in canonical order; InvalidParams naming an unknown one."""
+    wanted = [s.strip() for s in scopes if s.strip()]
+    for s in wanted:
+        if s not in SCOPES:
+            raise InvalidParams(f"scopes: unknown scope {s!r} (choose from {', '.join(SCOPES)})")
+    if not wanted:
+        raise InvalidParams(f"scopes: give at least one of {', '.join(SCOPES)}")
+    return [s for s in SCOPES if s in wanted]
+
+
+def issue_api_key(
+    *,
+    session: Session,
+    owner_name: str,
+    scopes: Iterable[str] = DEFAULT_SCOPES,
+    name: str = "",
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Make a new key for `owner_name` (created if new): the row and the secret, which is
+    returned once and never stored (only its hash is)."""
     owner = get_or_create_owner(session=session, name=owner_name)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(owner_id=owner.id, prefix=key[:10], key_hash=hash_key(key)))
+    row = ApiKey(
+        owner_id=owner.id,
+        prefix=key[:10],
+        key_hash=hash_key(key),
+        scopes=check_scopes(scopes),
+        name=name,
+        expires_at=expires_at,
+    )
+    session.add(row)
     session.flush()
-    return owner, key
+    return row, key
+
+
+def create_api_key(*, session: Session, owner_name: str, **options: Any) -> tuple[Owner, str]:
+    """`issue_api_key` for callers that need the owner (tests, the demo)."""
+    row, key = issue_api_key(session=session, owner_name=owner_name, **options)
+    return session.get_one(Owner, row.owner_id), key
+
+
+def aware(t: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the key's owner, the key and what it may do."""
+
+    owner: Owner
+    key_id: str
+    scopes: tuple[str, ...]
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+class KeyRefused(Exception):
+    """A key that does not authenticate; `reason` is `invalid`, `revoked` or `expired`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class KeyCache:
-    """Owners of recently verified keys, by key hash, each trusted for `ttl` seconds.
+    """Recently verified keys, by key hash, each trusted for `ttl` seconds.
 
     Why: the key check was 40% of the API's CPU time on `GET /v1/datasets/{id}` (two ORM
     queries per request: key row, then owner; sha256 itself is negligible). Only successful
-    checks are cached, so a new key works at once; a key revoked in another process (the CLI)
-    keeps working here for at most `ttl` seconds. Entries are detached copies that a session
-    adopts with `merge(load=False)`, which emits no SQL. Thread-safe (sync routes run on many
-    threads).
+    checks are cached, so a new key works at once; a key revoked in another process (the CLI,
+    another API replica) keeps working here for at most `ttl` seconds (a revoke through this
+    process clears the cache). Expiry is checked on every hit. Entries hold detached owner
+    copies that a session adopts with `merge(load=False)`, which emits no SQL. Thread-safe
+    (sync routes run on many threads).
     """
 
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, Owner]] = {}
+        self._entries: dict[str, tuple[float, Caller]] = {}
+        self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, session: Session, key: str) -> Owner | None:
-        """The cached owner of `key` adopted by `session`, or None; never runs SQL."""
+    def lookup(self, session: Session, key: str) -> Caller | None:
+        """The cached caller of `key`, its owner adopted by `session`, or None; no SQL."""
         cached = self.get(hash_key(key))
-        return None if cached is None else session.merge(cached, load=False)
+        if cached is None:
+            return None
+        return replace(cached, owner=session.merge(cached.owner, load=False))
 
-    def get(self, digest: str) -> Owner | None:
+    def get(self, digest: str) -> Caller | None:
         with self._lock:
             entry = self._entries.get(digest)
             if entry is None or entry[0] < time.monotonic():
@@ -78,57 +154,128 @@ class KeyCache:
                 return None
             return entry[1]
 
-    def put(self, digest: str, owner: Owner) -> None:
+    def put(self, digest: str, caller: Caller) -> None:
         if self.ttl <= 0:
             return
-        columns = {a.key: getattr(owner, a.key) for a in inspect(Owner).column_attrs}
+        columns = {a.key: getattr(caller.owner, a.key) for a in inspect(Owner).column_attrs}
         copy = Owner(**columns)
         make_transient_to_detached(copy)
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
-            self._entries[digest] = (time.monotonic() + self.ttl, copy)
+            self._entries[digest] = (time.monotonic() + self.ttl, replace(caller, owner=copy))
+
+    def due_for_touch(self, caller: Caller) -> bool:
+        """Whether `last_used_at` of the caller's key should be written now (and note that it
+        is): at most once per `TOUCH_INTERVAL_S` per key in this process, and not when the
+        stored time is that recent already."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._touched.get(caller.key_id, -TOUCH_INTERVAL_S) < TOUCH_INTERVAL_S:
+                return False
+            if len(self._touched) >= self.max_entries:
+                self._touched.clear()
+            self._touched[caller.key_id] = now
+        last = aware(caller.last_used_at)
+        return last is None or (utcnow() - last).total_seconds() >= TOUCH_INTERVAL_S
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
 
 
-def owner_for_key(*, session: Session, key: str, cache: KeyCache | None = None) -> Owner | None:
-    """The owner of a live key, or None; compares hashes in constant time.
+def caller_for_key(*, session: Session, key: str, cache: KeyCache | None = None) -> Caller:
+    """The caller of a live key; KeyRefused saying why not. Compares hashes in constant time.
 
     With `cache`, a key verified less than `cache.ttl` seconds ago is answered without SQL.
     """
     if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        raise KeyRefused("invalid", "invalid API key")
+    caller = cache.lookup(session, key) if cache is not None else None
+    if caller is None:
+        digest = hash_key(key)
+        row = _key_row(session, key, digest)
+        if row is None:
+            raise KeyRefused("invalid", "invalid API key")
+        if row.revoked_at is not None:
+            raise KeyRefused("revoked", f"API key {row.id} was revoked")
+        caller = Caller(
+            owner=session.get_one(Owner, row.owner_id),
+            key_id=row.id,
+            scopes=tuple(row.scopes),
+            expires_at=aware(row.expires_at),
+            last_used_at=aware(row.last_used_at),
+        )
+        if cache is not None:
+            cache.put(digest, caller)
+    return ensure_unexpired(caller)
+
+
+def ensure_unexpired(caller: Caller) -> Caller:
+    """`caller`, or KeyRefused when its key expired (checked on every request, cached or not)."""
+    if caller.expires_at is not None and caller.expires_at <= utcnow():
+        raise KeyRefused(
+            "expired",
+            f"API key {caller.key_id} expired at {caller.expires_at.isoformat()}: "
+            "make a new one (`cadenza keys create`)",
+        )
+    return caller
+
+
+def owner_for_key(*, session: Session, key: str, cache: KeyCache | None = None) -> Owner | None:
+    """The owner of a live key, or None."""
+    try:
+        return caller_for_key(session=session, key=key, cache=cache).owner
+    except KeyRefused:
         return None
-    if cache is not None and (cached := cache.lookup(session, key)) is not None:
-        return cached
-    digest = hash_key(key)
-    owner = _verify_key(session, key, digest)
-    if cache is not None and owner is not None:
-        cache.put(digest, owner)
-    return owner
 
 
-def _verify_key(session: Session, key: str, digest: str) -> Owner | None:
-    row = session.scalar(
-        select(ApiKey).where(ApiKey.prefix == key[:10], ApiKey.revoked_at.is_(None))
-    )
+def _key_row(session: Session, key: str, digest: str) -> ApiKey | None:
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == key[:10]).limit(1))
     candidates = [row] if row is not None else []
     if row is not None and not secrets.compare_digest(row.key_hash, digest):
-        candidates = list(
-            session.scalars(
-                select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
-            )
-        )
+        candidates = list(session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)))
     for k in candidates:
         if secrets.compare_digest(k.key_hash, digest):
-            return session.get(Owner, k.owner_id)
+            return k
     return None
 
 
+def touch_key(*, session: Session, key_id: str) -> None:
+    """Record that the key was used now (callers throttle with `KeyCache.due_for_touch`)."""
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+
+
+def list_api_keys(
+    *, session: Session, owner_id: str | None = None, limit: int = 100, offset: int = 0
+) -> list[tuple[ApiKey, str]]:
+    """Keys (newest first) with their owner's name: all of them, or those of `owner_id`."""
+    stmt = select(ApiKey, Owner.name).join(Owner, Owner.id == ApiKey.owner_id)
+    if owner_id is not None:
+        stmt = stmt.where(ApiKey.owner_id == owner_id)
+    stmt = stmt.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(limit).offset(offset)
+    return [(k, name) for k, name in session.execute(stmt)]
+
+
+def find_owner(*, session: Session, name: str) -> Owner | None:
+    return session.scalar(select(Owner).where(Owner.name == name))
+
+
+def revoke_api_key(*, session: Session, key_id: str, owner_id: str | None = None) -> ApiKey:
+    """Revoke one key (of `owner_id` when given; NotFound otherwise); revoking twice keeps the
+    first time."""
+    row = session.get(ApiKey, key_id) if len(key_id) <= 64 else None
+    if row is None or (owner_id is not None and row.owner_id != owner_id):
+        raise NotFound("api key", key_id)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row
+
+
 def revoke_keys(*, session: Session, owner_name: str) -> int:
-    owner = session.scalar(select(Owner).where(Owner.name == owner_name))
+    """Revoke every live key of `owner_name`; how many."""
+    owner = find_owner(session=session, name=owner_name)
     if owner is None:
         return 0
     keys = list(

@@ -99,10 +99,11 @@ def migrate(env: dict[str, str]) -> None:
     subprocess.run(cadenza_command("migrate"), env=env, check=True)
 
 
-def create_key(env: dict[str, str], owner: str) -> str:
-    """A new API key for `owner` in the database `env` points at (`cadenza keys create`)."""
+def create_key(env: dict[str, str], owner: str, *options: str) -> str:
+    """A new API key for `owner` in the database `env` points at (`cadenza keys create`, with
+    `options` such as `--scopes read`)."""
     res = subprocess.run(
-        cadenza_command("keys", "create", "--owner", owner),
+        cadenza_command("keys", "create", "--owner", owner, *options),
         env=env,
         check=True,
         capture_output=True,

@@ -12,6 +12,7 @@ from sqlalchemy import func, select, text
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
 from cadenza.jobs.queue import ping_broker
+from cadenza_api.deps import Database, authenticate
 from cadenza_api.openapi import describe
 from cadenza_api.schemas import Liveness, Readiness
 
@@ -35,9 +36,15 @@ def healthz() -> dict[str, str]:
     },
 )
 async def readyz(request: Request) -> JSONResponse:
-    """Whether this API can serve: each dependency is pinged (5 s each) and reported."""
+    """Whether this API can serve: each dependency is pinged (5 s each) and reported.
+
+    Open to probes, which learn `ok` or `unavailable` per dependency and nothing more. With a
+    key that has the `admin` scope, `errors` also names the exception class of each failing
+    dependency (never its message, which may carry hosts or credentials: that goes to the log).
+    """
     settings = request.app.state.settings
     checks: dict[str, str] = {}
+    errors: dict[str, str] = {}
 
     def db() -> None:
         with session_factory(settings.resolved_database_url)() as s:
@@ -52,14 +59,29 @@ async def readyz(request: Request) -> JSONResponse:
             await asyncio.wait_for(asyncio.to_thread(fn), timeout=5)
             checks[name] = "ok"
         except Exception as exc:  # readiness reports, it never raises
-            # Only the component's name goes out (a probe is unauthenticated); the driver's
-            # message, with hosts and ports, goes to the log.
             log.warning("readiness: %s unavailable: %s: %s", name, type(exc).__name__, exc)
             checks[name] = "unavailable"
+            errors[name] = type(exc).__name__
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
-    )
+    body: dict[str, object] = {"status": "ok" if ok else "unavailable", "checks": checks}
+    # Read by hand, not through the Bearer dependency: the probe's operation declares no
+    # security (the key is optional here and changes only how much is said).
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip() and await _is_admin(request, token.strip()):
+        body["errors"] = errors
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def _is_admin(request: Request, token: str) -> bool:
+    """Whether `token` is a live admin key; False for anything else, a database that does not
+    answer included (a probe never gets a 401 or a 500 from readiness)."""
+    db: Database = request.app.state.db
+    try:
+        async with db.session() as session:
+            caller = await authenticate(request, token, session)
+    except Exception:  # an invalid key or no database: the plain answer
+        return False
+    return caller.allows("admin")
 
 
 @router.get("/metrics", response_class=PlainTextResponse, **describe("health_metrics", "Metrics"))
