@@ -2,8 +2,10 @@
 
 `run_job` claims the job row by compare-and-set, renews a lease while the handler works,
 and makes the handler's outputs visible in the same SQL commit that marks the job
-succeeded. Handlers (`cadenza.jobs.handlers.*`, named in the job-type table) are imported
-only when a job of their type runs, so a process that never trains never imports torch.
+succeeded. Every write names the claim's token, so an attempt that lost the job (paused past
+its lease) stops at its next write or renewal and leaves nothing behind. Handlers
+(`cadenza.jobs.handlers.*`, named in the job-type table) are imported only
+when a job of their type runs, so a process that never trains never imports torch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from cadenza.config import Settings
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
-from cadenza.jobs.context import JobCancelled, JobContext, Outcome, UserError
+from cadenza.jobs.context import JobCancelled, JobContext, JobLost, Outcome, UserError
 from cadenza.jobs.registry import JOB_TYPES
 from cadenza.jobs.state import JobState, add_event, claim, finish, renew_lease
 from cadenza.storage import open_store
@@ -54,10 +56,16 @@ class _LeaseKeeper(threading.Thread):
             try:
                 with factory() as s:
                     ours, cancel = renew_lease(
-                        s, self.ctx.job_id, lease_seconds=self.ctx.settings.job_lease_seconds
+                        s,
+                        self.ctx.job_id,
+                        token=self.ctx.claim_token,
+                        lease_seconds=self.ctx.settings.job_lease_seconds,
                     )
                 if not ours:
+                    # Another attempt owns the job now: the handler stops at its next check.
                     self.lost.set()
+                    self.ctx.mark_lost()
+                    return
                 if cancel:
                     self.ctx._cancel.set()
             except Exception:  # a DB blip must not kill the job; the next round retries
@@ -88,6 +96,7 @@ def _context(job: Job, settings: Settings) -> JobContext:
         attempt=job.attempts,
         settings=settings,
         store=open_store(settings),
+        claim_token=job.claim_token,
     )
 
 
@@ -116,6 +125,9 @@ def execute(ctx: JobContext) -> str:
     try:
         outcome = load_handler(ctx.type)(ctx)
         state = _commit(ctx, outcome)
+    except JobLost:
+        log.warning("job %s was taken from this attempt; it stopped and wrote nothing", ctx.job_id)
+        state = JobState.QUEUED
     except JobCancelled:
         state = _end(ctx, JobState.CANCELLED, message="cancelled")
     except UserError as exc:
@@ -139,7 +151,15 @@ def run_job(job_id: str, settings: Settings) -> str | None:
 def _commit(ctx: JobContext, outcome: Outcome) -> JobState:
     with ctx.session() as s:
         result = {**ctx.result, **outcome.finalize(s)}
-        if not finish(s, ctx.job_id, outcome.state, message=outcome.message, result=result):
+        done = finish(
+            s,
+            ctx.job_id,
+            outcome.state,
+            token=ctx.claim_token,
+            message=outcome.message,
+            result=result,
+        )
+        if not done:
             # The lease expired and the reconciler took the job back: drop our outputs.
             s.rollback()
             log.warning("job %s lost its lease before committing; outputs discarded", ctx.job_id)
@@ -156,7 +176,9 @@ def _end(
     detail: str | None = None,
 ) -> JobState:
     with ctx.session() as s:
-        if not finish(s, ctx.job_id, state, message=message or (error or "")[:200], error=error):
+        summary = message or (error or "")[:200]
+        if not finish(s, ctx.job_id, state, token=ctx.claim_token, message=summary, error=error):
+            s.rollback()
             return JobState.QUEUED
         if detail:
             add_event(s, ctx.job_id, "traceback", {"traceback": detail})
