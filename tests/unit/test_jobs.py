@@ -5,7 +5,14 @@ Run against real databases: SQLite (embedded) and PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +43,7 @@ from cadenza.jobs.handlers.train import _Hooks
 from cadenza.jobs.reconciler import MAX_RESENDS, due_resends, reconcile_and_resend
 from cadenza.jobs.runner import _commit, claim_context
 from cadenza.launch.postgres import ensure_postgres, fresh_postgres_database
-from cadenza.storage import job_key
+from cadenza.storage import job_key, open_store
 from cadenza.train.config import TrainConfig
 
 
@@ -316,3 +323,81 @@ def test_resends_back_off_and_stop(tmp_path: Path) -> None:
         row = s.get(Job, job_id)
         assert row is not None and row.state == "queued" and row.resends == MAX_RESENDS
         assert "filesystem broker" in row.message and "'cpu'" in row.message
+
+
+_CHECKPOINT_WRITER = """
+import hashlib, os, sys
+from cadenza.config import Settings
+from cadenza.db.models import Model
+from cadenza.jobs.handlers.train import _Hooks
+from cadenza.jobs.runner import claim_context
+from cadenza.train.config import TrainConfig
+
+data_dir, job_id, model_id, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ctx = claim_context(job_id, Settings(data_dir=data_dir, job_lease_seconds=5))
+assert ctx is not None
+with ctx.session() as s:
+    model = s.get(Model, model_id)
+    s.expunge_all()
+hooks = _Hooks(ctx, model, TrainConfig(keep_last_n=2))
+latest = hooks.load_latest_checkpoint()
+assert latest is None or hashlib.sha256(latest[32:]).digest() == latest[:32]
+first = 1 if latest is None else int.from_bytes(latest[32:40], "big") + 1
+print("ready", flush=True)
+for step in range(first, first + steps):
+    body = step.to_bytes(8, "big") + os.urandom(1 << 20)
+    hooks.save_checkpoint(step, hashlib.sha256(body).digest() + body, val_loss=None, is_best=False)
+"""
+
+
+def test_killed_checkpoint_writer_leaves_a_loadable_latest(tmp_path: Path) -> None:
+    """SIGKILL a process writing checkpoints at random points: the latest row always loads."""
+    settings = Settings(data_dir=tmp_path, job_lease_seconds=5)
+    upgrade(settings.resolved_database_url)
+    factory = session_factory(settings.resolved_database_url)
+    with factory() as s:
+        o = Owner(name="carol")
+        s.add(o)
+        s.commit()
+        job_id = new_job(s, o, max_attempts=100).id
+        model_id = make_model(s, o, job_id).id
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CADENZA_")}
+    store = open_store(settings)
+    rng = random.Random(1234)
+
+    def writer(steps: int) -> subprocess.Popen[str]:
+        argv = [sys.executable, "-c", _CHECKPOINT_WRITER, str(tmp_path), job_id, model_id]
+        return subprocess.Popen([*argv, str(steps)], env=env, stdout=subprocess.PIPE, text=True)
+
+    def latest_loads() -> int:
+        with factory() as s:
+            row = s.scalar(
+                select(Checkpoint)
+                .filter_by(model_id=model_id)
+                .order_by(Checkpoint.step.desc())
+                .limit(1)
+            )
+            if row is None:
+                return 0
+            data = store.get(row.object_key)
+            assert hashlib.sha256(data[32:]).digest() == data[:32]
+            assert int.from_bytes(data[32:40], "big") == row.step
+            return row.step
+
+    for _ in range(5):
+        proc = writer(10_000)
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.0, 0.6))  # mid-put, mid-rename or mid-commit
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        latest_loads()
+        with factory() as s:
+            assert reconcile(s, now=utcnow() + timedelta(seconds=60))[0] == [job_id]
+    proc = writer(3)  # a last attempt runs to the end
+    assert proc.wait(60) == 0
+    assert latest_loads() > 0
+    with factory() as s:
+        named = set(s.scalars(select(Checkpoint.object_key).filter_by(model_id=model_id)))
+    assert len(named) == 2  # keep_last_n
+    # What killed attempts left without a row was deleted by the next one.
+    assert {o.key for o in store.list(job_key(job_id, "checkpoints"))} == named
