@@ -39,10 +39,18 @@ MAX_RESENDS = 5
 
 
 def expired_jobs(session: Session, now: datetime | None = None) -> list[Job]:
+    """Running jobs past their lease, locked for this round.
+
+    Rows another transaction holds are skipped (PostgreSQL `SKIP LOCKED`): a worker paused
+    in the middle of a fenced write keeps its row locked, and one such job must not stall
+    the reconciler for every other. Its lease is looked at again next round.
+    """
     now = now or utcnow()
     return list(
         session.scalars(
-            select(Job).where(Job.state == JobState.RUNNING.value, Job.lease_until < now)
+            select(Job)
+            .where(Job.state == JobState.RUNNING.value, Job.lease_until < now)
+            .with_for_update(skip_locked=True)
         )
     )
 

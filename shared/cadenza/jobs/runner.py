@@ -28,6 +28,7 @@ from cadenza.storage import open_store
 log = logging.getLogger("cadenza.runner")
 
 Handler = Callable[[JobContext], Outcome]
+LOST_MESSAGE = "job %s was taken from this attempt; it stopped and its outputs were discarded"
 
 
 def load_handler(job_type: str) -> Handler:
@@ -126,7 +127,7 @@ def execute(ctx: JobContext) -> str:
         outcome = load_handler(ctx.type)(ctx)
         state = _commit(ctx, outcome)
     except JobLost:
-        log.warning("job %s was taken from this attempt; it stopped and wrote nothing", ctx.job_id)
+        log.warning(LOST_MESSAGE, ctx.job_id)
         state = JobState.QUEUED
     except JobCancelled:
         state = _end(ctx, JobState.CANCELLED, message="cancelled")
@@ -162,7 +163,7 @@ def _commit(ctx: JobContext, outcome: Outcome) -> JobState:
         if not done:
             # The lease expired and the reconciler took the job back: drop our outputs.
             s.rollback()
-            log.warning("job %s lost its lease before committing; outputs discarded", ctx.job_id)
+            log.warning(LOST_MESSAGE, ctx.job_id)
             return JobState.QUEUED
     return outcome.state
 
@@ -179,6 +180,7 @@ def _end(
         summary = message or (error or "")[:200]
         if not finish(s, ctx.job_id, state, token=ctx.claim_token, message=summary, error=error):
             s.rollback()
+            log.warning(LOST_MESSAGE, ctx.job_id)
             return JobState.QUEUED
         if detail:
             add_event(s, ctx.job_id, "traceback", {"traceback": detail})
