@@ -98,6 +98,8 @@ class JobContext:
     store: ObjectStore
     # The token of the claim this attempt runs under (rank 0's, for DDP followers).
     claim_token: str | None = None
+    # A DDP rank > 0: takes part in the work, but rank 0 writes the outputs and commits.
+    follower: bool = False
     _cancel: threading.Event = field(default_factory=threading.Event)
     _lost: threading.Event = field(default_factory=threading.Event)
     _last_progress: float = 0.0

@@ -112,7 +112,9 @@ def follower_context(job_id: str, settings: Settings, timeout: float = 120.0) ->
         with factory() as s:
             job = s.get(Job, job_id)
             if job is not None and job.state == JobState.RUNNING:
-                return _context(job, settings)
+                ctx = _context(job, settings)
+                ctx.follower = True
+                return ctx
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} was not claimed by rank 0 within {timeout:.0f} s")
         time.sleep(0.5)

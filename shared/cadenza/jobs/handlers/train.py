@@ -225,6 +225,8 @@ def run(ctx: JobContext) -> Outcome:
         )
     except ValueError as exc:  # bad data/config for this corpus: the user's to fix
         raise UserError(str(exc)) from exc
+    if ctx.follower:  # rank 0 writes the curve and the weights, and commits
+        return Outcome(lambda s: {}, message="follower")
     ctx.check_claim()  # stopped because another attempt took the job: write nothing more
     hooks.write_curve()
     _export_weights(ctx, model.id)
