@@ -106,9 +106,11 @@ def test_interruptions_give_the_attempt_back_and_are_bounded(tmp_path: Path) -> 
         job = create_job(s, owner_id=owner.id, type="tokenize", params={})
         s.commit()
         for n in (1, 2):
-            assert claim(s, job.id, lease_seconds=60) is not None
+            claimed = claim(s, job.id, lease_seconds=60)
+            assert claimed is not None
+            stale_token = claimed.claim_token
             state = requeue_interrupted(
-                s, job.id, reason="the worker shut down", max_interruptions=2
+                s, job.id, stale_token, reason="the worker shut down", max_interruptions=2
             )
             s.commit()
             assert state == JobState.QUEUED
@@ -116,9 +118,15 @@ def test_interruptions_give_the_attempt_back_and_are_bounded(tmp_path: Path) -> 
             assert row is not None
             assert (row.state, row.attempts, row.interruptions) == ("queued", 0, n)
             assert row.lease_until is None and row.worker is None
-        assert requeue_interrupted(s, job.id, reason="x", max_interruptions=2) is None  # queued
-        assert claim(s, job.id, lease_seconds=60) is not None
-        assert requeue_interrupted(s, job.id, reason="outage", max_interruptions=2) == "failed"
+        # queued now: nothing to requeue
+        assert requeue_interrupted(s, job.id, stale_token, reason="x", max_interruptions=2) is None
+        claimed = claim(s, job.id, lease_seconds=60)
+        assert claimed is not None
+        # a stale attempt's token cannot requeue the job another attempt holds
+        assert requeue_interrupted(s, job.id, stale_token, reason="x", max_interruptions=2) is None
+        token = claimed.claim_token
+        failed = requeue_interrupted(s, job.id, token, reason="outage", max_interruptions=2)
+        assert failed == "failed"
         s.commit()
         row = s.get(Job, job.id, populate_existing=True)
         assert row is not None and row.state == "failed" and row.interruptions == 3
@@ -126,12 +134,14 @@ def test_interruptions_give_the_attempt_back_and_are_bounded(tmp_path: Path) -> 
 
         job = create_job(s, owner_id=owner.id, type="tokenize", params={})
         s.commit()
-        assert claim(s, job.id, lease_seconds=60) is not None
-        row = s.get(Job, job.id)
-        assert row is not None
-        row.cancel_requested = True
+        claimed = claim(s, job.id, lease_seconds=60)
+        assert claimed is not None
+        claimed.cancel_requested = True
         s.commit()
-        assert requeue_interrupted(s, job.id, reason="drain", max_interruptions=2) == "cancelled"
+        token = claimed.claim_token
+        assert requeue_interrupted(s, job.id, token, reason="drain", max_interruptions=2) == (
+            "cancelled"
+        )
 
 
 def test_worker_alive_reads_the_heartbeat_age(tmp_path: Path) -> None:

@@ -5,6 +5,19 @@ embedded filesystem transport loses a killed worker's running task). The SQL row
 should be running, so one round of this module puts the world back in line with them: expired
 leases are requeued (or failed past their attempt limit) and stale queued jobs are re-sent.
 Every worker's main process runs a round on a timer; `cadenza reconcile` runs one by hand.
+
+A requeue clears the job's claim token, so the attempt that lost its lease cannot write again
+even if it wakes up later (see `cadenza.jobs.state.fence`).
+
+Re-sends are bounded. A job can sit queued for a good reason (every worker on its queue is
+busy with a long training run), and each re-send adds one more message the workers must
+drain. So a stale queued job is re-sent with exponential backoff (after `base`, 2·`base`,
+4·`base`… seconds of quiet, `base` = max(120 s, 2 leases)) and at most `MAX_RESENDS` times
+(`jobs.resends`, reset when a lost worker's job is requeued). Past the bound the job is not
+failed — failing work a user is waiting for because the queue is long would be worse — but
+stays queued with a message naming the queue and the broker to check; a worker that frees up
+still takes one of the messages already sent. Past the bound the broker, not the job, is
+what an operator has to look at, and the message says so.
 """
 
 from __future__ import annotations
@@ -22,12 +35,22 @@ from cadenza.db.session import session_factory
 from cadenza.jobs.queue import enqueue
 from cadenza.jobs.state import JobState, add_event
 
+MAX_RESENDS = 5
+
 
 def expired_jobs(session: Session, now: datetime | None = None) -> list[Job]:
+    """Running jobs past their lease, locked for this round.
+
+    Rows another transaction holds are skipped (PostgreSQL `SKIP LOCKED`): a worker paused
+    in the middle of a fenced write keeps its row locked, and one such job must not stall
+    the reconciler for every other. Its lease is looked at again next round.
+    """
     now = now or utcnow()
     return list(
         session.scalars(
-            select(Job).where(Job.state == JobState.RUNNING.value, Job.lease_until < now)
+            select(Job)
+            .where(Job.state == JobState.RUNNING.value, Job.lease_until < now)
+            .with_for_update(skip_locked=True)
         )
     )
 
@@ -51,10 +74,13 @@ def reconcile(session: Session, *, now: datetime | None = None) -> tuple[list[st
             "state": target.value,
             "lease_until": None,
             "worker": None,
+            "claim_token": None,
             "message": msg,
             "updated_at": utcnow(),
         }
-        if target != JobState.QUEUED:
+        if target == JobState.QUEUED:
+            values["resends"] = 0
+        else:
             values["finished_at"] = utcnow()
         if target == JobState.FAILED:
             values["error"] = msg
@@ -82,6 +108,29 @@ def queued_jobs(session: Session, older_than: datetime) -> Iterable[Job]:
     )
 
 
+def due_resends(session: Session, *, base_seconds: float, now: datetime | None = None) -> list[Job]:
+    """Stale queued jobs due a re-send: quiet for `base_seconds` · 2^resends, under the bound."""
+    now = now or utcnow()
+    due: list[Job] = []
+    for job in queued_jobs(session, now - timedelta(seconds=base_seconds)):
+        if job.resends >= MAX_RESENDS:
+            continue
+        if job.updated_at.replace(tzinfo=now.tzinfo) <= now - timedelta(
+            seconds=base_seconds * 2**job.resends
+        ):
+            due.append(job)
+    return due
+
+
+def _broker_name(settings: Settings) -> str:
+    """The broker as an operator would look for it, without any password in its URL."""
+    if settings.embedded:
+        return f"the filesystem broker in {settings.broker_dir}"
+    url = settings.resolved_broker_url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
 def reconcile_and_resend(settings: Settings) -> tuple[list[str], list[str], list[str]]:
     """One reconciler round: requeue or fail jobs of dead workers, re-send lost messages.
 
@@ -90,11 +139,16 @@ def reconcile_and_resend(settings: Settings) -> tuple[list[str], list[str], list
     """
     with session_factory(settings.resolved_database_url)() as s:
         requeued, failed = reconcile(s)
-        stale = utcnow() - timedelta(seconds=max(120, settings.job_lease_seconds * 2))
-        resend = list(queued_jobs(s, stale))
-        # Touch updated_at so a lost message is re-sent at most once per period.
+        resend = due_resends(s, base_seconds=max(120, settings.job_lease_seconds * 2))
         for job in resend:
+            job.resends += 1
             job.updated_at = utcnow()
+            if job.resends >= MAX_RESENDS:
+                job.message = (
+                    f"waiting for a worker on queue {job.queue!r}; its message was re-sent "
+                    f"{job.resends} times and will not be again. If no worker is busy, "
+                    f"check {_broker_name(settings)} and the workers on that queue"
+                )
         s.commit()
         targets = {j.id: j.queue for j in resend}
         targets.update({j.id: j.queue for j in s.scalars(select(Job).where(Job.id.in_(requeued)))})

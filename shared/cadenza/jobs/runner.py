@@ -2,8 +2,10 @@
 
 `run_job` claims the job row by compare-and-set, renews a lease while the handler works,
 and makes the handler's outputs visible in the same SQL commit that marks the job
-succeeded. Handlers (`cadenza.jobs.handlers.*`, named in the job-type table) are imported
-only when a job of their type runs, so a process that never trains never imports torch.
+succeeded. Every write names the claim's token, so an attempt that lost the job (paused past
+its lease) stops at its next write or renewal and leaves nothing behind. Handlers
+(`cadenza.jobs.handlers.*`, named in the job-type table) are imported only
+when a job of their type runs, so a process that never trains never imports torch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from cadenza.config import Settings
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
 from cadenza.jobs import heartbeat
-from cadenza.jobs.context import JobCancelled, JobContext, Outcome, UserError
+from cadenza.jobs.context import JobCancelled, JobContext, JobLost, Outcome, UserError
 from cadenza.jobs.queue import enqueue
 from cadenza.jobs.registry import JOB_TYPES
 from cadenza.jobs.state import JobState, claim, finish, renew_lease
@@ -36,6 +38,7 @@ log = logging.getLogger("cadenza.runner")
 
 Handler = Callable[[JobContext], Outcome]
 T = TypeVar("T")
+LOST_MESSAGE = "job %s was taken from this attempt; it stopped and its outputs were discarded"
 
 
 def load_handler(job_type: str) -> Handler:
@@ -65,10 +68,16 @@ class _LeaseKeeper(threading.Thread):
             try:
                 with factory() as s:
                     ours, cancel = renew_lease(
-                        s, self.ctx.job_id, lease_seconds=self.ctx.settings.job_lease_seconds
+                        s,
+                        self.ctx.job_id,
+                        token=self.ctx.claim_token,
+                        lease_seconds=self.ctx.settings.job_lease_seconds,
                     )
                 if not ours:
+                    # Another attempt owns the job now: the handler stops at its next check.
                     self.lost.set()
+                    self.ctx.mark_lost()
+                    return
                 if cancel:
                     self.ctx._cancel.set()
             except Exception:  # a DB blip must not kill the job; the next round retries
@@ -104,6 +113,7 @@ def _context(job: Job, settings: Settings) -> JobContext:
         attempt=job.attempts,
         settings=settings,
         store=open_store(settings),
+        claim_token=job.claim_token,
     )
 
 
@@ -118,7 +128,9 @@ def follower_context(job_id: str, settings: Settings, timeout: float = 120.0) ->
         with factory() as s:
             job = s.get(Job, job_id)
             if job is not None and job.state == JobState.RUNNING:
-                return _context(job, settings)
+                ctx = _context(job, settings)
+                ctx.follower = True
+                return ctx
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} was not claimed by rank 0 within {timeout:.0f} s")
         time.sleep(0.5)
@@ -133,6 +145,9 @@ def execute(ctx: JobContext) -> str:
     try:
         outcome = load_handler(ctx.type)(ctx)
         state = _retry(ctx, "committing", lambda: _commit(ctx, outcome))
+    except JobLost:  # before the interruption branch: a lost attempt requeues nothing
+        log.warning(LOST_MESSAGE, ctx.job_id)
+        state = JobState.QUEUED
     except JobCancelled:
         state = _retry(
             ctx, "cancelling", lambda: _end(ctx, JobState.CANCELLED, message="cancelled")
@@ -168,7 +183,11 @@ def _interrupt(ctx: JobContext, exc: BaseException) -> JobState:
     def write() -> JobState | None:
         with ctx.session() as s:
             return requeue_interrupted(
-                s, ctx.job_id, reason=reason, max_interruptions=ctx.settings.job_max_interruptions
+                s,
+                ctx.job_id,
+                ctx.claim_token,
+                reason=reason,
+                max_interruptions=ctx.settings.job_max_interruptions,
             )
 
     try:
@@ -199,10 +218,18 @@ def run_job(job_id: str, settings: Settings) -> str | None:
 def _commit(ctx: JobContext, outcome: Outcome) -> JobState:
     with ctx.session() as s:
         result = {**ctx.result, **outcome.finalize(s)}
-        if not finish(s, ctx.job_id, outcome.state, message=outcome.message, result=result):
+        done = finish(
+            s,
+            ctx.job_id,
+            outcome.state,
+            token=ctx.claim_token,
+            message=outcome.message,
+            result=result,
+        )
+        if not done:
             # The lease expired and the reconciler took the job back: drop our outputs.
             s.rollback()
-            log.warning("job %s lost its lease before committing; outputs discarded", ctx.job_id)
+            log.warning(LOST_MESSAGE, ctx.job_id)
             return JobState.QUEUED
     return outcome.state
 
@@ -215,6 +242,9 @@ def _end(
     error: str | None = None,
 ) -> JobState:
     with ctx.session() as s:
-        if not finish(s, ctx.job_id, state, message=message or (error or "")[:200], error=error):
+        summary = message or (error or "")[:200]
+        if not finish(s, ctx.job_id, state, token=ctx.claim_token, message=summary, error=error):
+            s.rollback()
+            log.warning(LOST_MESSAGE, ctx.job_id)
             return JobState.QUEUED
     return state

@@ -3,6 +3,14 @@
 The job row is the truth; the broker only carries a job id and may deliver it twice or
 never. So every move is a compare-and-set on the row: a second delivery finds the job no
 longer `queued` and does nothing, and a killed worker's job is found by its expired lease.
+
+A lease alone does not stop a worker that was paused past it (GC pause, SIGSTOP, network
+partition) from writing when it wakes, while a second attempt runs. So each claim sets a fresh
+`claim_token`, and every write of a running job (lease renewal, progress, events, metrics,
+checkpoints, the final commit) is fenced: `fence` touches the job row with a conditional
+UPDATE on (token, running) in the writer's own transaction, and a stale attempt finds no row,
+rolls back and gets `JobLost`. On PostgreSQL the UPDATE also locks the row until the commit,
+so the reconciler cannot requeue the job between the check and the write.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from cadenza.db.models import Job, JobEvent, utcnow
+from cadenza.db.models import Job, JobEvent, new_id, utcnow
 from cadenza.jobs.registry import job_type
 
 
@@ -45,6 +53,11 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 class InvalidTransition(ValueError):
     """A state change the job lifecycle does not allow."""
+
+
+class JobLost(Exception):
+    """This attempt no longer holds the job (its lease expired and the job was requeued,
+    cancelled or finished by someone else): it must stop and write nothing more."""
 
 
 def can_transition(src: JobState | str, dst: JobState | str) -> bool:
@@ -99,7 +112,8 @@ def claim(session: Session, job_id: str, *, lease_seconds: int) -> Job | None:
     """Move a queued job to running for this worker; None if someone else has it or it ended.
 
     The compare-and-set also refuses a job past its attempt limit, so a poison message
-    cannot run forever.
+    cannot run forever, and a job whose cancel was requested, so a cancel racing the claim
+    wins. The returned row carries this attempt's fresh `claim_token`.
     """
     now = utcnow()
     res = session.execute(
@@ -112,6 +126,7 @@ def claim(session: Session, job_id: str, *, lease_seconds: int) -> Job | None:
             attempts=Job.attempts + 1,
             lease_until=now + timedelta(seconds=lease_seconds),
             worker=worker_name(),
+            claim_token=new_id(),
             started_at=now,
             updated_at=now,
             error=None,
@@ -126,12 +141,41 @@ def claim(session: Session, job_id: str, *, lease_seconds: int) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def renew_lease(session: Session, job_id: str, *, lease_seconds: int) -> tuple[bool, bool]:
-    """Extend the lease of a running job; returns (still ours, cancel requested)."""
+def _held(job_id: str, token: str | None) -> Any:
+    """The SQL condition "attempt `token` still holds running job `job_id`"."""
+    return (Job.id == job_id) & (Job.state == JobState.RUNNING.value) & (Job.claim_token == token)
+
+
+def fence(session: Session, job_id: str, token: str | None, **values: Any) -> None:
+    """Check, in the caller's transaction, that attempt `token` still holds the job.
+
+    Touches the row (plus `values`) with a conditional UPDATE; when no row matches, rolls
+    the transaction back and raises `JobLost`, so nothing the caller added is committed.
+    """
+    res = session.execute(
+        update(Job)
+        .where(_held(job_id, token))
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise JobLost(f"job {job_id} is no longer held by this attempt")
+
+
+def holds(session: Session, job_id: str, token: str | None) -> bool:
+    """Whether attempt `token` still holds the job (a read, for checks before object writes)."""
+    return session.scalar(select(Job.id).where(_held(job_id, token))) is not None
+
+
+def renew_lease(
+    session: Session, job_id: str, *, token: str | None, lease_seconds: int
+) -> tuple[bool, bool]:
+    """Extend this attempt's lease; returns (still ours, cancel requested)."""
     now = utcnow()
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
+        .where(_held(job_id, token))
         .values(lease_until=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
@@ -142,15 +186,18 @@ def renew_lease(session: Session, job_id: str, *, lease_seconds: int) -> tuple[b
     return True, bool(cancel)
 
 
-def set_progress(session: Session, job_id: str, progress: float, message: str, **data: Any) -> None:
-    """Record progress (0..1) and an event for the SSE stream."""
+def set_progress(
+    session: Session,
+    job_id: str,
+    progress: float,
+    message: str,
+    *,
+    token: str | None,
+    **data: Any,
+) -> None:
+    """Record progress (0..1) and an event for the SSE stream; `JobLost` if not ours."""
     progress = min(max(float(progress), 0.0), 1.0)
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
-        .values(progress=progress, message=message[:2000], updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    fence(session, job_id, token, progress=progress, message=message[:2000])
     add_event(session, job_id, "progress", {"progress": progress, "message": message, **data})
     session.commit()
 
@@ -160,12 +207,14 @@ def finish(
     job_id: str,
     state: JobState,
     *,
+    token: str | None,
     message: str = "",
     error: str | None = None,
     result: dict[str, Any] | None = None,
 ) -> bool:
-    """Move a running job to a terminal state in the caller's transaction (CAS on running).
+    """Move attempt `token`'s running job to a terminal state in the caller's transaction.
 
+    A compare-and-set on (running, token): False when this attempt no longer holds the job.
     The caller commits: outputs created in the same session become visible together with
     the state, or not at all.
     """
@@ -175,6 +224,7 @@ def finish(
         "finished_at": utcnow(),
         "updated_at": utcnow(),
         "lease_until": None,
+        "claim_token": None,
         "error": error,
     }
     if message:
@@ -185,7 +235,7 @@ def finish(
         values["result"] = result
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
+        .where(_held(job_id, token))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
@@ -196,28 +246,35 @@ def finish(
 
 
 def request_cancel(session: Session, job: Job) -> Job:
-    """Cancel a queued job at once; ask a running one to stop (its worker sees the flag)."""
-    if job.state == JobState.QUEUED:
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.state == JobState.QUEUED.value)
-            .values(
-                state=JobState.CANCELLED.value,
-                cancel_requested=True,
-                finished_at=utcnow(),
-                updated_at=utcnow(),
-                message="cancelled before it started",
-            )
-            .execution_options(synchronize_session=False)
+    """Cancel a queued job at once; ask a running one to stop (its worker sees the flag).
+
+    The flag is set first, whatever state the caller last saw, then queued → cancelled is a
+    compare-and-set, all in one transaction. A claim racing this either commits first (the
+    job is running and its worker sees the flag at its next lease renewal) or finds the flag
+    and refuses the job: the cancel is never lost.
+    """
+    now = utcnow()
+    flagged = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+        .values(cancel_requested=True, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    cancelled = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == JobState.QUEUED.value)
+        .values(
+            state=JobState.CANCELLED.value,
+            finished_at=now,
+            updated_at=now,
+            claim_token=None,
+            message="cancelled before it started",
         )
+        .execution_options(synchronize_session=False)
+    )
+    if cancelled.rowcount == 1:  # type: ignore[attr-defined]
         add_event(session, job.id, "state", {"state": JobState.CANCELLED.value})
-    elif job.state == JobState.RUNNING:
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id)
-            .values(cancel_requested=True, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
+    elif flagged.rowcount == 1:  # type: ignore[attr-defined]
         add_event(session, job.id, "cancel_requested", {})
     session.commit()
     refreshed = session.get(Job, job.id, populate_existing=True)

@@ -131,7 +131,7 @@ def public_error(exc: BaseException) -> str:
 
 
 def requeue_interrupted(
-    session: Session, job_id: str, *, reason: str, max_interruptions: int
+    session: Session, job_id: str, token: str | None, *, reason: str, max_interruptions: int
 ) -> JobState | None:
     """Put a running job back in the queue without counting the attempt it was on.
 
@@ -144,13 +144,14 @@ def requeue_interrupted(
     from cadenza.jobs.state import JobState, add_event
 
     job = session.get(Job, job_id, populate_existing=True)
-    if job is None or job.state != JobState.RUNNING.value:
-        return None
+    if job is None or job.state != JobState.RUNNING.value or job.claim_token != token:
+        return None  # not ours any more: a stale attempt must not requeue another's job
     done = (job.interruptions or 0) + 1
     values: dict[str, Any] = {
         "interruptions": Job.interruptions + 1,
         "lease_until": None,
         "worker": None,
+        "claim_token": None,
         "updated_at": utcnow(),
     }
     if job.cancel_requested:  # a queued job asked to cancel would never be claimed again
@@ -168,7 +169,7 @@ def requeue_interrupted(
     values["message"] = msg
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.claim_token == token)
         .values(**values)
         .execution_options(synchronize_session=False)
     )

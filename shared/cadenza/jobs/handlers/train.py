@@ -1,4 +1,16 @@
-"""`train` jobs: train a model on a corpus, checkpointing to the store, metrics to SQL."""
+"""`train` jobs: train a model on a corpus, checkpointing to the store, metrics to SQL.
+
+Every row is written through `ctx.fenced()`, so only the attempt that holds the job writes.
+A resumed attempt re-trains the steps after its checkpoint and reports them again: a metric
+or checkpoint row for a (model, step) that exists is updated, not duplicated, because the
+newest attempt's history is the one the final weights come from.
+
+A checkpoint's object key names the attempt's claim token, so two attempts never write the
+same key (nor the same temporary key); the checkpoint row, committed under the fence, is what
+makes a checkpoint real, and resume loads the latest row. An attempt that loses the job while
+writing deletes its own object; objects of a killed attempt that never got a row are deleted
+by the next attempt before its first checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cadenza.db.models import Checkpoint, Corpus, MetricRecord, Model
-from cadenza.jobs.context import JobContext, Outcome, UserError
-from cadenza.jobs.state import JobState
+from cadenza.jobs.context import FencedStore, JobContext, JobLost, Outcome, UserError
+from cadenza.jobs.state import JobState, add_event
 from cadenza.jobs.transient import JobInterrupted
 from cadenza.storage import job_key
 from cadenza.train.config import TrainConfig
@@ -35,13 +47,14 @@ class _Hooks:
         self.ctx = ctx
         self.model_id = model.id
         self.keep_last = cfg.keep_last_n
+        self.orphans_cleaned = False
 
     def on_metrics(self, record: dict[str, Any]) -> None:
         values = {k: v for k, v in record.items() if k not in ("step", "split", "loss")}
         step, split = int(record["step"]), str(record["split"])
-        with self.ctx.session() as s:
-            # A run resumed from a checkpoint (after a drain or an outage) replays the steps
-            # after it: their rows are replaced, not duplicated.
+        with self.ctx.fenced() as s:
+            # A run resumed from a checkpoint (after a drain, an outage or a lost worker)
+            # replays the steps after it: their rows are replaced, not duplicated.
             row = s.scalar(
                 select(MetricRecord).where(
                     MetricRecord.model_id == self.model_id,
@@ -52,8 +65,9 @@ class _Hooks:
             if row is None:
                 row = MetricRecord(model_id=self.model_id, step=step, split=split)
                 s.add(row)
-            row.loss, row.values = float(record["loss"]), values
-        self.ctx.event("metrics", record)
+            row.loss = float(record["loss"])
+            row.values = values
+            add_event(s, self.ctx.job_id, "metrics", record)
         if record["split"] in ("val", "test"):
             self.write_curve()
 
@@ -65,7 +79,7 @@ class _Hooks:
             rows = s.scalars(
                 select(MetricRecord)
                 .where(MetricRecord.model_id == self.model_id)
-                .order_by(MetricRecord.id)
+                .order_by(MetricRecord.step, MetricRecord.id)
             )
             history = [{"step": r.step, "split": r.split, "loss": r.loss} for r in rows]
         try:
@@ -84,35 +98,52 @@ class _Hooks:
     def save_checkpoint(
         self, step: int, payload: bytes, *, val_loss: float | None, is_best: bool
     ) -> None:
-        """Write the bytes atomically, then make the checkpoint visible with one commit."""
-        key = job_key(self.ctx.job_id, "checkpoints", f"step-{step:09d}.pt")
-        self.ctx.store.put_atomic(key, payload)
-        with self.ctx.session() as s:
-            existing = s.scalar(
-                select(Checkpoint).where(
-                    Checkpoint.model_id == self.model_id, Checkpoint.step == step
-                )
-            )
-            if existing is None:
-                existing = Checkpoint(
-                    model_id=self.model_id,
-                    job_id=self.ctx.job_id,
-                    step=step,
-                    object_key=key,
-                    size=len(payload),
-                )
-                s.add(existing)
-            existing.size = len(payload)
-            existing.val_loss = val_loss
-            if is_best:
-                for c in s.scalars(select(Checkpoint).where(Checkpoint.model_id == self.model_id)):
-                    c.is_best = False
-                existing.is_best = True
-            s.flush()
-            self._prune(s)
+        """Write the bytes under this attempt's own key, then make them real with one row.
 
-    def _prune(self, s: Session) -> None:
-        """Keep the last N checkpoints and the best one; delete the rest (rows and bytes)."""
+        Objects whose rows this commit removed (pruned, or replaced at the same step) are
+        deleted only after the commit, so a crash never leaves a row without its object.
+        """
+        if not self.orphans_cleaned:
+            self._delete_orphans()
+        token = (self.ctx.claim_token or f"a{self.ctx.attempt}")[:12]
+        key = job_key(self.ctx.job_id, "checkpoints", f"step-{step:09d}-{token}.pt")
+        self.ctx.store.put_atomic(key, payload)
+        try:
+            with self.ctx.fenced() as s:
+                stale = self._upsert(s, step, key, len(payload), val_loss, is_best)
+                stale += self._prune(s)
+        except JobLost:
+            _raw(self.ctx).delete(key)  # our bytes never became a checkpoint
+            raise
+        for old in stale:
+            _raw(self.ctx).delete(old)
+
+    def _upsert(
+        self, s: Session, step: int, key: str, size: int, val_loss: float | None, is_best: bool
+    ) -> list[str]:
+        """Add or update the row of checkpoint `step`; returns an object key it replaced."""
+        row = s.scalar(
+            select(Checkpoint).where(Checkpoint.model_id == self.model_id, Checkpoint.step == step)
+        )
+        replaced = [row.object_key] if row is not None and row.object_key != key else []
+        if row is None:
+            row = Checkpoint(model_id=self.model_id, job_id=self.ctx.job_id, step=step)
+            s.add(row)
+        row.object_key = key
+        row.size = size
+        row.val_loss = val_loss
+        if is_best:
+            for c in s.scalars(select(Checkpoint).where(Checkpoint.model_id == self.model_id)):
+                c.is_best = False
+        row.is_best = is_best or bool(row.is_best)
+        s.flush()
+        return replaced
+
+    def _prune(self, s: Session) -> list[str]:
+        """Keep the last N checkpoints and the best one; delete the other rows.
+
+        Returns their object keys, for deletion once the commit has removed the rows.
+        """
         from cadenza.train.checkpoint import checkpoints_to_prune
 
         rows = {
@@ -120,9 +151,28 @@ class _Hooks:
             for c in s.scalars(select(Checkpoint).where(Checkpoint.model_id == self.model_id))
         }
         best = [step for step, c in rows.items() if c.is_best]
+        keys = []
         for step in checkpoints_to_prune(rows, keep_last_n=self.keep_last, protect=best):
-            self.ctx.store.delete(rows[step].object_key)
+            keys.append(rows[step].object_key)
             s.delete(rows[step])
+        return keys
+
+    def _delete_orphans(self) -> None:
+        """Delete checkpoint objects no row names: left by an attempt killed mid-write.
+
+        Runs once per attempt, before its first checkpoint, while this attempt holds the job,
+        so no other attempt can still turn such an object into a checkpoint.
+        """
+        self.ctx.check_claim()
+        prefix = job_key(self.ctx.job_id, "checkpoints") + "/"
+        with self.ctx.session() as s:
+            named = set(
+                s.scalars(select(Checkpoint.object_key).where(Checkpoint.job_id == self.ctx.job_id))
+            )
+        for obj in self.ctx.store.list(prefix):
+            if obj.key not in named:
+                _raw(self.ctx).delete(obj.key)
+        self.orphans_cleaned = True
 
     def load_latest_checkpoint(self) -> bytes | None:
         with self.ctx.session() as s:
@@ -178,6 +228,9 @@ def run(ctx: JobContext) -> Outcome:
         )
     except ValueError as exc:  # bad data/config for this corpus: the user's to fix
         raise UserError(str(exc)) from exc
+    if ctx.follower:  # rank 0 writes the curve and the weights, and commits
+        return Outcome(lambda s: {}, message="follower")
+    ctx.check_claim()  # stopped because another attempt took the job: write nothing more
     if result.stopped_reason == "cancelled" and not ctx.cancelled() and ctx.draining():
         # Stopped for a worker shutdown: the loop saved a checkpoint; the next run resumes it.
         raise JobInterrupted("the worker shut down during training; checkpoint saved")
@@ -200,6 +253,11 @@ def run(ctx: JobContext) -> Outcome:
         state=JobState.CANCELLED if cancelled else JobState.SUCCEEDED,
         message=f"{result.stopped_reason} after {summary.get('steps')} steps",
     )
+
+
+def _raw(ctx: JobContext) -> Any:
+    """The store without the claim check, for deleting this attempt's own objects."""
+    return ctx.store.unfenced if isinstance(ctx.store, FencedStore) else ctx.store
 
 
 def _bos_id(ctx: JobContext, corpus: Corpus) -> int:
