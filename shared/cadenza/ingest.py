@@ -9,9 +9,11 @@ failed upload leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+import lzma
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -28,6 +30,18 @@ ZIP_MAGIC = b"PK\x03\x04"
 MAX_ZIP_ENTRIES = 2000
 MAX_ZIP_UNCOMPRESSED = 2 * 1024 * 1024 * 1024
 MAX_ZIP_RATIO = 200  # a MIDI/audio member compressing better than 200:1 is a bomb
+#: What reading a damaged zip can raise besides BadZipFile: a corrupt deflate stream (zlib), a
+#: broken LZMA or bzip2 one, an encrypted member (RuntimeError), a bad header field.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    ValueError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+)
 #: Bytes of all files of one request once zips are unpacked, when the caller sets no limit.
 DEFAULT_MAX_UNPACKED = 1024 * 1024 * 1024
 
@@ -85,7 +99,7 @@ def _zip_members(item: Incoming) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]
     """The zip's file members (no folders, dot files or macOS metadata), count-capped."""
     try:
         zf = zipfile.ZipFile(item.body)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise Rejected(400, "bad_zip", f"{item.filename}: not a readable zip ({exc})") from exc
     infos = [i for i in zf.infolist() if not i.is_dir()]
     infos = [i for i in infos if not PurePosixPath(i.filename).name.startswith(".")]
@@ -122,7 +136,7 @@ def _spool_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str) -> 
                 size += len(chunk)
                 if size > info.file_size:
                     break
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+    except _ZIP_ERRORS as exc:
         body.close()
         raise Rejected(
             400, "bad_zip", f"{zip_name}: member {info.filename!r} cannot be read ({exc})"
@@ -161,33 +175,56 @@ def close_all(items: Iterable[Incoming]) -> None:
         item.body.close()
 
 
+def _kind(name: str, head: bytes, size: int, midi_limits: MidiLimits) -> str:
+    """ "midi" or an audio format, from the first bytes; Rejected for anything else or a MIDI
+    file over its byte limit. Cheap, so a zip member is judged before it is unpacked."""
+    if sniff_midi(head):
+        if size > midi_limits.max_bytes:
+            raise Rejected(
+                413, "too_large", f"{name}: MIDI files are limited to {midi_limits.max_bytes} bytes"
+            )
+        return "midi"
+    audio = _audio_kind(head)
+    if audio is not None:
+        return audio
+    raise Rejected(
+        415,
+        "unsupported_type",
+        f"{name}: not a MIDI, audio (wav, mp3, aac/m4a, flac, ogg) or zip file "
+        "(recognised by content, not by name)",
+    )
+
+
 def check_file(item: Incoming, *, midi_limits: MidiLimits) -> Checked:
     """Decide what `item` is by content and validate it; raise Rejected otherwise."""
     if item.size == 0:
         raise Rejected(400, "empty_file", f"{item.filename}: the file is empty")
-    head = item.head(64)
-    if sniff_midi(head):
-        if item.size > midi_limits.max_bytes:
-            raise Rejected(
-                413,
-                "too_large",
-                f"{item.filename}: MIDI files are limited to {midi_limits.max_bytes} bytes",
-            )
-        try:
-            info = inspect_midi(item.read(), midi_limits)
-        except MidiRejected as exc:
-            status = 413 if exc.code in {"too_large", "too_many_notes", "too_many_tracks"} else 422
-            raise Rejected(status, f"midi_{exc.code}", f"{item.filename}: {exc.message}") from exc
-        return Checked(item, "midi", "mid", info.to_dict())
-    audio = _audio_kind(head)
-    if audio is not None:
-        return _check_audio(item, audio)
-    raise Rejected(
-        415,
-        "unsupported_type",
-        f"{item.filename}: not a MIDI, audio (wav, mp3, aac/m4a, flac, ogg) or zip file "
-        "(recognised by content, not by name)",
-    )
+    kind = _kind(item.filename, item.head(64), item.size, midi_limits)
+    if kind != "midi":
+        return _check_audio(item, kind)
+    try:
+        info = inspect_midi(item.read(), midi_limits)
+    except MidiRejected as exc:
+        status = 413 if exc.code in {"too_large", "too_many_notes", "too_many_tracks"} else 422
+        raise Rejected(status, f"midi_{exc.code}", f"{item.filename}: {exc.message}") from exc
+    return Checked(item, "midi", "mid", info.to_dict())
+
+
+def _precheck_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str, midi_limits: MidiLimits
+) -> None:
+    """Refuse a member by its first bytes before unpacking it to disk."""
+    if info.file_size == 0:
+        return  # check_file says "empty" with the member's name
+    try:
+        with zf.open(info) as fh:
+            head = fh.read(64)
+    except _ZIP_ERRORS as exc:
+        raise Rejected(
+            400, "bad_zip", f"{zip_name}: member {info.filename!r} cannot be read ({exc})"
+        ) from exc
+    name = PurePosixPath(info.filename).name[:500] or "unnamed"
+    _kind(f"{zip_name}: {name}", head, info.file_size, midi_limits)
 
 
 def _check_audio(item: Incoming, fmt: str) -> Checked:
@@ -250,6 +287,7 @@ def check_all(
             if not infos:
                 raise Rejected(400, "empty_zip", f"{item.filename}: the zip holds no files")
             for info in infos:
+                _precheck_member(zf, info, item.filename, midi_limits)
                 member = _spool_member(zf, info, item.filename)
                 try:
                     checked.append(check_file(member, midi_limits=midi_limits))
