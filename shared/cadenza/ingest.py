@@ -152,23 +152,6 @@ def _spool_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str) -> 
     return Incoming(filename=name, body=body, size=size, sha256=digest.hexdigest())
 
 
-def expand_zip(item: Incoming) -> list[Incoming]:
-    """Members of a zip as Incoming files (temp files on disk); caps on count, size and ratio.
-
-    Member names are kept for display only (their base name); they never reach storage. The
-    caller closes the members' bodies (see :func:`close_all`).
-    """
-    zf, infos = _zip_members(item)
-    out: list[Incoming] = []
-    try:
-        for info in infos:
-            out.append(_spool_member(zf, info, item.filename))
-    except BaseException:
-        close_all(out)
-        raise
-    return out
-
-
 def close_all(items: Iterable[Incoming]) -> None:
     """Close the bodies (and so delete the temp files) of files this module opened."""
     for item in items:
@@ -247,13 +230,12 @@ def _check_audio(item: Incoming, fmt: str) -> Checked:
     return Checked(item, "audio", str(meta.get("format") or fmt), meta)
 
 
-def _over(total: int, limit: int, what: str) -> Rejected:
+def _over(total: int, limit: int) -> Rejected:
     return Rejected(
         413,
         "request_too_large",
-        f"{what}: the files of this request unpack to more than {limit} bytes "
-        f"(max_request_unpacked_bytes = {limit}; at least {total} bytes); "
-        "split the upload into several requests",
+        f"the files of this request unpack to {total} bytes; the limit is {limit} "
+        "(max_request_unpacked_bytes): split the upload into several requests",
     )
 
 
@@ -275,7 +257,7 @@ def check_all(
     total = sum(it.size for it in items if it.head(4) != ZIP_MAGIC)
     total += sum(i.file_size for _, (_, infos) in zips for i in infos)
     if total > max_unpacked:
-        raise _over(total, max_unpacked, items[0].filename if items else "upload")
+        raise _over(total, max_unpacked)
     by_zip = {id(it): zz for it, zz in zips}
     checked: list[Checked] = []
     try:
