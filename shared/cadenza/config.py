@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     max_midi_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_files_per_upload: int = Field(default=1000, ge=1)
+    # All files of one upload request together once zips are unpacked (a per-zip cap alone let
+    # several small zip bombs in one request fill the API's disk and memory).
+    max_request_unpacked_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
 
     # Jobs: a worker renews its lease every lease/3 seconds; an expired lease means it died.
     job_lease_seconds: int = Field(default=60, ge=5)

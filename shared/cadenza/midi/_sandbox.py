@@ -8,7 +8,8 @@ symusic, and then only forks: one file costs a fork plus a socket round trip (a 
 interpreter start-up (~150 ms with symusic).
 
 Protocol on a Unix socket, one connection per file:
-  client → ``>I`` length + JSON limits, ``>Q`` length + file bytes
+  client → ``>I`` length + JSON limits (plus ``"mode"``: ``"inspect"``, the default, measures
+  the file against the limits; ``"parse"`` only parses it), ``>Q`` length + file bytes
   child  → ``>I`` child pid (so the client can kill it), then ``>I`` length + JSON result.
 The zygote exits when its stdin reaches EOF, i.e. when the process that started it is gone.
 """
@@ -33,6 +34,23 @@ from typing import Any
 from cadenza.midi.limits import MidiLimits, MidiRejected, parse_smf, summarize
 
 _CHILD_CPU_MARGIN_S = 1  # CPU rlimit = ceil(timeout) + margin; the wall timer should fire first
+
+#: Test hook: when this variable is "crash" or "hang" in the zygote's environment, a child given
+#: a file that contains :data:`FAULT_MARKER` segfaults or hangs instead of parsing, so tests can
+#: show that a parser crash costs one file, never the process that asked.
+FAULT_ENV = "CADENZA_TEST_MIDI_PARSER_FAULT"
+FAULT_MARKER = b"CADENZA-PARSER-FAULT"
+
+
+def _injected_fault(smf: bytes) -> None:
+    fault = os.environ.get(FAULT_ENV)
+    if not fault or FAULT_MARKER not in smf:
+        return
+    if fault == "crash":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if fault == "hang":
+        while True:
+            signal.pause()
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -80,15 +98,18 @@ def _apply_limits(memory_bytes: int, cpu_s: int) -> None:
 def _child_serve(conn: socket.socket) -> None:
     """Body of a forked child: read one request, parse under limits, answer, never return."""
     (n,) = struct.unpack(">I", _recv_exact(conn, 4))
-    limits = MidiLimits(**json.loads(_recv_exact(conn, n)))
+    options = json.loads(_recv_exact(conn, n))
+    mode = options.pop("mode", "inspect")
+    limits = MidiLimits(**options)
     (n,) = struct.unpack(">Q", _recv_exact(conn, 8))
     smf = _recv_exact(conn, n)
     conn.sendall(struct.pack(">I", os.getpid()))
     result: dict[str, Any]
     try:
         _apply_limits(limits.memory_bytes, int(limits.timeout_s + 0.999) + _CHILD_CPU_MARGIN_S)
-        info = summarize(parse_smf(smf), limits)
-        result = {"ok": info.to_dict()}
+        _injected_fault(smf)
+        score = parse_smf(smf)
+        result = {"ok": summarize(score, limits).to_dict() if mode == "inspect" else None}
     except MidiRejected as e:
         result = {"code": e.code, "message": e.message}
     except MemoryError:

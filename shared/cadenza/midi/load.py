@@ -9,8 +9,12 @@ Two entry points with different trust levels:
   gigabytes (we measured a 2 MB file that expands to ~1 GB of tracks), and a crash or
   ``bad_alloc`` there would take the API process with it. The child is forked from a small
   zygote process that has symusic imported, so each file costs a fork, not a Python start-up.
-* :func:`load_score` is for files that already passed :func:`inspect_midi` (corpus builds,
-  primers): it parses in-process, still turning every parser error into :class:`MidiRejected`.
+* :func:`load_score` and :func:`parse_midi` are for workers (corpus builds, primers, renders),
+  which need the parsed score itself. A stored file passed :func:`inspect_midi` once, but with
+  the parser of that day: a parser that crashes on it now would kill the worker. So the file
+  is parsed in a sandbox child first, and only bytes the child parsed within its limits are
+  parsed again in-process (the parse is deterministic, so what crashes, hangs or balloons does
+  so in the child). A crash there is a :class:`MidiRejected` for that one file.
 """
 
 from __future__ import annotations
@@ -125,12 +129,16 @@ def check_structure(data: bytes, limits: MidiLimits = MidiLimits()) -> bytes:
 
 
 def load_score(data: bytes, limits: MidiLimits | None = None) -> ScoreTick:
-    """Parse a file in-process (for files that already passed :func:`inspect_midi`).
+    """Parse a stored file for a worker: in the sandbox first, then in-process.
 
     With ``limits`` it also re-checks sizes and content; without, only the structure, because a
     stored file was validated at upload and re-measuring costs a seconds conversion.
     """
     smf = check_structure(data, limits or MidiLimits(max_bytes=max(len(data), 1)))
+    if limits is not None:
+        _sandboxed(smf, limits, "inspect")
+    else:
+        _sandboxed(smf, MidiLimits(max_bytes=max(len(smf), 1)), "parse")
     score = parse_smf(smf)
     if limits is not None:
         summarize(score, limits)
@@ -138,11 +146,16 @@ def load_score(data: bytes, limits: MidiLimits | None = None) -> ScoreTick:
 
 
 def parse_midi(data: bytes) -> ScoreTick:
-    """symusic's parse for rendering, with no structure checks or limits (a render takes any
-    file symusic reads) and symusic's errors (RuntimeError from C++) turned into ValueError,
-    which callers map to "bad input" rather than "server fault"."""
+    """symusic's parse for rendering, with no structure checks or content limits (a render takes
+    any file symusic reads), run in the sandbox first like :func:`load_score`; symusic's errors
+    and a crashed parse become ValueError, which callers map to "bad input", not "server
+    fault"."""
     from symusic.core import ScoreTick
 
+    try:
+        _sandboxed(data, MidiLimits(max_bytes=max(len(data), 1)), "parse")
+    except MidiRejected as exc:
+        raise ValueError(f"not a readable MIDI file: {exc.message}") from exc
     try:
         return ScoreTick.from_midi(data)
     except RuntimeError as exc:
@@ -161,11 +174,20 @@ def inspect_midi(data: bytes, limits: MidiLimits = MidiLimits()) -> MidiInfo:
     after ``limits.timeout_s`` of wall time. Thread-safe; each call forks a fresh child from a
     zygote process started on first use (see :mod:`cadenza.midi._sandbox`).
     """
+    info = _sandboxed(check_structure(data, limits), limits, "inspect")
+    assert info is not None
+    return info
+
+
+def _sandboxed(smf: bytes, limits: MidiLimits, mode: str) -> MidiInfo | None:
+    """Parse ``smf`` in a bounded sandbox child; its summary in "inspect" mode, else None.
+
+    Raises :class:`MidiRejected` for a refused file, a crashed parser and a timeout alike.
+    """
     from cadenza.midi._sandbox import SandboxCrashed, SandboxTimeout, zygote
 
-    smf = check_structure(data, limits)
     try:
-        answer = zygote().run(asdict(limits), smf, limits.timeout_s)
+        answer = zygote().run({**asdict(limits), "mode": mode}, smf, limits.timeout_s)
     except SandboxTimeout:
         raise MidiRejected(
             "timeout",
@@ -178,11 +200,13 @@ def inspect_midi(data: bytes, limits: MidiLimits = MidiLimits()) -> MidiInfo:
             "The MIDI parser crashed on this file (or hit its CPU limit); "
             "re-save it in a MIDI editor and upload it again.",
         ) from None
-    if "ok" in answer:
-        d = answer["ok"]
-        d["programs"] = tuple(d["programs"])
-        return MidiInfo(**d)
-    raise MidiRejected(answer["code"], answer["message"])
+    if "ok" not in answer:
+        raise MidiRejected(answer["code"], answer["message"])
+    if answer["ok"] is None:
+        return None
+    d = answer["ok"]
+    d["programs"] = tuple(d["programs"])
+    return MidiInfo(**d)
 
 
 def warm_up() -> None:

@@ -12,7 +12,14 @@ from cadenza.audio.params import AudioParams
 from cadenza.db.models import Dataset, File
 from cadenza.db.repo import NotFound, datasets_with_counts, get_owned, list_owned
 from cadenza.delete import delete_dataset
-from cadenza.ingest import Incoming, Rejected, check_all, cleanup_unreferenced, store_files
+from cadenza.ingest import (
+    Incoming,
+    Rejected,
+    check_all,
+    cleanup_unreferenced,
+    release,
+    store_files,
+)
 from cadenza.jobs import submit
 from cadenza.midi.load import MidiLimits
 from cadenza_api.deletes import finish_delete
@@ -112,7 +119,12 @@ async def upload_files(
         items = [Incoming(p.filename, p.file, p.size, p.sha256) for p in form.files]
         limits = MidiLimits(max_bytes=settings.max_midi_bytes)
         try:
-            checked = await asyncio.to_thread(check_all, items, midi_limits=limits)
+            checked = await asyncio.to_thread(
+                check_all,
+                items,
+                midi_limits=limits,
+                max_unpacked=settings.max_request_unpacked_bytes,
+            )
         except Rejected as exc:
             raise ApiError(exc.status, exc.code, exc.message) from exc
 
@@ -139,7 +151,10 @@ async def upload_files(
                 raise
             return [FileOut.model_validate(r) for r in rows]
 
-        files = await asyncio.to_thread(_store)
+        try:
+            files = await asyncio.to_thread(_store)
+        finally:
+            release(checked, items)
     finally:
         form.close()
     return FileList(files=files)

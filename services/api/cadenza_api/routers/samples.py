@@ -73,7 +73,15 @@ def sample_audio(
     409 for a sample without a content hash (made before renderings were cached): sample again.
     """
     sample = get_owned(session, Sample, sample_id, owner.id)
-    return rendered(session, settings, store, owner.id, (_hash(sample), sample.midi_key), format)
+    return rendered(
+        session,
+        settings,
+        store,
+        owner.id,
+        (_hash(sample), sample.midi_key),
+        format,
+        made_by_owner=True,
+    )
 
 
 @router.get(
@@ -88,7 +96,15 @@ def sample_pianoroll(
     """The sample's notes drawn as a piano roll: 200 with the PNG, or 202 with the job (409 as
     for its audio)."""
     sample = get_owned(session, Sample, sample_id, owner.id)
-    return rendered(session, settings, store, owner.id, (_hash(sample), sample.midi_key), "png")
+    return rendered(
+        session,
+        settings,
+        store,
+        owner.id,
+        (_hash(sample), sample.midi_key),
+        "png",
+        made_by_owner=True,
+    )
 
 
 @router.delete(
