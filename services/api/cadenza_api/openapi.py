@@ -153,9 +153,9 @@ def _error_response(status: int) -> dict[str, Any]:
 
 
 def _link(document: dict[str, Any]) -> None:
-    """Add OpenAPI links from each success that returns resources (`XOut`, a list of them, or
-    an object holding such a list) to every operation with an `{x_id}` path parameter, so
-    clients and stateful fuzzers know which call's output feeds which call's path."""
+    """Add OpenAPI links from each success that returns a resource (`XOut`; or, from a POST, a
+    list of them or an object holding one) to every other operation with an `{x_id}` path
+    parameter, so clients and stateful fuzzers know which call's output feeds which path."""
     schemas = document["components"]["schemas"]
     takers: dict[str, list[str]] = {}  # path parameter -> operation ids that take it
     for path, item in document["paths"].items():
@@ -164,11 +164,12 @@ def _link(document: dict[str, Any]) -> None:
                 if param["in"] == "path" and f"{{{param['name']}}}" in path:
                     takers.setdefault(param["name"], []).append(op["operationId"])
     for item in document["paths"].values():
-        for op in item.values():
+        for method, op in item.items():
             for status, response in op["responses"].items():
                 schema = response.get("content", {}).get("application/json", {}).get("schema")
                 found = _returned_id(schema, schemas) if status.startswith("2") else None
-                if found is None:
+                # A list read may be empty; a list a POST made (the upload's files) is not.
+                if found is None or (method == "get" and found[1] != "/id"):
                     continue
                 param, pointer = found
                 response["links"] = {
