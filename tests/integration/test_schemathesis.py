@@ -10,6 +10,7 @@ default so the run stays short; `CADENZA_SCHEMATHESIS_EXAMPLES=200` fuzzes harde
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from typing import Any
@@ -18,7 +19,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis.errors import Unsatisfiable
+from hypothesis.errors import Flaky, Unsatisfiable
 from schemathesis import GenerationMode, checks
 from schemathesis.specs.openapi import checks as openapi_checks
 
@@ -92,12 +93,21 @@ def test_linked_operations_answer_as_documented(embedded_stack: Stack) -> None:
     links = schema.raw_schema["paths"]["/v1/datasets"]["post"]["responses"]["201"]["links"]
     assert links["datasets_get"]["parameters"] == {"dataset_id": "$response.body#/id"}
     machine = schema.as_state_machine()
+    failures: list[str] = []
 
     class Fuzzer(machine):  # type: ignore[misc,valid-type]
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
-            case.validate_response(response, checks=CHECKS)
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except (AssertionError, BaseExceptionGroup) as failure:  # kept, then reported
+                failures.append(str(failure))
 
-    Fuzzer.run(settings=settings(SETTINGS, max_examples=EXAMPLES * 2, stateful_step_count=6))
+    # Which calls a step may make depends on what the server answered before (a link needs a
+    # created resource), so Hypothesis may find it cannot replay a sequence exactly and stop
+    # early (`Flaky`); every answer it got was checked above all the same.
+    with contextlib.suppress(Flaky):
+        Fuzzer.run(settings=settings(SETTINGS, max_examples=EXAMPLES * 2, stateful_step_count=6))
+    assert not failures, "\n\n".join(failures)
 
 
 def test_text_with_nul_is_refused_not_a_server_error(stack: Stack) -> None:
