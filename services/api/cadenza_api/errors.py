@@ -77,6 +77,8 @@ def install(app: FastAPI) -> None:
     async def _database_down(_: Request, exc: DBAPIError) -> JSONResponse:
         # A lost or refused connection is transient: say so, and keep the SQL, its parameters
         # and the server's address out of the answer (they go to the log).
+        if _is_nul_text(exc):
+            return JSONResponse(error_body("invalid_request", NUL_MESSAGE), status_code=422)
         if not exc.connection_invalidated and not _is_unreachable(exc):
             return await _internal(_, exc)
         log.warning("database unavailable: %s", exc)
@@ -134,3 +136,16 @@ def _is_unreachable(exc: DBAPIError) -> bool:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     return isinstance(exc, OperationalError | InterfaceError)
+
+
+# PostgreSQL text cannot hold U+0000 (its driver refuses the statement); SQLite can. Any text a
+# request carries (a name, a query, an id in the path) may hold it, so this is answered here,
+# once for every route, as the client's mistake.
+NUL_MESSAGE = "text cannot contain the NUL character (U+0000); remove it and retry"
+
+
+def _is_nul_text(exc: DBAPIError) -> bool:
+    """Whether the driver refused a statement because a text parameter holds U+0000."""
+    from sqlalchemy.exc import DataError
+
+    return isinstance(exc, DataError) and "NUL (0x00)" in str(exc.orig)

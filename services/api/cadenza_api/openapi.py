@@ -21,7 +21,8 @@ Responses = dict[int | str, dict[str, Any]]
 
 # What each status means in this API; a route's description says what it means there.
 ERRORS: dict[int, str] = {
-    400: "The body is malformed (not valid multipart, a broken zip, an empty file, no file).",
+    400: "The body is malformed (not UTF-8 JSON, not valid multipart, a broken zip, an empty "
+    "file, no file).",
     401: "No API key, or a wrong, revoked or expired one: send `Authorization: Bearer <key>` "
     "(make one with `cadenza keys create --owner NAME`).",
     403: "The key lacks the scope this operation needs (`read` for GET, `write` for other "
@@ -130,14 +131,85 @@ UPLOAD_BODY: dict[str, Any] = {
 
 def install(app: FastAPI) -> None:
     """Serve the document with each operation's responses in status order (successes first):
-    the routers declare 401 and 422 for all their routes, which would otherwise come first."""
+    the routers declare 401 and 422 for all their routes, which would otherwise come first.
+    Completed here for every route, present and future: the 400 of a JSON body that cannot be
+    decoded, and the links from what a call returns to the calls that take its id."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            for item in build()["paths"].values():
-                for op in item.values():
-                    op["responses"] = dict(sorted(op["responses"].items()))
+            document = build()
+            operations = [op for item in document["paths"].values() for op in item.values()]
+            for op in operations:
+                if "application/json" in op.get("requestBody", {}).get("content", {}):
+                    op["responses"].setdefault("400", _error_response(400))
+                op["responses"] = dict(sorted(op["responses"].items()))
+            _link(document)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    schema = {"$ref": "#/components/schemas/Error"}
+    return {"description": ERRORS[status], "content": {"application/json": {"schema": schema}}}
+
+
+def _link(document: dict[str, Any]) -> None:
+    """Add OpenAPI links from each success that returns a resource (`XOut`; or, from a POST, a
+    list of them or an object holding one) to every other operation with an `{x_id}` path
+    parameter, so clients and stateful fuzzers know which call's output feeds which path."""
+    schemas = document["components"]["schemas"]
+    takers: dict[str, list[str]] = {}  # path parameter -> operation ids that take it
+    for path, item in document["paths"].items():
+        for op in item.values():
+            for param in op.get("parameters", []):
+                if param["in"] == "path" and f"{{{param['name']}}}" in path:
+                    takers.setdefault(param["name"], []).append(op["operationId"])
+    for item in document["paths"].values():
+        for method, op in item.items():
+            for status, response in op["responses"].items():
+                schema = response.get("content", {}).get("application/json", {}).get("schema")
+                found = _returned_id(schema, schemas) if status.startswith("2") else None
+                # A list read may be empty; a list a POST made (the upload's files) is not.
+                if found is None or (method == "get" and found[1] != "/id"):
+                    continue
+                param, pointer = found
+                response["links"] = {
+                    target: {
+                        "operationId": target,
+                        "parameters": {param: f"$response.body#{pointer}"},
+                    }
+                    for target in takers.get(param, [])
+                    if target != op["operationId"]
+                }
+                if not response["links"]:
+                    del response["links"]
+
+
+def _returned_id(schema: dict[str, Any] | None, schemas: dict[str, Any]) -> tuple[str, str] | None:
+    """(path parameter, JSON pointer to its value) for a body holding a resource: `XOut` gives
+    `x_id` at `/id`; a list of them, or an object with one such list, the first one's id."""
+    if not schema:
+        return None
+    name = _out_name(schema)
+    if name is not None:
+        return f"{name}_id", "/id"
+    if schema.get("type") == "array":
+        name = _out_name(schema.get("items", {}))
+        return (f"{name}_id", "/0/id") if name else None
+    ref = schema.get("$ref", "")
+    properties = schemas.get(ref.rsplit("/", 1)[-1], {}).get("properties", {}) if ref else {}
+    for key, prop in properties.items():
+        name = _out_name(prop.get("items", {})) if prop.get("type") == "array" else None
+        if name is not None:
+            return f"{name}_id", f"/{key}/0/id"
+    return None
+
+
+def _out_name(schema: dict[str, Any]) -> str | None:
+    """`dataset` for a reference to `DatasetOut` (snake case of the resource), else None."""
+    ref = schema.get("$ref", "").rsplit("/", 1)[-1]
+    if not ref.endswith("Out") or ref == "DeletedOut":
+        return None
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in ref[:-3]).lstrip("_")
