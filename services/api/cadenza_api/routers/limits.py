@@ -13,6 +13,7 @@ from cadenza.limits import Limits, active_jobs, effective_limits, stored_bytes, 
 from cadenza_api.deps import CurrentCaller, CurrentOwner, SessionDep, SettingsDep
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import V1_ERRORS, describe
+from cadenza_api.schemas import OwnerLimits
 
 self_router = APIRouter(prefix="/v1/limits", tags=["limits"], responses=V1_ERRORS)
 admin_router = APIRouter(prefix="/v1/admin/owners", tags=["admin"], responses=V1_ERRORS)
@@ -28,15 +29,6 @@ class LimitsOut(BaseModel):
     limits: Limits
     overrides: dict[str, Any] = Field(description="this owner's own values (the rest: defaults)")
     usage: Usage
-
-
-class OwnerLimits(BaseModel):
-    """`PUT /v1/admin/owners/{name}/limits`: the owner's overrides, replacing the old ones; a
-    setting not named uses the server default (`{}` clears every override)."""
-
-    overrides: dict[str, Any] = Field(
-        default_factory=dict, examples=[{"max_model_params": 2_000_000_000, "rate_jobs_burst": 100}]
-    )
 
 
 def _out(session: SessionDep, settings: SettingsDep, owner: Any) -> LimitsOut:
