@@ -130,8 +130,7 @@ def test_overrides_are_named_and_bounded() -> None:
         validate_overrides({"max_everything": 1})
     with pytest.raises(InvalidParams, match="rate_jobs_burst"):
         validate_overrides({"rate_jobs_burst": 0})
-    owner = Owner(name="o", limits={"max_model_params": 7})
-    assert effective_limits(Settings(), owner).max_model_params == 7
+    assert effective_limits(Settings(), {"max_model_params": 7}).max_model_params == 7
 
 
 def _tokenize(session: Session, owner: Owner, settings: Settings) -> Job:
@@ -160,3 +159,25 @@ def test_submit_refuses_over_quota_and_rate_before_any_job_row(
     assert int(refused.value.retry_after) >= 1 and "rate_jobs_burst" in refused.value.message
     assert session.query(Job).count() == 3
     assert BudgetExceeded.__mro__[1] is InvalidParams
+
+
+class _Vocab:
+    """A plain MidiTok-like vocabulary: what `_BarCounter` reads of a tokenizer."""
+
+    subword = None
+
+    def __init__(self, names: list[str]) -> None:
+        self.miditok = type("M", (), {"vocab": {n: i for i, n in enumerate(names)}})()
+
+
+def test_max_bars_is_counted_from_bar_tokens_without_decoding() -> None:
+    from cadenza.jobs.handlers.sample import _BarCounter
+
+    bar, pos, pitch = 0, 1, 2
+    counter = _BarCounter(_Vocab(["Bar_None", "Position_0", "Pitch_60"]), [bar, pos], 2)  # type: ignore[arg-type]
+    assert counter.exact
+    row = [pitch, bar, pos, pitch]  # the primer's bar 1, then bar 2 opens
+    assert not counter.reached(0, row)
+    row += [pitch, bar]  # bar 3 opens: bars 1-2 are complete
+    assert counter.reached(0, row)
+    assert not _BarCounter(_Vocab(["Pitch_60"]), [], 2).exact  # no bar tokens: decode instead

@@ -241,7 +241,7 @@ async def upload_allowed(
     adding = int(announced) if announced.isdigit() else 0
 
     def _check(s: Session) -> None:
-        check_upload(s, settings, owner, adding)
+        check_upload(s, settings, owner.id, adding)
         s.commit()
 
     await anyio.to_thread.run_sync(_check, session)

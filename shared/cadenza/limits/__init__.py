@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from cadenza.config import Settings
-from cadenza.db.models import Model, Owner
+from cadenza.db.models import Model
 from cadenza.limits.bucket import Decision, bucket_store, retry_after_header
 from cadenza.limits.budgets import (
     LIMIT_NAMES,
@@ -22,6 +22,7 @@ from cadenza.limits.budgets import (
     check_storage,
     check_training,
     effective_limits,
+    owner_overrides,
     stored_bytes,
     validate_overrides,
 )
@@ -32,16 +33,19 @@ UNMETERED_TYPES = frozenset({"render"})
 
 
 def _take(
-    session: Session, settings: Settings, key: str, *, per_minute: float, burst: float, what: str
+    session: Session, settings: Settings, kind: str, owner_id: str, limits: Limits, what: str
 ) -> None:
+    """One token from the owner's `kind` bucket ("jobs" or "uploads"), else RateLimited."""
+    burst: float = getattr(limits, f"rate_{kind}_burst")
+    per_minute: float = getattr(limits, f"rate_{kind}_per_minute")
     store = bucket_store(session, settings.resolved_broker_url)
-    decision: Decision = store.take(key, rate=per_minute / 60.0, burst=burst)
+    decision: Decision = store.take(f"{kind}:{owner_id}", rate=per_minute / 60.0, burst=burst)
     if not decision.allowed:
         retry = retry_after_header(decision)
         raise RateLimited(
-            f"rate limit: {what} are limited to a burst of {burst:g} and {per_minute:g} per "
-            f"minute (limits rate_{key.split(':')[0]}_burst / _per_minute); this one would be "
-            f"over it, retry in {retry} s",
+            f"rate limit: {what} are limited to rate_{kind}_burst={burst:g} at once and "
+            f"rate_{kind}_per_minute={per_minute:g} after; this one needs 1 and "
+            f"{decision.tokens:.2f} is left; retry in {retry} s",
             retry_after=retry,
         )
 
@@ -58,35 +62,24 @@ def check_job(
     """Every budget, quota and rate a new job of `type` must pass; raises the first it fails."""
     if type in UNMETERED_TYPES:
         return
-    owner = session.get(Owner, owner_id)
-    limits = effective_limits(settings, owner)
+    limits = effective_limits(settings, owner_overrides(session, owner_id))
     if model_id is not None:
         model = session.get(Model, model_id)
         if model is not None:
             check_training(session, limits, model)
     check_active(session, limits, owner_id, queue)
-    _take(
-        session,
-        settings,
-        f"jobs:{owner_id}",
-        per_minute=limits.rate_jobs_per_minute,
-        burst=limits.rate_jobs_burst,
-        what="job submissions",
-    )
+    _take(session, settings, "jobs", owner_id, limits, "job submissions")
 
 
-def check_upload(session: Session, settings: Settings, owner: Owner, adding: int = 0) -> None:
-    """The upload rate and the storage quota (with `adding` bytes announced, if known)."""
-    limits = effective_limits(settings, owner)
-    check_storage(session, limits, owner.id, adding)
-    _take(
-        session,
-        settings,
-        f"uploads:{owner.id}",
-        per_minute=limits.rate_uploads_per_minute,
-        burst=limits.rate_uploads_burst,
-        what="uploads",
-    )
+def check_upload(session: Session, settings: Settings, owner_id: str, adding: int = 0) -> None:
+    """The upload rate and the storage quota (with `adding` bytes announced, if known).
+
+    The owner's limits are read in this session, never from a cached owner: an admin's new
+    override applies to the next request.
+    """
+    limits = effective_limits(settings, owner_overrides(session, owner_id))
+    check_storage(session, limits, owner_id, adding)
+    _take(session, settings, "uploads", owner_id, limits, "uploads")
 
 
 __all__ = [
@@ -101,6 +94,7 @@ __all__ = [
     "check_storage",
     "check_upload",
     "effective_limits",
+    "owner_overrides",
     "stored_bytes",
     "validate_overrides",
 ]

@@ -82,10 +82,17 @@ def _defaults_for_check() -> dict[str, Any]:
     }
 
 
-def effective_limits(settings: Settings, owner: Owner | None) -> Limits:
-    """Settings overlaid with the owner's `limits` (unknown keys there are ignored)."""
+def owner_overrides(session: Session, owner_id: str) -> dict[str, Any]:
+    """The owner's `limits` as stored now: a column query, never the (possibly cached) owner
+    object of the request's key, so an admin's change applies to the very next request."""
+    found = session.scalar(select(Owner.limits).where(Owner.id == owner_id))
+    return dict(found or {})
+
+
+def effective_limits(settings: Settings, overrides: dict[str, Any] | None) -> Limits:
+    """Settings overlaid with an owner's overrides (unknown keys there are ignored)."""
     values = {name: getattr(settings, name) for name in LIMIT_NAMES}
-    for name, value in ((owner.limits or {}) if owner is not None else {}).items():
+    for name, value in (overrides or {}).items():
         if name in values:
             values[name] = value
     return Limits.model_validate(values)

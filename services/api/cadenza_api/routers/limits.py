@@ -9,7 +9,14 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from cadenza.db.repo import find_owner
-from cadenza.limits import Limits, active_jobs, effective_limits, stored_bytes, validate_overrides
+from cadenza.limits import (
+    Limits,
+    active_jobs,
+    effective_limits,
+    owner_overrides,
+    stored_bytes,
+    validate_overrides,
+)
 from cadenza_api.deps import CurrentCaller, CurrentOwner, SessionDep, SettingsDep
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import V1_ERRORS, describe
@@ -36,9 +43,8 @@ def _out(session: SessionDep, settings: SettingsDep, owner: Any) -> LimitsOut:
         stored_bytes=stored_bytes(session, owner.id),
         active_jobs={q: active_jobs(session, owner.id, q) for q in ("cpu", "gpu")},
     )
-    return LimitsOut(
-        limits=effective_limits(settings, owner), overrides=dict(owner.limits or {}), usage=usage
-    )
+    overrides = owner_overrides(session, owner.id)
+    return LimitsOut(limits=effective_limits(settings, overrides), overrides=overrides, usage=usage)
 
 
 @self_router.get("", response_model=LimitsOut, **describe("limits_get", "Your limits and usage"))
