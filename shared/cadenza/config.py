@@ -77,6 +77,23 @@ class Settings(BaseSettings):
     # process stops working within this many seconds (0 turns the cache off).
     api_key_cache_seconds: float = Field(default=5.0, ge=0)
 
+    # Budgets, quotas and rate limits (cadenza.limits); each can be overridden per owner in
+    # `owners.limits` (PUT /v1/admin/owners/{name}/limits) under the same name.
+    max_model_params: int = Field(default=500_000_000, ge=1)
+    # Weights + gradients + Adam states + activations at the requested batch and context.
+    max_train_memory_bytes: int = Field(default=80 * 1024**3, ge=1)
+    # batch_size × seq_len × max_steps: the tokens one training job may process.
+    max_train_tokens: int = Field(default=50_000_000_000, ge=1)
+    train_time_budget_default_s: float = Field(default=24 * 3600.0, gt=0)
+    train_time_budget_max_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    max_stored_bytes: int = Field(default=20 * 1024**3, ge=0)
+    max_active_jobs_per_queue: int = Field(default=32, ge=1)
+    # Token buckets per owner: `burst` requests at once, refilled at `per_minute`.
+    rate_jobs_burst: float = Field(default=20.0, ge=1)
+    rate_jobs_per_minute: float = Field(default=20.0, gt=0)
+    rate_uploads_burst: float = Field(default=60.0, ge=1)
+    rate_uploads_per_minute: float = Field(default=60.0, gt=0)
+
     soundfont: Path = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
     torch_threads: int | None = None
 

@@ -127,6 +127,7 @@ def test_every_route_refuses_other_owners_and_wrong_keys(
     ids = make_resources(alice, chorales)
     secret_a = alice.http.headers["Authorization"].removeprefix("Bearer ")
     ids["key_id"] = key_id(alice, secret_a)
+    ids["name"] = owner_a  # /v1/admin/owners/{name}/limits
 
     read_only = create_key(stack.env, owner_a, "--scopes", "read")
     other = create_key(stack.env, f"access-b-{stack.data_dir.name}")

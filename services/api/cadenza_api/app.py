@@ -14,7 +14,17 @@ from cadenza.db.repo import KeyCache
 from cadenza.storage import open_store
 from cadenza_api import errors, openapi
 from cadenza_api.deps import Database
-from cadenza_api.routers import corpora, datasets, files, health, jobs, keys, models, samples
+from cadenza_api.routers import (
+    corpora,
+    datasets,
+    files,
+    health,
+    jobs,
+    keys,
+    limits,
+    models,
+    samples,
+)
 from cadenza_api.streams import EventPolls
 
 DESCRIPTION = """Turn your own audio and MIDI into music-generation models, and use them.
@@ -42,7 +52,8 @@ TAGS = [
     {"name": "samples", "description": "Generated pieces: MIDI, audio and piano rolls."},
     {"name": "jobs", "description": "Asynchronous work: state, progress, cancellation."},
     {"name": "keys", "description": "Your API keys: list them, revoke one."},
-    {"name": "admin", "description": "Every owner's API keys (keys with the `admin` scope)."},
+    {"name": "limits", "description": "Your budgets, quotas and rates, and your usage."},
+    {"name": "admin", "description": "Every owner's API keys and limits (`admin` scope)."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 
@@ -77,6 +88,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     for module in (health, datasets, files, corpora, models, samples, jobs):
         app.include_router(module.router)
-    for router in keys.routers:
+    for router in (*keys.routers, *limits.routers):
         app.include_router(router)
     return app

@@ -224,3 +224,27 @@ CurrentOwner = Annotated[Owner, Depends(current_owner, scope="function")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="rows per page (1..1000)")]
 FileLimit = Annotated[int, Query(ge=1, le=10_000, description="rows per page (1..10000)")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000_000, description="rows to skip")]
+
+
+async def upload_allowed(
+    request: Request, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
+) -> None:
+    """The owner's upload rate and storage quota, before the body is read (429 / 409).
+
+    The announced Content-Length counts toward the quota, so an upload that would pass it is
+    refused without storing a byte. The bucket write commits here, on its own, before the
+    route runs (like a key's `last_used_at`): a failed upload still spent its token.
+    """
+    from cadenza.limits import check_upload
+
+    announced = request.headers.get("content-length", "")
+    adding = int(announced) if announced.isdigit() else 0
+
+    def _check(s: Session) -> None:
+        check_upload(s, settings, owner.id, adding)
+        s.commit()
+
+    await anyio.to_thread.run_sync(_check, session)
+
+
+UploadAllowed = Depends(upload_allowed, scope="function")

@@ -14,6 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cadenza.db.repo import NotFound
+from cadenza.limits import RateLimited
 from cadenza.validation import Conflict, InvalidParams, validation_message
 
 
@@ -106,6 +107,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message), status_code=409)
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.code, exc.message),
+            status_code=429,
+            headers={"Retry-After": exc.retry_after},
+        )
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:

@@ -33,6 +33,8 @@ ERRORS: dict[int, str] = {
     413: "Too large: the request, a file, a zip's contents or the number of files is over a limit.",
     415: "Not `multipart/form-data`, or a file that is neither MIDI nor a supported audio format.",
     422: "A parameter is invalid: `error.message` names the fields, `error.details` lists each.",
+    429: "Rate limited (code `rate_limited`): too many job submissions or uploads in a short "
+    "time. Retry after `Retry-After` seconds; `GET /v1/limits` shows your rates.",
     503: "Busy (code `busy`: every database slot is taken) or the database does not answer "
     "(code `unavailable`). Retry after `Retry-After` seconds.",
 }

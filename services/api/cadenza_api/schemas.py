@@ -220,6 +220,7 @@ class SampleList(BaseModel):
 
 
 __all__ = [
+    "OwnerLimits",
     "AudioJobRequest",
     "CheckpointOut",
     "CorpusOut",
@@ -303,3 +304,17 @@ class KeyCreate(In):
 
 class KeyCreated(KeyOut):
     secret: str = Field(description="the key itself: shown this once, only its hash is kept")
+
+
+class OwnerLimits(BaseModel):
+    """`PUT /v1/admin/owners/{name}/limits`: the owner's overrides of the limit settings,
+    replacing the old ones; a limit not named uses the server default (`{}` clears them)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"overrides": {"max_model_params": 2_000_000_000, "rate_jobs_burst": 100}}]
+        },
+    )
+
+    overrides: dict[str, Any] = Field(default_factory=dict)

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cadenza.audio.positions import parse_positions
 from cadenza.audio.transcribe.params import TranscribeParams
 
+# Cut positions of one crop, as a list or parsed from `positions_text`.
+MAX_CUTS = 9999
+
 
 class ConvertParams(BaseModel):
     """To WAV (16-bit PCM) at `sample_rate`, mixed to mono unless `mono` is false."""
@@ -37,7 +40,7 @@ class CropRequest(BaseModel):
 
     interval_s: float = Field(default=30.0, gt=0, le=3600)
     min_tail_s: float = Field(default=0.0, ge=0, le=3600)
-    positions: list[float] | None = Field(default=None, max_length=9999)
+    positions: list[float] | None = Field(default=None, max_length=MAX_CUTS)
     positions_text: str | None = Field(
         default=None, max_length=100_000, description="comma-separated seconds, e.g. 179,500,748"
     )
@@ -58,6 +61,8 @@ class CropParams(CropRequest):
             if any(p <= 0 for p in self.positions):
                 raise ValueError("positions must be > 0 seconds")
             self.positions = sorted(set(self.positions))
+            if len(self.positions) > MAX_CUTS:
+                raise ValueError(f"at most {MAX_CUTS} cut positions, got {len(self.positions)}")
         if self.min_tail_s > self.interval_s:
             raise ValueError("min_tail_s must be ≤ interval_s")
         return self

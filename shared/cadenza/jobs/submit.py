@@ -19,6 +19,7 @@ from cadenza.db.models import Job
 from cadenza.jobs.queue import enqueue
 from cadenza.jobs.registry import job_type
 from cadenza.jobs.state import create_job
+from cadenza.limits import check_job
 from cadenza.render.params import RenderParams, RenderTarget
 
 log = logging.getLogger("cadenza.jobs")
@@ -37,11 +38,21 @@ def submit(
     """Create job `type` with `params` (an instance of the type's params model) and enqueue it.
 
     The session's pending rows (say, the model row a training job fills) commit with the job.
+    The owner's budgets, quotas and rate (`cadenza.limits.check_job`) are checked first: a
+    refusal raises before the job row exists, and the caller's rollback drops its pending rows.
     """
     spec = job_type(type)
     if not isinstance(params, spec.params):
         given = params.__class__.__name__
         raise TypeError(f"{spec.name} jobs take {spec.params.__name__}, not {given}")
+    check_job(
+        session,
+        settings,
+        owner_id=owner_id,
+        type=type,
+        queue=spec.queue,
+        model_id=getattr(params, "model_id", None) if type == "train" else None,
+    )
     job = create_job(
         session,
         owner_id=owner_id,

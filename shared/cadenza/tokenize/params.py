@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cadenza.limits.lists import check_nested_lists
 from cadenza.tokenize.spec import AugmentSpec, TokenizerSpec
 from cadenza.validation import InvalidParams
 
@@ -65,6 +66,8 @@ class CorpusRequest(BaseModel):
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> CorpusRequest:
+        for name in ("tokenizer_config", "bpe", "augment"):
+            check_nested_lists(getattr(self, name), name)
         if any(x < 0 for x in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
             raise ValueError("split must be three non-negative fractions summing to 1")
         if self.split[0] <= 0:

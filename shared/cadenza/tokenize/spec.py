@@ -81,6 +81,11 @@ class BPESpec(BaseModel):
     model: Literal["BPE", "Unigram", "WordPiece"] = "BPE"
 
 
+# Augmented copies of one training file at most: an unbounded offset list once grew a corpus
+# 1,700-fold.
+MAX_AUGMENT_COPIES = 100
+
+
 class AugmentSpec(BaseModel):
     """Copies of each *training* file shifted in pitch, velocity or duration (MidiTok's offsets).
 
@@ -89,10 +94,16 @@ class AugmentSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    pitch_offsets: list[int] = Field(default_factory=list, description="semitones, e.g. [-2, 2]")
+    pitch_offsets: list[int] = Field(
+        default_factory=list, max_length=16, description="semitones, e.g. [-2, 2]"
+    )
     octaves: int = Field(default=0, ge=0, le=4, description="adds ±12, ±24, … semitones up to this")
-    velocity_offsets: list[int] = Field(default_factory=list, description="MIDI velocity units")
-    duration_offsets: list[float] = Field(default_factory=list, description="in quarter notes")
+    velocity_offsets: list[int] = Field(
+        default_factory=list, max_length=16, description="MIDI velocity units"
+    )
+    duration_offsets: list[float] = Field(
+        default_factory=list, max_length=16, description="in quarter notes"
+    )
     all_combinations: bool = False  # also combine pitch × velocity × duration offsets
     restrict_to_tessitura: bool = True  # skip pitch shifts that leave the instrument's range
 
@@ -104,7 +115,23 @@ class AugmentSpec(BaseModel):
             raise ValueError("velocity_offsets must be non-zero and within ±126")
         if any(not -4 <= d <= 4 or d == 0 for d in self.duration_offsets):
             raise ValueError("duration_offsets must be non-zero and within ±4 quarter notes")
+        if (copies := self.copies_per_file()) > MAX_AUGMENT_COPIES:
+            raise ValueError(
+                f"these offsets make {copies} copies of every training file; the limit is "
+                f"{MAX_AUGMENT_COPIES} (fewer offsets, or all_combinations false)"
+            )
         return self
+
+    def copies_per_file(self) -> int:
+        """Augmented copies made of each training file (the corpus grows by this factor + 1)."""
+        sizes = (
+            len(self.all_pitch_offsets()),
+            len(self.velocity_offsets),
+            len(self.duration_offsets),
+        )
+        if self.all_combinations:
+            return (sizes[0] + 1) * (sizes[1] + 1) * (sizes[2] + 1) - 1
+        return sum(sizes)
 
     def all_pitch_offsets(self) -> list[int]:
         """Semitone offsets including the octave ones, sorted and without duplicates."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cadenza.limits.lists import check_nested_lists
 from cadenza.validation import InvalidParams
 
 
@@ -38,6 +39,12 @@ class ModelRequest(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     init_checkpoint_id: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _bounded_lists(self) -> ModelRequest:
+        check_nested_lists(self.config, "config")
+        check_nested_lists(self.train, "train")
+        return self
 
 
 class TrainParams(BaseModel):

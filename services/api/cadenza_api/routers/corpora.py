@@ -25,7 +25,7 @@ router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=V1_ERRORS)
     "",
     status_code=202,
     response_model=JobOut,
-    **describe("corpora_create", "Tokenize a dataset into a corpus", 404, 409, 422),
+    **describe("corpora_create", "Tokenize a dataset into a corpus", 404, 409, 422, 429),
 )
 def create_corpus(
     body: CorpusRequest, session: SessionDep, settings: SettingsDep, owner: CurrentOwner

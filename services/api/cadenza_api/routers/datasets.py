@@ -31,6 +31,7 @@ from cadenza_api.deps import (
     SessionDep,
     SettingsDep,
     StoreDep,
+    UploadAllowed,
 )
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import UPLOAD_BODY, V1_ERRORS, describe
@@ -91,7 +92,10 @@ def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> Da
     status_code=201,
     response_model=FileList,
     openapi_extra=UPLOAD_BODY,
-    **describe("datasets_upload_files", "Upload files into a dataset", 400, 404, 413, 415, 422),
+    dependencies=[UploadAllowed],
+    **describe(
+        "datasets_upload_files", "Upload files into a dataset", 400, 404, 409, 413, 415, 422, 429
+    ),
 )
 async def upload_files(
     dataset_id: str,
@@ -185,7 +189,7 @@ def list_files(
     status_code=202,
     response_model=JobOut,
     **describe(
-        "datasets_create_audio_job", "Convert, crop or transcribe a dataset's audio", 404, 409
+        "datasets_create_audio_job", "Convert, crop or transcribe a dataset's audio", 404, 409, 429
     ),
 )
 def create_audio_job(

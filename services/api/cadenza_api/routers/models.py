@@ -38,7 +38,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=V1_ERRORS)
     "",
     status_code=202,
     response_model=JobOut,
-    **describe("models_create", "Train a model on a corpus", 404, 409, 422),
+    **describe("models_create", "Train a model on a corpus", 404, 409, 422, 429),
 )
 def create_model(
     body: ModelRequest, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
@@ -185,7 +185,7 @@ def download_weights(
     "/{model_id}/samples",
     status_code=202,
     response_model=JobOut,
-    **describe("models_create_samples", "Generate music from a model", 404, 409, 422),
+    **describe("models_create_samples", "Generate music from a model", 404, 409, 422, 429),
 )
 def create_samples(
     model_id: str,

@@ -170,8 +170,12 @@ def _generate(
     gen = _Generation(prompt)
     total = params.max_new_tokens
 
+    counted = None if p.max_seconds else p.max_bars  # bars alone: count tokens
+    bars = _BarCounter(tokenizer, prompt if p.include_primer else [], counted)
+    done: set[int] = set()  # rows known to be long enough (a row only grows)
+
     def long_enough(new: list[int]) -> bool:
-        """Whether a row's music already reaches max_bars / max_seconds."""
+        """Whether a row's music already reaches max_bars / max_seconds (by decoding it)."""
         score = load_score(decode_to_midi(tokenizer, (prompt + new) if p.include_primer else new))
         if not any(len(t.notes) for t in score.tracks):
             return False
@@ -180,15 +184,24 @@ def _generate(
             p.max_seconds is not None and end >= seconds_to_tick(score, p.max_seconds)
         )
 
+    def row_done(i: int, new: list[int], step: int) -> bool:
+        if i not in done and (
+            bars.reached(i, new) if bars.exact else step % 32 == 0 and long_enough(new)
+        ):
+            done.add(i)
+        return i in done
+
     def on_token(step: int, rows: list[list[int]]) -> bool:
         if ctx.cancelled():
             gen.cancelled = True
             return True
         if step % 16 == 0 or step == total:
             ctx.progress(step / total * 0.9, f"{step}/{total} tokens", tokens=step)
-        # Music-length limits: checked every 32 tokens by decoding; the outputs are cut later.
-        limited = p.max_bars or p.max_seconds
-        return bool(limited and step % 32 == 0 and all(long_enough(r) for r in rows))
+        # Music-length limits: bar tokens counted as they come where the tokenizer has them,
+        # else rows not yet long enough decoded every 32 tokens; the outputs are cut later.
+        if not (p.max_bars or p.max_seconds):
+            return False
+        return all([row_done(i, r, step) for i, r in enumerate(rows)])
 
     ctx.progress(0.0, f"sampling {p.n} variation(s) from a {len(prompt)}-token primer", force=True)
     gen.outputs = generate(model, [prompt], params, n=p.n, on_token=on_token, device=device)
@@ -236,3 +249,28 @@ def _store_variation(
         "sha256": sha,
         "render_errors": render_errors,
     }
+
+
+class _BarCounter:
+    """Bars of each generated row, counted incrementally from the tokenizer's bar tokens.
+
+    Exact only for `max_bars` alone on a plain MidiTok vocabulary with `Bar_*` tokens (each
+    opens a bar, so bar N is complete once bar N+1 opens); otherwise the caller decodes.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, primer: list[int], max_bars: int | None) -> None:
+        from cadenza.jobs.handlers.tokenize import token_names
+
+        names = token_names(tokenizer) if max_bars is not None else []
+        self.ids = {i for i, name in enumerate(names) if name.startswith("Bar_")}
+        self.max_bars = max_bars or 0
+        self.exact = bool(self.ids)
+        self.base = sum(1 for t in primer if t in self.ids)
+        self.counts: dict[int, int] = {}
+        self.seen: dict[int, int] = {}
+
+    def reached(self, row: int, new: list[int]) -> bool:
+        start = self.seen.get(row, 0)
+        count = self.counts.get(row, self.base) + sum(1 for t in new[start:] if t in self.ids)
+        self.counts[row], self.seen[row] = count, len(new)
+        return count > self.max_bars
