@@ -5,7 +5,7 @@ sample, job, key).
 The walk reads the routes from the API's own OpenAPI document, so a route added later is
 probed without touching this file (a new path parameter must be named in `ids` below, or the
 walk fails saying which). The figures of each class of probe are printed for the reliability
-notes (RELIABILITY-keys.md).
+notes (RELIABILITY.md).
 """
 
 from __future__ import annotations

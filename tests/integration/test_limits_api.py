@@ -1,7 +1,7 @@
 """Budgets, quotas and rate limits through the running API: each attack from the reliability
 issue gets its 4xx naming the limit, and nothing is queued (no job row, no model row).
 
-The figures (status, code, message) are printed for RELIABILITY-limits.md.
+The figures (status, code, message) are printed for RELIABILITY.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The operations come from the served `/openapi.json`, so a route added later is f
 touching this file. Each operation gets data that fits its schema and data that does not; the
 stateful run follows the document's links (create → read → list → delete). Examples are few by
 default so the run stays short; `CADENZA_SCHEMATHESIS_EXAMPLES=200` fuzzes harder
-(RELIABILITY-schemathesis.md records such a run)."""
+(RELIABILITY.md records such a run)."""
 
 from __future__ import annotations
 
