@@ -52,6 +52,8 @@ METRICS: Final[tuple[str, ...]] = (
     "groove_consistency",
     "pitch_range",
     "n_pitches_used",
+    "note_density",
+    "empty_bar_rate",
 )
 
 #: Onset grid for groove consistency, in positions per quarter note. 12 holds 16ths (3), eighth
@@ -234,6 +236,39 @@ def _n_pitches_used(n: _Notes) -> float:
     return float(np.unique(n.pitch[~n.drum]).size)
 
 
+def _bar_ticks(n: _Notes) -> int:
+    """Ticks per bar, from the first time signature (4/4 when none)."""
+    return max(round(n.bar_quarters * n.tpq), 1)
+
+
+def _note_density(n: _Notes) -> float:
+    """Notes (onsets, drums included) per bar over ``ceil(last note end / bar)`` bars.
+
+    Not a muspy metric: with :func:`_empty_bar_rate` it shows a sparse or near-empty sample at
+    a glance (a chorale has about 12-16 notes per 4/4 bar). 0 for a file without notes.
+    """
+    if n.time.size == 0:
+        return 0.0
+    bar = _bar_ticks(n)
+    n_bars = max(-(-int(n.end.max()) // bar), int(n.time.max()) // bar + 1, 1)
+    return float(n.time.size / n_bars)
+
+
+def _empty_bar_rate(n: _Notes) -> float | None:
+    """``#(bars where no note sounds) / #(bars)``: :func:`_empty_beat_rate` with bars for beats.
+
+    Bars start at tick 0 and last one bar of the first time signature; long silences (a
+    sample that loops on bar lines, rests or tempo changes) show up here. None without notes.
+    """
+    if n.time.size == 0:
+        return None
+    bar = _bar_ticks(n)
+    first = n.time // bar
+    last = np.maximum(-(-n.end // bar), first + 1)
+    n_bars = int(last.max())
+    return 1.0 - _union_length(first, last) / n_bars
+
+
 def score_metrics(score: ScoreTick) -> dict[str, float | None]:
     """:data:`METRICS` of a parsed symusic score (for callers that already hold one)."""
     n = _collect(score)
@@ -245,6 +280,8 @@ def score_metrics(score: ScoreTick) -> dict[str, float | None]:
         "groove_consistency": _groove_consistency(n),
         "pitch_range": _pitch_range(n),
         "n_pitches_used": _n_pitches_used(n),
+        "note_density": _note_density(n),
+        "empty_bar_rate": _empty_bar_rate(n),
     }
 
 
@@ -252,7 +289,8 @@ def midi_metrics(midi: bytes) -> dict[str, float | None]:
     """:data:`METRICS` of one Standard MIDI File; None where a metric is undefined.
 
     A file without notes (also one without tracks, as symusic writes an empty score, or with no
-    bytes at all) gives None for every metric except ``n_pitches_used`` = 0. Odd but valid
+    bytes at all) gives None for every metric except ``n_pitches_used`` and ``note_density``,
+    both 0. Odd but valid
     content (zero-length notes, a single note, no tempo or time signature, far-away ticks) never
     raises. Bytes that are not a readable MIDI file raise :class:`cadenza.midi.MidiRejected`
     (a ValueError) saying why.

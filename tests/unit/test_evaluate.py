@@ -82,6 +82,14 @@ def test_silence_gives_empty_beats() -> None:
     assert m["empty_beat_rate"] == 0.5  # 8 of 16 beats
 
 
+def test_note_density_and_empty_bars() -> None:
+    """Bars 2 and 3 of four are rests: 8 notes over 4 bars, half the bars empty."""
+    bar = [60, 62, 64, 65]
+    m = midi_metrics(midi_bytes(quarters(bar) + quarters(bar, start=12)))
+    assert m["note_density"] == 2.0
+    assert m["empty_bar_rate"] == 0.5
+
+
 def test_a_single_rest_after_a_held_note_is_an_empty_beat() -> None:
     """The case where muspy 0.5.0's code (end // beat, inclusive) would report no empty beat."""
     m = midi_metrics(midi_bytes(quarters([60]) + quarters([62], start=2)))
@@ -136,7 +144,8 @@ def test_drums_count_for_rhythm_but_not_for_pitch() -> None:
 )
 def test_file_without_notes_has_no_metrics(data: bytes) -> None:
     m = midi_metrics(data)
-    assert m == {name: (0.0 if name == "n_pitches_used" else None) for name in METRICS}
+    zero = ("n_pitches_used", "note_density")
+    assert m == {name: (0.0 if name in zero else None) for name in METRICS}
 
 
 def test_empty_track_in_a_score_is_ignored() -> None:

@@ -92,6 +92,12 @@ class SampleRequest(SamplingOptions):
     checkpoint: str = Field(
         default="best", max_length=64, description="best, latest or a checkpoint id"
     )
+    min_notes: int = Field(
+        default=10, ge=0, le=10_000, description="a variation with fewer new notes is near-empty"
+    )
+    resample_empty: int = Field(
+        default=2, ge=0, le=8, description="re-sample a near-empty variation up to this many times"
+    )
 
     @model_validator(mode="after")
     def _one_primer(self) -> SampleRequest:

@@ -20,6 +20,7 @@ from cadenza.storage import job_key, sha256_of
 
 if TYPE_CHECKING:
     from cadenza.models.base import CadenzaModel
+    from cadenza.sample.variations import Variation
     from cadenza.tokenize.base import Tokenizer
 
 
@@ -38,7 +39,7 @@ class _Generation:
     """What `generate` saw and made: the prompt, each row's new tokens, and whether it stopped."""
 
     prompt: list[int]
-    outputs: list[list[int]] = field(default_factory=list)
+    variations: list[Variation] = field(default_factory=list)
     cancelled: bool = False
 
 
@@ -50,11 +51,10 @@ def run(ctx: JobContext) -> Outcome:
     ctx.progress(0.0, "loading model", force=True)
     tokenizer = tokenizer_from_bytes(ctx.store.get(rows.corpus.tokenizer_key))
     model, device = _load_model(ctx, rows)
-    gen = _generate(ctx, p, model, device, tokenizer, _prompt(ctx, p, tokenizer, rows.primer))
-    stored = [
-        _store_variation(ctx, p, tokenizer, gen, rows.corpus, i, new)
-        for i, new in enumerate(gen.outputs)
-    ]
+    prompt = _prompt(ctx, p, tokenizer, rows.primer)
+    corpus_stats = rows.corpus.stats.get("metrics") or {}
+    gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats)
+    stored = [_store_variation(ctx, gen, v) for v in gen.variations]
     ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)
 
     def finalize(s: Session) -> dict[str, Any]:
@@ -74,6 +74,8 @@ def run(ctx: JobContext) -> Outcome:
                 meta={
                     "primer_tokens": len(gen.prompt),
                     "new_tokens": o["num_new_tokens"],
+                    "new_notes": o["new_notes"],
+                    "attempts": o["attempts"],
                     "metrics": o["metrics"],
                     "sha256": o["sha256"],
                     "render_errors": o["render_errors"],
@@ -158,25 +160,31 @@ def _generate(
     device: str,
     tokenizer: Tokenizer,
     prompt: list[int],
+    corpus_stats: dict[str, Any],
 ) -> _Generation:
-    """Sample `p.n` rows in one batch; stops early on cancel or when every row is long enough."""
+    """Sample `p.n` rows in one batch; stops early on cancel or when every row is long enough.
+
+    Rows whose new music has fewer than `p.min_notes` notes are sampled again, at most
+    `p.resample_empty` times (see `cadenza.sample.variations`).
+    """
     from cadenza.midi.load import load_score
-    from cadenza.sample import SamplingParams, generate
-    from cadenza.tokenize import decode_to_midi, special_ids
+    from cadenza.sample.variations import sample_variations
+    from cadenza.tokenize import decode_to_midi
     from cadenza.tokenize.primer import bar_end_tick, seconds_to_tick
 
     options = {name: getattr(p, name) for name in SamplingOptions.model_fields}
-    params = SamplingParams(**options, eos_id=special_ids(tokenizer).get("eos"))
     gen = _Generation(prompt)
-    total = params.max_new_tokens
+    total = p.max_new_tokens
 
     counted = None if p.max_seconds else p.max_bars  # bars alone: count tokens
     bars = _BarCounter(tokenizer, prompt if p.include_primer else [], counted)
     done: set[int] = set()  # rows known to be long enough (a row only grows)
+    last_step = [0]
 
     def long_enough(new: list[int]) -> bool:
         """Whether a row's music already reaches max_bars / max_seconds (by decoding it)."""
-        score = load_score(decode_to_midi(tokenizer, (prompt + new) if p.include_primer else new))
+        ids = (prompt + new) if p.include_primer else new
+        score = load_score(decode_to_midi(tokenizer, ids, stop_at_eos=p.stop_at_eos))
         if not any(len(t.notes) for t in score.tracks):
             return False
         end = int(score.end())
@@ -192,6 +200,10 @@ def _generate(
         return i in done
 
     def on_token(step: int, rows: list[list[int]]) -> bool:
+        if step <= last_step[0]:  # a re-sample of short rows started: fresh rows, fresh counts
+            done.clear()
+            bars.restart()
+        last_step[0] = step
         if ctx.cancelled():
             gen.cancelled = True
             return True
@@ -204,48 +216,45 @@ def _generate(
         return all([row_done(i, r, step) for i, r in enumerate(rows)])
 
     ctx.progress(0.0, f"sampling {p.n} variation(s) from a {len(prompt)}-token primer", force=True)
-    gen.outputs = generate(model, [prompt], params, n=p.n, on_token=on_token, device=device)
+    gen.variations = sample_variations(
+        model,
+        tokenizer,
+        prompt,
+        options,
+        n=p.n,
+        corpus_stats=corpus_stats,
+        include_primer=p.include_primer,
+        max_bars=p.max_bars,
+        max_seconds=p.max_seconds,
+        min_notes=p.min_notes,
+        resample_empty=p.resample_empty,
+        on_token=on_token,
+        device=device,
+        should_stop=lambda: gen.cancelled,
+    )
     return gen
 
 
-def _store_variation(
-    ctx: JobContext,
-    p: SampleParams,
-    tokenizer: Tokenizer,
-    gen: _Generation,
-    corpus: Corpus,
-    i: int,
-    new: list[int],
-) -> dict[str, Any]:
-    """Decode one row to MIDI (cut to the length limits), store, render and measure it."""
-    from cadenza.evaluate import compare, midi_metrics
-    from cadenza.midi.load import load_score
+def _store_variation(ctx: JobContext, gen: _Generation, v: Variation) -> dict[str, Any]:
+    """Store and render one decoded, measured variation."""
     from cadenza.render import render_all
-    from cadenza.tokenize import decode_to_midi
-    from cadenza.tokenize.primer import crop_score
 
-    ids = (gen.prompt + new) if p.include_primer else new
-    midi = decode_to_midi(tokenizer, ids)
-    score = load_score(midi)
-    if p.max_bars or p.max_seconds:
-        score = crop_score(score, bars=p.max_bars, seconds=p.max_seconds)
-        midi = bytes(score.dumps_midi())
-    notes = sum(len(t.notes) for t in score.tracks)
-    key = job_key(ctx.job_id, "samples", f"{i:03d}.mid")
-    ctx.store.put(key, midi)
-    sha = sha256_of([midi])
-    ctx.progress(0.9 + 0.1 * i / len(gen.outputs), f"rendering variation {i + 1}", force=True)
-    render_errors = render_all(ctx.store, midi, sha)
-    metrics = midi_metrics(midi)
-    corpus_stats = corpus.stats.get("metrics") or {}
+    key = job_key(ctx.job_id, "samples", f"{v.index:03d}.mid")
+    ctx.store.put(key, v.midi)
+    sha = sha256_of([v.midi])
+    n = max(len(gen.variations), 1)
+    ctx.progress(0.9 + 0.1 * v.index / n, f"rendering variation {v.index + 1}", force=True)
+    render_errors = render_all(ctx.store, v.midi, sha)
     return {
-        "index": i,
+        "index": v.index,
         "key": key,
-        "num_tokens": len(ids),
-        "num_new_tokens": len(new),
-        "num_notes": notes,
-        "duration_s": float(score.to("second").end()) if notes else 0.0,  # type: ignore[attr-defined]
-        "metrics": compare(metrics, corpus_stats) if corpus_stats else metrics,
+        "num_tokens": len(v.ids),
+        "num_new_tokens": len(v.new_ids),
+        "num_notes": v.notes,
+        "new_notes": v.new_notes,
+        "attempts": v.attempts,
+        "duration_s": v.duration_s,
+        "metrics": v.metrics,
         "sha256": sha,
         "render_errors": render_errors,
     }
@@ -268,6 +277,11 @@ class _BarCounter:
         self.base = sum(1 for t in primer if t in self.ids)
         self.counts: dict[int, int] = {}
         self.seen: dict[int, int] = {}
+
+    def restart(self) -> None:
+        """A new generation began (a re-sample of short rows): its rows count from zero."""
+        self.counts.clear()
+        self.seen.clear()
 
     def reached(self, row: int, new: list[int]) -> bool:
         start = self.seen.get(row, 0)
