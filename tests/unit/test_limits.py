@@ -181,3 +181,20 @@ def test_max_bars_is_counted_from_bar_tokens_without_decoding() -> None:
     row += [pitch, bar]  # bar 3 opens: bars 1-2 are complete
     assert counter.reached(0, row)
     assert not _BarCounter(_Vocab(["Pitch_60"]), [], 2).exact  # no bar tokens: decode instead
+
+
+def test_a_resample_of_short_rows_is_watched_afresh() -> None:
+    """The first generation's finished rows must not end a re-sample (it restarts at step 1)."""
+    from cadenza.jobs.handlers.sample import _BarCounter, _LengthWatch
+
+    bar, pos, pitch = 0, 1, 2
+    counter = _BarCounter(_Vocab(["Bar_None", "Position_0", "Pitch_60"]), [], 1)  # type: ignore[arg-type]
+    watch = _LengthWatch(counter, lambda new: False)
+    first = [[bar, pos, pitch], [bar, pos, pitch]]
+    assert not watch.all_done(3, first)  # bar 1 still open in both rows
+    first = [r + [bar] for r in first]
+    assert watch.all_done(4, first)  # bar 2 opened: both rows have their bar
+    # One short row sampled again: a new generation from step 1, nothing counted yet.
+    assert not watch.all_done(1, [[pitch]])
+    assert not watch.all_done(2, [[pitch, bar]])
+    assert watch.all_done(3, [[pitch, bar, bar]])

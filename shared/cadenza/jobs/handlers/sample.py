@@ -7,6 +7,7 @@ variation; the `Sample` rows become visible with the job's final state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -178,8 +179,6 @@ def _generate(
 
     counted = None if p.max_seconds else p.max_bars  # bars alone: count tokens
     bars = _BarCounter(tokenizer, prompt if p.include_primer else [], counted)
-    done: set[int] = set()  # rows known to be long enough (a row only grows)
-    last_step = [0]
 
     def long_enough(new: list[int]) -> bool:
         """Whether a row's music already reaches max_bars / max_seconds (by decoding it)."""
@@ -192,18 +191,9 @@ def _generate(
             p.max_seconds is not None and end >= seconds_to_tick(score, p.max_seconds)
         )
 
-    def row_done(i: int, new: list[int], step: int) -> bool:
-        if i not in done and (
-            bars.reached(i, new) if bars.exact else step % 32 == 0 and long_enough(new)
-        ):
-            done.add(i)
-        return i in done
+    watch = _LengthWatch(bars, long_enough)
 
     def on_token(step: int, rows: list[list[int]]) -> bool:
-        if step <= last_step[0]:  # a re-sample of short rows started: fresh rows, fresh counts
-            done.clear()
-            bars.restart()
-        last_step[0] = step
         if ctx.cancelled():
             gen.cancelled = True
             return True
@@ -213,7 +203,7 @@ def _generate(
         # else rows not yet long enough decoded every 32 tokens; the outputs are cut later.
         if not (p.max_bars or p.max_seconds):
             return False
-        return all([row_done(i, r, step) for i, r in enumerate(rows)])
+        return watch.all_done(step, rows)
 
     ctx.progress(0.0, f"sampling {p.n} variation(s) from a {len(prompt)}-token primer", force=True)
     gen.variations = sample_variations(
@@ -258,6 +248,36 @@ def _store_variation(ctx: JobContext, gen: _Generation, v: Variation) -> dict[st
         "sha256": sha,
         "render_errors": render_errors,
     }
+
+
+class _LengthWatch:
+    """Which rows of a generation already reach the music-length limit (a row only grows).
+
+    The same `on_token` serves the first generation and each re-sample of short rows, which
+    starts again at step 1 with other rows: a step that does not grow means a new generation,
+    and the rows' state starts afresh (else a re-sample would stop at once).
+    """
+
+    def __init__(self, bars: _BarCounter, long_enough: Callable[[list[int]], bool]) -> None:
+        self.bars = bars
+        self.long_enough = long_enough
+        self.done: set[int] = set()
+        self.last_step = 0
+
+    def all_done(self, step: int, rows: list[list[int]]) -> bool:
+        if step <= self.last_step:
+            self.done.clear()
+            self.bars.restart()
+        self.last_step = step
+        for i, new in enumerate(rows):
+            if i in self.done:
+                continue
+            exact = self.bars.exact
+            if (exact and self.bars.reached(i, new)) or (
+                not exact and step % 32 == 0 and self.long_enough(new)
+            ):
+                self.done.add(i)
+        return all(i in self.done for i in range(len(rows)))
 
 
 class _BarCounter:
