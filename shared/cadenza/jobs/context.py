@@ -145,7 +145,7 @@ class JobContext:
                 if holds(s, self.job_id, self.claim_token):
                     return
             self._lost.set()
-        raise JobLost(f"job {self.job_id} is no longer held by this attempt")
+        raise JobLost(self.job_id)
 
     def mark_lost(self) -> None:
         """Called by the lease keeper when a renewal finds the job taken from this attempt."""
@@ -154,10 +154,14 @@ class JobContext:
     def lost(self) -> bool:
         return self._lost.is_set()
 
+    def _stop_if_lost(self) -> None:
+        """Raise `JobLost` once the lease keeper or a fenced write has found the job taken."""
+        if self._lost.is_set():
+            raise JobLost(self.job_id)
+
     def progress(self, fraction: float, message: str, *, force: bool = False, **data: Any) -> None:
         """Report progress; throttled to a few writes a second unless forced."""
-        if self._lost.is_set():
-            raise JobLost(f"job {self.job_id} is no longer held by this attempt")
+        self._stop_if_lost()
         now = time.monotonic()
         if not force and now - self._last_progress < 0.5 and fraction < 1.0:
             return
@@ -182,8 +186,7 @@ class JobContext:
         return DRAIN.is_set()
 
     def check_cancel(self) -> None:
-        if self._lost.is_set():
-            raise JobLost(f"job {self.job_id} is no longer held by this attempt")
+        self._stop_if_lost()
         if self._cancel.is_set():
             raise JobCancelled()
         if DRAIN.is_set():  # requeued by the runner, without using up an attempt

@@ -59,6 +59,9 @@ class JobLost(Exception):
     """This attempt no longer holds the job (its lease expired and the job was requeued,
     cancelled or finished by someone else): it must stop and write nothing more."""
 
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is no longer held by this attempt")
+
 
 def can_transition(src: JobState | str, dst: JobState | str) -> bool:
     return JobState(dst) in TRANSITIONS[JobState(src)]
@@ -160,7 +163,7 @@ def fence(session: Session, job_id: str, token: str | None, **values: Any) -> No
     )
     if res.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
-        raise JobLost(f"job {job_id} is no longer held by this attempt")
+        raise JobLost(job_id)
 
 
 def holds(session: Session, job_id: str, token: str | None) -> bool:
