@@ -24,16 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cadenza.config import Settings
 from cadenza.db.models import Job, utcnow
 from cadenza.db.session import session_factory
 from cadenza.jobs.queue import enqueue
-from cadenza.jobs.state import JobState, add_event
+from cadenza.jobs.state import JobState, release
 
 MAX_RESENDS = 5
 
@@ -70,32 +69,9 @@ def reconcile(session: Session, *, now: datetime | None = None) -> tuple[list[st
             msg = f"worker lost {job.attempts} time(s); giving up after {job.max_attempts} attempts"
         else:
             target, msg = JobState.QUEUED, f"worker lost; requeued (attempt {job.attempts + 1})"
-        values: dict[str, Any] = {
-            "state": target.value,
-            "lease_until": None,
-            "worker": None,
-            "claim_token": None,
-            "message": msg,
-            "updated_at": utcnow(),
-        }
-        if target == JobState.QUEUED:
-            values["resends"] = 0
-        else:
-            values["finished_at"] = utcnow()
-        if target == JobState.FAILED:
-            values["error"] = msg
-        res = session.execute(
-            update(Job)
-            .where(
-                Job.id == job.id,
-                Job.state == JobState.RUNNING.value,
-                Job.lease_until < (now or utcnow()),
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if res.rowcount == 1:  # type: ignore[attr-defined]
-            add_event(session, job.id, "state", {"state": target.value, "message": msg})
+        counters = {"resends": 0} if target == JobState.QUEUED else {}
+        lease_expired = (Job.lease_until < (now or utcnow()),)
+        if release(session, job.id, target, msg, where=lease_expired, **counters):
             (requeued if target == JobState.QUEUED else failed).append(job.id)
     session.commit()
     return requeued, failed

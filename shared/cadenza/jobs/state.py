@@ -248,6 +248,48 @@ def finish(
     return True
 
 
+def release(
+    session: Session,
+    job_id: str,
+    target: JobState,
+    message: str,
+    *,
+    where: tuple[Any, ...] = (),
+    **values: Any,
+) -> bool:
+    """Take a running job off its worker: back to `queued`, or to a terminal state.
+
+    The one place that clears a running job's worker, lease and claim token, for the
+    reconciler (a worker that died) and the runner (a worker that was interrupted); each
+    decides the target and its own counters (`values`), this writes it. A compare-and-set
+    on `running` plus the caller's `where`; the caller commits. False when no row matched.
+    """
+    check_transition(JobState.RUNNING, target)
+    now = utcnow()
+    values |= {
+        "state": target.value,
+        "lease_until": None,
+        "worker": None,
+        "claim_token": None,
+        "message": message,
+        "updated_at": now,
+    }
+    if target != JobState.QUEUED:
+        values["finished_at"] = now
+    if target == JobState.FAILED:
+        values["error"] = message
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING.value, *where)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    add_event(session, job_id, "state", {"state": target.value, "message": message})
+    return True
+
+
 def request_cancel(session: Session, job: Job) -> Job:
     """Cancel a queued job at once; ask a running one to stop (its worker sees the flag).
 

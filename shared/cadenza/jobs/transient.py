@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
@@ -140,41 +139,22 @@ def requeue_interrupted(
     new state, or None when the job was no longer running (its lease expired and another
     worker took it, or it was cancelled). The caller commits, then re-sends the job id.
     """
-    from cadenza.db.models import Job, utcnow
-    from cadenza.jobs.state import JobState, add_event
+    from cadenza.db.models import Job
+    from cadenza.jobs.state import JobState, release
 
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.state != JobState.RUNNING.value or job.claim_token != token:
         return None  # not ours any more: a stale attempt must not requeue another's job
     done = (job.interruptions or 0) + 1
-    values: dict[str, Any] = {
-        "interruptions": Job.interruptions + 1,
-        "lease_until": None,
-        "worker": None,
-        "claim_token": None,
-        "updated_at": utcnow(),
-    }
+    counters: dict[str, Any] = {"interruptions": Job.interruptions + 1}
     if job.cancel_requested:  # a queued job asked to cancel would never be claimed again
-        target = JobState.CANCELLED
-        msg = f"cancelled; {reason}"
-        values |= {"state": target.value, "finished_at": utcnow()}
+        target, msg = JobState.CANCELLED, f"cancelled; {reason}"
     elif done > max_interruptions:
-        target = JobState.FAILED
-        msg = f"interrupted {done} times ({reason}); giving up"
-        values |= {"state": target.value, "error": msg, "finished_at": utcnow()}
+        target, msg = JobState.FAILED, f"interrupted {done} times ({reason}); giving up"
     else:
-        target = JobState.QUEUED
-        msg = f"{reason}; requeued (interruption {done})"
-        values |= {"state": target.value, "attempts": Job.attempts - 1}
-    values["message"] = msg
-    res = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.claim_token == token)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if res.rowcount != 1:  # type: ignore[attr-defined]
+        target, msg = JobState.QUEUED, f"{reason}; requeued (interruption {done})"
+        counters["attempts"] = Job.attempts - 1
+    if not release(session, job_id, target, msg, where=(Job.claim_token == token,), **counters):
         session.rollback()
         return None
-    add_event(session, job_id, "state", {"state": target.value, "message": msg})
     return target
