@@ -39,7 +39,7 @@ JOB_TYPES: dict[str, JobType] = {
         JobType("tokenize", "cpu", TokenizeParams, "cadenza.jobs.handlers.tokenize:run"),
         # A part of a sharded `tokenize` job, created by it (cadenza.jobs.fanout), never by users.
         JobType(
-            "tokenize_shard", "cpu", TokenizeShardParams, "cadenza.jobs.handlers.tokenize:run_shard"
+            "tokenize_shard", "cpu", TokenizeShardParams, "cadenza.jobs.handlers.tokenize_shard:run"
         ),
         JobType("audio", "cpu", AudioParams, "cadenza.jobs.handlers.audio:run"),
         JobType("render", "cpu", RenderParams, "cadenza.jobs.handlers.render:run"),

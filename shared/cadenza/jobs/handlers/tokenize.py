@@ -60,7 +60,7 @@ def _download(store: ObjectStore, key: str, dest: Path) -> Path:
     return dest
 
 
-def _build_options(p: TokenizeParams) -> dict[str, Any]:
+def build_options(p: TokenizeParams) -> dict[str, Any]:
     from cadenza.midi.clean import CleanOptions
 
     return {"augment": p.augment, "clean": CleanOptions(**p.clean.model_dump())}
@@ -105,7 +105,7 @@ def run(ctx: JobContext) -> Outcome:
                 seed=p.seed,
                 progress=progress,
                 should_stop=ctx.cancelled,
-                **_build_options(p),
+                **build_options(p),
             )
         else:
             build = _sharded(ctx, p, files, shards, progress)
@@ -230,50 +230,6 @@ def _sharded(
         raise
     ctx.store.delete_prefix(prefix)
     return build
-
-
-def run_shard(ctx: JobContext) -> Outcome:
-    """A `tokenize_shard` job: tokenize the files of its manifest into one spool object."""
-    from cadenza.jobs.fanout import parent_running
-    from cadenza.tokenize.corpus import tokenize_to_spool
-    from cadenza.tokenize.corpus_data import CorpusCancelled
-
-    p = TokenizeShardParams.model_validate(ctx.params)
-    if not parent_running(ctx, p.parent_job_id):
-        raise JobCancelled()  # nobody would merge this part
-    part = json.loads(ctx.store.get(p.manifest_key))
-    keys = {int(i): key for i, _, key, _ in part}
-    tasks = [(int(i), str(fid), bool(train)) for i, fid, _, train in part]
-
-    def progress(fraction: float, message: str) -> None:
-        ctx.progress(fraction, f"part {p.shard + 1}/{p.shards}: {message}")
-
-    t = p.tokenize
-    with tempfile.TemporaryDirectory(prefix="cadenza-shard-") as tmp:
-        try:
-            entries = tokenize_to_spool(
-                tasks,
-                lambda i: ctx.store.get(keys[i]),
-                t.tokenizer_spec,
-                Path(tmp) / "part.spool",
-                progress=progress,
-                should_stop=ctx.cancelled,
-                **_build_options(t),
-            )
-        except CorpusCancelled as exc:
-            raise JobCancelled() from exc
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
-        ctx.check_cancel()
-        if not parent_running(ctx, p.parent_job_id):
-            raise JobCancelled()
-        ctx.store.put(p.out_key, Path(tmp) / "part.spool")
-    used = sum(e.skipped is None for e in entries)
-
-    def finalize(s: Session) -> dict[str, Any]:
-        return {"files": len(entries), "files_used": used, "spool_key": p.out_key}
-
-    return Outcome(finalize, message=f"part {p.shard + 1}/{p.shards}: {used} files tokenized")
 
 
 def token_names(tokenizer: Any) -> list[str]:

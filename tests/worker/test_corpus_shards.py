@@ -1,0 +1,117 @@
+"""A sharded `tokenize` job through the real API and runner: `tokenize_shard` children, merged.
+
+No Celery worker runs here: the parent job is run by `run_job` in this process, and it claims
+and runs its queued shards itself (what a lone worker does), so the fan-out, the fencing of
+each child and the merge are all exercised against a real database and object store.
+`tests/integration/test_corpus_shards_api.py` runs shards on several real worker processes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from cadenza.config import Settings
+from cadenza.db.migrate import upgrade
+from cadenza.db.models import Corpus, File, Job
+from cadenza.db.repo import create_api_key
+from cadenza.db.session import session_scope
+from cadenza.jobs.fanout import child_id
+from cadenza.jobs.runner import run_job
+from cadenza.storage import open_store
+from cadenza_api.app import create_app
+
+BODY = {"tokenizer": "REMI", "bpe": {"vocab_size": 300}, "seed": 4, "split": [0.6, 0.2, 0.2]}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(data_dir=tmp_path)
+    upgrade(s.resolved_database_url)
+    return s
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with session_scope(settings.resolved_database_url) as s:
+        _, key = create_api_key(session=s, owner_name="shards")
+    c = TestClient(create_app(settings))
+    c.headers["Authorization"] = f"Bearer {key}"
+    yield c
+
+
+def dataset(client: TestClient, chorales: list[Path]) -> str:
+    ds: str = client.post("/v1/datasets", json={"name": "shards"}).json()["id"]
+    files = [("files", (p.name, p.read_bytes())) for p in chorales[:7]]
+    assert client.post(f"/v1/datasets/{ds}/files", files=files).status_code == 201
+    return ds
+
+
+def corpus(client: TestClient, settings: Settings, ds: str, **extra: Any) -> dict[str, Any]:
+    job = client.post("/v1/corpora", json={"dataset_id": ds, **BODY, **extra})
+    assert job.status_code == 202, job.text
+    run_job(job.json()["id"], settings)
+    return dict(client.get(f"/v1/jobs/{job.json()['id']}").json())
+
+
+def arrays(client: TestClient, corpus_id: str) -> dict[str, np.ndarray]:
+    data = client.get(f"/v1/corpora/{corpus_id}/export.npz").content
+    with np.load(io.BytesIO(data)) as z:
+        return {k: np.asarray(z[k]) for k in z.files}
+
+
+def children(settings: Settings, parent: str, n: int) -> list[Job]:
+    with session_scope(settings.resolved_database_url) as s:
+        rows = [s.get(Job, child_id(parent, k)) for k in range(n)]
+        for r in rows:
+            s.expunge(r)
+    return [r for r in rows if r is not None]
+
+
+def test_sharded_job_builds_the_same_corpus_as_one_process(
+    client: TestClient, settings: Settings, chorales: list[Path]
+) -> None:
+    ds = dataset(client, chorales)
+    one = corpus(client, settings, ds, shards=1)
+    three = corpus(client, settings, ds, shards=3)
+    assert one["state"] == three["state"] == "succeeded", (one, three)
+    a = client.get(f"/v1/corpora/{one['corpus_id']}").json()
+    b = client.get(f"/v1/corpora/{three['corpus_id']}").json()
+    assert a["stats"]["shards"] == 1 and b["stats"]["shards"] == 3
+    assert a["stats"]["file_splits"] == b["stats"]["file_splits"]
+    assert a["tokenizer_hash"] == b["tokenizer_hash"] and a["vocab_size"] == b["vocab_size"]
+    xa, xb = arrays(client, a["id"]), arrays(client, b["id"])
+    assert xa.keys() == xb.keys() == {"train_data", "val_data", "test_data"}
+    for k in xa:
+        np.testing.assert_array_equal(xa[k], xb[k])
+    shards = children(settings, three["id"], 3)
+    assert [j.state for j in shards] == ["succeeded"] * 3
+    assert [j.type for j in shards] == ["tokenize_shard"] * 3
+    assert [j.attempts for j in shards] == [1, 1, 1]  # each part ran once
+    # the parts' spools and manifests are gone once merged
+    assert open_store(settings).list(f"jobs/{three['id']}/shards") == []
+
+
+def test_a_failing_shard_fails_the_job_and_leaves_nothing(
+    client: TestClient, settings: Settings, chorales: list[Path]
+) -> None:
+    ds = dataset(client, chorales)
+    store = open_store(settings)
+    with session_scope(settings.resolved_database_url) as s:
+        last = s.scalars(select(File).where(File.dataset_id == ds).order_by(File.created_at)).all()
+        store.delete(last[-1].object_key)  # the object store lost one file: its part fails
+    job = corpus(client, settings, ds, shards=3)
+    assert job["state"] == "failed", job
+    assert "part 3 of 3" in job["error"] and "tokenize_shard" in job["error"], job["error"]
+    assert [j.state for j in children(settings, job["id"], 3)] == ["succeeded"] * 2 + ["failed"]
+    assert store.list(f"jobs/{job['id']}") == []
+    with session_scope(settings.resolved_database_url) as s:
+        assert s.scalars(select(Corpus)).all() == []
+        assert all(j.state in ("succeeded", "failed", "cancelled") for j in s.scalars(select(Job)))
