@@ -115,3 +115,30 @@ def test_a_failing_shard_fails_the_job_and_leaves_nothing(
     with session_scope(settings.resolved_database_url) as s:
         assert s.scalars(select(Corpus)).all() == []
         assert all(j.state in ("succeeded", "failed", "cancelled") for j in s.scalars(select(Job)))
+
+
+def test_a_cancelled_part_ends_the_job_and_the_other_parts(
+    client: TestClient, settings: Settings, chorales: list[Path]
+) -> None:
+    """A part cancelled by hand (`POST /v1/jobs/{part}/cancel`) fails its parent, which cancels
+    the parts not yet run instead of running them."""
+    from cadenza.db.models import Owner
+    from cadenza.jobs.state import create_job, request_cancel
+
+    ds = dataset(client, chorales)
+    job = client.post("/v1/corpora", json={"dataset_id": ds, **BODY, "shards": 3}).json()
+    with session_scope(settings.resolved_database_url) as s:
+        owner = s.scalars(select(Owner)).one()
+        part = create_job(
+            s, owner_id=owner.id, type="tokenize_shard", params={}, job_id=child_id(job["id"], 0)
+        )
+        s.commit()
+        request_cancel(s, part)
+    run_job(job["id"], settings)
+    final = client.get(f"/v1/jobs/{job['id']}").json()
+    assert final["state"] == "failed" and "part 1 of 3" in final["error"], final
+    assert "cancelled" in final["error"]
+    # parts 2 and 3 were queued: cancelled before they started, never run
+    states = [(j.state, j.attempts) for j in children(settings, job["id"], 3)]
+    assert states == [("cancelled", 0)] * 3
+    assert open_store(settings).list(f"jobs/{job['id']}") == []
