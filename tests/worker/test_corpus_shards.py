@@ -69,10 +69,10 @@ def arrays(client: TestClient, corpus_id: str) -> dict[str, np.ndarray]:
 
 def children(settings: Settings, parent: str, n: int) -> list[Job]:
     with session_scope(settings.resolved_database_url) as s:
-        rows = [s.get(Job, child_id(parent, k)) for k in range(n)]
+        rows = [r for k in range(n) if (r := s.get(Job, child_id(parent, k))) is not None]
         for r in rows:
             s.expunge(r)
-    return [r for r in rows if r is not None]
+    return rows
 
 
 def test_sharded_job_builds_the_same_corpus_as_one_process(
@@ -141,4 +141,31 @@ def test_a_cancelled_part_ends_the_job_and_the_other_parts(
     # parts 2 and 3 were queued: cancelled before they started, never run
     states = [(j.state, j.attempts) for j in children(settings, job["id"], 3)]
     assert states == [("cancelled", 0)] * 3
+    assert open_store(settings).list(f"jobs/{job['id']}") == []
+
+
+def test_cancelling_the_job_cancels_its_parts_and_leaves_nothing(
+    client: TestClient, settings: Settings, chorales: list[Path]
+) -> None:
+    import threading
+    import time
+
+    ds = dataset(client, chorales)
+    slow = {"augment": {"pitch_offsets": [-6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6]}}
+    body = {"dataset_id": ds, **BODY, **slow, "shards": 7}
+    job = client.post("/v1/corpora", json=body).json()
+    # a short lease: the lease keeper (which notices the cancel) looks every second
+    fast = settings.model_copy(update={"job_lease_seconds": 3})
+    runner = threading.Thread(target=run_job, args=(job["id"], fast))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not children(settings, job["id"], 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code in (200, 202)
+    runner.join(timeout=300)
+    final = client.get(f"/v1/jobs/{job['id']}").json()
+    assert final["state"] == "cancelled", final
+    parts = children(settings, job["id"], 7)
+    assert len(parts) == 7 and {j.state for j in parts} <= {"succeeded", "cancelled"}
+    assert "cancelled" in {j.state for j in parts}  # the parts not run yet never ran
     assert open_store(settings).list(f"jobs/{job['id']}") == []
