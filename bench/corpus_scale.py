@@ -218,6 +218,14 @@ def throughput(
         t1 = datetime.fromisoformat(final["finished_at"])
         seconds = (t1 - t0).total_seconds()
         corpus = client.get(f"/v1/corpora/{final['corpus_id']}")
+    from sqlalchemy import select
+
+    from cadenza.config import Settings
+    from cadenza.db.models import Job
+    from cadenza.db.session import session_scope
+
+    with session_scope(Settings(data_dir=work).resolved_database_url) as s:
+        ran_on = set(s.scalars(select(Job.worker).where(Job.type == "tokenize_shard")))
     return {
         "workers": workers,
         "files": len(files),
@@ -226,6 +234,7 @@ def throughput(
         "files_per_s": len(files) / seconds,
         "tokens": sum(corpus["stats"]["tokens_per_split"].values()),
         "load": f"{load_before} → {load()}",
+        "part_workers": len(ran_on),
     }
 
 
@@ -269,7 +278,8 @@ def main() -> None:
                 lines.append(
                     f"throughput: {r['workers']} worker(s){pinned}, "
                     f"{r['files']} files in {r['shards']} shards: {r['seconds']:.1f} s, "
-                    f"{r['files_per_s']:.1f} files/s, {r['tokens']:,} tokens, load {r['load']}"
+                    f"{r['files_per_s']:.1f} files/s, {r['tokens']:,} tokens, parts ran on "
+                    f"{r['part_workers']} process(es), load {r['load']}"
                 )
                 print(lines[-1], flush=True)
             ratio = rows[1]["files_per_s"] / rows[0]["files_per_s"]
