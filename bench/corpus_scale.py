@@ -17,9 +17,11 @@ comes from outside the repository.
 - **Throughput**: `cadenza.launch.stack.launch` starts the API and 1, then 2, Celery worker
   processes (embedded default: SQLite, filesystem broker); the dataset is uploaded over HTTP
   and one sharded corpus job is timed from the job's ``started_at`` to ``finished_at``.
-  Each worker is pinned to one core (``--pin``, the default, so 2 workers = 2 cores and
-  1 worker = 1 core: the ratio shows what adding a worker buys); ``--no-pin`` leaves every
-  worker its default pool over all cores.
+  Each worker is pinned to one core (``--pin``, the default: every thread of the worker and
+  of the processes it started, such as the parse sandbox, so 2 workers = 2 cores and 1 worker
+  = 1 core: the ratio shows what adding a worker buys); ``--no-pin`` leaves every worker its
+  default pool over all cores. Each part job's start, end and worker process are printed (from
+  the job rows), which shows whether the parts really ran side by side.
 """
 
 # ruff: noqa: E402
@@ -200,10 +202,13 @@ def throughput(
     key = create_key(env, "bench")
     cores = sorted(os.sched_getaffinity(0))
     with launch(env, port=free_port(), queues=("cpu",) * workers, logs=work / "logs") as st:
-        if pin:
+        if pin:  # every thread of the worker and of what it started (the parse sandbox)
+            time.sleep(5)  # let the workers start their children first
             ws = [p for n, p in st.procs.items() if n.startswith("worker")]
-            for i, p in enumerate(ws):
-                os.sched_setaffinity(p.pid, {cores[i % len(cores)]})
+            for i, w in enumerate(ws):
+                for pid in _tree(w.pid):
+                    for tid in os.listdir(f"/proc/{pid}/task"):
+                        os.sched_setaffinity(int(tid), {cores[i % len(cores)]})
         client = Client(st.api_url, key)
         ds = client.create_dataset("scale")["id"]
         for z in _zips(files):
@@ -225,7 +230,18 @@ def throughput(
     from cadenza.db.session import session_scope
 
     with session_scope(Settings(data_dir=work).resolved_database_url) as s:
-        ran_on = set(s.scalars(select(Job.worker).where(Job.type == "tokenize_shard")))
+        start = t0.replace(tzinfo=None)
+        parts = s.scalars(select(Job).where(Job.type == "tokenize_shard")).all()
+        ran_on = {j.worker for j in parts}
+        timeline = sorted(
+            (
+                round((j.started_at.replace(tzinfo=None) - start).total_seconds(), 1),
+                round((j.finished_at.replace(tzinfo=None) - start).total_seconds(), 1),
+                j.worker,
+            )
+            for j in parts
+            if j.started_at and j.finished_at
+        )
     return {
         "workers": workers,
         "files": len(files),
@@ -235,6 +251,8 @@ def throughput(
         "tokens": sum(corpus["stats"]["tokens_per_split"].values()),
         "load": f"{load_before} → {load()}",
         "part_workers": len(ran_on),
+        "timeline": timeline,
+        "merge_s": {k: round(v, 1) for k, v in corpus["stats"]["seconds"].items()},
     }
 
 
@@ -279,9 +297,10 @@ def main() -> None:
                     f"throughput: {r['workers']} worker(s){pinned}, "
                     f"{r['files']} files in {r['shards']} shards: {r['seconds']:.1f} s, "
                     f"{r['files_per_s']:.1f} files/s, {r['tokens']:,} tokens, parts ran on "
-                    f"{r['part_workers']} process(es), load {r['load']}"
+                    f"{r['part_workers']} process(es), merge {r['merge_s']}, load {r['load']}"
                 )
                 print(lines[-1], flush=True)
+                print("  parts (start s, end s, worker):", r["timeline"], flush=True)
             ratio = rows[1]["files_per_s"] / rows[0]["files_per_s"]
             lines.append(f"ratio 2 workers / 1 worker: {ratio:.2f}×")
             print(lines[-1], flush=True)
