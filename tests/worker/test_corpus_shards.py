@@ -144,28 +144,50 @@ def test_a_cancelled_part_ends_the_job_and_the_other_parts(
     assert open_store(settings).list(f"jobs/{job['id']}") == []
 
 
-def test_cancelling_the_job_cancels_its_parts_and_leaves_nothing(
+def test_cancelling_the_job_waits_for_every_part_and_leaves_nothing(
     client: TestClient, settings: Settings, chorales: list[Path]
 ) -> None:
+    """Part 1 is held by "another worker" (this test claims it), so the job runs parts 2–7
+    itself, then waits. Cancelling the job flags part 1 and the job keeps waiting until that
+    part ended; only then does it delete its objects and end cancelled."""
     import threading
     import time
 
+    from cadenza.db.models import Owner
+    from cadenza.jobs.state import JobState, claim, create_job, finish
+
     ds = dataset(client, chorales)
-    slow = {"augment": {"pitch_offsets": [-6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6]}}
-    body = {"dataset_id": ds, **BODY, **slow, "shards": 7}
-    job = client.post("/v1/corpora", json=body).json()
-    # a short lease: the lease keeper (which notices the cancel) looks every second
-    fast = settings.model_copy(update={"job_lease_seconds": 3})
+    job = client.post("/v1/corpora", json={"dataset_id": ds, **BODY, "shards": 7}).json()
+    with session_scope(settings.resolved_database_url) as s:
+        owner = s.scalars(select(Owner)).one()
+        create_job(
+            s, owner_id=owner.id, type="tokenize_shard", params={}, job_id=child_id(job["id"], 0)
+        )
+        s.commit()
+        held = claim(s, child_id(job["id"], 0), lease_seconds=600)
+        assert held is not None
+        token = held.claim_token
+    fast = settings.model_copy(update={"job_lease_seconds": 3})  # notices the cancel in ~1 s
     runner = threading.Thread(target=run_job, args=(job["id"], fast))
     runner.start()
-    deadline = time.monotonic() + 120
-    while not children(settings, job["id"], 1) and time.monotonic() < deadline:
-        time.sleep(0.05)
+
+    def until(ok: Any) -> None:
+        deadline = time.monotonic() + 120
+        while not ok():
+            assert time.monotonic() < deadline and runner.is_alive()
+            time.sleep(0.05)
+
+    until(lambda: [j.state for j in children(settings, job["id"], 7)[1:]] == ["succeeded"] * 6)
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code in (200, 202)
-    runner.join(timeout=300)
+    until(lambda: children(settings, job["id"], 1)[0].cancel_requested)
+    time.sleep(1.5)  # the job must still be waiting for part 1
+    assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "running"
+    with session_scope(settings.resolved_database_url) as s:  # "the other worker" stops
+        assert finish(s, child_id(job["id"], 0), JobState.CANCELLED, token=token)
+        s.commit()
+    runner.join(timeout=120)
     final = client.get(f"/v1/jobs/{job['id']}").json()
     assert final["state"] == "cancelled", final
-    parts = children(settings, job["id"], 7)
-    assert len(parts) == 7 and {j.state for j in parts} <= {"succeeded", "cancelled"}
-    assert "cancelled" in {j.state for j in parts}  # the parts not run yet never ran
+    states = [j.state for j in children(settings, job["id"], 7)]
+    assert states == ["cancelled"] + ["succeeded"] * 6
     assert open_store(settings).list(f"jobs/{job['id']}") == []
