@@ -12,10 +12,19 @@ Workloads: `GET /v1/datasets/{id}` (by id), `GET /v1/jobs` (list), `POST /v1/cor
 submit), and `sse`: N idle SSE subscribers on a queued job (N = the level) held open while
 `GET /v1/datasets/{id}` runs at 4 connections; the row says how many subscribers got 200.
 
-    .venv/bin/python bench/api_load.py [--backends embedded,postgres] [--seconds 2]
-        [--workloads get,list,submit,sse] [--code /path/to/another/checkout]
+`poll` is the target workload of issue 16: 64 connections polling one job
+(`GET /v1/jobs/{id}`) for `--poll-seconds` (20), and beside them a second wrk submitting jobs
+(`POST /v1/corpora`) on 2 connections, each waiting 100 ms between its requests (about 20
+submits/s, what users do while they poll), whose p99 is the submit latency under load. The
+job rate limits and the active-job cap are lifted for this server so that every submit is
+a real one (a 429 would be a cheap answer, not a submit).
 
-CADENZA_DB_* and CADENZA_API_* variables pass through to the server (to compare pool sizes).
+    .venv/bin/python bench/api_load.py [--backends embedded,postgres] [--seconds 2]
+        [--workloads get,list,submit,sse,poll] [--poll-seconds 20] [--processes N]
+        [--code /path/to/another/checkout]
+
+CADENZA_DB_* and CADENZA_API_* variables pass through to the server (to compare pool sizes);
+`--processes N` sets CADENZA_API_PROCESSES (API processes on one socket; unset: the default).
 `--code` runs the server from another checkout's `shared/` and `services/api/` (to measure
 the code before a change). Needs `wrk` (Debian package). Loopback only; bounded: every level
 runs `--seconds`, wrk's own timeout is 2 s per request.
@@ -36,6 +45,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -159,8 +169,8 @@ class Server:
         raise TimeoutError(f"API did not answer on {self.url} within {timeout}s")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds of the API: the server process and its children (several processes)."""
+        return sum(_cpu_seconds(pid) for pid in _tree(self.proc.pid))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -172,14 +182,41 @@ class Server:
         self.log.close()
 
 
+def _stat(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # exited
+        return []
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and its descendants (uvicorn's worker processes, their spawn helpers)."""
+    parents: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (fields := _stat(int(d.name))):
+            parents.setdefault(int(fields[1]), []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += parents.get(pid, [])
+    return out
+
+
 def _wrk(
-    server: Server, path: str, conns: int, seconds: int, setup: str
+    server: Server, path: str, conns: int, seconds: int, setup: str, threads: int = 2
 ) -> tuple[list[float], int, int]:
     """(requests/s, p50 ms, p99 ms), non-2xx count, socket errors, for one wrk run."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_LUA.format(setup=setup))
     try:
-        cmd = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s", "-s", f.name]
+        cmd = [f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s", "-s", f.name]
+        cmd = ["wrk", *cmd]
         cmd += ["-H", f"Authorization: Bearer {server.key}", server.url + path]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
     finally:
@@ -236,7 +273,58 @@ def _sse_level(server: Server, n: int, seconds: int, get_path: str) -> Row:
         loop.close()
 
 
-def run_backend(server: Server, workloads: list[str], seconds: int) -> list[Row]:
+POLLERS = 64
+SUBMITTERS = 2
+SUBMIT_GAP_MS = 100
+
+
+def _poll_level(server: Server, seconds: int, post: str) -> list[Row]:
+    """64 connections on `GET /v1/jobs/{id}` with a paced submitter beside them, same window."""
+    before = server.cpu_seconds()
+    submits: list[tuple[list[float], int, int]] = []
+    paced = f"{post}\ndelay = function() return {SUBMIT_GAP_MS} end"
+    submitter = threading.Thread(
+        target=lambda: submits.append(
+            _wrk(server, "/v1/corpora", SUBMITTERS, seconds, paced, threads=1)
+        )
+    )
+    submitter.start()
+    (rps, p50, p99), non2xx, sock = _wrk(server, f"/v1/jobs/{server.job}", POLLERS, seconds, "")
+    submitter.join()
+    cpu = server.cpu_seconds() - before
+    (s_rps, s_p50, s_p99), s_non2xx, s_sock = submits[0]
+    done = (rps + s_rps) * seconds
+    per_req = cpu * 1000 / done if done else float("nan")
+    load = os.getloadavg()[0]
+    return [
+        Row(
+            "poll GET /v1/jobs/{id}",
+            str(POLLERS),
+            rps,
+            p50,
+            p99,
+            non2xx,
+            sock,
+            per_req,
+            f"load {load:.1f}; CPU {cpu / seconds:.2f} cores" + ("" if rps else "; STALLED"),
+        ),
+        Row(
+            "submit beside the pollers",
+            f"{SUBMITTERS}, {SUBMIT_GAP_MS} ms apart",
+            s_rps,
+            s_p50,
+            s_p99,
+            s_non2xx,
+            s_sock,
+            per_req,
+            "CPU/req: both workloads together",
+        ),
+    ]
+
+
+def run_backend(
+    server: Server, workloads: list[str], seconds: int, poll_seconds: int = 20
+) -> list[Row]:
     get_path = f"/v1/datasets/{server.dataset}"
     post = (
         f"wrk.method = 'POST'\nwrk.body = '{server.submit_body}'\n"
@@ -251,6 +339,9 @@ def run_backend(server: Server, workloads: list[str], seconds: int) -> list[Row]
     for workload in workloads:
         if workload == "sse":
             rows += [_sse_level(server, n, seconds, get_path) for n in (64, 256)]
+            continue
+        if workload == "poll":
+            rows += _poll_level(server, poll_seconds, post)
             continue
         name, path, setup = plans[workload]
         for conns in LEVELS:
@@ -295,6 +386,8 @@ def main() -> None:
     ap.add_argument("--backends", default="embedded", help="embedded,postgres")
     ap.add_argument("--workloads", default="get,list,submit,sse")
     ap.add_argument("--seconds", type=int, default=2, help="per level (1 to 10)")
+    ap.add_argument("--poll-seconds", type=int, default=20, help="of the poll workload")
+    ap.add_argument("--processes", type=int, default=0, help="API processes (0: default)")
     ap.add_argument("--code", type=Path, default=ROOT, help="checkout whose server code runs")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -310,7 +403,16 @@ def main() -> None:
         if not k.startswith("CADENZA_") or k.startswith(("CADENZA_DB_", "CADENZA_API_"))
     }
     base["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
+    # Every submit a real one (see the module docstring): no rate or active-job refusals.
+    base |= {
+        "CADENZA_RATE_JOBS_BURST": "1000000",
+        "CADENZA_RATE_JOBS_PER_MINUTE": "1000000",
+        "CADENZA_MAX_ACTIVE_JOBS_PER_QUEUE": "1000000",
+    }
+    if args.processes:
+        base["CADENZA_API_PROCESSES"] = str(args.processes)
     print(f"machine: {_cpu_model()}, nproc {os.cpu_count()}; code: {code}; {seconds:g} s/level")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for backend in args.backends.split(","):
         with (
             tempfile.TemporaryDirectory(prefix="cadenza-load-") as tmp,
@@ -323,7 +425,7 @@ def main() -> None:
                 raise SystemExit(f"unknown backend {backend!r}")
             server = Server(env, Path(tmp))
             try:
-                rows = run_backend(server, args.workloads.split(","), seconds)
+                rows = run_backend(server, args.workloads.split(","), seconds, args.poll_seconds)
             finally:
                 server.stop()
             kind = "SQLite + filesystem broker" if backend == "embedded" else "PostgreSQL + Redis"

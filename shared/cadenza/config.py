@@ -65,11 +65,14 @@ class Settings(BaseSettings):
     # and not committed its row yet; the periodic sweep removes it later.
     sweep_grace_seconds: float = Field(default=3600.0, ge=0)
 
-    # API process concurrency (see cadenza_api.deps.Database): sync routes run on `api_threads`
-    # AnyIO worker threads; at most `db_pool_size` requests hold a database session at once,
-    # each with its own pooled connection, so no thread ever waits for a connection. A request
-    # that finds every slot taken for `db_pool_timeout` seconds gets 503 + Retry-After.
-    # PostgreSQL: uvicorn --workers N opens up to N * (db_pool_size + 4) connections.
+    # API concurrency (see cadenza_api.deps.Database): `api_processes` processes share the
+    # port (one runs Python on one core at a time); in each, sync routes run on `api_threads`
+    # AnyIO worker threads. At most `db_pool_size` requests of the whole API hold a database
+    # session at once (each process gets its share, at least 2), each with its own pooled
+    # connection, so no thread ever waits for a connection. A request that finds every slot
+    # taken for `db_pool_timeout` seconds gets 503 + Retry-After. PostgreSQL connections of
+    # the API: about db_pool_size + 4 per process, whatever the process count.
+    api_processes: int = Field(default=1, ge=1)
     api_threads: int = Field(default=40, ge=4)
     db_pool_size: int = Field(default=20, ge=1)
     db_pool_timeout: float = Field(default=10.0, gt=0)

@@ -10,16 +10,23 @@ busy waiting for a connection: at 64 concurrent `GET /v1/datasets/{id}` the API 
 40 of 40 worker threads in `QueuePool._do_get`, 30 s checkout timeout each, forever refilled).
 
 Now a request takes a *slot* before its session exists (an async wait in the event loop, which
-holds no thread), and gives it back after the session is closed on a thread lane of its own
-(closing never needs a connection, so it always finishes). With slots == pool size, a thread
-that runs DB code always finds a free connection: sessions never wait on each other, and
-threads never wait on the pool. Saturation shows as a queue of requests waiting for a slot,
-each for at most `db_pool_timeout` seconds before a 503 with Retry-After.
+holds no thread), and gives it back after the session is closed. The route's own worker
+thread closes it as the route returns (`SessionRoute`), so closing needs no second thread; a
+session that still holds a connection after that (the route never ran) is closed on a thread
+lane of its own (closing never needs a connection, so it always finishes). With slots == pool
+size, a thread that runs DB code always finds a free connection: sessions never wait on each
+other, and threads never wait on the pool. Saturation shows as a queue of requests waiting for
+a slot, each for at most `db_pool_timeout` seconds before a 503 with Retry-After.
+
+Async-correct: no `async def` here or in a route touches a session, the store or the
+database; they only wait (for a slot, a thread) and hand sync work to worker threads
+(tests/api/test_async_correct.py enforces it).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, TypeVar
@@ -27,6 +34,7 @@ from typing import Annotated, TypeVar
 import anyio
 import anyio.to_thread
 from fastapi import Depends, Query, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -39,6 +47,7 @@ from cadenza.db.repo import (
     KeyRefused,
     caller_for_key,
     ensure_unexpired,
+    hash_key,
     touch_key,
 )
 from cadenza.db.session import session_factory
@@ -53,13 +62,16 @@ POOL_HEADROOM = 4
 # Threads that only close sessions (a rollback and a return to the pool: microseconds on
 # SQLite, one round trip on PostgreSQL).
 CLOSE_THREADS = 4
+# A process's fewest slots, however many processes share `db_pool_size`.
+MIN_SLOTS = 2
 
 
 class Database:
-    """The API process's only way to a session: `db_pool_size` slots, one connection each."""
+    """The API process's only way to a session: its share of the `db_pool_size` slots (the
+    API's processes together hold at most about that many), one connection each."""
 
     def __init__(self, settings: Settings) -> None:
-        self.slots = settings.db_pool_size
+        self.slots = max(MIN_SLOTS, -(-settings.db_pool_size // settings.api_processes))
         self.wait_s = settings.db_pool_timeout
         self.factory = session_factory(
             settings.resolved_database_url,
@@ -80,12 +92,15 @@ class Database:
         if not acquired:
             raise busy("every database slot is taken")
         try:
-            session = self.factory()
+            session = self.factory()  # no connection yet: that comes with its first query
             try:
                 yield session
             finally:
-                # Shielded by AnyIO (a cancelled request still returns its connection).
-                await anyio.to_thread.run_sync(session.close, limiter=self._closers)
+                # Normally closed already, by the route's thread (`SessionRoute`); one that
+                # still holds a connection (the route never ran) is closed here, shielded by
+                # AnyIO (a cancelled request still returns its connection).
+                if session.in_transaction():
+                    await anyio.to_thread.run_sync(session.close, limiter=self._closers)
         finally:
             self._gate.release()
 
@@ -114,6 +129,36 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 def get_store(request: Request) -> ObjectStore:
     store: ObjectStore = request.app.state.store
     return store
+
+
+class SessionRoute(APIRoute):
+    """A route whose sync endpoint closes the request's session on its own worker thread.
+
+    Why: FastAPI runs a sync endpoint on a worker thread and a `yield` dependency's exit in
+    the event loop; closing the session there took a second thread hop per request (a
+    rollback and a return to the pool, a round trip on PostgreSQL), which cost about as much
+    event-loop time as the route itself under load. Closing where the route ran is free.
+    Routes return response models built from loaded rows, so nothing reads the session
+    after its endpoint returns.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., object], **kwargs: object) -> None:
+        if not inspect.iscoroutinefunction(endpoint):
+            endpoint = _closing_sessions(endpoint)
+        super().__init__(path, endpoint, **kwargs)  # type: ignore[arg-type]
+
+
+def _closing_sessions(endpoint: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(endpoint)  # FastAPI reads the signature through __wrapped__
+    def run(*args: object, **kwargs: object) -> T:
+        try:
+            return endpoint(*args, **kwargs)
+        finally:
+            for value in kwargs.values():
+                if isinstance(value, Session):
+                    value.close()
+
+    return run
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -156,12 +201,14 @@ async def authenticate(request: Request, token: str, session: Session) -> Caller
     """The caller of `token`; 401 naming why not (invalid, revoked, expired).
 
     Async: a key verified in the last few seconds is answered from the key cache without SQL
-    (no worker thread, which saves a thread hop per request); only a miss runs the query on
-    a worker thread, and so does the once-a-minute write of the key's `last_used_at`.
+    and without the session (no worker thread, which saves a thread hop per request); its
+    owner is the cache's detached copy, which routes only read (owners have no
+    relationships to lazy-load). Only a miss runs the query on a worker thread, and so does
+    the once-a-minute write of the key's `last_used_at`.
     """
     cache: KeyCache = request.app.state.key_cache
     try:
-        caller = cache.lookup(session, token) if token.startswith(KEY_PREFIX) else None
+        caller = cache.get(hash_key(token)) if token.startswith(KEY_PREFIX) else None
         if caller is None:
             caller = await anyio.to_thread.run_sync(
                 functools.partial(caller_for_key, session=session, key=token, cache=cache)

@@ -22,12 +22,16 @@ from cadenza.db.repo import (
     list_api_keys,
     revoke_api_key,
 )
-from cadenza_api.deps import CurrentCaller, Limit, Offset, SessionDep
+from cadenza_api.deps import CurrentCaller, Limit, Offset, SessionDep, SessionRoute
 from cadenza_api.openapi import V1_ERRORS, describe
 from cadenza_api.schemas import KeyCreate, KeyCreated, KeyOut
 
-self_router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=V1_ERRORS)
-admin_router = APIRouter(prefix="/v1/admin/keys", tags=["admin"], responses=V1_ERRORS)
+self_router = APIRouter(
+    route_class=SessionRoute, prefix="/v1/keys", tags=["keys"], responses=V1_ERRORS
+)
+admin_router = APIRouter(
+    route_class=SessionRoute, prefix="/v1/admin/keys", tags=["admin"], responses=V1_ERRORS
+)
 routers = (self_router, admin_router)
 
 
