@@ -26,8 +26,10 @@ a real one (a 429 would be a cheap answer, not a submit).
 CADENZA_DB_* and CADENZA_API_* variables pass through to the server (to compare pool sizes);
 `--processes N` sets CADENZA_API_PROCESSES (API processes on one socket; unset: the default).
 `--code` runs the server from another checkout's `shared/` and `services/api/` (to measure
-the code before a change). Needs `wrk` (Debian package). Loopback only; bounded: every level
-runs `--seconds`, wrk's own timeout is 2 s per request.
+the code before a change); `--code /old/checkout,.` measures both, one after the other, in
+one run (a checkout from before `python -m cadenza_api` runs as one uvicorn process). Needs
+`wrk` (Debian package). Loopback only; bounded: every level runs `--seconds` (the poll
+workload `--poll-seconds`), wrk's own timeout is 2 s per request.
 """
 
 from __future__ import annotations
@@ -129,15 +131,20 @@ def _multipart(name: str, filename: str, data: bytes) -> tuple[bytes, str]:
 class Server:
     """One API process on a free loopback port, with a key, a dataset and a queued job."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, code: Path = ROOT) -> None:
         self.env = env
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         migrate(env)
         self.key = create_key(env, "bench")
         self.log = (workdir / "api.log").open("ab")
+        argv = api_command(host=HOST, port=self.port, log_level="warning")
+        if not (code / "services" / "api" / "cadenza_api" / "__main__.py").exists():
+            # A checkout from before `python -m cadenza_api`: uvicorn itself, one process.
+            argv = [sys.executable, "-m", "uvicorn", "cadenza_api.app:create_app", "--factory"]
+            argv += ["--host", HOST, "--port", str(self.port), "--log-level", "warning"]
         self.proc = subprocess.Popen(
-            api_command(host=HOST, port=self.port, log_level="warning"),
+            argv,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -388,13 +395,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=2, help="per level (1 to 10)")
     ap.add_argument("--poll-seconds", type=int, default=20, help="of the poll workload")
     ap.add_argument("--processes", type=int, default=0, help="API processes (0: default)")
-    ap.add_argument("--code", type=Path, default=ROOT, help="checkout whose server code runs")
+    ap.add_argument(
+        "--code", default=str(ROOT), help="checkout(s) whose server code runs, comma-separated"
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/api_load.py needs wrk: apt-get install wrk (make bench installs it)")
     seconds = min(max(args.seconds, 1), 10)
-    code = args.code.resolve()
-    paths = [code / "shared", code / "services" / "api", code / "services" / "worker"]
+    codes = [Path(c).resolve() for c in args.code.split(",")]
     # Tuning knobs (CADENZA_DB_POOL_SIZE, CADENZA_API_THREADS, ...) pass through; the rest of
     # CADENZA_* would point the server at someone else's data.
     base = {
@@ -402,7 +410,6 @@ def main() -> None:
         for k, v in os.environ.items()
         if not k.startswith("CADENZA_") or k.startswith(("CADENZA_DB_", "CADENZA_API_"))
     }
-    base["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
     # Every submit a real one (see the module docstring): no rate or active-job refusals.
     base |= {
         "CADENZA_RATE_JOBS_BURST": "1000000",
@@ -411,25 +418,39 @@ def main() -> None:
     }
     if args.processes:
         base["CADENZA_API_PROCESSES"] = str(args.processes)
-    print(f"machine: {_cpu_model()}, nproc {os.cpu_count()}; code: {code}; {seconds:g} s/level")
+    print(f"machine: {_cpu_model()}, nproc {os.cpu_count()}; {seconds:g} s/level")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for backend in args.backends.split(","):
-        with (
-            tempfile.TemporaryDirectory(prefix="cadenza-load-") as tmp,
-            contextlib.ExitStack() as stack,
-        ):
-            env = base | {"CADENZA_DATA_DIR": tmp}
-            if backend == "postgres":
-                env |= stack.enter_context(_postgres_and_redis())
-            elif backend != "embedded":
-                raise SystemExit(f"unknown backend {backend!r}")
-            server = Server(env, Path(tmp))
-            try:
-                rows = run_backend(server, args.workloads.split(","), seconds, args.poll_seconds)
-            finally:
-                server.stop()
+        for code in codes:
+            paths = [code / "shared", code / "services" / "api", code / "services" / "worker"]
+            env = base | {"PYTHONPATH": os.pathsep.join(str(p) for p in paths)}
+            rows = _run_one(env, backend, code, args.workloads.split(","), seconds, args)
             kind = "SQLite + filesystem broker" if backend == "embedded" else "PostgreSQL + Redis"
-            print(f"\n{_table(f'{backend}: {kind}', rows)}")
+            print(f"\n{_table(f'{backend}: {kind}; code: {code}', rows)}")
+
+
+def _run_one(
+    env: dict[str, str],
+    backend: str,
+    code: Path,
+    workloads: list[str],
+    seconds: int,
+    args: argparse.Namespace,
+) -> list[Row]:
+    with (
+        tempfile.TemporaryDirectory(prefix="cadenza-load-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        env = env | {"CADENZA_DATA_DIR": tmp}
+        if backend == "postgres":
+            env |= stack.enter_context(_postgres_and_redis())
+        elif backend != "embedded":
+            raise SystemExit(f"unknown backend {backend!r}")
+        server = Server(env, Path(tmp), code)
+        try:
+            return run_backend(server, workloads, seconds, args.poll_seconds)
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
