@@ -155,14 +155,21 @@ MAX_DEFAULT_API_PROCESSES = 4
 
 
 def default_api_processes() -> int:
-    """One API process per core this process may run on, at most `MAX_DEFAULT_API_PROCESSES`.
+    """One API process per core this process may use, at most `MAX_DEFAULT_API_PROCESSES`.
 
     Why more than one: a process runs Python on one core at a time (the GIL), and under load
-    the API is Python-bound (1.2-1.5 ms of CPU per `GET /v1/jobs/{id}`), so one process leaves
-    the other cores idle. In a container limited by a CPU quota rather than by cores, set
-    `CADENZA_API_PROCESSES` to the quota.
+    the API is Python-bound (about 1-1.5 ms of CPU per `GET /v1/jobs/{id}`), so one process
+    leaves the other cores idle. A container's CPU quota (cgroup v2 `cpu.max`, what a
+    Kubernetes CPU limit sets) counts, rounded up: a pod limited to 1 CPU runs one process.
     """
-    return max(1, min(MAX_DEFAULT_API_PROCESSES, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read: the cores decide
+    return max(1, min(MAX_DEFAULT_API_PROCESSES, cores))
 
 
 @lru_cache(maxsize=1)
