@@ -391,7 +391,7 @@ def _table(title: str, rows: list[Row]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", default="embedded", help="embedded,postgres")
-    ap.add_argument("--workloads", default="get,list,submit,sse")
+    ap.add_argument("--workloads", default="get,list,submit,sse,poll")
     ap.add_argument("--seconds", type=int, default=2, help="per level (1 to 10)")
     ap.add_argument("--poll-seconds", type=int, default=20, help="of the poll workload")
     ap.add_argument("--processes", type=int, default=0, help="API processes (0: default)")
