@@ -3,8 +3,8 @@
 Server-side commands (`server`: serve, api, worker, migrate, keys, train-job, reconcile,
 sweep) read the same `CADENZA_*` settings as the services; client commands (`client`:
 datasets, corpora, models, samples, sample, play, show, jobs) talk HTTP to `CADENZA_API_URL`
-with `CADENZA_API_KEY`; `demo` runs the whole path on the embedded default; `k8s` prints Kubernetes manifests
-(`k8s train-job`: one training run on N GPUs x M nodes).
+with `CADENZA_API_KEY`; `demo` runs the whole path on the embedded default; `k8s` prints
+Kubernetes manifests (`k8s train-job`: one training run on N GPUs x M nodes).
 """
 
 from __future__ import annotations
