@@ -68,39 +68,42 @@ def test_one_job_on_two_nodes(tmp_path: Path, chorales: list[Path]) -> None:
     }
     migrate(env)
     key = create_key(env, "ops")
-    with launch(env, port=free_port(), queues=("cpu",), logs=tmp_path / "logs") as stack:
-        with Client(stack.api_url, key) as api:
-            ds = api.create_dataset("k8s")
-            api.upload(ds["id"], chorales[:3])
-            tok = api.wait(api.create_corpus(ds["id"], tokenizer="REMI")["id"], timeout=120)
-            assert tok["state"] == "succeeded", tok
-            train = {"max_steps": 6, "eval_interval": 3, "batch_size": 2, "seq_len": 32}
-            job = api.create_model(tok["corpus_id"], architecture="gpt", preset="tiny", train=train)
-            model_id = api.job(job["id"])["model_id"]
-            assert model_id and api.job(job["id"])["state"] == "queued"
+    port = free_port()
+    with (
+        launch(env, port=port, queues=("cpu",), logs=tmp_path / "logs") as stack,
+        Client(stack.api_url, key) as api,
+    ):
+        ds = api.create_dataset("k8s")
+        api.upload(ds["id"], chorales[:3])
+        tok = api.wait(api.create_corpus(ds["id"], tokenizer="REMI")["id"], timeout=120)
+        assert tok["state"] == "succeeded", tok
+        train = {"max_steps": 6, "eval_interval": 3, "batch_size": 2, "seq_len": 32}
+        job = api.create_model(tok["corpus_id"], architecture="gpt", preset="tiny", train=train)
+        model_id = api.job(job["id"])["model_id"]
+        assert model_id and api.job(job["id"])["state"] == "queued"
 
-            # The operator's command, by model id: the API says which job trains it.
-            render = subprocess.run(
-                [str(BIN / "cadenza"), "k8s", "train-job", model_id, "--nodes", str(NODES)],
-                env=env | {"CADENZA_API_URL": stack.api_url, "CADENZA_API_KEY": key},
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert render.returncode == 0, render.stderr
-            docs = [d for d in yaml.safe_load_all(render.stdout) if d]
-            (manifest,) = [d for d in docs if d["kind"] == "Job"]
-            assert manifest["metadata"]["labels"]["cadenza.dev/job-id"] == job["id"]
-            container = manifest["spec"]["template"]["spec"]["containers"][0]
+        # The operator's command, by model id: the API says which job trains it.
+        render = subprocess.run(
+            [str(BIN / "cadenza"), "k8s", "train-job", model_id, "--nodes", str(NODES)],
+            env=env | {"CADENZA_API_URL": stack.api_url, "CADENZA_API_KEY": key},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert render.returncode == 0, render.stderr
+        docs = [d for d in yaml.safe_load_all(render.stdout) if d]
+        (manifest,) = [d for d in docs if d["kind"] == "Job"]
+        assert manifest["metadata"]["labels"]["cadenza.dev/job-id"] == job["id"]
+        container = manifest["spec"]["template"]["spec"]["containers"][0]
 
-            # --nnodes=2 (min = max): the rendezvous completes only with both nodes, so both
-            # exiting 0 means both trained in one world.
-            for index, (code, out) in enumerate(_run_nodes(container, env)):
-                assert code == 0, f"node {index}:\n{out[-4000:]}"
+        # --nnodes=2 (min = max): the rendezvous completes only with both nodes, so both
+        # exiting 0 means both trained in one world.
+        for index, (code, out) in enumerate(_run_nodes(container, env)):
+            assert code == 0, f"node {index}:\n{out[-4000:]}"
 
-            final = api.job(job["id"])
-            assert final["state"] == "succeeded" and final["attempts"] == 1, final
-            model = api.get(f"/v1/models/{model_id}")
+        final = api.job(job["id"])
+        assert final["state"] == "succeeded" and final["attempts"] == 1, final
+        model = api.get(f"/v1/models/{model_id}")
     assert model["state"] == "ready" and model["summary"]["steps"] == train["max_steps"]
     # One writer (global rank 0): one set of checkpoints and metrics, no step twice.
     ckpt_steps = [c["step"] for c in model["checkpoints"]]
