@@ -263,9 +263,31 @@ def test_ingress_allows_the_upload_cap_and_sse(rendered: dict[str, list[Doc]]) -
         for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
             assert int(notes[f"nginx.ingress.kubernetes.io/{timeout}"]) >= 3600
         (rule,) = ingress["spec"]["rules"]
-        backend = rule["http"]["paths"][0]["backend"]["service"]
-        service = _find(docs, "Service", backend["name"])
-        assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+        for route in rule["http"]["paths"]:
+            backend = route["backend"]["service"]
+            service = _find(docs, "Service", backend["name"])
+            assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def _routed(paths: list[Doc], url: str) -> bool:
+    return any(
+        url == p["path"] or (p["pathType"] == "Prefix" and url.startswith(p["path"] + "/"))
+        for p in paths
+    )
+
+
+def test_ingress_routes_every_api_path_but_metrics(
+    rendered: dict[str, list[Doc]], tmp_path: Path
+) -> None:
+    """Every documented route (and the docs pages) is reachable from outside; /metrics (job
+    counts, read by Prometheus and KEDA in the cluster) is not."""
+    spec = TestClient(_app(Settings(data_dir=tmp_path))).get("/openapi.json").json()
+    (rule,) = _find(rendered["base"], "Ingress", "cadenza-api")["spec"]["rules"]
+    paths = rule["http"]["paths"]
+    for url in [*spec["paths"], "/openapi.json", "/docs", "/redoc"]:
+        if url != "/metrics":
+            assert _routed(paths, url), url
+    assert not _routed(paths, "/metrics")
 
 
 # ---------------------------------------------------------------------------------------------
