@@ -83,14 +83,21 @@ def test_one_job_on_two_nodes(tmp_path: Path, chorales: list[Path]) -> None:
         assert model_id and api.job(job["id"])["state"] == "queued"
 
         # The operator's command, by model id: the API says which job trains it.
-        render = subprocess.run(
-            [str(BIN / "cadenza"), "k8s", "train-job", model_id, "--nodes", str(NODES)],
-            env=env | {"CADENZA_API_URL": stack.api_url, "CADENZA_API_KEY": key},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        def k8s(ident: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(BIN / "cadenza"), "k8s", "train-job", ident, "--nodes", str(NODES)],
+                env=env
+                | {"CADENZA_API_URL": stack.api_url, "CADENZA_API_KEY": key, "COLUMNS": "200"},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        render = k8s(model_id)
         assert render.returncode == 0, render.stderr
+        assert k8s(job["id"]).stdout == render.stdout  # the job's own id: the same run
+        refused = k8s(tok["id"])  # a tokenize job
+        assert refused.returncode == 2 and "is a tokenize job, not a training job" in refused.stderr
         docs = [d for d in yaml.safe_load_all(render.stdout) if d]
         (manifest,) = [d for d in docs if d["kind"] == "Job"]
         assert manifest["metadata"]["labels"]["cadenza.dev/job-id"] == job["id"]
