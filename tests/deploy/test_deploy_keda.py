@@ -308,6 +308,9 @@ def test_train_job_manifest(shape: str) -> None:
     assert c["resources"]["requests"]["nvidia.com/gpu"] == gpus
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["JOB_ID"] == "j42"
+    if gpus > 1 or nodes > 1:  # torchrun lets its workers drain within the pod's grace
+        shutdown = int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"])
+        assert 300 <= shutdown < pod["terminationGracePeriodSeconds"]
     if nodes == 1:
         assert kinds == ["Job"] and "completionMode" not in spec
         if gpus == 1:
@@ -317,7 +320,10 @@ def test_train_job_manifest(shape: str) -> None:
             assert "--nproc_per_node=$(GPUS)" in c["args"] and "--standalone" in c["args"]
             assert c["args"][-3:] == ["-m", "cadenza.jobs.train_job", "$(JOB_ID)"]
         return
-    assert sorted(kinds) == ["Job", "NetworkPolicy", "Service"]
+    assert sorted(kinds) == ["Job", "NetworkPolicy", "PodDisruptionBudget", "Service"]
+    budget = _find(docs, "PodDisruptionBudget", "cadenza-train-j42")["spec"]
+    assert budget["maxUnavailable"] == 0
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == nodes
     service = _find(docs, "Service", "cadenza-train-j42")

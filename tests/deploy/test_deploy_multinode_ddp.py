@@ -8,6 +8,7 @@ API and a CPU worker (tokenize) run as in production, no GPU worker takes the jo
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from typing import Any
 import yaml
 
 from cadenza.client import Client
+from cadenza.config import Settings
+from cadenza.db.models import Job
+from cadenza.db.session import session_scope
 from cadenza.launch.processes import free_port
 from cadenza.launch.stack import create_key, launch, migrate
 
@@ -31,10 +35,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run_nodes(container: dict[str, Any], env: dict[str, str]) -> list[tuple[int, str]]:
+def _start_nodes(container: dict[str, Any], env: dict[str, str]) -> list[subprocess.Popen[str]]:
+    """The container's command once per node, as the Indexed Job's pods run it."""
     manifest_env = {e["name"]: e["value"] for e in container["env"]}
     rdzv = {"RDZV_HOST": "127.0.0.1", "RDZV_PORT": str(_free_port())}
-    procs = [
+    return [
         subprocess.Popen(
             [*container["command"], *container["args"]],
             env=env | manifest_env | rdzv | {"JOB_COMPLETION_INDEX": str(index)},
@@ -45,8 +50,12 @@ def _run_nodes(container: dict[str, Any], env: dict[str, str]) -> list[tuple[int
         )
         for index in range(NODES)
     ]
+
+
+def _wait_nodes(procs: list[subprocess.Popen[str]], timeout: float = 150) -> list[tuple[int, str]]:
+    """(exit code, output) of each node; every process group is gone afterwards."""
     results = []
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + timeout
     try:
         for p in procs:
             out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
@@ -54,9 +63,19 @@ def _run_nodes(container: dict[str, Any], env: dict[str, str]) -> list[tuple[int
     finally:
         for p in procs:
             if p.poll() is None:
-                os.killpg(p.pid, 9)
+                os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     return results
+
+
+def _node_of_rank0(procs: list[subprocess.Popen[str]], data_dir: Path, job_id: str) -> int:
+    """Which node's torchrun started the process that claimed the job (global rank 0: the
+    c10d rendezvous does not say which node that is)."""
+    with session_scope(Settings(data_dir=data_dir).resolved_database_url) as s:
+        worker = s.get(Job, job_id).worker  # type: ignore[union-attr]
+    pid = int(str(worker).rsplit(":", 1)[1])
+    ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return next(i for i, p in enumerate(procs) if p.pid == ppid)
 
 
 def test_one_job_on_two_nodes(tmp_path: Path, chorales: list[Path]) -> None:
@@ -77,7 +96,7 @@ def test_one_job_on_two_nodes(tmp_path: Path, chorales: list[Path]) -> None:
         api.upload(ds["id"], chorales[:3])
         tok = api.wait(api.create_corpus(ds["id"], tokenizer="REMI")["id"], timeout=120)
         assert tok["state"] == "succeeded", tok
-        train = {"max_steps": 6, "eval_interval": 3, "batch_size": 2, "seq_len": 32}
+        train = {"max_steps": 120, "eval_interval": 40, "batch_size": 2, "seq_len": 32}
         job = api.create_model(tok["corpus_id"], architecture="gpt", preset="tiny", train=train)
         model_id = api.job(job["id"])["model_id"]
         assert model_id and api.job(job["id"])["state"] == "queued"
@@ -103,16 +122,34 @@ def test_one_job_on_two_nodes(tmp_path: Path, chorales: list[Path]) -> None:
         assert manifest["metadata"]["labels"]["cadenza.dev/job-id"] == job["id"]
         container = manifest["spec"]["template"]["spec"]["containers"][0]
 
-        # --nnodes=2 (min = max): the rendezvous completes only with both nodes, so both
-        # exiting 0 means both trained in one world.
-        for index, (code, out) in enumerate(_run_nodes(container, env)):
+        # A drain (SIGTERM to the pod whose torchrun holds rank 0) once the run trains: a
+        # checkpoint, the job back to queued with no attempt used, and every node exits
+        # non-zero, so the Indexed Job would retry all its pods.
+        procs = _start_nodes(container, env)
+        deadline = time.monotonic() + 120
+        while (j := api.job(job["id"]))["progress"] <= 0:
+            assert j["state"] in ("queued", "running"), j
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
+            time.sleep(0.1)
+        procs[_node_of_rank0(procs, tmp_path, job["id"])].send_signal(signal.SIGTERM)
+        for index, (code, out) in enumerate(_wait_nodes(procs)):
+            assert code != 0, f"node {index} exited 0 after the drain:\n{out[-4000:]}"
+        drained = api.job(job["id"])
+        assert drained["state"] == "queued" and drained["attempts"] == 0, drained
+        checkpoints = api.get(f"/v1/models/{model_id}")["checkpoints"]
+        assert checkpoints and max(c["step"] for c in checkpoints) < train["max_steps"]
+
+        # The retried pods meet again and resume. --nnodes=2 (min = max): the rendezvous
+        # completes only with both nodes, so both exiting 0 means both trained in one world.
+        for index, (code, out) in enumerate(_wait_nodes(_start_nodes(container, env))):
             assert code == 0, f"node {index}:\n{out[-4000:]}"
 
         final = api.job(job["id"])
         assert final["state"] == "succeeded" and final["attempts"] == 1, final
         model = api.get(f"/v1/models/{model_id}")
     assert model["state"] == "ready" and model["summary"]["steps"] == train["max_steps"]
-    # One writer (global rank 0): one set of checkpoints and metrics, no step twice.
+    # One writer (global rank 0): one set of checkpoints and metrics across both runs, no step
+    # twice.
     ckpt_steps = [c["step"] for c in model["checkpoints"]]
     assert ckpt_steps and len(ckpt_steps) == len(set(ckpt_steps))
     steps = [(m["step"], m["split"]) for m in model["metrics"]]

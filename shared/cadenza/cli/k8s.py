@@ -4,11 +4,14 @@
 
 One training job (the `train` job's id, or its model's id) becomes one Kubernetes Job running
 the same entry point as a GPU worker would: `cadenza train-job JOB_ID` on one GPU, else
-`torchrun … -m cadenza.jobs.train_job JOB_ID` (rank 0 claims the job in SQL, so a Job and a
-worker never train it twice). On several nodes it is an Indexed Job (one pod per node, pod i
-is node rank i) with a headless Service whose DNS name for pod 0 is torchrun's c10d
-rendezvous endpoint, and a NetworkPolicy that lets the pods of that run reach each other
-(the namespace denies ingress by default; NCCL uses ports of its own).
+`torchrun … -m cadenza.jobs.train_job JOB_ID` (global rank 0 claims the job in SQL, so a Job
+and a worker never train it twice). On several nodes it is an Indexed Job (one pod per node,
+`--node_rank` = the pod's index) with a headless Service whose DNS name for pod 0 is
+torchrun's c10d rendezvous endpoint, a NetworkPolicy that lets the pods of that run reach
+each other (the namespace denies ingress by default; NCCL uses ports of its own) and a
+PodDisruptionBudget that makes node drains wait for the run. The c10d rendezvous assigns node
+ranks in join order (torchrun says it ignores `--node_rank` then); nothing depends on which
+pod holds rank 0.
 
 Pure functions build the documents (torch-free, no cluster needed); the defaults are those of
 `k8s/base` (namespace, image, config and secret names, service account, GPU node selector and
@@ -30,6 +33,12 @@ k8s_app = typer.Typer(help="Kubernetes manifests for operators (print; pipe to k
 
 Doc = dict[str, Any]
 RDZV_PORT = 29500
+# Seconds between SIGTERM and SIGKILL for a training pod: a drain stops at the next step and
+# saves a checkpoint (as the GPU worker Deployment allows).
+GRACE_S = 600
+# torchrun gives its workers only 30 s after SIGTERM by default, then kills them: let them
+# drain for most of the pod's grace period, and still end before the kubelet's SIGKILL.
+TORCHRUN_SHUTDOWN_S = GRACE_S - 30
 # A DNS label (RFC 1123): what names, label values and hostnames accept.
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?")
@@ -150,6 +159,7 @@ def _env(spec: TrainJobSpec) -> list[Doc]:
     env = [{"name": "JOB_ID", "value": spec.job_id}]
     if spec.gpus > 1 or spec.nodes > 1:
         env.append({"name": "GPUS", "value": str(spec.gpus)})
+        env.append({"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(TORCHRUN_SHUTDOWN_S)})
     if spec.nodes > 1:
         env += [
             {"name": "NNODES", "value": str(spec.nodes)},
@@ -214,7 +224,7 @@ def _pod(spec: TrainJobSpec) -> Doc:
         "restartPolicy": "Never",
         # SIGTERM drains: training stops at its next step, saves a checkpoint and is requeued
         # without using an attempt (see the GPU worker Deployment).
-        "terminationGracePeriodSeconds": 600,
+        "terminationGracePeriodSeconds": GRACE_S,
     }
     if spec.nodes > 1:
         pod["subdomain"] = spec.job_name  # pod i is <job>-i.<service>
@@ -249,8 +259,8 @@ def _double(quantity: str) -> str:
 
 
 def train_job_manifest(spec: TrainJobSpec) -> list[Doc]:
-    """The documents of one training run: the Job, plus its Service and NetworkPolicy on
-    several nodes."""
+    """The documents of one training run: the Job, plus its Service, NetworkPolicy and
+    PodDisruptionBudget on several nodes."""
     meta = {"name": spec.job_name, "namespace": spec.namespace, "labels": _labels(spec)}
     job_spec: Doc = {
         "backoffLimit": spec.backoff_limit * spec.nodes,
@@ -289,7 +299,16 @@ def train_job_manifest(spec: TrainJobSpec) -> list[Doc]:
             "ingress": [{"from": [{"podSelector": {"matchLabels": _selector(spec)}}]}],
         },
     }
-    return [service, policy, job]
+    # Voluntary evictions (kubectl drain, the cluster autoscaler) wait for the run: a drained
+    # pod that does not hold global rank 0 cannot stop the run cleanly (rank 0 decides when
+    # every rank stops), so its loss would fail the job.
+    budget: Doc = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": dict(meta),
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": _selector(spec)}},
+    }
+    return [service, policy, budget, job]
 
 
 def dump(docs: list[Doc]) -> str:
