@@ -4,6 +4,7 @@ the API's HPA, the Ingress's upload and SSE settings, and `cadenza k8s train-job
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -408,3 +409,16 @@ def test_train_job_spec_is_the_one_renderer() -> None:
     """The CLI prints exactly what the library builds (one place for the manifest)."""
     cli = render_train_job("abc", "--gpus", "2", "--nodes", "3")
     assert cli == train_job_manifest(TrainJobSpec(job_id="abc", gpus=2, nodes=3))
+
+
+def test_train_job_without_pyyaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `cadenza` command does not depend on PyYAML: without it the documents are JSON
+    (YAML too), which kubectl reads the same."""
+    from cadenza.cli.k8s import dump
+
+    docs = train_job_manifest(TrainJobSpec(job_id="abc", gpus=2, nodes=2))
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` raises ImportError
+    text = dump(docs)
+    monkeypatch.undo()
+    assert text.startswith("---\n{")
+    assert [d for d in yaml.safe_load_all(text) if d] == docs

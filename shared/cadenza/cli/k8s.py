@@ -20,12 +20,12 @@ toleration, security context), which tests/deploy checks.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from cadenza import __version__
 
@@ -312,8 +312,16 @@ def train_job_manifest(spec: TrainJobSpec) -> list[Doc]:
 
 
 def dump(docs: list[Doc]) -> str:
-    """Multi-document YAML for `kubectl apply -f -`."""
-    return yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
+    """Multi-document YAML for `kubectl apply -f -`.
+
+    PyYAML is not a dependency of the `cadenza` command (it comes with the server extras):
+    without it each document is written as JSON, which is YAML too.
+    """
+    try:
+        import yaml
+    except ImportError:
+        return "".join(f"---\n{json.dumps(d, indent=2)}\n" for d in docs)
+    return str(yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True))
 
 
 # ---------------------------------------------------------------------------------------------
