@@ -394,7 +394,8 @@ def test_train_job_options() -> None:
 @pytest.mark.parametrize(
     "args",
     [["a b"], ["x", "--gpus", "0"], ["x", "--nodes", "two"], ["x" * 64], [], ["x", "--cpu", "lots"],
-     ["x", "--toleration", "k:Sometimes"], ["x", "--namespace", "Not_A_Label"]],
+     ["x", "--toleration", "k:Sometimes"], ["x", "--namespace", "Not_A_Label"], ["_x"],
+     ["x", "--name", "1abc"]],
 )  # fmt: skip
 def test_train_job_refuses_bad_input(args: list[str]) -> None:
     from typer.testing import CliRunner

@@ -43,10 +43,16 @@ TORCHRUN_SHUTDOWN_S = GRACE_S - 30
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?")
 _IMAGE = re.compile(r"[A-Za-z0-9./:@_-]+")
+# A label value (the job id): alphanumerics at both ends.
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+# The Job's and the Service's name: a DNS-1035 label (a Service name starts with a letter).
+_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass(frozen=True)
 class Toleration:
+    """A pod toleration of the taint `key` (any value when `value` is None)."""
+
     key: str
     effect: str = "NoSchedule"
     value: str | None = None  # None: operator Exists
@@ -84,8 +90,11 @@ class TrainJobSpec:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,63}", self.job_id):
-            raise ValueError("the job id may only hold A-Z a-z 0-9 . _ - (at most 63)")
+        if not _LABEL_VALUE.fullmatch(self.job_id):
+            raise ValueError(
+                "the job id may only hold A-Z a-z 0-9 . _ - (at most 63, a letter or digit "
+                "at both ends)"
+            )
         if self.gpus < 1 or self.nodes < 1:
             raise ValueError("--gpus and --nodes must be at least 1")
         if not _LABEL.fullmatch(self.namespace) or len(self.namespace) > 63:
@@ -95,8 +104,8 @@ class TrainJobSpec:
         for q, opt in ((self.cpu, "--cpu"), (self.memory, "--memory")):
             if q is not None and not _QUANTITY.fullmatch(q):
                 raise ValueError(f"{opt} {q!r} is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)")
-        if self.name is not None and not _LABEL.fullmatch(self.name):
-            raise ValueError(f"--name {self.name!r} is not a DNS label")
+        if self.name is not None and not _NAME.fullmatch(self.name):
+            raise ValueError(f"--name {self.name!r} is not a DNS label starting with a letter")
         if len(self.job_name) > 63 - len(f"-{self.nodes - 1}"):
             raise ValueError(f"--name {self.job_name!r} leaves no room for the pod index")
 
