@@ -12,11 +12,11 @@ from sqlalchemy import func, select, text
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
 from cadenza.jobs.queue import QUEUES, ping_broker
-from cadenza_api.deps import Database, authenticate
+from cadenza_api.deps import Database, SessionRoute, authenticate
 from cadenza_api.openapi import describe
 from cadenza_api.schemas import Liveness, Readiness
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=SessionRoute, tags=["health"])
 log = logging.getLogger("cadenza.api")
 
 
