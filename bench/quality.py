@@ -196,7 +196,16 @@ def stage_train(args: argparse.Namespace, src: Path) -> None:
     report: dict[str, Any] = {
         "args": {
             k: getattr(args, k)
-            for k in ("steps", "archs", "preset", "model", "batch", "seq_len", "eval_batches")
+            for k in (
+                "steps",
+                "archs",
+                "preset",
+                "model",
+                "train",
+                "batch",
+                "seq_len",
+                "eval_batches",
+            )
         },
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "torch": torch.__version__,
@@ -211,6 +220,7 @@ def stage_train(args: argparse.Namespace, src: Path) -> None:
             "seed": args.seed,
             "eval_interval": max(args.steps // 4, 1),
             "eval_batches": args.eval_batches,
+            **_overrides(args.train),
         }
         cfg = TrainConfig.from_preset(arch, args.preset, overrides)
         spec = {
@@ -449,7 +459,9 @@ def _print(report: dict[str, Any], args: argparse.Namespace, argv: list[str] | N
         f"{load:.1f}; sampling took {report['seconds']:.0f} s; trained on {tr['device']} (torch "
         f"{tr['torch']}); {corpus['files']} files `{corpus['tokenizer']}`, train/val/test "
         f"{corpus['splits']}; model {targs['preset']} + `{targs['model']}`, {targs['steps']} "
-        f"steps of {targs['batch']} x {targs['seq_len']}  "
+        f"steps of {targs['batch']} x {targs['seq_len']}"
+        + (f" + `{targs['train']}`" if targs.get("train") else "")
+        + "  "
     )
     print(
         f"Samples: unprimed {args.n} x {args.lengths} new tokens from BOS; primed: first "
@@ -523,6 +535,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--model",
         default="n_layer=4,n_head=4,n_embd=128,block_size=512,dropout=0.1",
         help="model config overrides over the preset, k=v,k=v ('' = the preset as is)",
+    )
+    ap.add_argument(
+        "--train",
+        default="",
+        help="training config overrides, k=v,k=v (lr, warmup_steps, window_grid, ...)",
     )
     ap.add_argument("--tokenizer", default="remi-chords-tempos")
     ap.add_argument("--batch", type=int, default=16)
