@@ -96,6 +96,7 @@ def test_quality_bench_stages_train_without_the_music_libraries(
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 30 * 2**20
     report = bench.main(["--stage", "sample", "--from", str(folder), *SAMPLE, "--sampling", ""])  # type: ignore[attr-defined]
     assert "| architecture |" in capsys.readouterr().out
+    assert report["held_out"]["samples"] > 0  # the openings of the val and test pieces
     for arch in report["archs"].values():
         assert arch["step"] == 2 and math.isfinite(arch["val_nll"])
         unprimed = arch["setups"][""]["unprimed"]
