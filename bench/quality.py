@@ -24,6 +24,10 @@ first tokens they are made of, to see *why*. Two references, both reported:
 * ``whole``: the training files whole, which is what a stored sample's metrics carry (the
   tokenize job's ``corpus_metrics``); a 4-bar sample misses them for being short alone.
 
+The first row measures the held-out pieces' openings exactly as unprimed samples are: real
+music does not score 100 % (about 68 % of a normal spread lies within 1σ), so it is the row
+the models' shares are read against.
+
 It runs in-process through the functions the jobs call, not through HTTP: ``build_corpus`` and
 ``corpus_metrics`` (the tokenize job), ``TrainConfig.from_preset`` + ``train`` (the train job;
 the best checkpoint, in the inference format of ``cadenza.models.checkpoint``, is reloaded with
