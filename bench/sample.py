@@ -27,8 +27,10 @@ import shlex  # noqa: E402
 import sys
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from cadenza.models import CadenzaModel, build_model, resolve_config  # noqa: E402
 from cadenza.sample import SamplingParams, generate, generate_uncached  # noqa: E402
@@ -135,8 +137,10 @@ def estimate_recompute_s(costs: dict[int, float], prompt: int, block: int, n: in
     return total
 
 
-def main(argv: list[str] | None = None) -> None:
+def recompute_main(argv: list[str] | None = None) -> None:
+    """The KV-cached vs recompute table (`--vs-recompute`)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--vs-recompute", action="store_true")
     ap.add_argument("--quick", action="store_true", help="short lengths and budget (smoke run)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument(
@@ -228,5 +232,202 @@ def main(argv: list[str] | None = None) -> None:
     print("tok/s counts the new tokens of all rows of the batch.")
 
 
+# ----------------------------------------------------------------------------- vs a plain loop
+# The default mode: Cadenza's sampler against a plain KV-cache loop of the same size (issue 16).
+# Imports only torch, numpy, pydantic and cadenza.models / cadenza.sample (the CUDA machine has
+# nothing else); the `--api` mode imports the stack lazily.
+
+
+@torch.inference_mode()
+def reference_generate(model: Any, batch: int, n: int, seed: int = 0) -> list[list[int]]:
+    """The reference: a plain KV-cache loop of ~40 lines (what a user writes in an afternoon).
+
+    `torch.cat` grows each layer's keys/values per token, no compile, plain softmax +
+    multinomial, one host read at the end. Same weights as the model (a Cadenza `gpt`); no
+    sliding window, so the prompt (1 token) + new tokens must fit in block_size.
+    """
+    dev = model.wte.weight.device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    C, nh = model.config.n_embd, model.config.n_head
+    hs = C // nh
+    idx = torch.zeros(batch, 1, dtype=torch.long, device=dev)
+    past: list[tuple[torch.Tensor, torch.Tensor]] = []
+    out, start = [], 0
+    for _ in range(n):
+        T = idx.size(1)
+        x = model.wte(idx) + model.wpe(torch.arange(start, start + T, device=dev))
+        new = []
+        for i, blk in enumerate(model.h):
+            q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(C, 2)
+            q, k, v = (t.view(batch, T, nh, hs).transpose(1, 2) for t in (q, k, v))
+            if past:
+                k, v = torch.cat([past[i][0], k], 2), torch.cat([past[i][1], v], 2)
+            new.append((k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(batch, T, C))
+            x = x + blk.mlp(blk.ln_2(x))
+        logits = model.lm_head(model.ln_f(x[:, -1])).float()
+        past, start = new, start + T
+        idx = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
+        out.append(idx)
+    return torch.cat(out, 1).tolist()
+
+
+def gpt_model(layers: int, embd: int, heads: int, block: int, device: str, dtype: str) -> Any:
+    torch.manual_seed(0)
+    over = {"n_layer": layers, "n_embd": embd, "n_head": heads, "block_size": block}
+    cfg = resolve_config("gpt", None, {**over, "dropout": 0.0})
+    model = build_model("gpt", cfg, VOCAB).eval()
+    return model.to(device=device, dtype=getattr(torch, dtype))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Any, device: str) -> float:
+    _sync(device)
+    t0 = clock()
+    fn()
+    _sync(device)
+    return clock() - t0
+
+
+def copy_bandwidth(device: str, mib: int = 1024) -> float:
+    """Bytes/s of a large device-to-device copy (read + write), the weights-read bound's rate."""
+    a = torch.empty(mib * 2**20, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    best = min(_timed(lambda: b.copy_(a), device) for _ in range(5))
+    return 2 * a.numel() / best
+
+
+def run_reference(args: argparse.Namespace) -> None:
+    global clock
+    clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev, n = args.device, args.new_tokens
+    model = gpt_model(args.layers, args.embd, args.heads, args.block, dev, args.dtype)
+    if n + 1 > args.block:
+        raise SystemExit(f"--new-tokens + 1 must fit in --block ({args.block})")
+    modes = ["eager", "compiled" if not dev.startswith("cuda") else "cudagraph"]
+    if args.no_compile:
+        modes = ["eager"]
+
+    def ours(batch: int, mode: str, tokens: int = n) -> None:
+        params = SamplingParams(max_new_tokens=tokens, seed=0, compile=mode != "eager")
+        generate(model, [[0]], params, n=batch)
+
+    # warm-up (kernels, allocator), then the first compiled/captured run, timed on the wall
+    reference_generate(model, 1, 16)
+    ours(1, "eager", 16)
+    first: dict[tuple[int, str], float] = {}
+    for batch in args.batches:
+        for mode in modes[1:]:
+            t0 = time.perf_counter()
+            _sync(dev)
+            ours(batch, mode)
+            _sync(dev)
+            first[(batch, mode)] = time.perf_counter() - t0
+    rows = []
+    for batch in args.batches:
+        times: dict[str, list[float]] = {"reference": [], **{m: [] for m in modes}}
+        for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
+            times["reference"].append(
+                _timed(lambda b=batch: reference_generate(model, b, n), dev)  # type: ignore[misc]
+            )
+            for mode in modes:
+                times[mode].append(_timed(lambda b=batch, m=mode: ours(b, m), dev))  # type: ignore[misc]
+        best = {k: min(v) for k, v in times.items()}
+        rows.append((batch, best, first))
+        print(f"# batch {batch}: {times}", file=sys.stderr, flush=True)
+
+    cmd = "python bench/sample.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    params = model.num_params()
+    print(f"Command: `{cmd.strip()}`  ")
+    where = torch.cuda.get_device_name() if dev.startswith("cuda") else cpu_model()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    print(
+        f"Machine: {where}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; "
+        f"clock: {args.clock}  "
+    )
+    print(
+        f"Model: gpt {args.layers} layers, {args.embd} wide, {args.heads} heads, block "
+        f"{args.block}, vocab {VOCAB}, {params / 1e6:.2f} M parameters, {args.dtype}; prompt 1 "
+        f"token, {n} new tokens, plain sampling (temperature 1); best of {args.repeats}  "
+    )
+    print()
+    head = "| batch | reference tok/s |" + "".join(f" {m} tok/s | {m} / reference |" for m in modes)
+    print(head + (" first run (wall) |" if len(modes) > 1 else ""))
+    print("|---:|---:|" + "---:|---:|" * len(modes) + ("---:|" if len(modes) > 1 else ""))
+    for batch, best, first_run in rows:
+        ref = batch * n / best["reference"]
+        cells = "".join(
+            f" {batch * n / best[m]:.0f} | {best['reference'] / best[m]:.2f}x |" for m in modes
+        )
+        extra = ""
+        if len(modes) > 1:
+            extra = f" {first_run[(batch, modes[1])]:.1f} s |"
+        print(f"| {batch} | {ref:.0f} |{cells}{extra}")
+    if dev.startswith("cuda"):
+        bw = copy_bandwidth(dev)
+        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        bound = nbytes / bw
+        b1 = next(best for batch, best, _ in rows if batch == 1) if 1 in args.batches else None
+        print()
+        print(
+            f"Copy bandwidth {bw / 1e9:.0f} GB/s; weights {nbytes / 1e6:.1f} MB; "
+            f"weights-read bound {bound * 1e6:.1f} us/token"
+        )
+        if b1 is not None:
+            for m in ["reference", *modes]:
+                per = b1[m] / n
+                print(f"batch 1 {m}: {per * 1e6:.1f} us/token = {per / bound:.1f}x the bound")
+
+
+def reference_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    ap.add_argument("--new-tokens", type=int, default=1023)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--embd", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--block", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-compile", action="store_true", help="eager only")
+    ap.add_argument("--gpu-quick", action="store_true", help="CUDA preset: < 90 s on an H200")
+    ap.add_argument("--api", action="store_true", help="through the API (see api_main)")
+    args = ap.parse_args(argv)
+    if args.gpu_quick:
+        args.device = "cuda" if args.device == "cpu" else args.device
+        args.dtype = "bfloat16" if args.dtype == "float32" else args.dtype
+        args.repeats = 2
+    return args
+
+
+def gpu_quick(args: argparse.Namespace) -> None:
+    """The issue's size, then a 24-layer 1024-wide gpt (~300 M parameters) where the weights
+    read per token, not launches, set the batch-1 latency."""
+    run_reference(args)
+    print()
+    big = argparse.Namespace(**{**vars(args), "layers": 24, "embd": 1024, "heads": 16})
+    big.new_tokens, big.batches = 255, [1, 8]
+    run_reference(big)
+
+
 if __name__ == "__main__":
-    main()
+    if "--vs-recompute" in sys.argv[1:]:
+        recompute_main()
+    else:
+        ns = reference_args()
+        if ns.gpu_quick:
+            gpu_quick(ns)
+        else:
+            run_reference(ns)
