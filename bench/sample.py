@@ -1,4 +1,19 @@
-"""New tokens per second: KV-cached sampling vs recomputing the whole context every step.
+"""Sampling speed: Cadenza's sampler against a plain KV-cache loop, or against recomputation.
+
+Default mode (issue 16): `cadenza.sample.generate` (eager and compiled on CPU; eager and CUDA
+graphs on CUDA) against `reference_generate`, a plain KV-cache loop (`torch.cat` per token,
+no compile) over the same `gpt` weights, interleaved in one process; prints tok/s and
+ours/reference per batch size and the first compiled run's wall time (the compile cost).
+On CUDA it also prints batch-1 µs/token against the weights-read bound (parameter bytes /
+measured device copy bandwidth). This mode imports only torch, numpy, pydantic and
+cadenza.models / cadenza.sample.
+
+    .venv/bin/python bench/sample.py --threads 1 --clock cpu       # CPU, issue 16's size
+    python bench/sample.py --gpu-quick                             # CUDA bf16, < 90 s on an H200
+    python bench/sample.py --device cuda --dtype bfloat16          # CUDA, full size
+
+`--vs-recompute`: the KV-cached sampler against a sampler that recomputes the whole context
+every step (the earlier table, bench/README_sample.md):
 
 Both samplers run on the same randomly initialised model in the same process (weights do not
 change the cost). The recompute sampler is what nanoGPT's and minGPT's `generate` do: step
@@ -14,8 +29,8 @@ full run to 4096 tokens takes hours on a small CPU. It is reported two ways:
 
 `--recompute-budget 0` runs the recompute sampler to the end instead (ground truth, slow).
 
-    .venv/bin/python bench/sample.py            # full table (~10 min on 2 busy CPU cores)
-    .venv/bin/python bench/sample.py --quick    # smoke run (~1-2 min)
+    .venv/bin/python bench/sample.py --vs-recompute          # full table (~10 min, 2 cores)
+    .venv/bin/python bench/sample.py --vs-recompute --quick   # smoke run (~1-2 min)
 """
 
 from __future__ import annotations
@@ -235,7 +250,7 @@ def recompute_main(argv: list[str] | None = None) -> None:
 # ----------------------------------------------------------------------------- vs a plain loop
 # The default mode: Cadenza's sampler against a plain KV-cache loop of the same size (issue 16).
 # Imports only torch, numpy, pydantic and cadenza.models / cadenza.sample (the CUDA machine has
-# nothing else); the `--api` mode imports the stack lazily.
+# nothing else).
 
 
 @torch.inference_mode()
@@ -403,7 +418,6 @@ def reference_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="eager only")
     ap.add_argument("--gpu-quick", action="store_true", help="CUDA preset: < 90 s on an H200")
-    ap.add_argument("--api", action="store_true", help="through the API (see api_main)")
     args = ap.parse_args(argv)
     if args.gpu_quick:
         args.device = "cuda" if args.device == "cpu" else args.device

@@ -10,12 +10,17 @@ the position is a tensor), so:
 * on CUDA, the step is captured once as a `torch.cuda.CUDAGraph` and replayed: one launch per
   token instead of one per operator.
 
-When to compile (CPU; `compile_pays`): compiling costs a one-off `COMPILE_COST_TOKENS` tokens'
-worth of eager decoding in the process (the first compile of a shape; a later job with the same
-shapes, even another model object, reuses it and costs nothing); a compiled step then saves
-`COMPILE_SAVING` of an eager step. A job compiles when its expected token steps would repay that,
-i.e. max_new_tokens x SAVING >= COST; `compile=True/False` in the request overrides the rule.
-Measured figures are in BENCHMARKS.md ("Sampling"); the rule's constants come from them.
+When to compile (CPU; `compile_pays`): a first compile of a shape costs COMPILE_COST_TOKENS
+eager tokens' worth of time, once per process (a later job with the same shapes, even another
+model object, reuses it for free: `has_compiled`); a compiled step then saves COMPILE_SAVING of
+an eager step. A job compiles when max_new_tokens x SAVING >= COST, or when its shapes are
+compiled already; `compile: true/false` in the request overrides the rule. Measured on the
+2-core AMD EPYC (BENCHMARKS.md, "Sampling"): the first compiled 1023-token run took 25 s wall at
+batch 1 (41 s at batch 8, one compile per attention span) against 3.2-3.4 s of steady
+decoding, and a compiled step was 5-9 % faster than the eager fixed-shape step, because there
+a step waits on memory (weights and KV cache), not on operator overhead. So the rule pays only
+past ~85,000 tokens, above the request limit (65,536): on such CPUs jobs decode eagerly unless
+asked to compile. Re-measure the two constants on other hardware (`bench/sample.py`).
 
 If compiling is unavailable or fails (no C++ compiler, an unsupported operator, a torch
 without dynamo), the step falls back to eager for the rest of the process and says so once
@@ -35,11 +40,12 @@ from cadenza.models.base import CadenzaModel
 
 log = logging.getLogger("cadenza.sample")
 
-COMPILE_COST_TOKENS = 3000
-"""The first compile of a decode step, in eager tokens of the same job (measured ~7-9 s against
-~2.5 ms per eager token at batch 1 on the reference CPU; see BENCHMARKS.md)."""
-COMPILE_SAVING = 0.6
-"""Fraction of an eager step's time a compiled step saves (measured 0.6-0.7 at batch 1-8)."""
+COMPILE_COST_TOKENS = 6000
+"""A first compile in eager tokens: ~20 s wall (25 s first run minus 3.2 s of decoding) over
+3.3 ms per eager token at batch 1, measured under load on the 2-core EPYC."""
+COMPILE_SAVING = 0.07
+"""Fraction of an eager fixed-shape step a compiled step saves (measured 5 % at batch 1 and
+9 % at batch 8, 1023 tokens, same run)."""
 RECOMPILE_LIMIT = 32
 """Compiled variants per process (model shapes x batch sizes) before dynamo stops compiling
 new ones and runs them eagerly (torch's default is 8)."""

@@ -40,8 +40,9 @@ class SamplingOptions(BaseModel):
     stop_at_eos: bool = Field(default=True, description="end a variation at the end-of-piece token")
     compile: bool | None = Field(
         default=None,
-        description="compile the model's decode step (CPU): true, false, or null = only when "
-        "the job is long enough to repay the one-off compile (about 5,000 new tokens)",
+        description="compile the model's decode step with torch.compile (CPU; CUDA replays a "
+        "CUDA graph anyway): true, false, or null = only when the job is long enough to "
+        "repay the one-off compile or the worker compiled the same shapes before",
     )
 
     @field_validator("min_p")
