@@ -418,6 +418,7 @@ def reference_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="eager only")
     ap.add_argument("--gpu-quick", action="store_true", help="CUDA preset: < 90 s on an H200")
+    ap.add_argument("--api", action="store_true", help="sample jobs through the embedded stack")
     args = ap.parse_args(argv)
     if args.gpu_quick:
         args.device = "cuda" if args.device == "cpu" else args.device
@@ -436,12 +437,124 @@ def gpu_quick(args: argparse.Namespace) -> None:
     run_reference(big)
 
 
+# ----------------------------------------------------------------------------- through the API
+
+
+def _job_seconds(job: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    started = datetime.fromisoformat(job["started_at"])
+    finished = datetime.fromisoformat(job["finished_at"])
+    return (finished - started).total_seconds()
+
+
+def api_mode(args: argparse.Namespace) -> None:
+    """Sampling as a user gets it: the embedded stack (API + one worker, SQLite + filesystem
+    broker, a temporary data folder), a `gpt` of the issue's size trained for 2 steps on a few
+    Bach chorales, then sample jobs timed by their own started/finished timestamps minus a
+    1-token job's (loading the checkpoint, decoding, rendering: what does not scale with the
+    tokens). The reference loop runs in this process on a model of the same size and
+    vocabulary, interleaved with the jobs; both use one thread.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from cadenza.client import Client
+    from cadenza.datasets import export_bach_chorales
+    from cadenza.launch.processes import free_port
+    from cadenza.launch.stack import create_key, launch, migrate
+
+    global clock
+    clock = time.perf_counter
+    torch.set_num_threads(1)
+    n = args.new_tokens
+    with tempfile.TemporaryDirectory(prefix="cadenza-bench-sample-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CADENZA_")}
+        env |= {"CADENZA_DATA_DIR": tmp, "OMP_NUM_THREADS": "1"}
+        migrate(env)
+        key = create_key(env, "bench")
+        port = free_port()
+        with (
+            launch(env, port=port, queues=("cpu,gpu",)),
+            Client(f"http://127.0.0.1:{port}", key) as c,
+        ):
+            paths = export_bach_chorales(Path(tmp) / "midi", 8)
+            ds = c.create_dataset("bench-sample")
+            c.upload(ds["id"], paths)
+            job = c.wait(c.create_corpus(ds["id"], preset="remi-chords-tempos")["id"])
+            corpus = c.get(f"/v1/corpora/{job['corpus_id']}")
+            size = {"n_layer": args.layers, "n_embd": args.embd, "n_head": args.heads}
+            job = c.wait(
+                c.create_model(
+                    corpus["id"],
+                    architecture="gpt",
+                    preset="tiny",
+                    config={**size, "block_size": args.block, "dropout": 0.0},
+                    train={"max_steps": 2, "eval_interval": 1, "seq_len": 64, "batch_size": 2},
+                )["id"]
+            )
+            if job["state"] != "succeeded":
+                raise SystemExit(f"training failed: {job.get('error')}")
+            model_id = job["model_id"]
+            vocab = int(corpus["vocab_size"])
+
+            def sample_job(batch: int, tokens: int, compile: bool) -> float:
+                body = {
+                    "n": batch,
+                    "max_new_tokens": tokens,
+                    "seed": 0,
+                    "stop_at_eos": False,
+                    "min_notes": 0,
+                    "resample_empty": 0,
+                    "compile": compile,
+                }
+                done = c.wait(c.sample(model_id, **body)["id"])
+                if done["state"] != "succeeded":
+                    raise SystemExit(f"sample job failed: {done.get('error')}")
+                return _job_seconds(done)
+
+            global VOCAB
+            VOCAB = vocab
+            ref_model = gpt_model(args.layers, args.embd, args.heads, args.block, "cpu", "float32")
+            reference_generate(ref_model, 1, 16)
+            sample_job(1, 1, False)  # the worker loads torch and the model once
+            rows = []
+            for batch in args.batches:
+                ref, ours, one = [], [], []
+                for _ in range(args.repeats):
+                    ref.append(_timed(lambda b=batch: reference_generate(ref_model, b, n), "cpu"))  # type: ignore[misc]
+                    one.append(sample_job(batch, 1, False))
+                    ours.append(sample_job(batch, n, False) - one[-1])
+                rows.append((batch, min(ref), min(ours), min(one)))
+                print(f"# batch {batch}: ref {ref} ours {ours} one-token {one}", file=sys.stderr)
+    load = os.getloadavg()
+    print(f"Command: `python bench/sample.py {' '.join(sys.argv[1:])}`  ")
+    print(
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, 1 thread each (worker and reference); "
+        f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}  "
+    )
+    print(
+        f"Model: gpt {args.layers}x{args.embd}, block {args.block}, vocab {vocab}; {n} new "
+        f"tokens, job time = started->finished minus a 1-token job; best of {args.repeats}  "
+    )
+    print()
+    print("| batch | reference tok/s | API job tok/s | job / reference | 1-token job |")
+    print("|---:|---:|---:|---:|---:|")
+    for batch, ref_s, ours_s, one_s in rows:
+        print(
+            f"| {batch} | {batch * n / ref_s:.0f} | {batch * n / ours_s:.0f} | "
+            f"{ref_s / ours_s:.2f}x | {one_s:.2f} s |"
+        )
+
+
 if __name__ == "__main__":
     if "--vs-recompute" in sys.argv[1:]:
         recompute_main()
     else:
         ns = reference_args()
-        if ns.gpu_quick:
+        if ns.api:
+            api_mode(ns)
+        elif ns.gpu_quick:
             gpu_quick(ns)
         else:
             run_reference(ns)
