@@ -114,7 +114,13 @@ class Decoder:
         if self.mode == "cudagraph":
             graph = self._graphs.get(span)
             if graph is None or not graph.matches(state):
-                graph = self._graphs[span] = _CudaGraphStep(self.model, token, pos, state, span)
+                try:
+                    graph = _CudaGraphStep(self.model, token, pos, state, span)
+                except Exception as exc:  # noqa: BLE001 - a step that cannot be captured
+                    log.warning("CUDA graph capture of the decode step failed; eager (%s)", exc)
+                    self.mode = "eager"
+                    return self.model.decode_static(token, pos, *state, span=span)
+                self._graphs[span] = graph
             return graph(token, pos)
         return self.model.decode_static(token, pos, *state, span=span)
 
