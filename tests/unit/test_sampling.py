@@ -401,6 +401,7 @@ def test_compiled_step_compiles_once_per_span_and_equals_eager(
     counter = CompileCounter()
     compiled = torch.compile(decode._step, dynamic=False, fullgraph=True, backend=counter)
     monkeypatch.setattr(decode, "_compiled", compiled)
+    monkeypatch.setattr(decode, "_compiled_shapes", set())  # other tests stay eager
     model = models["music-transformer"]
     params = SamplingParams(seed=4, max_new_tokens=2 * BLOCK, window_keep=6)
     eager = generate(model, [[1, 2]], params, n=2)
@@ -409,6 +410,7 @@ def test_compiled_step_compiles_once_per_span_and_equals_eager(
     assert counter.frame_count == 2  # spans 8 and 16
     assert generate(model, [[1, 2]], fast, n=2) == eager
     assert counter.frame_count == 2  # no recompile for the next job
+    torch._dynamo.reset()  # the counting backend's graphs stay out of later compiles
 
 
 def test_a_failing_compile_falls_back_to_eager_and_says_so_once(
@@ -421,6 +423,7 @@ def test_a_failing_compile_falls_back_to_eager_and_says_so_once(
 
     monkeypatch.setattr(decode, "_compiled", broken)
     monkeypatch.setattr(decode, "_failed", None)
+    monkeypatch.setattr(decode, "_compiled_shapes", set())
     model = models["gpt"]
     params = SamplingParams(seed=2, max_new_tokens=20)
     eager = generate(model, [[3]], params)
