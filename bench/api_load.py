@@ -12,13 +12,24 @@ Workloads: `GET /v1/datasets/{id}` (by id), `GET /v1/jobs` (list), `POST /v1/cor
 submit), and `sse`: N idle SSE subscribers on a queued job (N = the level) held open while
 `GET /v1/datasets/{id}` runs at 4 connections; the row says how many subscribers got 200.
 
-    .venv/bin/python bench/api_load.py [--backends embedded,postgres] [--seconds 2]
-        [--workloads get,list,submit,sse] [--code /path/to/another/checkout]
+`poll` is the target workload of issue 16: 64 connections polling one job
+(`GET /v1/jobs/{id}`) for `--poll-seconds` (20), and beside them a second wrk submitting jobs
+(`POST /v1/corpora`) on 2 connections, each waiting 100 ms between its requests (about 20
+submits/s, what users do while they poll), whose p99 is the submit latency under load. The
+job rate limits and the active-job cap are lifted for this server so that every submit is
+a real one (a 429 would be a cheap answer, not a submit).
 
-CADENZA_DB_* and CADENZA_API_* variables pass through to the server (to compare pool sizes).
+    .venv/bin/python bench/api_load.py [--backends embedded,postgres] [--seconds 2]
+        [--workloads get,list,submit,sse,poll] [--poll-seconds 20] [--processes N]
+        [--code /path/to/another/checkout]
+
+CADENZA_DB_* and CADENZA_API_* variables pass through to the server (to compare pool sizes);
+`--processes N` sets CADENZA_API_PROCESSES (API processes on one socket; unset: the default).
 `--code` runs the server from another checkout's `shared/` and `services/api/` (to measure
-the code before a change). Needs `wrk` (Debian package). Loopback only; bounded: every level
-runs `--seconds`, wrk's own timeout is 2 s per request.
+the code before a change); `--code /old/checkout,.` measures both, one after the other, in
+one run (a checkout from before `python -m cadenza_api` runs as one uvicorn process). Needs
+`wrk` (Debian package). Loopback only; bounded: every level runs `--seconds` (the poll
+workload `--poll-seconds`), wrk's own timeout is 2 s per request.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -71,7 +83,7 @@ class Row:
     p50_ms: float
     p99_ms: float
     non2xx: int
-    socket_errors: int
+    socket_errors: str  # 'socket errors + timeouts (over 2 s)'
     cpu_ms_per_req: float
     note: str = ""
 
@@ -119,15 +131,20 @@ def _multipart(name: str, filename: str, data: bytes) -> tuple[bytes, str]:
 class Server:
     """One API process on a free loopback port, with a key, a dataset and a queued job."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, code: Path = ROOT) -> None:
         self.env = env
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         migrate(env)
         self.key = create_key(env, "bench")
         self.log = (workdir / "api.log").open("ab")
+        argv = api_command(host=HOST, port=self.port, log_level="warning")
+        if not (code / "services" / "api" / "cadenza_api" / "__main__.py").exists():
+            # A checkout from before `python -m cadenza_api`: uvicorn itself, one process.
+            argv = [sys.executable, "-m", "uvicorn", "cadenza_api.app:create_app", "--factory"]
+            argv += ["--host", HOST, "--port", str(self.port), "--log-level", "warning"]
         self.proc = subprocess.Popen(
-            api_command(host=HOST, port=self.port, log_level="warning"),
+            argv,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -159,8 +176,8 @@ class Server:
         raise TimeoutError(f"API did not answer on {self.url} within {timeout}s")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds of the API: the server process and its children (several processes)."""
+        return sum(_cpu_seconds(pid) for pid in _tree(self.proc.pid))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -172,14 +189,41 @@ class Server:
         self.log.close()
 
 
+def _stat(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # exited
+        return []
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and its descendants (uvicorn's worker processes, their spawn helpers)."""
+    parents: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (fields := _stat(int(d.name))):
+            parents.setdefault(int(fields[1]), []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += parents.get(pid, [])
+    return out
+
+
 def _wrk(
-    server: Server, path: str, conns: int, seconds: int, setup: str
-) -> tuple[list[float], int, int]:
-    """(requests/s, p50 ms, p99 ms), non-2xx count, socket errors, for one wrk run."""
+    server: Server, path: str, conns: int, seconds: int, setup: str, threads: int = 2
+) -> tuple[list[float], int, str]:
+    """(requests/s, p50 ms, p99 ms), non-2xx count, 'socket errors + timeouts', for one run."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_LUA.format(setup=setup))
     try:
-        cmd = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s", "-s", f.name]
+        cmd = [f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s", "-s", f.name]
+        cmd = ["wrk", *cmd]
         cmd += ["-H", f"Authorization: Bearer {server.key}", server.url + path]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
     finally:
@@ -188,7 +232,7 @@ def _wrk(
     if not m:
         raise RuntimeError(f"unexpected wrk output: {out[-500:]}")
     n, status, sock, tmo, p50, p99 = m.groups()
-    return [int(n) / seconds, float(p50), float(p99)], int(status), int(sock) + int(tmo)
+    return [int(n) / seconds, float(p50), float(p99)], int(status), f"{sock} + {tmo}"
 
 
 def _measure(
@@ -236,7 +280,58 @@ def _sse_level(server: Server, n: int, seconds: int, get_path: str) -> Row:
         loop.close()
 
 
-def run_backend(server: Server, workloads: list[str], seconds: int) -> list[Row]:
+POLLERS = 64
+SUBMITTERS = 2
+SUBMIT_GAP_MS = 100
+
+
+def _poll_level(server: Server, seconds: int, post: str) -> list[Row]:
+    """64 connections on `GET /v1/jobs/{id}` with a paced submitter beside them, same window."""
+    before = server.cpu_seconds()
+    submits: list[tuple[list[float], int, int]] = []
+    paced = f"{post}\ndelay = function() return {SUBMIT_GAP_MS} end"
+    submitter = threading.Thread(
+        target=lambda: submits.append(
+            _wrk(server, "/v1/corpora", SUBMITTERS, seconds, paced, threads=1)
+        )
+    )
+    submitter.start()
+    (rps, p50, p99), non2xx, sock = _wrk(server, f"/v1/jobs/{server.job}", POLLERS, seconds, "")
+    submitter.join()
+    cpu = server.cpu_seconds() - before
+    (s_rps, s_p50, s_p99), s_non2xx, s_sock = submits[0]
+    done = (rps + s_rps) * seconds
+    per_req = cpu * 1000 / done if done else float("nan")
+    load = os.getloadavg()[0]
+    return [
+        Row(
+            "poll GET /v1/jobs/{id}",
+            str(POLLERS),
+            rps,
+            p50,
+            p99,
+            non2xx,
+            sock,
+            per_req,
+            f"load {load:.1f}; CPU {cpu / seconds:.2f} cores" + ("" if rps else "; STALLED"),
+        ),
+        Row(
+            "submit beside the pollers",
+            f"{SUBMITTERS}, {SUBMIT_GAP_MS} ms apart",
+            s_rps,
+            s_p50,
+            s_p99,
+            s_non2xx,
+            s_sock,
+            per_req,
+            "CPU/req: both workloads together",
+        ),
+    ]
+
+
+def run_backend(
+    server: Server, workloads: list[str], seconds: int, poll_seconds: int = 20
+) -> list[Row]:
     get_path = f"/v1/datasets/{server.dataset}"
     post = (
         f"wrk.method = 'POST'\nwrk.body = '{server.submit_body}'\n"
@@ -251,6 +346,9 @@ def run_backend(server: Server, workloads: list[str], seconds: int) -> list[Row]
     for workload in workloads:
         if workload == "sse":
             rows += [_sse_level(server, n, seconds, get_path) for n in (64, 256)]
+            continue
+        if workload == "poll":
+            rows += _poll_level(server, poll_seconds, post)
             continue
         name, path, setup = plans[workload]
         for conns in LEVELS:
@@ -278,7 +376,7 @@ def _table(title: str, rows: list[Row]) -> str:
     lines = [
         f"**{title}**",
         "",
-        "| workload | connections | req/s | p50 ms | p99 ms | non-2xx | socket errors/timeouts "
+        "| workload | connections | req/s | p50 ms | p99 ms | non-2xx | socket errors + timeouts "
         "| API CPU ms/req | note |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -293,15 +391,18 @@ def _table(title: str, rows: list[Row]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", default="embedded", help="embedded,postgres")
-    ap.add_argument("--workloads", default="get,list,submit,sse")
+    ap.add_argument("--workloads", default="get,list,submit,sse,poll")
     ap.add_argument("--seconds", type=int, default=2, help="per level (1 to 10)")
-    ap.add_argument("--code", type=Path, default=ROOT, help="checkout whose server code runs")
+    ap.add_argument("--poll-seconds", type=int, default=20, help="of the poll workload")
+    ap.add_argument("--processes", type=int, default=0, help="API processes (0: default)")
+    ap.add_argument(
+        "--code", default=str(ROOT), help="checkout(s) whose server code runs, comma-separated"
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/api_load.py needs wrk: apt-get install wrk (make bench installs it)")
     seconds = min(max(args.seconds, 1), 10)
-    code = args.code.resolve()
-    paths = [code / "shared", code / "services" / "api", code / "services" / "worker"]
+    codes = [Path(c).resolve() for c in args.code.split(",")]
     # Tuning knobs (CADENZA_DB_POOL_SIZE, CADENZA_API_THREADS, ...) pass through; the rest of
     # CADENZA_* would point the server at someone else's data.
     base = {
@@ -309,25 +410,47 @@ def main() -> None:
         for k, v in os.environ.items()
         if not k.startswith("CADENZA_") or k.startswith(("CADENZA_DB_", "CADENZA_API_"))
     }
-    base["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
-    print(f"machine: {_cpu_model()}, nproc {os.cpu_count()}; code: {code}; {seconds:g} s/level")
+    # Every submit a real one (see the module docstring): no rate or active-job refusals.
+    base |= {
+        "CADENZA_RATE_JOBS_BURST": "1000000",
+        "CADENZA_RATE_JOBS_PER_MINUTE": "1000000",
+        "CADENZA_MAX_ACTIVE_JOBS_PER_QUEUE": "1000000",
+    }
+    if args.processes:
+        base["CADENZA_API_PROCESSES"] = str(args.processes)
+    print(f"machine: {_cpu_model()}, nproc {os.cpu_count()}; {seconds:g} s/level")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for backend in args.backends.split(","):
-        with (
-            tempfile.TemporaryDirectory(prefix="cadenza-load-") as tmp,
-            contextlib.ExitStack() as stack,
-        ):
-            env = base | {"CADENZA_DATA_DIR": tmp}
-            if backend == "postgres":
-                env |= stack.enter_context(_postgres_and_redis())
-            elif backend != "embedded":
-                raise SystemExit(f"unknown backend {backend!r}")
-            server = Server(env, Path(tmp))
-            try:
-                rows = run_backend(server, args.workloads.split(","), seconds)
-            finally:
-                server.stop()
+        for code in codes:
+            paths = [code / "shared", code / "services" / "api", code / "services" / "worker"]
+            env = base | {"PYTHONPATH": os.pathsep.join(str(p) for p in paths)}
+            rows = _run_one(env, backend, code, args.workloads.split(","), seconds, args)
             kind = "SQLite + filesystem broker" if backend == "embedded" else "PostgreSQL + Redis"
-            print(f"\n{_table(f'{backend}: {kind}', rows)}")
+            print(f"\n{_table(f'{backend}: {kind}; code: {code}', rows)}")
+
+
+def _run_one(
+    env: dict[str, str],
+    backend: str,
+    code: Path,
+    workloads: list[str],
+    seconds: int,
+    args: argparse.Namespace,
+) -> list[Row]:
+    with (
+        tempfile.TemporaryDirectory(prefix="cadenza-load-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        env = env | {"CADENZA_DATA_DIR": tmp}
+        if backend == "postgres":
+            env |= stack.enter_context(_postgres_and_redis())
+        elif backend != "embedded":
+            raise SystemExit(f"unknown backend {backend!r}")
+        server = Server(env, Path(tmp), code)
+        try:
+            return run_backend(server, workloads, seconds, args.poll_seconds)
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ three URLs to PostgreSQL, Redis and an S3 bucket; the code paths are the same.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -65,11 +66,14 @@ class Settings(BaseSettings):
     # and not committed its row yet; the periodic sweep removes it later.
     sweep_grace_seconds: float = Field(default=3600.0, ge=0)
 
-    # API process concurrency (see cadenza_api.deps.Database): sync routes run on `api_threads`
-    # AnyIO worker threads; at most `db_pool_size` requests hold a database session at once,
-    # each with its own pooled connection, so no thread ever waits for a connection. A request
-    # that finds every slot taken for `db_pool_timeout` seconds gets 503 + Retry-After.
-    # PostgreSQL: uvicorn --workers N opens up to N * (db_pool_size + 4) connections.
+    # API concurrency (see cadenza_api.deps.Database): `api_processes` processes share the
+    # port (one runs Python on one core at a time); in each, sync routes run on `api_threads`
+    # AnyIO worker threads. At most `db_pool_size` requests of the whole API hold a database
+    # session at once (each process gets its share, at least 2), each with its own pooled
+    # connection, so no thread ever waits for a connection. A request that finds every slot
+    # taken for `db_pool_timeout` seconds gets 503 + Retry-After. PostgreSQL connections of
+    # the API: about db_pool_size + 4 per process, whatever the process count.
+    api_processes: int = Field(default_factory=lambda: default_api_processes(), ge=1)
     api_threads: int = Field(default=40, ge=4)
     db_pool_size: int = Field(default=20, ge=1)
     db_pool_timeout: float = Field(default=10.0, gt=0)
@@ -143,6 +147,29 @@ class Settings(BaseSettings):
         if self.storage_url:
             return self.storage_url
         return (self.data_dir / "objects").resolve().as_uri()
+
+
+# More API processes than this spend memory and database slots for little: on more cores,
+# run more replicas.
+MAX_DEFAULT_API_PROCESSES = 4
+
+
+def default_api_processes() -> int:
+    """One API process per core this process may use, at most `MAX_DEFAULT_API_PROCESSES`.
+
+    Why more than one: a process runs Python on one core at a time (the GIL), and under load
+    the API is Python-bound (about 1-1.5 ms of CPU per `GET /v1/jobs/{id}`), so one process
+    leaves the other cores idle. A container's CPU quota (cgroup v2 `cpu.max`, what a
+    Kubernetes CPU limit sets) counts, rounded up: a pod limited to 1 CPU runs one process.
+    """
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read: the cores decide
+    return max(1, min(MAX_DEFAULT_API_PROCESSES, cores))
 
 
 @lru_cache(maxsize=1)

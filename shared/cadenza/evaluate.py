@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -376,6 +376,45 @@ def corpus_metrics(
     return summarize(rows)
 
 
+def excerpt_metrics(
+    stream: Sequence[int],
+    starts: Iterable[int],
+    length: int,
+    decode: Callable[[Sequence[int]], bytes],
+    *,
+    max_excerpts: int = 200,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """:func:`summarize` over excerpts of a token stream as long as a sample, decoded by ``decode``.
+
+    A whole file is an unfair reference for a sample of a few bars: pitch range and pitches
+    used grow with length (a 4-bar excerpt of a chorale uses fewer pitches than the chorale),
+    so a sample as corpus-like as it can be still misses them for being short. Comparing with
+    ``stream[start : start + length]`` for each chosen start (clipped at the stream's end; at
+    most ``max_excerpts`` of them, picked as :func:`corpus_metrics` picks files), decoded to
+    MIDI by the same function as the sample, measures both through the same code and at the
+    same length. The caller picks the starts: a sample from BOS is the opening of a piece, so
+    the openings of the corpus pieces (their BOS positions) are its like. Excerpts that do not
+    decode to readable MIDI are skipped with a warning.
+    """
+    from cadenza.midi.load import MidiRejected
+
+    if length < 1:
+        raise ValueError(f"length must be ≥ 1, got {length}")
+    if max_excerpts < 1:
+        raise ValueError(f"max_excerpts must be ≥ 1, got {max_excerpts}")
+    rows: list[dict[str, float | None]] = []
+    for start in _reservoir(starts, max_excerpts, seed):
+        window = [int(t) for t in stream[int(start) : int(start) + length]]
+        if not window:
+            continue
+        try:
+            rows.append(midi_metrics(decode(window)))
+        except MidiRejected as e:
+            log.warning("excerpt_metrics: skipping the excerpt at %d: %s", start, e)
+    return summarize(rows)
+
+
 def compare(
     sample: Mapping[str, float | None], corpus: Mapping[str, Mapping[str, float]]
 ) -> dict[str, dict[str, float | None]]:
@@ -403,6 +442,7 @@ __all__ = [
     "METRICS",
     "compare",
     "corpus_metrics",
+    "excerpt_metrics",
     "midi_metrics",
     "score_metrics",
     "summarize",

@@ -217,3 +217,14 @@ def test_audio_job_requests_are_checked_after_their_files_and_queue_nothing(
     r = client.post(f"/v1/datasets/{ds}/audio-jobs", json=bad_tail)
     assert r.status_code == 422 and "min_tail_s" in r.json()["error"]["message"]
     assert client.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_the_api_processes_share_the_database_slots(tmp_path: Path) -> None:
+    """`db_pool_size` bounds the whole server's sessions, whatever the process count."""
+    from cadenza_api.deps import MIN_SLOTS, Database
+
+    def slots(processes: int) -> int:
+        return Database(Settings(data_dir=tmp_path, db_pool_size=20, api_processes=processes)).slots
+
+    assert [slots(1), slots(2), slots(3), slots(4)] == [20, 10, 7, 5]
+    assert slots(30) == MIN_SLOTS

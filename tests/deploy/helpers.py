@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = ROOT / "k8s"
 OVERLAYS = ("dev", "prod")
-KUSTOMIZATIONS = ("base", *(f"overlays/{name}" for name in OVERLAYS))
+# Overlays that need KEDA's CRDs (k8s/components/autoscaling).
+KEDA_OVERLAYS = ("overlays/dev-autoscaling", "overlays/prod-autoscaling")
+KUSTOMIZATIONS = ("base", *(f"overlays/{name}" for name in OVERLAYS), *KEDA_OVERLAYS)
 
 # A complete, valid set of compose settings (never used anywhere but these tests).
 TEST_ENV = {
@@ -133,16 +135,27 @@ def settings_env_names() -> set[str]:
     return {f"{prefix}{name}".upper() for name in Settings.model_fields}
 
 
-def train_job_templates() -> dict[str, Path]:
-    """The GPU training Job templates, by file name."""
-    return {p.name: p for p in sorted((K8S / "jobs").glob("*.yaml"))}
+# (GPUs per node, nodes) of the training runs the tests render with `cadenza k8s train-job`.
+TRAIN_SHAPES = ((1, 1), (4, 1), (1, 2), (8, 4))
 
 
-def render_train_job(path: Path, job_id: str = "0123abcd", gpus: int = 4) -> dict[str, Any]:
-    """A training Job template with its placeholders filled in."""
-    text = path.read_text().replace("__JOB_ID__", job_id).replace("__GPUS__", str(gpus))
-    assert "__" not in re.sub(r"#.*", "", text), f"{path.name} has an unknown placeholder"
-    return yaml.safe_load(text)
+def render_train_job(*args: str) -> list[dict[str, Any]]:
+    """The documents `cadenza k8s train-job --no-lookup ARGS` prints."""
+    from typer.testing import CliRunner
+
+    from cadenza.cli import app
+
+    result = CliRunner().invoke(app, ["k8s", "train-job", "--no-lookup", *args])
+    assert result.exit_code == 0, result.output
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def train_jobs() -> dict[str, list[dict[str, Any]]]:
+    """The rendered training runs, by shape ("4x1": 4 GPUs on 1 node)."""
+    return {
+        f"{gpus}x{nodes}": render_train_job("j42", "--gpus", str(gpus), "--nodes", str(nodes))
+        for gpus, nodes in TRAIN_SHAPES
+    }
 
 
 def pod_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -238,7 +238,7 @@ def test_contract_modules_exist() -> None:
     used_by = {
         "cadenza.cli": "the images' ENTRYPOINT (console script cadenza)",
         "cadenza_worker.app": "`cadenza worker` (celery -A cadenza_worker.app)",
-        "cadenza.jobs.train_job": "k8s/jobs/train-job-multigpu.yaml (torchrun -m …)",
+        "cadenza.jobs.train_job": "`cadenza k8s train-job --gpus N` (torchrun -m …)",
     }
     missing = [f"{m} (used by {why})" for m, why in used_by.items() if m not in set(_modules())]
     assert not missing, f"missing modules: {missing}"

@@ -19,10 +19,9 @@ from .helpers import (
     containers,
     find_tool,
     pod_specs,
-    render_train_job,
     run,
     settings_env_names,
-    train_job_templates,
+    train_jobs,
 )
 
 # Oldest and newest Kubernetes minor versions the manifests must be valid for.
@@ -56,7 +55,7 @@ def _is_cadenza(container: dict[str, Any]) -> bool:
 
 def _all_docs(rendered: dict[str, list[Doc]]) -> list[tuple[str, Doc]]:
     out = [(path, doc) for path, docs in rendered.items() for doc in docs]
-    out += [(name, render_train_job(path)) for name, path in train_job_templates().items()]
+    out += [(f"k8s train-job {shape}", doc) for shape, docs in train_jobs().items() for doc in docs]
     return out
 
 
@@ -75,6 +74,8 @@ def test_manifests_match_kubernetes_schemas(rendered: dict[str, list[Doc]], vers
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     errors = []
     for source, doc in _all_docs(rendered):
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue  # custom resources: checked against KEDA's CRD schema (test_deploy_keda.py)
         name = f"{source}: {doc['kind']}/{doc['metadata'].get('name') or doc['metadata']}"
         try:
             kv.validate(doc, version, strict=True)
@@ -185,11 +186,15 @@ def test_references_resolve(rendered: dict[str, list[Doc]], path: str) -> None:
             target = _find(docs, ref["kind"], ref["name"])
             assert "replicas" not in target["spec"], "the HPA owns replicas; drop them"
             assert doc["spec"]["minReplicas"] <= doc["spec"]["maxReplicas"]
+        elif kind == "ScaledObject":
+            ref = doc["spec"]["scaleTargetRef"]
+            target = _find(docs, ref.get("kind", "Deployment"), ref["name"])
+            assert "replicas" not in target["spec"], "KEDA owns replicas; drop them"
         elif kind == "PodDisruptionBudget":
             selector = doc["spec"]["selector"]["matchLabels"]
             assert any(selector.items() <= labels.items() for labels in pod_labels), doc
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    external = {("Secret", "cadenza-secrets")} if path == "overlays/prod" else set()
+    external = {("Secret", "cadenza-secrets")} if path.startswith("overlays/prod") else set()
     for doc, pod in _workloads(docs):
         for c in containers(pod):
             for ref in c.get("envFrom", []):
@@ -301,10 +306,9 @@ def _assert_heartbeat_probe(probe: dict[str, Any]) -> None:
 
 
 def test_training_jobs_have_the_heartbeat_liveness_probe() -> None:
-    for template in train_job_templates().values():
-        job = render_train_job(template, job_id="j42")
-        container = job["spec"]["template"]["spec"]["containers"][0]
-        _assert_heartbeat_probe(container["livenessProbe"])
+    for docs in train_jobs().values():
+        job = next(d for d in docs if d["kind"] == "Job")
+        _assert_heartbeat_probe(job["spec"]["template"]["spec"]["containers"][0]["livenessProbe"])
 
 
 def _assert_gpu_pod(pod: dict[str, Any], count: int = 1) -> None:
@@ -335,67 +339,30 @@ def test_migrate_job(rendered: dict[str, list[Doc]]) -> None:
         assert job["spec"].get("ttlSecondsAfterFinished"), "re-apply needs the old Job gone"
 
 
-def test_train_job_templates() -> None:
-    templates = train_job_templates()
-    assert set(templates) == {"train-job.yaml", "train-job-multigpu.yaml"}
-
-    single = render_train_job(templates["train-job.yaml"], job_id="j42")
-    pod = single["spec"]["template"]["spec"]
-    c = pod["containers"][0]
-    assert _image_repo(c["image"]) == "cadenza/worker-gpu"
-    assert c["args"] == ["train-job", "$(JOB_ID)"] and "command" not in c
-    assert {"name": "JOB_ID", "value": "j42"} in c["env"]
-    assert single["metadata"]["labels"]["cadenza.dev/job-id"] == "j42"
-    assert single["metadata"].get("generateName") and "name" not in single["metadata"]
-    _assert_gpu_pod(pod)
-
-    multi = render_train_job(templates["train-job-multigpu.yaml"], job_id="j42", gpus=4)
-    pod = multi["spec"]["template"]["spec"]
-    c = pod["containers"][0]
-    assert c["command"] == ["torchrun"]
-    assert "--nproc_per_node=$(GPUS)" in c["args"]
-    assert c["args"][-3:] == ["-m", "cadenza.jobs.train_job", "$(JOB_ID)"]
-    assert {"name": "GPUS", "value": "4"} in c["env"]
-    assert {"name": "JOB_ID", "value": "j42"} in c["env"]
-    _assert_gpu_pod(pod, count=4)
-
-
 def test_train_jobs_match_the_gpu_worker(rendered: dict[str, list[Doc]]) -> None:
-    """Same image, settings, user and volumes as the worker that trains on the queue."""
-    worker = next(pod_specs(_find(rendered["base"], "Deployment", "cadenza-worker-gpu")))
-    for path in train_job_templates().values():
-        pod = render_train_job(path)["spec"]["template"]["spec"]
+    """Same image, settings, user, namespace and GPU placement as the worker that trains on
+    the queue, so `cadenza k8s train-job`'s defaults need no option on a base install."""
+    base = rendered["base"]
+    worker = next(pod_specs(_find(base, "Deployment", "cadenza-worker-gpu")))
+    tag = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["images"]
+    gpu_tag = next(i["newTag"] for i in tag if i["name"] == "cadenza/worker-gpu")
+    namespace = _find(base, "Namespace", "cadenza")["metadata"]["name"]
+    for shape, docs in train_jobs().items():
+        for doc in docs:
+            assert doc["metadata"]["namespace"] == namespace, shape
+        job = next(d for d in docs if d["kind"] == "Job")
+        pod = job["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        assert c["image"] == f"cadenza/worker-gpu:{gpu_tag}", shape
         assert pod["securityContext"] == worker["securityContext"]
-        assert pod["containers"][0]["envFrom"] == worker["containers"][0]["envFrom"]
+        assert c["envFrom"] == worker["containers"][0]["envFrom"]
+        assert c["securityContext"] == worker["containers"][0]["securityContext"]
         assert pod["tolerations"] == worker["tolerations"]
         assert pod["nodeSelector"] == worker["nodeSelector"]
-
-
-def test_submit_script_renders_valid_jobs() -> None:
-    script = DEPLOY / "k8s" / "submit-train-job.sh"
-    result = run(
-        [
-            "sh",
-            str(script),
-            "--dry-run",
-            "--gpus",
-            "2",
-            "--image",
-            "registry.example.com/cadenza/worker-gpu:1.2.3",
-            "abc-123",
-        ]
-    )
-    assert result.returncode == 0, result.stderr
-    job = yaml.safe_load(result.stdout)
-    c = job["spec"]["template"]["spec"]["containers"][0]
-    assert c["image"] == "registry.example.com/cadenza/worker-gpu:1.2.3"
-    assert c["resources"]["limits"][GPU] == 2
-    assert {"name": "JOB_ID", "value": "abc-123"} in c["env"]
-    single = yaml.safe_load(run(["sh", str(script), "--dry-run", "x1"]).stdout)
-    assert single["spec"]["template"]["spec"]["containers"][0]["args"] == ["train-job", "$(JOB_ID)"]
-    for bad in (["a b"], ["--gpus", "0", "x"], ["--gpus", "two", "x"], ["x" * 64], []):
-        result = run(["sh", str(script), "--dry-run", *bad])
-        assert result.returncode == 64, bad
+        assert pod["serviceAccountName"] == worker["serviceAccountName"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["terminationGracePeriodSeconds"] >= worker["terminationGracePeriodSeconds"]
+        assert {v["name"] for v in pod["volumes"]} >= {"tmp", "data", "dshm"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +463,8 @@ def test_network_policies(rendered: dict[str, list[Doc]]) -> None:
 
 def test_kustomizations_list_every_manifest() -> None:
     """A manifest left out of kustomization.yaml would silently never be deployed."""
-    for directory in [K8S / "base", K8S / "overlays" / "dev", K8S / "overlays" / "prod"]:
+    directories = [K8S / "base", *(K8S / p for p in KUSTOMIZATIONS[1:])]
+    for directory in [*directories, K8S / "components" / "autoscaling"]:
         kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
         listed = set(kustomization.get("resources", []))
         listed |= {p["path"] for p in kustomization.get("patches", []) if "path" in p}

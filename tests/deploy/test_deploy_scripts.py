@@ -33,7 +33,6 @@ def test_scripts_exist_and_are_executable() -> None:
         "docker/worker-healthcheck.sh",
         "seaweedfs/entrypoint.sh",
         "seaweedfs/create-bucket.sh",
-        "k8s/submit-train-job.sh",
     }
     for path in SCRIPTS:
         assert path.stat().st_mode & stat.S_IXUSR, f"{path} is not executable"

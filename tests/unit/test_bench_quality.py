@@ -8,12 +8,32 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: What the train stage must run without: the GPU machine it is for has only torch, numpy and
+#: pydantic (plus the repository). Blocked in a subprocess, an import of any raises ImportError.
+NOT_ON_THE_TRAINING_MACHINE = (
+    "miditok",
+    "symusic",
+    "music21",
+    "sqlalchemy",
+    "safetensors",
+    "pydantic_settings",
+    "cadenza.tokenize",
+    "cadenza.evaluate",
+    "cadenza.sample",
+    "cadenza.jobs",
+    "cadenza.db",
+)
+TINY = ["--preset", "tiny", "--model", "", "--seq-len", "32", "--eval-batches", "2"]
+SAMPLE = ["--n", "2", "--lengths", "24", "--primed", "1", "--primed-length", "16"]
 
 
 def _load_bench() -> object:
@@ -31,10 +51,8 @@ def test_quality_bench_computes_its_figures(
     bench = _load_bench()
     report = bench.main(  # type: ignore[attr-defined]
         [
-            "--files", "4", "--steps", "3", "--archs", "gpt", "music-transformer",
-            "--preset", "tiny", "--model", "", "--seq-len", "32", "--eval-batches", "2",
-            "--n", "2", "--lengths", "24", "--primed", "1", "--primed-length", "16",
-            "--sampling", "stop_at_eos=true,resample_empty=0", "",
+            "--files", "4", "--steps", "3", "--archs", "gpt", "music-transformer", *TINY,
+            *SAMPLE, "--sampling", "stop_at_eos=true,resample_empty=0", "",
             "--data-dir", str(chorales[0].parent),
         ]
     )  # fmt: skip
@@ -49,5 +67,37 @@ def test_quality_bench_computes_its_figures(
             assert unprimed["samples"] == 2
             assert 0 <= unprimed["near_empty"] <= unprimed["samples"]
             assert len(unprimed["notes"]) == 2
-            assert 0.0 <= unprimed["within_1sd"] <= 1.0
+            assert set(unprimed["within_1sd"]) == {"excerpts", "whole"}
+            for share in unprimed["within_1sd"].values():
+                assert 0.0 <= share <= 1.0
             assert primed["samples"] <= 1
+
+
+def test_quality_bench_stages_train_without_the_music_libraries(
+    chorales: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """corpus here → train in a process where the music and database libraries cannot load →
+    sample here, through the folder alone: the path of a run trained on a GPU machine."""
+    bench = _load_bench()
+    folder = tmp_path / "stages"
+    data = ["--data-dir", str(chorales[0].parent)]
+    bench.main(["--stage", "corpus", "--out", str(folder), "--files", "4", *data])  # type: ignore[attr-defined]
+    block = "".join(f"sys.modules[{name!r}] = None; " for name in NOT_ON_THE_TRAINING_MACHINE)
+    train = [
+        "--stage", "train", "--from", str(folder), "--steps", "2", "--device", "cpu",
+        "--archs", "gpt", "music-transformer", *TINY,
+    ]  # fmt: skip
+    code = (
+        f"import runpy, sys; {block}sys.argv = ['quality.py', *{train!r}]; "
+        f"runpy.run_path({str(ROOT / 'bench' / 'quality.py')!r}, run_name='__main__')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy(), timeout=300)
+    assert {p.name for p in folder.iterdir()} >= {"gpt.pt", "music-transformer.pt", "train.json"}
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 30 * 2**20
+    report = bench.main(["--stage", "sample", "--from", str(folder), *SAMPLE, "--sampling", ""])  # type: ignore[attr-defined]
+    assert "| architecture |" in capsys.readouterr().out
+    assert report["held_out"]["samples"] > 0  # the openings of the val and test pieces
+    for arch in report["archs"].values():
+        assert arch["step"] == 2 and math.isfinite(arch["val_nll"])
+        unprimed = arch["setups"][""]["unprimed"]
+        assert unprimed["samples"] == 2 and set(unprimed["within_1sd"]) == {"excerpts", "whole"}

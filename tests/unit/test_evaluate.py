@@ -19,6 +19,7 @@ from cadenza.evaluate import (
     METRICS,
     compare,
     corpus_metrics,
+    excerpt_metrics,
     midi_metrics,
     score_metrics,
     summarize,
@@ -255,6 +256,27 @@ def test_corpus_metrics_skips_unreadable_files() -> None:
     good = midi_bytes(quarters(C_MAJOR))
     s = corpus_metrics([good, b"not a midi file", good])
     assert s["scale_consistency"] == {"mean": 1.0, "std": 0.0, "n": 2}
+
+
+def test_excerpt_metrics_measure_openings_at_the_samples_length() -> None:
+    """A stream of "pieces" whose tokens are pitches: excerpts are cut at the starts given, to
+    the length asked (clipped at the stream's end), and decoded by the caller's function."""
+    stream = [*range(60, 72), *range(40, 64)]  # two pieces: 12 pitches from 60, 24 from 40
+    decoded: list[list[int]] = []
+
+    def decode(ids: Sequence[int]) -> bytes:
+        decoded.append(list(ids))
+        return midi_bytes(quarters(ids))
+
+    short = excerpt_metrics(stream, [0, 12], 4, decode)
+    assert decoded == [[60, 61, 62, 63], [40, 41, 42, 43]]
+    assert short["n_pitches_used"] == {"mean": 4.0, "std": 0.0, "n": 2}
+    assert short["pitch_range"]["mean"] == 3.0  # a whole piece spans 11 or 23 semitones
+    long = excerpt_metrics(stream, [0, 12], 30, decode)
+    assert long["n_pitches_used"]["mean"] == (30 + 24) / 2  # the second one is clipped
+    assert excerpt_metrics(stream, [0, 12], 4, decode, max_excerpts=1)["pitch_range"]["n"] == 1
+    with pytest.raises(ValueError, match="length"):
+        excerpt_metrics(stream, [0], 0, decode)
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,6 +76,28 @@ def test_key_cache_answers_verified_keys_without_sql_until_expiry(tmp_path: Path
         assert expired.lookup(s, key2) is None
 
 
+def test_a_revoke_in_one_api_process_clears_the_key_caches_of_the_others(tmp_path: Path) -> None:
+    """Processes of one server share the epoch file; another process bumps it here."""
+    import subprocess
+    import sys
+
+    from cadenza.db.repo import KeyCache, KeyEpoch, hash_key
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    with session_scope(url) as s:
+        _, key = create_api_key(session=s, owner_name="alice")
+    path = tmp_path / "run" / "api-key-epoch"
+    here = KeyCache(ttl=60, epoch=KeyEpoch(path))
+    with session_scope(url) as s:
+        assert owner_for_key(session=s, key=key, cache=here) is not None
+    assert here.get(hash_key(key)) is not None
+    other = "from cadenza.db.repo import KeyCache, KeyEpoch; import sys; "
+    other += "KeyCache(ttl=60, epoch=KeyEpoch(__import__('pathlib').Path(sys.argv[1]))).clear()"
+    subprocess.run([sys.executable, "-c", other, str(path)], check=True)
+    assert here.get(hash_key(key)) is None
+
+
 def test_datasets_with_counts_is_one_owner_scoped_query(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     upgrade(url)

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cadenza.sample.decode as decode
 from cadenza.models import CadenzaModel, build_model, resolve_config
 from cadenza.sample import (
     SamplingParams,
@@ -20,6 +21,7 @@ from cadenza.sample import (
     generate,
     generate_uncached,
 )
+from cadenza.sample.sampler import SYNC_EVERY, filter_logits, top_k_distribution
 
 ARCHS = ["gpt", "gru", "lstm", "music-transformer"]
 TRANSFORMERS = ["gpt", "music-transformer"]
@@ -85,6 +87,27 @@ def test_top_k_keeps_the_k_largest(row: list[float], k: int) -> None:
     distinct_threshold = sorted(row, reverse=True)[min(k, len(row)) - 1]
     assert kept.tolist() == [x >= distinct_threshold for x in row]
     assert torch.equal(out[kept], logits[0][kept])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    row=st.lists(st.floats(-20, 20, allow_nan=False), min_size=3, max_size=40, unique=True),
+    k=st.integers(1, 39),
+    p=st.one_of(st.none(), st.floats(0.05, 0.999)),
+    m=st.one_of(st.none(), st.floats(0.001, 0.9)),
+)
+def test_top_k_path_draws_from_the_full_sort_filters_distribution(
+    row: list[float], k: int, p: float | None, m: float | None
+) -> None:
+    """topk + top-p/min-p on the k survivors = the whole-vocabulary filters (distinct logits)."""
+    k = min(k, len(row) - 1)
+    params = SamplingParams(top_k=k, top_p=p, min_p=m, temperature=0.7)
+    logits = torch.tensor([row], dtype=torch.float64)
+    probs, ids = top_k_distribution(logits, params, None)
+    dense = torch.zeros_like(logits).scatter(1, ids, probs)
+    want = torch.softmax(filter_logits(logits, params, None), dim=-1)
+    assert torch.equal(dense > 0, want > 0)  # the same support
+    assert torch.allclose(dense, want, atol=1e-12)
 
 
 @settings(max_examples=100, deadline=None)
@@ -258,19 +281,25 @@ def test_eos_ends_a_row_and_the_others_continue(models: dict[str, CadenzaModel])
     assert generate(model, [[1, 2], [5, 6, 7]], ignored) == free
 
 
-def test_on_token_reports_every_step_and_can_cancel(models: dict[str, CadenzaModel]) -> None:
+def test_on_token_reports_every_few_steps_and_can_cancel(models: dict[str, CadenzaModel]) -> None:
+    """The host reads tokens every SYNC_EVERY steps (and at the last): on_token sees every token
+    by then, and cancelling keeps exactly the tokens reported."""
     model = models["music-transformer"]
     seen: list[tuple[int, list[int]]] = []
+    stop = 2 * SYNC_EVERY
 
     def on_token(step: int, tokens: list[list[int]]) -> bool:
         seen.append((step, [len(r) for r in tokens]))
-        return step == 5
+        return step == stop
 
     out = generate(model, [[1]], SamplingParams(seed=1, max_new_tokens=50), n=2, on_token=on_token)
-    assert [len(r) for r in out] == [5, 5]
-    assert seen == [(s, [s, s]) for s in range(1, 6)]
+    assert [len(r) for r in out] == [stop, stop]
+    assert seen == [(s, [s, s]) for s in (SYNC_EVERY, stop)]
     full = generate(model, [[1]], SamplingParams(seed=1, max_new_tokens=50), n=2)
-    assert [r[:5] for r in full] == out  # cancelling keeps exactly what was generated
+    assert [r[:stop] for r in full] == out  # cancelling keeps exactly what was generated
+    seen.clear()
+    generate(model, [[1]], SamplingParams(seed=1, max_new_tokens=11), on_token=on_token)
+    assert seen == [(SYNC_EVERY, [SYNC_EVERY]), (11, [11])]  # the last step is always reported
 
 
 def test_repetition_penalty_uses_the_recent_context_window(
@@ -320,3 +349,120 @@ def test_temperature_flattens_the_distribution(models: dict[str, CadenzaModel]) 
     cold = generate(model, [[1]], SamplingParams(seed=0, temperature=1e-3, max_new_tokens=1), n=200)
     assert len({r[0] for r in hot}) > VOCAB // 2
     assert len({r[0] for r in cold}) == 1
+
+
+# ----------------------------------------------------------------------------- fixed-shape decode
+
+
+@pytest.mark.parametrize("arch", TRANSFORMERS)
+def test_static_decode_over_spans_equals_the_window_recomputed(
+    models: dict[str, CadenzaModel], arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pre-allocated cache written in place, attention over spans shorter than the block
+    (a span of 4 slots), padded prompts, sliding past block_size several times: the same
+    tokens as recomputing every window."""
+    monkeypatch.setattr(decode, "SPAN_STEP", 4)
+    assert decode.span_for(5, BLOCK) == 8 and decode.span_for(15, BLOCK) == BLOCK
+    model = models[arch]
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]]
+    params = SamplingParams(seed=3, max_new_tokens=3 * BLOCK + 2, window_keep=5, compile=False)
+    cached = generate(model, prompts, params, n=2)
+    assert cached == generate_uncached(model, prompts, params, n=2, window="same")
+
+
+@pytest.mark.parametrize("arch", TRANSFORMERS)
+def test_static_decode_step_equals_forward_step(models: dict[str, CadenzaModel], arch: str) -> None:
+    model = models[arch]
+    idx = torch.randint(0, VOCAB, (2, BLOCK), generator=torch.Generator().manual_seed(0))
+    pad = torch.zeros(2, 4, dtype=torch.bool)
+    pad[1, :3] = True
+    a, b = model.init_cache(2), model.init_cache(2)
+    with torch.no_grad():
+        model.forward_step(idx[:, :4], a, pad_mask=pad)
+        model.forward_step(idx[:, :4], b, pad_mask=pad)
+        state = model.decode_state(b)
+        assert state is not None
+        for t in range(4, BLOCK):
+            want = model.forward_step(idx[:, t : t + 1], a)[:, 0]
+            got = model.decode_static(idx[:, t : t + 1], torch.tensor(t), *state, span=t + 1)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert models["gru"].decode_state(models["gru"].init_cache(1)) is None  # RNNs: forward_step
+
+
+def test_compiled_step_compiles_once_per_span_and_equals_eager(
+    models: dict[str, CadenzaModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compile=True: one graph per (batch, span) and none again for the next job of the same
+    shapes; the tokens are the eager ones. (backend 'eager' stands in for inductor here: the
+    guards and recompiles are dynamo's, whatever the backend.)"""
+    from torch._dynamo.testing import CompileCounter
+
+    monkeypatch.setattr(decode, "SPAN_STEP", 8)
+    counter = CompileCounter()
+    compiled = torch.compile(decode._step, dynamic=False, fullgraph=True, backend=counter)
+    monkeypatch.setattr(decode, "_compiled", compiled)
+    monkeypatch.setattr(decode, "_compiled_shapes", set())  # other tests stay eager
+    model = models["music-transformer"]
+    params = SamplingParams(seed=4, max_new_tokens=2 * BLOCK, window_keep=6)
+    eager = generate(model, [[1, 2]], params, n=2)
+    fast = SamplingParams(seed=4, max_new_tokens=2 * BLOCK, window_keep=6, compile=True)
+    assert generate(model, [[1, 2]], fast, n=2) == eager
+    assert counter.frame_count == 2  # spans 8 and 16
+    assert generate(model, [[1, 2]], fast, n=2) == eager
+    assert counter.frame_count == 2  # no recompile for the next job
+    torch._dynamo.reset()  # the counting backend's graphs stay out of later compiles
+
+
+def test_a_failing_compile_falls_back_to_eager_and_says_so_once(
+    models: dict[str, CadenzaModel],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(decode, "_compiled", broken)
+    monkeypatch.setattr(decode, "_failed", None)
+    monkeypatch.setattr(decode, "_compiled_shapes", set())
+    model = models["gpt"]
+    params = SamplingParams(seed=2, max_new_tokens=20)
+    eager = generate(model, [[3]], params)
+    with caplog.at_level("WARNING", logger="cadenza.sample"):
+        got = generate(model, [[3]], SamplingParams(seed=2, max_new_tokens=20, compile=True))
+        again = generate(model, [[3]], SamplingParams(seed=2, max_new_tokens=20, compile=True))
+    assert got == again == eager
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "no C++ compiler" in caplog.records[0].getMessage()
+    assert not decode.compile_available()
+
+
+def test_compile_rule_pays_only_for_long_jobs() -> None:
+    enough = int(decode.COMPILE_COST_TOKENS / decode.COMPILE_SAVING) + 1
+    assert not decode.compile_pays(256)
+    assert decode.compile_pays(enough) and not decode.compile_pays(enough // 2)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rows_that_finish_early_are_dropped_from_the_batch(
+    models: dict[str, CadenzaModel], arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Greedy rows are independent, so a row's tokens are the same alone or in a batch whose
+    other rows ended at EOS and were dropped; the batch did shrink."""
+    model = models[arch]
+    prompts = [[1, 2], [1, 2], [1, 2], [5, 6, 7]]  # 3 equal rows end together at EOS
+    free = generate(model, prompts, SamplingParams(temperature=0.0, max_new_tokens=40))
+    eos = next(t for t in free[0] if t not in free[3])  # the last row never ends
+    selected: list[int] = []
+    original = type(model).select_cache_rows
+
+    def spy(self: CadenzaModel, cache: Any, rows: torch.Tensor) -> Any:
+        selected.append(int(rows.numel()))
+        return original(self, cache, rows)
+
+    monkeypatch.setattr(type(model), "select_cache_rows", spy)
+    params = SamplingParams(temperature=0.0, max_new_tokens=40, eos_id=eos)
+    got = generate(model, prompts, params)
+    want = [r[: r.index(eos) + 1] if eos in r else r for r in free]
+    assert got == want
+    assert len(got[0]) < 40 and len(got[3]) == 40
+    assert selected == [1]  # the three finished rows left the batch at the next read

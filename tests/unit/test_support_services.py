@@ -215,11 +215,11 @@ def test_fresh_redis_url_skips_dbs_holding_foreign_data() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_api_command_is_uvicorn_on_the_app_factory() -> None:
+def test_api_command_is_the_api_server_module() -> None:
     argv = api_command(port=1234, log_level="warning")
-    assert argv[1:5] == ["-m", "uvicorn", "cadenza_api.app:create_app", "--factory"]
-    assert argv[argv.index("--port") + 1] == "1234" and "--workers" not in argv
-    assert api_command(port=1, workers=3)[-2:] == ["--workers", "3"]
+    assert argv[1:3] == ["-m", "cadenza_api"]
+    assert argv[argv.index("--port") + 1] == "1234" and "--processes" not in argv
+    assert api_command(port=1, workers=3)[-2:] == ["--processes", "3"]
 
 
 def test_launched_reports_an_api_that_dies_while_starting(tmp_path: Path) -> None:

@@ -564,3 +564,59 @@ def test_run_local_trains_resumes_and_prunes(tmp_path: Path) -> None:
     assert result["steps"] == 8 and result["stopped_reason"] == "completed"
     assert (out / "best.pt").exists() and (out / "model.safetensors").exists()
     model_from_safetensors((out / "model.safetensors").read_bytes())
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+
+def test_compile_plan_compiles_transformers_only_when_the_run_is_long_enough() -> None:
+    from cadenza.train.step import AUTO_COMPILE_MIN_STEPS, compile_plan
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = config(max_steps=12)
+    assert auto.compile == "auto"
+    enough = AUTO_COMPILE_MIN_STEPS["cuda"]
+    assert compile_plan(auto, "gpt", cuda, enough).compile
+    assert not compile_plan(auto, "gpt", cuda, enough - 1).compile  # a short job stays eager
+    assert not compile_plan(auto, "gru", cuda, 10**6).compile
+    assert not compile_plan(auto, "gpt", torch.device("mps"), 10**6).compile
+    assert compile_plan(auto, "music-transformer", cpu, AUTO_COMPILE_MIN_STEPS["cpu"]).compile
+    assert compile_plan(config(compile=True), "gru", cpu, 1).compile  # true is obeyed
+    assert not compile_plan(config(compile=False), "gpt", cuda, 10**6).compile
+    with pytest.raises(ValidationError, match="compile"):
+        config(compile="sometimes")
+
+
+def test_compiled_training_matches_eager_and_saves_plain_checkpoints() -> None:
+    # Bounded: one compile of the 2-layer tiny model at seq 16 (tens of seconds on 2 cores).
+    cfg = config("music-transformer", max_steps=3, compile=True)
+    eager_hooks, compiled_hooks = MemoryHooks(), MemoryHooks()
+    run(eager_hooks, cfg.model_copy(update={"compile": False}), spec("music-transformer"))
+    result = run(compiled_hooks, cfg, spec("music-transformer"))
+    assert result.compiled and result.compile_s > 0
+    assert any("compiled in" in message for _, message in compiled_hooks.progress)
+    eager, compiled = eager_hooks.train_losses(), compiled_hooks.train_losses()
+    np.testing.assert_allclose([compiled[s] for s in (1, 2, 3)], [eager[s] for s in (1, 2, 3)],
+                               rtol=1e-4)  # fmt: skip
+    state = unpack(compiled_hooks.checkpoints[3])["model"]
+    assert not any(name.startswith("_orig_mod.") for name in state)
+    load_for_inference(compiled_hooks.checkpoints[3])
+
+
+def test_a_failed_compile_trains_eagerly_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(model: Any, **_: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+        return call
+
+    eager_hooks, hooks = MemoryHooks(), MemoryHooks()
+    run(eager_hooks, config(max_steps=4, compile=False))
+    monkeypatch.setattr(torch, "compile", broken)
+    result = run(hooks, config(max_steps=4, compile=True))
+    assert not result.compiled and result.steps == 4
+    assert any("training eagerly" in message for _, message in hooks.progress)
+    # The failed attempt consumed no RNG and left no gradients: the run is the eager one.
+    assert hooks.train_losses() == eager_hooks.train_losses()

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from cadenza import __version__
 from cadenza.config import Settings, get_settings
-from cadenza.db.repo import KeyCache
+from cadenza.db.repo import KeyCache, KeyEpoch
 from cadenza.storage import open_store
 from cadenza_api import errors, openapi
 from cadenza_api.deps import Database
@@ -82,11 +82,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = open_store(settings)
     app.state.db = Database(settings)
-    app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
+    # The processes of one API server share the epoch file (in the data directory): a key
+    # revoked through any of them stops working on all of them at once.
+    epoch = KeyEpoch(settings.data_dir / "run" / "api-key-epoch")
+    app.state.key_cache = KeyCache(settings.api_key_cache_seconds, epoch=epoch)
     app.state.event_polls = EventPolls(app.state.db)
     errors.install(app)
     openapi.install(app)
-    for module in (health, datasets, files, corpora, models, samples, jobs):
+    # Starlette tries routes in order and their paths are disjoint: jobs first, since polling a
+    # job is what clients do most (each router passed over costs a GET its matching).
+    for module in (jobs, health, datasets, files, corpora, models, samples):
         app.include_router(module.router)
     for router in (*keys.routers, *limits.routers):
         app.include_router(router)

@@ -10,24 +10,35 @@ busy waiting for a connection: at 64 concurrent `GET /v1/datasets/{id}` the API 
 40 of 40 worker threads in `QueuePool._do_get`, 30 s checkout timeout each, forever refilled).
 
 Now a request takes a *slot* before its session exists (an async wait in the event loop, which
-holds no thread), and gives it back after the session is closed on a thread lane of its own
-(closing never needs a connection, so it always finishes). With slots == pool size, a thread
-that runs DB code always finds a free connection: sessions never wait on each other, and
-threads never wait on the pool. Saturation shows as a queue of requests waiting for a slot,
-each for at most `db_pool_timeout` seconds before a 503 with Retry-After.
+holds no thread), and gives it back after the session is closed. The route's own worker
+thread closes it as the route returns (`SessionRoute`), so closing needs no other thread; a
+session that still holds a connection after that (the route never ran) is closed on a thread
+lane of its own (closing never needs a connection, so it always finishes). With slots == pool
+size, a thread that runs DB code always finds a free connection: sessions never wait on each
+other, and threads never wait on the pool. Saturation shows as a queue of requests waiting for
+a slot, each for at most `db_pool_timeout` seconds before a 503 with Retry-After.
+
+Async-correct: no `async def` here or in a route touches a session, the store or the
+database; they only wait (for a slot, a thread) and hand sync work to worker threads
+(tests/api/test_async_correct.py enforces it).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Response
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.exceptions import ResponseValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from cadenza.config import Settings
@@ -39,6 +50,7 @@ from cadenza.db.repo import (
     KeyRefused,
     caller_for_key,
     ensure_unexpired,
+    hash_key,
     touch_key,
 )
 from cadenza.db.session import session_factory
@@ -53,13 +65,16 @@ POOL_HEADROOM = 4
 # Threads that only close sessions (a rollback and a return to the pool: microseconds on
 # SQLite, one round trip on PostgreSQL).
 CLOSE_THREADS = 4
+# A process's fewest slots, however many processes share `db_pool_size`.
+MIN_SLOTS = 2
 
 
 class Database:
-    """The API process's only way to a session: `db_pool_size` slots, one connection each."""
+    """The API process's only way to a session: its share of the `db_pool_size` slots (the
+    API's processes together hold at most about that many), one connection each."""
 
     def __init__(self, settings: Settings) -> None:
-        self.slots = settings.db_pool_size
+        self.slots = max(MIN_SLOTS, -(-settings.db_pool_size // settings.api_processes))
         self.wait_s = settings.db_pool_timeout
         self.factory = session_factory(
             settings.resolved_database_url,
@@ -80,12 +95,15 @@ class Database:
         if not acquired:
             raise busy("every database slot is taken")
         try:
-            session = self.factory()
+            session = self.factory()  # no connection yet: that comes with its first query
             try:
                 yield session
             finally:
-                # Shielded by AnyIO (a cancelled request still returns its connection).
-                await anyio.to_thread.run_sync(session.close, limiter=self._closers)
+                # Normally closed already, by the route's thread (`SessionRoute`); one that
+                # still holds a connection (the route never ran) is closed here, shielded by
+                # AnyIO (a cancelled request still returns its connection).
+                if session.in_transaction():
+                    await anyio.to_thread.run_sync(session.close, limiter=self._closers)
         finally:
             self._gate.release()
 
@@ -114,6 +132,62 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 def get_store(request: Request) -> ObjectStore:
     store: ObjectStore = request.app.state.store
     return store
+
+
+class SessionRoute(APIRoute):
+    """A route whose sync endpoint runs, renders its answer and closes the request's session
+    all on one worker thread.
+
+    Why: FastAPI runs a sync endpoint on a worker thread, then validates its return value
+    against the response model on *another* worker thread, then closes the session in the
+    event loop (a `yield` dependency's exit) which needs a third (a rollback and a return to
+    the pool: a round trip on PostgreSQL). Each hop costs the event loop a queue put, a wake-up
+    and a GIL hand-over; under load the hops, not the route, were most of a GET's time. Here
+    the endpoint's thread validates and serializes the answer into JSON bytes (the same
+    response model, the same bytes FastAPI would send) and closes the session while it still
+    holds the loaded rows, and FastAPI passes the finished `Response` through.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        self._answer: TypeAdapter[Any] | None = None
+        if not inspect.iscoroutinefunction(endpoint):
+            endpoint = _on_one_thread(self, endpoint)
+        super().__init__(path, endpoint, **kwargs)
+        plain = (
+            isinstance(self.response_class, DefaultPlaceholder)
+            and self.response_model_by_alias
+            and self.response_model_include is None
+            and self.response_model_exclude is None
+            and not self.response_model_exclude_unset
+            and not self.response_model_exclude_defaults
+            and not self.response_model_exclude_none
+        )
+        if self.response_model is not None and plain:
+            self._answer = TypeAdapter(self.response_model)
+
+    def answer(self, result: Any) -> Any:
+        """`result` as the JSON response FastAPI would make of it (a Response passes as is)."""
+        if self._answer is None or isinstance(result, Response):
+            return result
+        try:
+            value = self._answer.validate_python(result, from_attributes=True)
+        except ValidationError as exc:  # the server's bug: a 500, as FastAPI answers it
+            raise ResponseValidationError(exc.errors(), body=result) from None
+        body = self._answer.dump_json(value, by_alias=True)
+        return Response(body, status_code=self.status_code or 200, media_type="application/json")
+
+
+def _on_one_thread(route: SessionRoute, endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)  # FastAPI reads the signature through __wrapped__
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return route.answer(endpoint(*args, **kwargs))
+        finally:
+            for value in kwargs.values():
+                if isinstance(value, Session):
+                    value.close()
+
+    return run
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -156,12 +230,14 @@ async def authenticate(request: Request, token: str, session: Session) -> Caller
     """The caller of `token`; 401 naming why not (invalid, revoked, expired).
 
     Async: a key verified in the last few seconds is answered from the key cache without SQL
-    (no worker thread, which saves a thread hop per request); only a miss runs the query on
-    a worker thread, and so does the once-a-minute write of the key's `last_used_at`.
+    and without the session (no worker thread, which saves a thread hop per request); its
+    owner is the cache's detached copy, which routes only read (owners have no
+    relationships to lazy-load). Only a miss runs the query on a worker thread, and so does
+    the once-a-minute write of the key's `last_used_at`.
     """
     cache: KeyCache = request.app.state.key_cache
     try:
-        caller = cache.lookup(session, token) if token.startswith(KEY_PREFIX) else None
+        caller = cache.get(hash_key(token)) if token.startswith(KEY_PREFIX) else None
         if caller is None:
             caller = await anyio.to_thread.run_sync(
                 functools.partial(caller_for_key, session=session, key=token, cache=cache)

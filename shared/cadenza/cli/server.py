@@ -166,7 +166,12 @@ def keys_revoke(
 
 
 def api(
-    host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_level: str = "info"
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[
+        int | None, typer.Option(help="API processes on the port (default: CADENZA_API_PROCESSES)")
+    ] = None,
+    log_level: str = "info",
 ) -> None:
     """Run the REST API (uvicorn)."""
     argv = api_command(host=host, port=port, log_level=log_level, workers=workers)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 import secrets
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import func, inspect, select, update
@@ -120,6 +123,35 @@ class KeyRefused(Exception):
         self.message = message
 
 
+class KeyEpoch:
+    """Eight bytes that the API processes of one host share through a memory-mapped file, and
+    that any of them changes when it revokes a key: every process's `KeyCache` sees the
+    change on its next lookup (a memory read, no system call) and forgets what it verified.
+
+    Why: with several API processes on one port, a revoke answered by one process must not
+    leave the key working on the others for the cache's lifetime.
+    """
+
+    SIZE = 8
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < self.SIZE:
+                os.ftruncate(fd, self.SIZE)
+            self._map = mmap.mmap(fd, self.SIZE)
+        finally:
+            os.close(fd)
+
+    def read(self) -> bytes:
+        return self._map[: self.SIZE]
+
+    def bump(self) -> None:
+        # Random, not a counter: two processes bumping at once still leave a new value.
+        self._map[: self.SIZE] = secrets.token_bytes(self.SIZE)
+
+
 class KeyCache:
     """Recently verified keys, by key hash, each trusted for `ttl` seconds.
 
@@ -132,12 +164,16 @@ class KeyCache:
     (sync routes run on many threads).
     """
 
-    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, ttl: float, max_entries: int = 10_000, epoch: KeyEpoch | None = None
+    ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, Caller]] = {}
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._epoch = epoch
+        self._seen = epoch.read() if epoch is not None else b""
 
     def lookup(self, session: Session, key: str) -> Caller | None:
         """The cached caller of `key`, its owner adopted by `session`, or None; no SQL."""
@@ -148,6 +184,9 @@ class KeyCache:
 
     def get(self, digest: str) -> Caller | None:
         with self._lock:
+            if self._epoch is not None and (now := self._epoch.read()) != self._seen:
+                self._entries.clear()  # a process sharing the epoch revoked a key
+                self._seen = now
             entry = self._entries.get(digest)
             if entry is None or entry[0] < time.monotonic():
                 self._entries.pop(digest, None)
@@ -180,8 +219,12 @@ class KeyCache:
         return last is None or (utcnow() - last).total_seconds() >= TOUCH_INTERVAL_S
 
     def clear(self) -> None:
+        """Forget every verified key, here and in the processes sharing the epoch."""
         with self._lock:
             self._entries.clear()
+            if self._epoch is not None:
+                self._epoch.bump()
+                self._seen = self._epoch.read()
 
 
 def caller_for_key(*, session: Session, key: str, cache: KeyCache | None = None) -> Caller:

@@ -27,7 +27,8 @@ log = logging.getLogger("cadenza.jobs.train_job")
 
 
 def run(job_id: str) -> str | None:
-    """Train job `job_id` in this process group; rank 0 returns the final state.
+    """Train job `job_id` in this process group; every rank returns rank 0's final state
+    (None: not claimed).
 
     SIGTERM (a pod evicted) sets the drain flag: training stops at the next step with a
     checkpoint, and the job is requeued without using up an attempt.
@@ -46,16 +47,35 @@ def run(job_id: str) -> str | None:
         dist.broadcast_object_list(claimed, src=0)
         if not claimed[0]:
             return None
+        state: str | None = None
         if info.is_main:
             assert ctx is not None
-            return execute(ctx)
-        follower = follower_context(job_id, settings)
-        if follower.type != "train":
-            raise SystemExit(f"job {job_id} is a {follower.type} job, not a training job")
-        load_handler("train")(follower)  # outputs are rank 0's to commit
-        return None
+            state = execute(ctx)
+        else:
+            follower = follower_context(job_id, settings)
+            if follower.type != "train":
+                raise SystemExit(f"job {job_id} is a {follower.type} job, not a training job")
+            load_handler("train")(follower)  # outputs are rank 0's to commit
+        return _final_state(state, info.is_main)
     finally:
         cleanup_distributed()
+
+
+def _final_state(state: str | None, is_main: bool) -> str | None:
+    """Rank 0's final state, on every rank.
+
+    So that every process, on every node, exits non-zero when the run did not succeed (e.g.
+    drained and requeued): a Kubernetes Indexed Job then retries all its pods, which meet
+    again and resume from the checkpoint, instead of counting the other nodes as complete and
+    leaving the retried one waiting alone at the rendezvous.
+    """
+    final = [state]
+    try:
+        dist.broadcast_object_list(final, src=0)
+    except Exception:  # a peer is gone: rank 0 knows its own state, the others do not
+        log.warning("could not learn the final state of the run from rank 0", exc_info=True)
+        return state if is_main else "unknown"
+    return final[0]
 
 
 def _drain(*_: Any) -> None:

@@ -34,9 +34,10 @@ HEALTHY_AFTER_S = 60.0
 
 
 def api_command(
-    *, host: str = LOCALHOST, port: int = 8000, log_level: str = "info", workers: int = 1
+    *, host: str = LOCALHOST, port: int = 8000, log_level: str = "info", workers: int | None = None
 ) -> list[str]:
-    """The command line of the REST API: uvicorn on the app factory.
+    """The command line of the REST API: `python -m cadenza_api` (uvicorn on the app factory
+    in `workers` processes; default: the `api_processes` setting of its environment).
 
     The only place the API's server is configured: `cadenza api` execs it and everything else
     starts it through `Launched.start_api`.
@@ -44,9 +45,7 @@ def api_command(
     argv = [
         sys.executable,
         "-m",
-        "uvicorn",
-        "cadenza_api.app:create_app",
-        "--factory",
+        "cadenza_api",
         "--host",
         host,
         "--port",
@@ -54,7 +53,7 @@ def api_command(
         "--log-level",
         log_level,
     ]
-    return argv + (["--workers", str(workers)] if workers != 1 else [])
+    return argv + (["--processes", str(workers)] if workers is not None else [])
 
 
 def worker_command(

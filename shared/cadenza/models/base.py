@@ -64,6 +64,24 @@ class CadenzaModel(nn.Module):
         """
         raise NotImplementedError
 
+    def decode_state(self, cache: Any) -> tuple[Tensor, ...] | None:
+        """The cache's tensors that `decode_static` reads and writes in place, or None when
+        this model decodes through `forward_step` only (RNNs: their state is small and a
+        step is one fused cell call)."""
+        return None
+
+    def decode_static(
+        self, token: Tensor, pos: Tensor, *state: Tensor, span: int | None = None
+    ) -> Tensor:
+        """One token per row (B, 1) at cache position `pos` (0-d int64) -> logits (B, V),
+        with shapes fixed by (batch, span) (see `GPT.decode_static`)."""
+        raise NotImplementedError(f"{self.architecture} has no fixed-shape decode step")
+
+    def select_cache_rows(self, cache: Any, rows: Tensor) -> Any:
+        """A cache holding only the given batch rows (int64 indices), in that order: how the
+        sampler drops rows that have finished."""
+        raise NotImplementedError
+
     def cache_len(self, cache: Any) -> int:
         """Number of token positions (padding included) the cache holds."""
         raise NotImplementedError

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import Tensor
 
 from cadenza.models.base import CadenzaModel
@@ -217,6 +215,9 @@ def load_for_inference(
 
 def model_to_safetensors(model: CadenzaModel, metadata: Mapping[str, str] | None = None) -> bytes:
     """Weights (tied ones once) and the spec in one safetensors blob, plus extra `metadata`."""
+    # Imported on use: training (also on a machine without safetensors) never needs it.
+    from safetensors.torch import save as st_save
+
     aliases = _tied_aliases(model)
     tensors = {
         name: t.detach().contiguous()
@@ -258,6 +259,8 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
 
 def model_from_safetensors(data: bytes, map_location: str | torch.device = "cpu") -> CadenzaModel:
     """Inverse of `model_to_safetensors`; the model comes back in eval mode."""
+    from safetensors.torch import load as st_load
+
     meta = _safetensors_metadata(data)
     if SAFETENSORS_SPEC_KEY not in meta:
         raise ValueError("safetensors blob carries no Cadenza model spec in its metadata")

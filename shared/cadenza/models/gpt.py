@@ -105,6 +105,54 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
+    def decode(
+        self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, visible: Tensor
+    ) -> Tensor:
+        """One new position per row with fixed shapes: x (B, 1, C) at position `pos` (0-d
+        int64) is written into the caches (B, nh, capacity, hs) in place; the query attends to
+        the first `span` slots (span = visible.size(1) >= pos + 1) with `visible` (B, span) as
+        the mask. Same maths as `forward` with a cache: masked slots get probability 0, only
+        float rounding differs."""
+        B, _, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, 1, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, 1, hs)
+        k = k.view(B, 1, self.n_head, self.head_size).transpose(1, 2)
+        v = v.view(B, 1, self.n_head, self.head_size).transpose(1, 2)
+        at = pos.view(1)
+        k_cache.index_copy_(2, at, k)
+        v_cache.index_copy_(2, at, v)
+        span = visible.size(1)
+        keys, values = k_cache[:, :, :span], v_cache[:, :, :span]
+        if self.rel is None:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None])
+        else:
+            y = self._relative_decode(q, keys, values, pos, visible, k_cache.size(2))
+        y = y.transpose(1, 2).reshape(B, 1, C)
+        return self.c_proj(y)
+
+    def _relative_decode(
+        self, q: Tensor, keys: Tensor, values: Tensor, pos: Tensor, visible: Tensor, cap: int
+    ) -> Tensor:
+        """Relative attention of one query at `pos` over the first `span` cache slots.
+
+        The table's row c embeds distance cap-1-c (cap = block_size), so key j (distance
+        pos-j) reads row cap-1-pos+j: one gather of Q·Erᵀ replaces the skew (which needs the
+        length as a shape). Scores, scaling and the float32 softmax are `relative_attention`'s.
+        """
+        assert self.rel is not None
+        span = keys.size(2)
+        qs = q * (1.0 / math.sqrt(self.head_size))  # (B, nh, 1, hs)
+        er = self.rel.table(cap).to(q.dtype)  # (cap, hs) or (nh, cap, hs)
+        qe = torch.matmul(qs, er.transpose(-2, -1))  # (B, nh, 1, cap)
+        j = torch.arange(span, device=q.device)
+        row = (j + (cap - 1) - pos).clamp(max=cap - 1)  # future keys: any row, masked below
+        rel = qe.index_select(-1, row)  # (B, nh, 1, span)
+        scores = torch.matmul(qs, keys.transpose(-2, -1)) + rel
+        scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+        acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        p = torch.softmax(scores, dim=-1, dtype=acc)
+        return torch.matmul(p.to(values.dtype), values)  # (B, nh, 1, hs)
+
     @staticmethod
     def _attn_mask(q: Tensor, S: int, key_pad: Tensor | None) -> tuple[Tensor | None, bool]:
         """(attn_mask for SDPA, is_causal) for absolute attention; queries are the last T of S."""
@@ -157,6 +205,11 @@ class Block(nn.Module):
         key_pad: Tensor | None = None,
     ) -> Tensor:
         x = x + self.attn(self.ln_1(x), kv, start, key_pad)
+        return x + self.mlp(self.ln_2(x))
+
+    def decode(self, x: Tensor, k: Tensor, v: Tensor, pos: Tensor, visible: Tensor) -> Tensor:
+        """`forward` for one new position with fixed shapes (see `CausalSelfAttention.decode`)."""
+        x = x + self.attn.decode(self.ln_1(x), k, v, pos, visible)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -287,6 +340,45 @@ class GPT(CadenzaModel):
             x = block(x, (cache.keys[layer], cache.values[layer]), start, key_pad)
         cache.length = end
         return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def decode_state(self, cache: KVCache) -> tuple[Tensor, ...]:
+        return (cache.pad, *cache.keys, *cache.values)
+
+    def decode_static(
+        self, token: Tensor, pos: Tensor, *state: Tensor, span: int | None = None
+    ) -> Tensor:
+        """token (B, 1) at position `pos` -> logits (B, V); state = `decode_state(cache)`.
+
+        Every shape is fixed by (batch, span), the position is a tensor and the cache is written
+        in place, so `torch.compile(..., dynamic=False)` compiles this once per (batch, span).
+        Attention reads only the first `span` slots (>= pos + 1; default: all block_size):
+        the sampler rounds the length up to a few buckets so a short context does not pay for
+        reading the whole cache. The caller advances `cache.length` (a Python int).
+        """
+        pad, kv = state[0], state[1:]
+        L = len(self.h)
+        keys, values = kv[:L], kv[L:]
+        span = self.block_size if span is None else span
+        slots = torch.arange(span, device=token.device)
+        visible = (slots <= pos) & ~pad[:, :span]  # (B, span): filled, not left padding
+        x = self.wte(token)  # (B, 1, C)
+        if self.wpe is not None:  # each row's first real token is position 0
+            p = (pos - pad.sum(dim=1)).clamp(min=0)  # (B,)
+            x = x + self.wpe(p).unsqueeze(1)
+        for layer, block in enumerate(self.h):
+            assert isinstance(block, Block)
+            x = block.decode(x, keys[layer], values[layer], pos, visible)
+        return self.lm_head(self.ln_f(x))[:, 0]  # (B, V)
+
+    def select_cache_rows(self, cache: KVCache, rows: Tensor) -> KVCache:
+        return KVCache(
+            keys=[k.index_select(0, rows) for k in cache.keys],
+            values=[v.index_select(0, rows) for v in cache.values],
+            tokens=cache.tokens.index_select(0, rows),
+            pad=cache.pad.index_select(0, rows),
+            length=cache.length,
+            has_pad=cache.has_pad,
+        )
 
     def cache_len(self, cache: KVCache) -> int:
         return cache.length

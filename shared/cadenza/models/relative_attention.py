@@ -200,8 +200,9 @@ class _RelativeAttention(torch.autograd.Function):
             _accumulate(dk[:, :, :p1].view(B * nh, p1, hs), ds.transpose(1, 2), qc3)
             dqc = torch.bmm(ds, kc.reshape(B * nh, p1, hs))  # (B·nh, b, hs)
             if er.dim() == 2:  # shared by heads: one GEMM over all (batch, head, row) triples
-                # dL/d(Q·Erᵀ) without its zero column: rows of p1 values every p1+1 in buf
-                dqe = buf.as_strided((B * nh * b, p1), (p1 + 1, 1), buf.storage_offset() + 1)
+                # dL/d(Q·Erᵀ) without its zero column: rows of p1 values every p1+1 in buf (a
+                # view, not as_strided with an offset, so torch.compile can trace the backward)
+                dqe = buf.view(B * nh * b, p1 + 1)[:, 1:]
                 dqc.view(B * nh * b, hs).addmm_(dqe, er_c)
                 _accumulate(der[S - p1 :], dqe.t(), qc3.reshape(B * nh * b, hs))
             else:  # (nh, S, hs): per head, summed over the batch

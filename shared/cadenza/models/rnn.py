@@ -108,6 +108,14 @@ class _RNNLM(CadenzaModel):
         back = ((t - n_pad.view(B, 1)) % T).unsqueeze(-1).expand(B, T, out.size(-1))
         return torch.gather(out, 1, back)  # (B, T, H) in the padded layout
 
+    def select_cache_rows(self, cache: RNNCache, rows: Tensor) -> RNNCache:
+        state: RNNState | None = cache.state
+        if isinstance(state, tuple):
+            state = (state[0].index_select(1, rows), state[1].index_select(1, rows))
+        elif state is not None:
+            state = state.index_select(1, rows)  # (L, B, H)
+        return RNNCache(int(rows.numel()), cache.device, state, cache.length)
+
     def cache_len(self, cache: RNNCache) -> int:
         return cache.length
 

@@ -38,6 +38,12 @@ class SamplingOptions(BaseModel):
         default=None, ge=0, le=2**63 - 1, description="same seed, same music; null = random"
     )
     stop_at_eos: bool = Field(default=True, description="end a variation at the end-of-piece token")
+    compile: bool | None = Field(
+        default=None,
+        description="compile the model's decode step with torch.compile (CPU; CUDA replays a "
+        "CUDA graph anyway): true, false, or null = only when the job is long enough to "
+        "repay the one-off compile or the worker compiled the same shapes before",
+    )
 
     @field_validator("min_p")
     @classmethod

@@ -28,6 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cadenza.models.base import CadenzaModel
+from cadenza.sample.decode import (
+    Decoder,
+    compile_available,
+    compile_pays,
+    has_compiled,
+    span_for,
+)
 
 OnToken = Callable[[int, list[list[int]]], bool | None]
 """on_token(step, tokens): step = new tokens so far (1-based), tokens = the new tokens of every
@@ -49,6 +56,7 @@ class SamplingParams:
     eos_id: int | None = None
     stop_at_eos: bool = True  # a row ends at eos_id (which is kept as its last token)
     window_keep: int | None = None  # tokens kept when sliding past block_size; None = half
+    compile: bool | None = None  # compile the decode step; None = when it pays (decode.py)
 
     def __post_init__(self) -> None:
         # The shared fields are checked by the API's own model, so the sampler accepts exactly
@@ -80,6 +88,7 @@ _SHARED_FIELDS = (
     "max_new_tokens",
     "seed",
     "stop_at_eos",
+    "compile",
 )
 
 
@@ -138,23 +147,61 @@ def apply_min_p(logits: Tensor, min_p: float | None) -> Tensor:
     return logits.masked_fill(logits < threshold, float("-inf"))
 
 
-def filter_logits(logits: Tensor, params: SamplingParams, history: Tensor | None) -> Tensor:
-    """Repetition penalty, temperature, top-k, top-p, min-p, in that order (as in HF)."""
+def _scaled(logits: Tensor, params: SamplingParams, history: Tensor | None) -> Tensor:
+    """Float32-or-wider logits with the repetition penalty and temperature applied."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # filters and softmax in at least float32
     if history is not None:
         logits = apply_repetition_penalty(logits, history, params.repetition_penalty)
     if params.temperature > 0:
         logits = logits / params.temperature
+    return logits
+
+
+def filter_logits(logits: Tensor, params: SamplingParams, history: Tensor | None) -> Tensor:
+    """Repetition penalty, temperature, top-k, top-p, min-p, in that order (as in HF)."""
+    logits = _scaled(logits, params, history)
     logits = apply_top_k(logits, params.top_k)
     logits = apply_top_p(logits, params.top_p)
     return apply_min_p(logits, params.min_p)
 
 
+def _filter_sorted(values: Tensor, params: SamplingParams) -> Tensor:
+    """top-p and min-p on the k survivors of top-k, already sorted best first (B, k): the
+    same rules as `apply_top_p` / `apply_min_p` on the whole row, without sorting it."""
+    if params.top_p is not None and params.top_p < 1.0:
+        probs = torch.softmax(values, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        values = values.masked_fill(mass_before >= params.top_p, float("-inf"))
+    if params.min_p is not None:
+        values = values.masked_fill(values < values[:, :1] + math.log(params.min_p), float("-inf"))
+    return values
+
+
+def top_k_distribution(
+    logits: Tensor, params: SamplingParams, history: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """(probabilities (B, k), token ids (B, k)) after every filter, for params.top_k = k."""
+    assert params.top_k is not None
+    values, ids = torch.topk(_scaled(logits, params, history), params.top_k, dim=-1)
+    return torch.softmax(_filter_sorted(values, params), dim=-1), ids
+
+
 def sample_next(
     logits: Tensor, params: SamplingParams, history: Tensor | None, generator: torch.Generator
 ) -> Tensor:
-    """logits (B, V) of the newest position -> next token ids (B,)."""
+    """logits (B, V) of the newest position -> next token ids (B,).
+
+    With top_k set, only the k best tokens are kept (`torch.topk`, O(V)), top-p and min-p
+    then look at those k already sorted, and the draw is over k probabilities: the whole
+    vocabulary is never sorted. The support and probabilities are those of `filter_logits`
+    (which keeps ties with the k-th logit too; this keeps exactly k).
+    """
+    k = params.top_k
+    if params.temperature > 0 and k is not None and k < logits.size(-1):
+        probs, ids = top_k_distribution(logits, params, history)
+        choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        return ids.gather(1, choice).view(-1)
     logits = filter_logits(logits, params, history)
     if params.temperature == 0:
         return logits.argmax(dim=-1)
@@ -172,6 +219,8 @@ class _Stepper(Protocol):
 
     def step(self, token: Tensor) -> Tensor: ...
 
+    def select(self, rows: Tensor) -> None: ...
+
 
 def _window_keep(model: CadenzaModel, params: SamplingParams) -> int:
     block = model.block_size
@@ -184,11 +233,28 @@ def _window_keep(model: CadenzaModel, params: SamplingParams) -> int:
 
 
 class _CachedStepper:
-    """KV-cache / hidden-state decoding; slides by `crop_cache` when the block is full."""
+    """KV-cache / hidden-state decoding; slides by `crop_cache` when the block is full.
 
-    def __init__(self, model: CadenzaModel, batch: int, device: torch.device, keep: int) -> None:
+    Models with a fixed-shape step (`decode_state` not None: the transformers) decode through
+    `Decoder` (eager, compiled or a CUDA graph) over their pre-allocated cache; the others
+    (RNNs) through `forward_step`.
+    """
+
+    def __init__(
+        self,
+        model: CadenzaModel,
+        batch: int,
+        device: torch.device,
+        keep: int,
+        params: SamplingParams,
+    ) -> None:
         self.model, self.keep = model, keep
         self.cache = model.init_cache(batch, device)
+        self.state = model.decode_state(self.cache)
+        self.decoder: Decoder | None = None
+        if self.state is not None:
+            self.decoder = Decoder(model, decode_mode(model, params, self.state, batch))
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
 
     def prefill(self, idx: Tensor, pad: Tensor | None) -> Tensor:
         block = self.model.block_size
@@ -199,9 +265,22 @@ class _CachedStepper:
 
     def step(self, token: Tensor) -> Tensor:
         block = self.model.block_size
-        if block is not None and self.model.cache_len(self.cache) + 1 > block:
+        length = self.model.cache_len(self.cache)
+        if block is not None and length + 1 > block:
             self.model.crop_cache(self.cache, self.keep - 1)  # + the new token = keep
-        return self.model.forward_step(token, self.cache)[:, -1]  # (B, V)
+            length = self.model.cache_len(self.cache)
+        if self.decoder is None or self.state is None:
+            return self.model.forward_step(token, self.cache)[:, -1]  # (B, V)
+        self.pos.fill_(length)
+        logits = self.decoder(token, self.pos, self.state, span_for(length, block or length + 1))
+        # The cache's bookkeeping (tokens for crop_cache, length) stays outside the fixed step.
+        self.cache.tokens[:, length] = token[:, 0]
+        self.cache.length = length + 1
+        return logits
+
+    def select(self, rows: Tensor) -> None:
+        self.cache = self.model.select_cache_rows(self.cache, rows)
+        self.state = self.model.decode_state(self.cache)
 
 
 class _RecomputeStepper:
@@ -227,6 +306,10 @@ class _RecomputeStepper:
             self.pad = F.pad(self.pad, (0, 1), value=False)
         return self._logits()
 
+    def select(self, rows: Tensor) -> None:
+        self.ctx = self.ctx.index_select(0, rows)
+        self.pad = self.pad.index_select(0, rows) if self.pad is not None else None
+
     def _logits(self) -> Tensor:
         T, block = self.ctx.size(1), self.model.block_size
         if block is not None and T - self.start > block:
@@ -242,6 +325,11 @@ class _RecomputeStepper:
 
 
 # ----------------------------------------------------------------------------- driver
+
+SYNC_EVERY = 8
+"""Steps between host reads of the sampled tokens: finished rows, `on_token`, cancel and the
+all-rows-done stop are checked this often (a divisor of 16 and 32, the job handler's progress
+and bar-check periods). Between reads the loop runs tensor ops only (EOS per row included)."""
 
 
 def _left_pad(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor | None]:
@@ -270,6 +358,68 @@ def _check_inputs(model: CadenzaModel, prompts: list[list[int]], n: int) -> None
             )
 
 
+def decode_mode(
+    model: CadenzaModel, params: SamplingParams, state: tuple[Tensor, ...], batch: int
+) -> str:
+    """How the cached sampler runs its fixed-shape step: "cudagraph" on CUDA; on CPU "compile"
+    when asked for (`params.compile`) or, unset, when the job is long enough to repay compiling
+    or this process compiled the same shapes before (`cadenza.sample.decode`); else "eager"."""
+    dev = state[0].device
+    if params.compile is False:
+        return "eager"
+    if dev.type == "cuda":
+        return "cudagraph"
+    if not compile_available():
+        return "eager"
+    token = torch.zeros(batch, 1, dtype=torch.long, device=dev)
+    if params.compile or compile_pays(params.max_new_tokens) or has_compiled(model, token, state):
+        return "compile"
+    return "eager"
+
+
+class _Rows:
+    """The new tokens of the live rows, kept on the device between host reads.
+
+    `buf` (live, max_new) holds every step's tokens; a row's `end` is the number of its tokens
+    to keep (its EOS included), max_new until it samples EOS. `flush` copies the steps since
+    the last read to the Python lists the caller sees.
+    """
+
+    def __init__(self, B: int, max_new: int, stop_id: int | None, dev: torch.device) -> None:
+        self.out: list[list[int]] = [[] for _ in range(B)]
+        self.index = list(range(B))  # live row -> original row
+        self.buf = torch.empty(B, max_new, dtype=torch.long, device=dev)
+        self.end = torch.full((B,), max_new, dtype=torch.long, device=dev)
+        self.done = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.stop_id = stop_id
+        self.read = 0  # steps already copied to `out`
+        self.max_new = max_new
+
+    def record(self, step: int, token: Tensor) -> None:
+        self.buf[:, step - 1] = token
+        if self.stop_id is not None:
+            hit = (token == self.stop_id) & ~self.done
+            self.end.masked_fill_(hit, step)
+            self.done |= hit
+
+    def flush(self, step: int) -> list[bool]:
+        """Copy steps read..step to the lists; return which live rows are finished."""
+        chunk = self.buf[:, self.read : step].tolist()
+        ends = self.end.tolist()
+        for live, row in enumerate(self.index):
+            keep = min(ends[live], step) - self.read
+            if keep > 0:
+                self.out[row].extend(chunk[live][:keep])
+        self.read = step
+        return [e <= step for e in ends]
+
+    def select(self, rows: Tensor, keep: list[int]) -> None:
+        self.buf = self.buf.index_select(0, rows)
+        self.end = self.end.index_select(0, rows)
+        self.done = self.done.index_select(0, rows)
+        self.index = [self.index[i] for i in keep]
+
+
 def _run(
     model: CadenzaModel,
     make_stepper: Callable[[int, torch.device], _Stepper],
@@ -279,7 +429,14 @@ def _run(
     on_token: OnToken | None,
     device: torch.device | str | None,
 ) -> list[list[int]]:
-    """Shared sampling loop; only how logits are obtained differs between the samplers."""
+    """Shared sampling loop; only how logits are obtained differs between the samplers.
+
+    Every step is tensor work only; every `SYNC_EVERY` steps (and at the last) the tokens are
+    read to the host, `on_token` is called, and once at most half of the live rows are still
+    running the finished ones are dropped from the batch (the cache keeps only the rest), so a
+    batch whose rows end at EOS early stops paying for them. Dropping at half bounds the
+    distinct batch sizes, hence compiles, to log2(batch).
+    """
     _check_inputs(model, prompts, n)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     rows = [list(p) for p in prompts for _ in range(n)]  # prompt-major: p0 x n, p1 x n, ...
@@ -292,36 +449,46 @@ def _run(
     else:
         gen.manual_seed(params.seed)
 
-    history: Tensor | None = None  # (B, W) recent context ids, -1 = nothing
+    # (B, W) recent context ids, -1 = nothing; a ring written at step % W (the penalty counts
+    # tokens, so their order in the window does not matter)
+    history: Tensor | None = None
+    W = params.repetition_window
     if params.repetition_penalty != 1.0:
         recent = idx if pad is None else idx.masked_fill(pad, -1)
-        W = params.repetition_window
-        history = F.pad(recent, (W, 0), value=-1)[:, -W:]
+        history = F.pad(recent, (W, 0), value=-1)[:, -W:].contiguous()  # oldest first
 
-    out: list[list[int]] = [[] for _ in range(B)]
-    finished = [False] * B
     stop_id = params.eos_id if params.stop_at_eos else None
+    state = _Rows(B, params.max_new_tokens, stop_id, dev)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             stepper = make_stepper(B, dev)
             logits = stepper.prefill(idx, pad)  # (B, V)
+            slot = 0  # the ring's oldest entry, overwritten next
             for step in range(1, params.max_new_tokens + 1):
                 token = sample_next(logits, params, history, gen)  # (B,)
                 if history is not None:
-                    history = torch.cat([history[:, 1:], token.view(B, 1)], dim=1)
-                for b, t in enumerate(token.tolist()):
-                    if not finished[b]:
-                        out[b].append(t)
-                        finished[b] = t == stop_id
-                cancel = on_token is not None and bool(on_token(step, out))
-                if cancel or all(finished) or step == params.max_new_tokens:
-                    break
-                logits = stepper.step(token.view(B, 1))
+                    history[:, slot] = token
+                    slot = (slot + 1) % W
+                state.record(step, token)
+                last = step == params.max_new_tokens
+                if step % SYNC_EVERY == 0 or last:
+                    finished = state.flush(step)
+                    cancel = on_token is not None and bool(on_token(step, state.out))
+                    if cancel or last or all(finished):
+                        break
+                    live = [i for i, f in enumerate(finished) if not f]
+                    if len(live) <= len(finished) // 2:
+                        keep = torch.tensor(live, dtype=torch.long, device=dev)
+                        stepper.select(keep)
+                        state.select(keep, live)
+                        token = token.index_select(0, keep)
+                        history = history.index_select(0, keep) if history is not None else None
+                logits = stepper.step(token.view(-1, 1))
     finally:
         model.train(was_training)
-    return out
+    return state.out
 
 
 def generate(
@@ -343,7 +510,7 @@ def generate(
     keep = _window_keep(model, params)
 
     def make(batch: int, dev: torch.device) -> _Stepper:
-        return _CachedStepper(model, batch, dev, keep)
+        return _CachedStepper(model, batch, dev, keep, params)
 
     return _run(model, make, prompts, params, n, on_token, device)
 

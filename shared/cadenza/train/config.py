@@ -51,7 +51,13 @@ class TrainConfig(BaseModel):
     eval_interval: int = Field(default=250, ge=1, le=10_000_000)
     eval_batches: int = Field(default=20, ge=1, le=100_000)
     precision: Precision = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = Field(
+        default="auto",
+        description="torch.compile the training model: true, false, or auto (compile a "
+        "transformer on CUDA when at least 300 steps remain, on CPU from 3000; see "
+        "cadenza.train.step.compile_plan). A failed compile falls back to eager, never fails "
+        "the job",
+    )
     early_stopping_patience: int | None = Field(default=None, ge=1, le=100_000)
     # Counts training time across resumes (stored in checkpoints), not just this attempt.
     time_budget_s: float | None = Field(default=None, gt=0.0, le=30 * 24 * 3600.0)

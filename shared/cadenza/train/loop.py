@@ -104,6 +104,8 @@ class TrainResult:
     elapsed_s: float
     resumed_from_step: int | None
     num_params: int
+    compiled: bool  # training steps ran a torch.compile'd model (see `compile_plan`)
+    compile_s: float  # seconds spent compiling, not counted in tokens_per_s
 
 
 def _build_model(model_spec: Mapping[str, Any], cfg: TrainConfig) -> CadenzaModel:
@@ -181,7 +183,7 @@ class _Run:
                 tokenizer_hash=self.tokenizer_hash,
                 vocab_size=self.vocab_size,
             )
-        self.train_step.wrap(self.info)
+        compile_note = self.train_step.wrap(self.info, self.cfg.max_steps - self.state.step)
         self.started = time.perf_counter()
         self.state.last_lr = self.train_step.lr
         self.progress(
@@ -190,7 +192,7 @@ class _Run:
             else f"starting: {self.num_params:,} parameters, "
             f"{self.batches.tokens_per_step:,} tokens per step"
         )
-        for note in notes:
+        for note in [*notes, compile_note]:
             self.progress(note)
         self.train_step.model.train()
         self.window.restart()  # throughput counts from the first step, not from set-up
@@ -332,6 +334,8 @@ class _Run:
             elapsed_s=self.elapsed(),
             resumed_from_step=self.resumed_from,
             num_params=self.num_params,
+            compiled=self.train_step.compiled,
+            compile_s=round(self.train_step.compile_s, 2),
         )
 
 

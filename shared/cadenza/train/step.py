@@ -2,20 +2,25 @@
 
 `TrainStep` owns everything the step mutates (optimizer, scheduler, scaler) and the wrapped
 model (torch.compile, DDP), so the loop calls `step(micro_batches)` and the checkpoint code asks
-it for `state_dicts()`.
+it for `state_dicts()`. Whether to compile (`compile_plan`) and compiling without ever failing
+the job (`TrainStep.wrap`) are decided here too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import shutil
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from cadenza.train.config import TrainConfig
-from cadenza.train.distributed import DistInfo
+from cadenza.train.distributed import DistInfo, all_reduce_sum
 
 if TYPE_CHECKING:
     from cadenza.models import CadenzaModel
@@ -35,6 +40,56 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("precision bf16 is not supported by this GPU; use precision=fp16 or auto")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+log = logging.getLogger(__name__)
+
+# `compile: "auto"` compiles only where it was measured to pay for itself (BENCHMARKS.md,
+# "Training: torch.compile"): the device types below, the transformer architectures (the RNNs
+# run cuDNN/oneDNN kernels that compile has nothing to fuse in), and runs with at least this
+# many optimizer steps still to go, so the one-off compile cost is paid back by the faster steps.
+AUTO_COMPILE_MIN_STEPS: dict[str, int] = {"cuda": 300, "cpu": 3000}
+AUTO_COMPILE_ARCHITECTURES = frozenset({"gpt", "music-transformer"})
+
+
+@dataclass(frozen=True)
+class CompilePlan:
+    """Whether to try torch.compile for this run, and why (the reason goes into the progress)."""
+
+    compile: bool
+    reason: str
+
+
+def compile_plan(
+    cfg: TrainConfig, architecture: str, device: torch.device, remaining: int
+) -> CompilePlan:
+    """Decide `cfg.compile` ("auto", True or False) for `remaining` optimizer steps.
+
+    True and False are obeyed (True still falls back to eager if compiling fails). "auto"
+    compiles a transformer when the device type is in `AUTO_COMPILE_MIN_STEPS` and at least that
+    many steps remain: compiling costs seconds to minutes once (more for music-transformer, whose
+    chunked attention unrolls into T/64 chunks per layer) and saves a fraction of every step, so
+    a short job (a 30-step smoke run, the tiny preset's 300 steps on a CPU) finishes sooner
+    eagerly. On CPU, inductor also needs a C++ compiler; without one "auto" stays eager.
+    """
+    if cfg.compile is False:
+        return CompilePlan(False, "compile off")
+    if cfg.compile is True:
+        return CompilePlan(True, "compile on")
+    threshold = AUTO_COMPILE_MIN_STEPS.get(device.type)
+    if architecture not in AUTO_COMPILE_ARCHITECTURES:
+        return CompilePlan(False, f"compile auto: eager ({architecture} gains nothing from it)")
+    if threshold is None:
+        return CompilePlan(False, f"compile auto: eager (not measured on {device.type})")
+    if remaining < threshold:
+        return CompilePlan(
+            False,
+            f"compile auto: eager ({remaining} steps to go; it pays from {threshold} on "
+            f"{device.type})",
+        )
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("cc", "gcc", "g++", "clang")):
+        return CompilePlan(False, "compile auto: eager (no C++ compiler for inductor)")
+    return CompilePlan(True, f"compile auto: compiling ({remaining} steps to go)")
 
 
 class TrainStep:
@@ -57,20 +112,68 @@ class TrainStep:
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.model: nn.Module = raw_model  # what the step calls (compiled and/or DDP)
-        self.eval_model: nn.Module = raw_model  # compiled, never DDP (eval needs no all-reduce)
+        # Evaluation runs the eager model: compiling it would be a second graph (no grad, eval
+        # mode) plus a recompile for a short last batch, for forward passes that are a few
+        # percent of a run's compute.
+        self.eval_model: nn.Module = raw_model
         self.distributed = False
+        self.compiled = False  # whether training steps run a torch.compile'd model
+        self.compile_s = 0.0  # seconds spent compiling (the first step's extra cost)
 
-    def wrap(self, info: DistInfo) -> None:
-        """Compile and/or wrap in DDP; done after any checkpoint was loaded into `raw_model`."""
-        if self.cfg.compile:
-            self.model = torch.compile(self.raw_model)  # type: ignore[assignment]
-        self.eval_model = self.model
+    def wrap(self, info: DistInfo, remaining_steps: int) -> str:
+        """Compile (as `compile_plan` decides) and/or wrap in DDP; return a line for progress.
+
+        Done after any checkpoint was loaded into `raw_model`. torch.compile is lazy, so the
+        compiled model runs one forward + backward here on a random batch of the training shape
+        (the RNG state is restored after, and the gradients dropped, so a resumed run stays
+        exact): compile errors (no C++ compiler, an op inductor cannot lower, a Triton problem)
+        surface now and the run falls back to eager with one log line instead of failing, and
+        the compile time stays out of the first step's throughput. Under DDP every rank must
+        agree, so one rank's failure makes all of them run eagerly.
+        """
+        plan = compile_plan(self.cfg, self.raw_model.architecture, self.device, remaining_steps)
+        note = plan.reason
+        if plan.compile:
+            compiled, error = self._compile()
+            failed = all_reduce_sum([0.0 if error is None else 1.0], info, str(self.device))[0]
+            if compiled is not None and failed == 0:
+                self.model, self.compiled = compiled, True
+                note = f"{plan.reason}; compiled in {self.compile_s:.1f} s"
+            else:
+                reason = error or "another rank could not compile"
+                note = f"{plan.reason}; torch.compile failed ({reason}), training eagerly"
+                log.warning("%s", note)
+                torch._dynamo.reset()
         if info.is_distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids)
             self.distributed = True
+        return note
+
+    def _compile(self) -> tuple[nn.Module | None, str | None]:
+        """The compiled model after one warm-up forward + backward, or (None, the error)."""
+        started = time.perf_counter()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        compiled: Any = None
+        try:
+            compiled = torch.compile(self.raw_model)
+            with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+                shape = (self.cfg.batch_size, self.cfg.seq_len)
+                x = torch.randint(0, self.raw_model.vocab_size, shape, device=self.device)
+                with self.autocast():
+                    _, loss = compiled(x, x)
+                loss.backward()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as exc:  # noqa: BLE001 - any compile failure means: train eagerly
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return None, f"{type(exc).__name__}: {first[:200]}"
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.compile_s = time.perf_counter() - started
+        return compiled, None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Mixed precision for forward passes; nothing at fp32."""

@@ -12,13 +12,23 @@ from cadenza.delete import delete_corpus
 from cadenza.jobs import submit
 from cadenza.tokenize.params import TokenizeParams
 from cadenza_api.deletes import finish_delete
-from cadenza_api.deps import CurrentOwner, Limit, Offset, SessionDep, SettingsDep, StoreDep
+from cadenza_api.deps import (
+    CurrentOwner,
+    Limit,
+    Offset,
+    SessionDep,
+    SessionRoute,
+    SettingsDep,
+    StoreDep,
+)
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import NPZ, V1_ERRORS, describe
 from cadenza_api.schemas import CorpusOut, CorpusRequest, DeletedOut, JobOut
 from cadenza_api.streams import stream_object
 
-router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=V1_ERRORS)
+router = APIRouter(
+    route_class=SessionRoute, prefix="/v1/corpora", tags=["corpora"], responses=V1_ERRORS
+)
 
 
 @router.post(

@@ -29,6 +29,7 @@ from cadenza_api.deps import (
     Limit,
     Offset,
     SessionDep,
+    SessionRoute,
     SettingsDep,
     StoreDep,
     UploadAllowed,
@@ -46,7 +47,9 @@ from cadenza_api.schemas import (
 )
 from cadenza_api.upload import parse_upload
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=V1_ERRORS)
+router = APIRouter(
+    route_class=SessionRoute, prefix="/v1/datasets", tags=["datasets"], responses=V1_ERRORS
+)
 
 
 def _dataset_out(ds: Dataset, file_count: int) -> DatasetOut:

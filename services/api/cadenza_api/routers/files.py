@@ -12,7 +12,7 @@ from cadenza.db.repo import get_owned
 from cadenza.delete import delete_file
 from cadenza.render import MEDIA_TYPES
 from cadenza_api.deletes import finish_delete
-from cadenza_api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
+from cadenza_api.deps import CurrentOwner, SessionDep, SessionRoute, SettingsDep, StoreDep
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import (
     AUDIO_RENDERING,
@@ -25,7 +25,9 @@ from cadenza_api.rendered import rendered
 from cadenza_api.schemas import DeletedOut, FileOut
 from cadenza_api.streams import stream_object
 
-router = APIRouter(prefix="/v1/files", tags=["files"], responses=V1_ERRORS)
+router = APIRouter(
+    route_class=SessionRoute, prefix="/v1/files", tags=["files"], responses=V1_ERRORS
+)
 
 
 @router.get(

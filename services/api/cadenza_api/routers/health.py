@@ -11,12 +11,12 @@ from sqlalchemy import func, select, text
 
 from cadenza.db.models import Job
 from cadenza.db.session import session_factory
-from cadenza.jobs.queue import ping_broker
-from cadenza_api.deps import Database, authenticate
+from cadenza.jobs.queue import QUEUES, ping_broker
+from cadenza_api.deps import Database, SessionRoute, authenticate
 from cadenza_api.openapi import describe
 from cadenza_api.schemas import Liveness, Readiness
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=SessionRoute, tags=["health"])
 log = logging.getLogger("cadenza.api")
 
 
@@ -95,4 +95,20 @@ def metrics(request: Request) -> str:
             "# TYPE cadenza_jobs gauge",
         ]
         lines += [f'cadenza_jobs{{type="{t}",state="{st}"}} {n}' for t, st, n in rows]
+        active = dict.fromkeys(((q, st) for q in QUEUES for st in ("queued", "running")), 0)
+        counts = s.execute(
+            select(Job.queue, Job.state, func.count())
+            .where(Job.state.in_(("queued", "running")))
+            .group_by(Job.queue, Job.state)
+        )
+        active.update({(q, st): n for q, st, n in counts})
+    # Every queue and state, zeros included: KEDA's metrics-api scaler (k8s/components/
+    # autoscaling) reads `running` to keep a busy worker's replica, and fails on a missing line.
+    lines += [
+        "# HELP cadenza_queue_jobs Queued and running jobs by queue.",
+        "# TYPE cadenza_queue_jobs gauge",
+    ]
+    lines += [
+        f'cadenza_queue_jobs{{queue="{q}",state="{st}"}} {n}' for (q, st), n in active.items()
+    ]
     return "\n".join(lines) + "\n"

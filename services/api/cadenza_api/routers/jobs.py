@@ -10,12 +10,20 @@ from cadenza.db.repo import get_owned, list_owned
 from cadenza.delete import delete_job
 from cadenza.jobs import TERMINAL, JobState, request_cancel
 from cadenza_api.deletes import finish_delete
-from cadenza_api.deps import CurrentOwner, Limit, Offset, SessionDep, SettingsDep, StoreDep
+from cadenza_api.deps import (
+    CurrentOwner,
+    Limit,
+    Offset,
+    SessionDep,
+    SessionRoute,
+    SettingsDep,
+    StoreDep,
+)
 from cadenza_api.openapi import EVENT_STREAM, V1_ERRORS, describe
 from cadenza_api.schemas import DeletedOut, JobList, JobOut
 from cadenza_api.streams import job_event_stream, sse_response
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
+router = APIRouter(route_class=SessionRoute, prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
 
 
 @router.get("", response_model=JobList, **describe("jobs_list", "List jobs"))

@@ -2,8 +2,9 @@
 
 Scopes are enforced in `deps.current_caller` by method and path, so the admin routes need
 `admin` for being under /v1/admin, and the self-service routes need `read` (list) or `write`
-(revoke) like any other route. A revoke clears this process's key cache, so the key stops
-working here at once; other API processes stop accepting it within `api_key_cache_seconds`.
+(revoke) like any other route. A revoke (after its commit) clears the key cache of every API
+process of this server (they share `KeyEpoch`), so the key stops working at once; other
+servers (replicas) stop accepting it within `api_key_cache_seconds`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from cadenza.db.repo import (
     list_api_keys,
     revoke_api_key,
 )
-from cadenza_api.deps import CurrentCaller, Limit, Offset, SessionDep
+from cadenza_api.deps import CurrentCaller, Limit, Offset, SessionDep, SessionRoute
 from cadenza_api.openapi import V1_ERRORS, describe
 from cadenza_api.schemas import KeyCreate, KeyCreated, KeyOut
 
-self_router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=V1_ERRORS)
-admin_router = APIRouter(prefix="/v1/admin/keys", tags=["admin"], responses=V1_ERRORS)
+self_router = APIRouter(
+    route_class=SessionRoute, prefix="/v1/keys", tags=["keys"], responses=V1_ERRORS
+)
+admin_router = APIRouter(
+    route_class=SessionRoute, prefix="/v1/admin/keys", tags=["admin"], responses=V1_ERRORS
+)
 routers = (self_router, admin_router)
 
 
@@ -58,7 +63,7 @@ def revoke_own_key(
     key_id: str, request: Request, session: SessionDep, caller: CurrentCaller
 ) -> KeyOut:
     """Revoke a key of your own (the one you call with too, if you name it): it stops working
-    on this API process at once, on others within `CADENZA_API_KEY_CACHE_SECONDS`."""
+    on this API server at once, on other replicas within `CADENZA_API_KEY_CACHE_SECONDS`."""
     row = revoke_api_key(session=session, key_id=key_id, owner_id=caller.owner.id)
     session.commit()
     return _revoked(request, row, caller.owner.name)
@@ -113,8 +118,9 @@ def admin_create_key(body: KeyCreate, session: SessionDep, caller: CurrentCaller
 def admin_revoke_key(
     key_id: str, request: Request, session: SessionDep, caller: CurrentCaller
 ) -> KeyOut:
-    """Revoke any owner's key: it stops working on this API process at once, on others within
-    `CADENZA_API_KEY_CACHE_SECONDS`. Revoking a revoked key keeps its first revocation time."""
+    """Revoke any owner's key: it stops working on this API server at once, on other replicas
+    within `CADENZA_API_KEY_CACHE_SECONDS`. Revoking a revoked key keeps its first revocation
+    time."""
     row = revoke_api_key(session=session, key_id=key_id)
     owner_name = session.get_one(Owner, row.owner_id).name
     session.commit()

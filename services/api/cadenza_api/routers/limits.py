@@ -17,13 +17,17 @@ from cadenza.limits import (
     stored_bytes,
     validate_overrides,
 )
-from cadenza_api.deps import CurrentCaller, CurrentOwner, SessionDep, SettingsDep
+from cadenza_api.deps import CurrentCaller, CurrentOwner, SessionDep, SessionRoute, SettingsDep
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import V1_ERRORS, describe
 from cadenza_api.schemas import OwnerLimits
 
-self_router = APIRouter(prefix="/v1/limits", tags=["limits"], responses=V1_ERRORS)
-admin_router = APIRouter(prefix="/v1/admin/owners", tags=["admin"], responses=V1_ERRORS)
+self_router = APIRouter(
+    route_class=SessionRoute, prefix="/v1/limits", tags=["limits"], responses=V1_ERRORS
+)
+admin_router = APIRouter(
+    route_class=SessionRoute, prefix="/v1/admin/owners", tags=["admin"], responses=V1_ERRORS
+)
 routers = (self_router, admin_router)
 
 

@@ -15,7 +15,15 @@ from cadenza.sample.params import SampleParams, check_for_model
 from cadenza.storage import ObjectNotFound, job_key
 from cadenza.train.params import TrainParams, resolve_model
 from cadenza_api.deletes import finish_delete
-from cadenza_api.deps import CurrentOwner, Limit, Offset, SessionDep, SettingsDep, StoreDep
+from cadenza_api.deps import (
+    CurrentOwner,
+    Limit,
+    Offset,
+    SessionDep,
+    SessionRoute,
+    SettingsDep,
+    StoreDep,
+)
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import CHECKPOINT, PNG, SAFETENSORS, V1_ERRORS, describe
 from cadenza_api.schemas import (
@@ -31,7 +39,9 @@ from cadenza_api.schemas import (
 )
 from cadenza_api.streams import stream_object
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=V1_ERRORS)
+router = APIRouter(
+    route_class=SessionRoute, prefix="/v1/models", tags=["models"], responses=V1_ERRORS
+)
 
 
 @router.post(
