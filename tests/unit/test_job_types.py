@@ -18,7 +18,7 @@ from cadenza.train.params import TrainParams
 
 
 def test_every_job_type_has_a_queue_a_params_model_and_a_handler() -> None:
-    assert set(JOB_TYPES) == {"tokenize", "audio", "render", "train", "sample"}
+    assert set(JOB_TYPES) == {"tokenize", "tokenize_shard", "audio", "render", "train", "sample"}
     for name, spec in JOB_TYPES.items():
         assert spec.name == name and spec.queue in ("cpu", "gpu")
         assert issubclass(spec.params, BaseModel)

@@ -124,16 +124,22 @@ def corpora_create(
     preset: Annotated[str | None, typer.Option(help="e.g. remi-chords-tempos")] = None,
     config: Annotated[str, typer.Option(help="JSON tokenizer config overrides")] = "{}",
     seed: int = 0,
+    shards: Annotated[
+        int | None,
+        typer.Option(help="tokenize in this many parts on any free worker (default: by size)"),
+    ] = None,
     wait: bool = True,
 ) -> None:
     """Tokenize a dataset into a corpus (default: REMI with MidiTok's defaults)."""
     with connect() as c:
+        extra = {"shards": shards} if shards is not None else {}
         job = c.create_corpus(
             dataset_id,
             tokenizer=tokenizer,
             preset=preset,
             tokenizer_config=_json_option("config", config),
             seed=seed,
+            **extra,
         )
         if wait:
             job = follow(c, job, "tokenize")

@@ -204,8 +204,15 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     loglevel: str = "warning",
+    cpu_workers: Annotated[
+        int,
+        typer.Option(
+            min=1, help="worker processes on the cpu queue (corpus parts run on any of them)"
+        ),
+    ] = 1,
 ) -> None:
-    """Run the API and two workers (queues cpu and gpu); a child that dies is restarted.
+    """Run the API and workers (`cpu_workers` on queue cpu, one on gpu); a child that dies is
+    restarted.
 
     Ctrl-C or SIGTERM stops them all: the workers drain (a running job is requeued, a
     training job after a checkpoint) and exit.
@@ -221,7 +228,7 @@ def serve(
         launched.start_stack(
             port=port,
             host=host,
-            queues=("cpu", "gpu"),
+            queues=("cpu",) * cpu_workers + ("gpu",),
             log_level=loglevel,
             worker_loglevel=loglevel,
         )

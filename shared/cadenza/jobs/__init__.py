@@ -7,6 +7,7 @@ queue.py       the Celery app both sides share (only job ids travel)
 runner.py      claim, lease, run a handler, commit its outputs with the final state
 context.py     what a handler sees (JobContext) and returns (Outcome)
 reconciler.py  requeue jobs of dead workers, re-send lost messages
+fanout.py      a job's child jobs (corpus parts): spawn, run or wait, fail/cancel together
 handlers/      one module per job type
 """
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from cadenza.audio.params import AudioParams
 from cadenza.render.params import RenderParams
 from cadenza.sample.params import SampleParams
-from cadenza.tokenize.params import TokenizeParams
+from cadenza.tokenize.params import TokenizeParams, TokenizeShardParams
 from cadenza.train.params import TrainParams
 
 Queue = Literal["cpu", "gpu"]
@@ -37,6 +37,10 @@ JOB_TYPES: dict[str, JobType] = {
     t.name: t
     for t in (
         JobType("tokenize", "cpu", TokenizeParams, "cadenza.jobs.handlers.tokenize:run"),
+        # A part of a sharded `tokenize` job, created by it (cadenza.jobs.fanout), never by users.
+        JobType(
+            "tokenize_shard", "cpu", TokenizeShardParams, "cadenza.jobs.handlers.tokenize_shard:run"
+        ),
         JobType("audio", "cpu", AudioParams, "cadenza.jobs.handlers.audio:run"),
         JobType("render", "cpu", RenderParams, "cadenza.jobs.handlers.render:run"),
         JobType("train", "gpu", TrainParams, "cadenza.jobs.handlers.train:run"),

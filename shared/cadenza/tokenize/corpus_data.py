@@ -1,18 +1,27 @@
 """What a corpus build produces (statistics, flat id arrays per split, their ``.npz`` form) and
-the two ways a build ends without a corpus (cancelled, or no usable file)."""
+the two ways a build ends without a corpus (cancelled, or no usable file).
+
+The id arrays live in files (raw little-endian int32, one per split) that the build appended
+to as it encoded, not in memory: :attr:`CorpusBuild.splits` maps them read-only and
+:meth:`CorpusBuild.save_npz` copies them into the ``.npz`` in chunks, so writing a corpus of
+any size takes a few MB of memory.
+"""
 
 from __future__ import annotations
 
 import io
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from cadenza.atomic import write_atomic
+from cadenza.atomic import atomic_path
 from cadenza.tokenize.base import Tokenizer
 
 
@@ -67,25 +76,71 @@ class CorpusStats(Mapping[str, Any]):
         return len(self.__dataclass_fields__)
 
 
+_CHUNK = 1 << 20
+
+
+def write_npz(out: IO[bytes], arrays: Mapping[str, Path]) -> None:
+    """An uncompressed ``.npz`` (what ``np.savez`` writes) of raw int32 files, in 1 MiB chunks.
+
+    ``arrays`` maps each member name (without ``.npy``) to a file of little-endian int32.
+    """
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, raw in arrays.items():
+            n = raw.stat().st_size // 4
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member, open(raw, "rb") as src:
+                header = {"descr": "<i4", "fortran_order": False, "shape": (n,)}
+                np.lib.format.write_array_header_1_0(member, header)
+                shutil.copyfileobj(src, member, _CHUNK)
+
+
 @dataclass
 class CorpusBuild:
-    """A built corpus: the trained tokenizer, flat id arrays per split and what went where."""
+    """A built corpus: the trained tokenizer, flat id arrays per split and what went where.
+
+    ``split_files`` are the raw int32 files of the arrays; they live in ``workdir``, which the
+    build owns and removes on :meth:`close` (or when the build is garbage-collected).
+    """
 
     tokenizer: Tokenizer
-    splits: dict[str, NDArray[np.int32]]
+    split_files: dict[str, Path]
     file_splits: dict[str, list[str]]
     stats: CorpusStats
+    workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def splits(self) -> dict[str, NDArray[np.int32]]:
+        """The id arrays, mapped read-only from their files (pages load as they are read)."""
+        out: dict[str, NDArray[np.int32]] = {}
+        for k, path in self.split_files.items():
+            size = path.stat().st_size
+            out[k] = np.memmap(path, dtype="<i4", mode="r") if size else np.zeros(0, dtype=np.int32)
+        return out
+
+    def tokens(self) -> int:
+        """Ids over all splits (BOS/EOS included)."""
+        return sum(p.stat().st_size // 4 for p in self.split_files.values())
+
+    def write_npz(self, out: IO[bytes]) -> None:
+        """``.npz`` with 1-D int32 ``train_data``, ``val_data``, ``test_data`` (nanoGPT style)."""
+        write_npz(out, {f"{k}_data": v for k, v in self.split_files.items()})
 
     def to_npz_bytes(self) -> bytes:
-        """``.npz`` with 1-D int32 ``train_data``, ``val_data``, ``test_data`` (nanoGPT style)."""
+        """:meth:`write_npz` into memory (small corpora, tests)."""
         buf = io.BytesIO()
-        arrays: dict[str, Any] = {f"{k}_data": v for k, v in self.splits.items()}
-        np.savez(buf, **arrays)
+        self.write_npz(buf)
         return buf.getvalue()
 
     def save_npz(self, path: str | Path) -> Path:
-        """Write :meth:`to_npz_bytes` to ``path`` atomically (a reader never sees half a file)."""
-        return write_atomic(path, self.to_npz_bytes())
+        """Write the ``.npz`` to ``path`` atomically (a reader never sees half a file)."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            self.write_npz(f)
+        return Path(path)
+
+    def close(self) -> None:
+        """Remove the array files (the build's ``splits`` are unusable afterwards)."""
+        if self.workdir is not None:
+            self.workdir.cleanup()
+            self.workdir = None
 
     def meta(self) -> dict[str, Any]:
         """What a trainer needs besides the arrays: vocab size, special ids, tokenizer hash."""
@@ -105,4 +160,11 @@ def load_npz(data: bytes | str | Path) -> dict[str, NDArray[np.int32]]:
         return {k.removesuffix("_data"): np.asarray(z[k]) for k in z.files}
 
 
-__all__ = ["CorpusBuild", "CorpusCancelled", "CorpusEmpty", "CorpusStats", "load_npz"]
+__all__ = [
+    "CorpusBuild",
+    "CorpusCancelled",
+    "CorpusEmpty",
+    "CorpusStats",
+    "load_npz",
+    "write_npz",
+]

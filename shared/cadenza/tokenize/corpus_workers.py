@@ -3,6 +3,10 @@
 Files are tokenized in worker processes; a worker that dies (a crash in native code) costs only
 the file it was on: the files in flight are retried one process each, so the crash names its
 file, and the rest go on.
+
+Memory stays bounded whatever the dataset's size: a file's bytes are read (``read(index)``)
+only when it is handed to a process, at most ``4 × workers`` are in flight, and each result
+goes to ``sink`` (the build spools it to disk) as soon as it arrives.
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ from cadenza.tokenize.registry import build_tokenizer
 from cadenza.tokenize.spec import AugmentSpec, TokenizerSpec
 
 Progress = Callable[[float, str], None]
-#: One file to tokenize: (input index, file id, MIDI bytes, is it in the train split).
-Task = tuple[int, str, bytes, bool]
+#: One file to tokenize: (input index, file id, is it in the train split).
+Task = tuple[int, str, bool]
+#: The MIDI bytes of the file at an input index, read when a process is ready for it.
+Read = Callable[[int], bytes]
+#: Where each file's result goes as soon as it is ready.
+Sink = Callable[["FileResult"], None]
 #: What each worker process needs to rebuild the context: spec JSON, clean options, augment
 #: JSON, limits (plain values, so they pickle for spawn and forkserver too).
 InitArgs = tuple[str, dict[str, Any], str | None, dict[str, Any]]
@@ -150,9 +158,9 @@ def _process(ctx: _Context, index: int, file_id: str, data: bytes, is_train: boo
     return FileResult(index, file_id, variants, notes, report)
 
 
-def _work(task: Task) -> FileResult:
+def _work(index: int, file_id: str, data: bytes, is_train: bool) -> FileResult:
     assert _CTX is not None, "worker not initialised"
-    return _process(_CTX, *task)
+    return _process(_CTX, index, file_id, data, is_train)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -177,54 +185,52 @@ def default_workers() -> int:
 
 def tokenize_files(
     tasks: list[Task],
+    read: Read,
     init_args: InitArgs,
     workers: int,
+    sink: Sink,
     progress: Progress | None,
     should_stop: Callable[[], bool] | None,
-) -> list[FileResult]:
+) -> None:
+    """Tokenize every task, handing each result to ``sink`` in completion order."""
     total = len(tasks)
-    results: list[FileResult] = []
+    done = 0
 
-    def tick() -> None:
+    def emit(result: FileResult) -> None:
+        nonlocal done
+        sink(result)
+        done += 1
         if should_stop is not None and should_stop():
             raise CorpusCancelled
         if progress is not None:
-            progress(
-                P_TOKENIZE * len(results) / max(total, 1),
-                f"tokenized {len(results)}/{total} files",
-            )
+            progress(P_TOKENIZE * done / max(total, 1), f"tokenized {done}/{total} files")
 
     if workers <= 1 or total <= 1:
         _set_context(*init_args)
         assert _CTX is not None
-        for t in tasks:
-            results.append(_process(_CTX, *t))
-            tick()
-        return results
+        for i, f, is_train in tasks:
+            emit(_process(_CTX, i, f, read(i), is_train))
+        return
 
     queue = list(reversed(tasks))  # popped from the end, in the original order
     while queue:
-        suspects = _run_pool(queue, init_args, workers, results, tick)
+        suspects = _run_pool(queue, read, init_args, workers, emit)
         for task in suspects:  # one process per file, so a crash names its file
+            i, f, is_train = task
             with ProcessPoolExecutor(1, _pool_context(), _init_worker, init_args) as solo:
                 try:
-                    results.append(solo.submit(_work, task).result())
+                    result = solo.submit(_work, i, f, read(i), is_train).result()
                 except BrokenProcessPool:
-                    results.append(
-                        FileResult(
-                            task[0], task[1], [], 0, [], "the tokenizer process crashed on it"
-                        )
-                    )
-            tick()
-    return results
+                    result = FileResult(i, f, [], 0, [], "the tokenizer process crashed on it")
+            emit(result)
 
 
 def _run_pool(
     queue: list[Task],
+    read: Read,
     init_args: InitArgs,
     workers: int,
-    results: list[FileResult],
-    tick: Callable[[], None],
+    emit: Callable[[FileResult], None],
 ) -> list[Task]:
     """Run tasks from ``queue`` on a pool until it is empty or a worker dies; return the tasks
     that were in flight when it died (the suspects), leaving the rest in ``queue``."""
@@ -232,20 +238,21 @@ def _run_pool(
         pending: dict[Future[FileResult], Task] = {}
         try:
             while queue or pending:
-                while queue and len(pending) < 4 * workers:  # bounded: bytes pickled lazily
+                while queue and len(pending) < 4 * workers:  # bounded: bytes read lazily
                     task = queue.pop()
-                    pending[pool.submit(_work, task)] = task
+                    i, f, is_train = task
+                    pending[pool.submit(_work, i, f, read(i), is_train)] = task
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 broken = False
                 for fut in done:
                     task = pending.pop(fut)
                     try:
-                        results.append(fut.result())
+                        result = fut.result()
                     except BrokenProcessPool:
                         pending[fut] = task
                         broken = True
                         continue
-                    tick()
+                    emit(result)
                 if broken:
                     return list(pending.values())
         except BaseException:
@@ -259,6 +266,8 @@ __all__ = [
     "InitArgs",
     "P_TOKENIZE",
     "Progress",
+    "Read",
+    "Sink",
     "Task",
     "default_workers",
     "tokenize_files",

@@ -30,6 +30,23 @@ class CleanParams(BaseModel):
     min_notes: int = Field(default=8, ge=0, le=100_000)
 
 
+#: Files per shard when a corpus request does not say how many shards (see `shard_count`).
+FILES_PER_SHARD = 1000
+MAX_SHARDS = 64
+
+
+def shard_count(n_files: int, requested: int | None) -> int:
+    """How many shard jobs tokenize `n_files`: the request's `shards`, else one per
+    `FILES_PER_SHARD` files (at most `MAX_SHARDS`), never more than there are files.
+
+    A shard is the unit a free worker can pick up, so more shards than workers lets a build use
+    every worker that frees up; each shard costs a job row, a process pool start-up and one
+    spool object, which is why a shard is not a single file.
+    """
+    wanted = requested if requested is not None else -(-n_files // FILES_PER_SHARD)
+    return max(1, min(wanted, MAX_SHARDS, n_files))
+
+
 class CorpusRequest(BaseModel):
     """`POST /v1/corpora`: a dataset, a tokenizer (or preset) and how to split and augment."""
 
@@ -63,6 +80,16 @@ class CorpusRequest(BaseModel):
     clean: CleanParams = Field(default_factory=CleanParams)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_SHARDS,
+        description=(
+            "tokenize in this many parts, each a `tokenize_shard` job any cpu worker may run, "
+            f"merged into one corpus (the same as 1 part); default: one per {FILES_PER_SHARD} "
+            "files"
+        ),
+    )
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> CorpusRequest:
@@ -103,3 +130,21 @@ class TokenizeParams(CorpusRequest):
             raise InvalidParams.from_validation("augment", exc) from exc
         fields = request.model_dump(exclude={"augment"})
         return cls(**fields, tokenizer_spec=spec, augment=augment)
+
+
+class TokenizeShardParams(BaseModel):
+    """What a `tokenize_shard` job runs with: part `shard` of its parent `tokenize` job.
+
+    The files of the part, with their split, are in the object `manifest_key` (written by the
+    parent; a dataset may change while the job waits, the manifest does not); the job writes
+    its spool of per-file symbols to `out_key`, which the parent merges.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    parent_job_id: str = Field(min_length=1, max_length=64)
+    shard: int = Field(ge=0)
+    shards: int = Field(ge=1, le=MAX_SHARDS)
+    manifest_key: str = Field(min_length=1, max_length=1024)
+    out_key: str = Field(min_length=1, max_length=1024)
+    tokenize: TokenizeParams

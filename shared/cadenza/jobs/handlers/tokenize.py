@@ -1,20 +1,72 @@
-"""`tokenize` jobs: a dataset's MIDI files → a corpus (tokenizer + token arrays per split)."""
+"""`tokenize` jobs: a dataset's MIDI files → a corpus (tokenizer + token arrays per split).
+
+Streaming: file bytes are read from the object store one at a time as the tokenizer processes
+are ready for them, per-file symbols are spooled to a temporary file, the arrays are encoded
+into temporary files and uploaded from disk (`cadenza.tokenize.corpus`).
+
+Sharded: a dataset of more than one shard's worth of files (`shard_count`, the request's
+`shards`) is tokenized by `tokenize_shard` child jobs, one per contiguous slice of the files,
+that any `cpu` worker runs (`cadenza.jobs.fanout`: this job runs queued ones itself while it
+waits). Each writes one spool under this job's `shards/` prefix; this job merges them into the
+same corpus one process builds, then deletes the prefix. A failed or cancelled shard fails
+(cancels) this job after every shard ended, with the prefix deleted: nothing half-written.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, overload
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cadenza.db.models import Corpus, File, new_id
 from cadenza.jobs.context import JobCancelled, JobContext, Outcome, UserError
-from cadenza.storage import job_key
-from cadenza.tokenize.params import TokenizeParams
+from cadenza.jobs.transient import JobInterrupted, is_transient
+from cadenza.storage import ObjectStore, job_key
+from cadenza.tokenize.params import TokenizeParams, TokenizeShardParams, shard_count
+
+#: Share of the job's progress bar the corpus build takes (reading, tokenizing, encoding).
+_P_BUILD = 0.85
+
+
+class _StoredFiles(Sequence[bytes]):
+    """MIDI bytes by position, read from the store only when indexed (for corpus_metrics)."""
+
+    def __init__(self, store: ObjectStore, keys: list[str]) -> None:
+        self.store, self.keys = store, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[bytes]: ...
+    def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(i, slice):
+            return _StoredFiles(self.store, self.keys[i])
+        return self.store.get(self.keys[i])
+
+
+def _download(store: ObjectStore, key: str, dest: Path) -> Path:
+    with open(dest, "wb") as f:
+        for chunk in store.iter_chunks(key):
+            f.write(chunk)
+    return dest
+
+
+def build_options(p: TokenizeParams) -> dict[str, Any]:
+    from cadenza.midi.clean import CleanOptions
+
+    return {"augment": p.augment, "clean": CleanOptions(**p.clean.model_dump())}
 
 
 def run(ctx: JobContext) -> Outcome:
-    from cadenza.midi.clean import CleanOptions
     from cadenza.tokenize import (
         CorpusCancelled,
         CorpusEmpty,
@@ -36,52 +88,61 @@ def run(ctx: JobContext) -> Outcome:
         files = [(r.id, r.object_key) for r in rows]
     if not files:
         raise UserError("the dataset has no MIDI files")
+    keys = dict(files)
+    shards = shard_count(len(files), p.shards)
 
-    ctx.progress(0.0, f"reading {len(files)} MIDI files", force=True)
-    data = [(fid, ctx.store.get(key)) for fid, key in files]
-    clean = CleanOptions(**p.clean.model_dump())
+    ctx.progress(0.0, f"tokenizing {len(files)} MIDI files in {shards} part(s)", force=True)
 
     def progress(fraction: float, message: str) -> None:
-        ctx.progress(0.05 + 0.85 * fraction, message)
+        ctx.progress(0.05 + _P_BUILD * fraction, message)
 
     try:
-        build = build_corpus(
-            data,
-            p.tokenizer_spec,
-            split=p.split,
-            seed=p.seed,
-            augment=p.augment,
-            clean=clean,
-            progress=progress,
-            should_stop=ctx.cancelled,
-        )
+        if shards == 1:
+            build = build_corpus(
+                [(fid, partial(ctx.store.get, key)) for fid, key in files],
+                p.tokenizer_spec,
+                split=p.split,
+                seed=p.seed,
+                progress=progress,
+                should_stop=ctx.cancelled,
+                **build_options(p),
+            )
+        else:
+            build = _sharded(ctx, p, files, shards, progress)
     except CorpusCancelled as exc:
         raise JobCancelled() from exc
     except CorpusEmpty as exc:
         raise UserError(f"no usable file in the dataset: {exc}") from exc
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    if ctx.cancelled():
-        raise JobCancelled()
+    try:
+        if ctx.cancelled():
+            raise JobCancelled()
+        ctx.progress(0.92, "writing the corpus", force=True)
+        corpus_id = new_id()
+        prefix = job_key(ctx.job_id, "corpus")
+        tok_key = f"{prefix}/tokenizer.json"
+        ctx.store.put(tok_key, tokenizer_to_bytes(build.tokenizer))
+        # One file serves the trainer and the nanoGPT-style export (train_data/val_data/…),
+        # written to disk and uploaded from there: never the whole corpus in memory.
+        with tempfile.TemporaryDirectory(prefix="cadenza-npz-") as tmp:
+            npz = build.save_npz(Path(tmp) / "export.npz")
+            ctx.store.put(f"{prefix}/export.npz", npz)
+        stats: dict[str, Any] = build.stats.to_dict()
+        stats["file_splits"] = build.file_splits
+        stats["shards"] = shards
+        # The training data's music statistics, which every sample is later compared against.
+        ctx.progress(0.95, "measuring the corpus (pitch, scale, polyphony, groove)", force=True)
+        from cadenza.evaluate import corpus_metrics
 
-    ctx.progress(0.92, "writing the corpus", force=True)
-    corpus_id = new_id()
-    prefix = job_key(ctx.job_id, "corpus")
-    tok_key = f"{prefix}/tokenizer.json"
-    ctx.store.put(tok_key, tokenizer_to_bytes(build.tokenizer))
-    # One file serves the trainer and the nanoGPT-style export (train_data/val_data/test_data).
-    ctx.store.put(f"{prefix}/export.npz", build.to_npz_bytes())
-    stats: dict[str, Any] = build.stats.to_dict()
-    stats["file_splits"] = build.file_splits
-    # The training data's music statistics, which every sample is later compared against.
-    ctx.progress(0.95, "measuring the corpus (pitch, scale, polyphony, groove)", force=True)
-    from cadenza.evaluate import corpus_metrics
-
-    by_id = dict(data)
-    stats["metrics"] = corpus_metrics(by_id[f] for f in build.file_splits.get("train", []))
-    stats["token_names"] = token_names(build.tokenizer)
-    tok_hash = tokenizer_hash(build.tokenizer)
-    vocab = vocab_size(build.tokenizer)
+        train_keys = [keys[f] for f in build.file_splits.get("train", [])]
+        stats["metrics"] = corpus_metrics(_StoredFiles(ctx.store, train_keys))
+        stats["token_names"] = token_names(build.tokenizer)
+        tok_hash = tokenizer_hash(build.tokenizer)
+        vocab = vocab_size(build.tokenizer)
+        tokens = build.tokens()
+    finally:
+        build.close()
 
     def finalize(s: Session) -> dict[str, Any]:
         s.add(
@@ -100,7 +161,75 @@ def run(ctx: JobContext) -> Outcome:
         )
         return {"corpus_id": corpus_id}
 
-    return Outcome(finalize, message=f"{sum(v.size for v in build.splits.values())} tokens")
+    return Outcome(finalize, message=f"{tokens} tokens")
+
+
+def _sharded(
+    ctx: JobContext,
+    p: TokenizeParams,
+    files: list[tuple[str, str]],
+    shards: int,
+    progress: Callable[[float, str], None],
+) -> Any:
+    """Fan the files out over `shards` child jobs, wait for them, merge their spools."""
+    from cadenza.jobs.fanout import ChildFailed, run_children, spawn_children
+    from cadenza.tokenize.corpus import merge_spools, scan_spool
+    from cadenza.tokenize.splits import assign_splits
+
+    prefix = job_key(ctx.job_id, "shards")
+    assignment = assign_splits([f for f, _ in files], p.split, p.seed)
+    children: list[TokenizeShardParams] = []
+    for k in range(shards):
+        lo, hi = k * len(files) // shards, (k + 1) * len(files) // shards
+        manifest_key = f"{prefix}/{k}.manifest.json"
+        if not ctx.store.exists(manifest_key):  # an earlier attempt's shards may be reading it
+            part = [[i, *files[i], assignment[files[i][0]] == "train"] for i in range(lo, hi)]
+            ctx.store.put(manifest_key, json.dumps(part).encode())
+        children.append(
+            TokenizeShardParams(
+                parent_job_id=ctx.job_id,
+                shard=k,
+                shards=shards,
+                manifest_key=manifest_key,
+                out_key=f"{prefix}/{k}.spool",
+                tokenize=p,
+            )
+        )
+    try:
+        ids = spawn_children(ctx, "tokenize_shard", children)
+        run_children(
+            ctx,
+            ids,
+            lambda done, n: progress(0.8 * done / n, f"tokenized {done}/{n} parts"),
+        )
+        with tempfile.TemporaryDirectory(prefix="cadenza-shards-") as tmp:
+            entries = []
+            for c in children:
+                spool = _download(ctx.store, c.out_key, Path(tmp) / f"{c.shard}.spool")
+                entries += scan_spool(spool)
+            build = merge_spools(
+                entries,
+                p.tokenizer_spec,
+                files_total=len(files),
+                split=p.split,
+                seed=p.seed,
+                workers=shards,
+                progress=progress,
+                should_stop=ctx.cancelled,
+            )
+    except ChildFailed as exc:
+        ctx.store.delete_prefix(prefix)
+        raise UserError(f"the corpus build failed: {exc}") from exc
+    except JobInterrupted:
+        raise  # the worker drains: the next attempt of this job reuses the shards' work
+    except BaseException as exc:
+        # Cancelled (every shard has ended), no usable file, or a bug: nothing will merge the
+        # parts. Lost or an outage: another attempt will, so they stay.
+        if not ctx.lost() and not is_transient(exc):
+            ctx.store.delete_prefix(prefix)
+        raise
+    ctx.store.delete_prefix(prefix)
+    return build
 
 
 def token_names(tokenizer: Any) -> list[str]:
