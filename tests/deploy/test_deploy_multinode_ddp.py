@@ -122,16 +122,18 @@ def test_one_job_on_two_nodes(tmp_path: Path, chorales: list[Path]) -> None:
         assert manifest["metadata"]["labels"]["cadenza.dev/job-id"] == job["id"]
         container = manifest["spec"]["template"]["spec"]["containers"][0]
 
-        # A drain (SIGTERM to the pod whose torchrun holds rank 0) once the run trains: a
-        # checkpoint, the job back to queued with no attempt used, and every node exits
-        # non-zero, so the Indexed Job would retry all its pods.
+        # A drain of the pod whose torchrun does NOT hold rank 0 (the writer) once the run
+        # trains: its ranks' stop flag reaches rank 0 through the loop's all-reduce, so the run
+        # still ends with a checkpoint, the job back to queued with no attempt used, and every
+        # node exits non-zero, so the Indexed Job would retry all its pods. (A drain of rank
+        # 0's own node takes a single worker's path: tests/integration/test_faults_lifecycle.)
         procs = _start_nodes(container, env)
         deadline = time.monotonic() + 120
         while (j := api.job(job["id"]))["progress"] <= 0:
             assert j["state"] in ("queued", "running"), j
             assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
             time.sleep(0.1)
-        procs[_node_of_rank0(procs, tmp_path, job["id"])].send_signal(signal.SIGTERM)
+        procs[1 - _node_of_rank0(procs, tmp_path, job["id"])].send_signal(signal.SIGTERM)
         for index, (code, out) in enumerate(_wait_nodes(procs)):
             assert code != 0, f"node {index} exited 0 after the drain:\n{out[-4000:]}"
         drained = api.job(job["id"])

@@ -122,12 +122,13 @@ def all_reduce_sum(values: list[float], info: DistInfo, device: str) -> list[flo
     return [float(v) for v in tensor.tolist()]
 
 
-def broadcast_int(value: int, info: DistInfo, device: str) -> int:
-    """Rank 0's decision (stop / continue) made everyone's, so no rank hangs in a collective."""
+def max_int(value: int, info: DistInfo, device: str) -> int:
+    """The largest of every rank's `value` (stop codes), on every rank, so all ranks take the
+    same decision and none hangs in a collective the others skipped."""
     if not info.is_distributed:
         return value
     tensor = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.broadcast(tensor, src=0)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return int(tensor.item())
 
 

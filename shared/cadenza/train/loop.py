@@ -21,15 +21,17 @@ from cadenza.models.checkpoint import build_from_spec, spec_to_plain
 from cadenza.train import checkpoint as ckpt
 from cadenza.train.config import TrainConfig
 from cadenza.train.data import Batcher, TrainBatches, check_splits
-from cadenza.train.distributed import broadcast_int, current_dist_info
+from cadenza.train.distributed import current_dist_info, max_int
 from cadenza.train.evaluate import LossWindow, evaluate, perplexity
 from cadenza.train.step import TrainStep
 
 if TYPE_CHECKING:
     from cadenza.models import CadenzaModel
 
-StopReason = Literal["completed", "cancelled", "early_stopping", "time_budget"]
-_STOP_CODES: dict[int, StopReason] = {1: "cancelled", 2: "time_budget"}
+StopReason = Literal["completed", "cancelled", "drained", "early_stopping", "time_budget"]
+# Every rank's code is reduced with MAX, so the larger code wins: a cancel seen on rank 0 beats
+# its time budget, which beats another rank's process stopping ("drained").
+_STOP_CODES: dict[int, StopReason] = {3: "cancelled", 2: "time_budget", 1: "drained"}
 
 
 class TrainHooks(Protocol):
@@ -52,7 +54,9 @@ class TrainHooks(Protocol):
         ...
 
     def should_stop(self) -> bool:
-        """True when the job was cancelled; the loop saves a checkpoint and returns."""
+        """True when the job was cancelled or this process must stop (a drain): the loop saves
+        a checkpoint and returns. Every rank of a DDP run polls it; a True on rank 0 ends the run
+        as "cancelled", a True on another rank (its node is being drained) as "drained"."""
         ...
 
     def save_checkpoint(
@@ -210,14 +214,23 @@ class _Run:
             self.hooks.on_progress(min(1.0, self.state.step / self.cfg.max_steps), message)
 
     def stop_requested(self) -> StopReason | None:
-        """Cancellation or the time budget, decided on rank 0 and shared with every rank."""
+        """Cancellation or the time budget (rank 0's) or any rank's drain, shared by every rank.
+
+        Reduced over ranks rather than broadcast from rank 0: on a cluster a node that is not
+        rank 0's can be drained (SIGTERM), and every rank must stop at the same step with a
+        checkpoint, or that node's processes are killed at the end of their grace period and
+        the others hang in the next collective.
+        """
         code = 0
-        if self.info.is_main:
-            if self.hooks.should_stop():
-                code = 1
-            elif self.cfg.time_budget_s is not None and self.elapsed() >= self.cfg.time_budget_s:
-                code = 2
-        code = broadcast_int(code, self.info, str(self.device))
+        if self.hooks.should_stop():
+            code = 3 if self.info.is_main else 1
+        elif (
+            self.info.is_main
+            and self.cfg.time_budget_s is not None
+            and self.elapsed() >= self.cfg.time_budget_s
+        ):
+            code = 2
+        code = max_int(code, self.info, str(self.device))
         return _STOP_CODES.get(code)
 
     def optimisation_step(self) -> float:
@@ -300,11 +313,11 @@ class _Run:
         """Make the end resumable and scored: final val (unless cancelled), checkpoint, test."""
         tokens_per_s = self.window.tokens_per_s()
         step, test_loss = self.state.step, None
-        if reason == "cancelled":
+        if reason in ("cancelled", "drained"):
             # Stop fast: no evaluation, just make sure the work done so far is resumable.
             if self.last_saved_step != step:
                 self.save(None, False)
-            self.progress(f"cancelled at step {step}/{self.cfg.max_steps}; checkpoint saved")
+            self.progress(f"{reason} at step {step}/{self.cfg.max_steps}; checkpoint saved")
             return self.result(reason, tokens_per_s, test_loss)
         if self.last_val_step != step:
             self.last_val = self.score("val")

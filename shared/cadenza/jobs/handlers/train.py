@@ -231,15 +231,19 @@ def run(ctx: JobContext) -> Outcome:
     if ctx.follower:  # rank 0 writes the curve and the weights, and commits
         return Outcome(lambda s: {}, message="follower")
     ctx.check_claim()  # stopped because another attempt took the job: write nothing more
-    if result.stopped_reason == "cancelled" and not ctx.cancelled() and ctx.draining():
-        # Stopped for a worker shutdown: the loop saved a checkpoint; the next run resumes it.
-        raise JobInterrupted("the worker shut down during training; checkpoint saved")
+    drained = result.stopped_reason == "drained" or (
+        result.stopped_reason == "cancelled" and ctx.draining()
+    )
+    if drained and not ctx.cancelled():
+        # Stopped for a shutdown (this worker's, or another node's of a multi-node run): the
+        # loop saved a checkpoint; the next run resumes it without using up an attempt.
+        raise JobInterrupted("a worker shut down during training; checkpoint saved")
     hooks.write_curve()
     _export_weights(ctx, model.id)
     summary = {
         k: v for k, v in vars(result).items() if isinstance(v, (int, float, str, type(None)))
     }
-    cancelled = result.stopped_reason == "cancelled"
+    cancelled = result.stopped_reason in ("cancelled", "drained")
 
     def finalize(s: Session) -> dict[str, Any]:
         row = s.get(Model, model.id)
