@@ -158,7 +158,10 @@ class TrainStep:
     def _compile(self) -> tuple[nn.Module | None, str | None]:
         """The compiled model after one warm-up forward + backward, or (None, the error)."""
         started = time.perf_counter()
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        devices: list[int] = []
+        if self.device.type == "cuda":
+            index = self.device.index
+            devices = [torch.cuda.current_device() if index is None else index]
         compiled: Any = None
         try:
             compiled = torch.compile(self.raw_model)
