@@ -48,11 +48,12 @@ log = logging.getLogger(__name__)
 # types below, when at least this many optimizer steps remain. Measured (BENCHMARKS.md,
 # "torch.compile"): on CPU it never pays. A 4-layer, 256-wide gpt at batch 4 x 256 in fp32 runs
 # its eager step at 92-97 % of the measured matmul peak, so compiling (31 s cold, 0.8 s with a
-# warm inductor cache) won 1.05x at the best step and 0.96x at the median; under bf16 autocast it
-# adds ~3 % (break-even ~4,000 steps). CUDA is not measured yet (no GPU with the project's
-# dependencies was lent): 5,000 is a provisional, conservative figure (the `small` and `base`
-# presets compile, `tiny` runs do not); `bench/train.py --gpu-quick` prints the break-even step
-# count to set it from.
+# warm inductor cache) won 1.05x at the best step and 0.96x at the median; under bf16 autocast
+# it adds ~3 % (break-even ~4,000 steps); a compiled music-transformer is at parity (its
+# attention kernel stays eager: `relative_attention._train_attention`). CUDA is not measured
+# yet (the GPU lent had no pydantic): 5,000 is a provisional, conservative figure (the `small`
+# and `base` presets compile, `tiny` runs do not); `bench/train.py --gpu-quick` prints the
+# break-even step count to set it from.
 AUTO_COMPILE_MIN_STEPS: dict[str, int] = {"cuda": 5000}
 AUTO_COMPILE_ARCHITECTURES = frozenset({"gpt", "music-transformer"})
 
@@ -72,8 +73,8 @@ def compile_plan(
 
     True and False are obeyed (True still falls back to eager if compiling fails). "auto"
     compiles a transformer when the device type is in `AUTO_COMPILE_MIN_STEPS` and at least that
-    many steps remain: compiling costs seconds to minutes once (more for music-transformer, whose
-    chunked attention unrolls into T/64 chunks per layer) and saves a fraction of every step, so
+    many steps remain: compiling costs seconds to minutes once (a cold inductor cache; well under
+    a second when a process compiled the same shapes before) and saves a fraction of every step, so
     a short job (a 30-step smoke run, the tiny preset's 300 steps) finishes sooner eagerly, and
     on CPU the step is matmul-bound and compiling never paid (the figures are above).
     """
