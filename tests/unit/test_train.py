@@ -580,7 +580,8 @@ def test_compile_plan_compiles_transformers_only_when_the_run_is_long_enough() -
     assert not compile_plan(auto, "gpt", cuda, enough - 1).compile  # a short job stays eager
     assert not compile_plan(auto, "gru", cuda, 10**6).compile
     assert not compile_plan(auto, "gpt", torch.device("mps"), 10**6).compile
-    assert compile_plan(auto, "music-transformer", cpu, AUTO_COMPILE_MIN_STEPS["cpu"]).compile
+    assert not compile_plan(auto, "music-transformer", cuda, enough).compile  # not measured
+    assert not compile_plan(auto, "gpt", cpu, 10**6).compile  # measured: never pays on CPU
     assert compile_plan(config(compile=True), "gru", cpu, 1).compile  # true is obeyed
     assert not compile_plan(config(compile=False), "gpt", cuda, 10**6).compile
     with pytest.raises(ValidationError, match="compile"):

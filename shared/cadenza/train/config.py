@@ -54,9 +54,9 @@ class TrainConfig(BaseModel):
     compile: bool | Literal["auto"] = Field(
         default="auto",
         description="torch.compile the training model: true, false, or auto (compile a "
-        "transformer on CUDA when at least 300 steps remain, on CPU from 3000; see "
-        "cadenza.train.step.compile_plan). A failed compile falls back to eager, never fails "
-        "the job",
+        "transformer on CUDA when at least 5000 steps remain, never on CPU, where it was "
+        "measured not to pay; see cadenza.train.step.compile_plan). A failed compile falls "
+        "back to eager, never fails the job",
     )
     early_stopping_patience: int | None = Field(default=None, ge=1, le=100_000)
     # Counts training time across resumes (stored in checkpoints), not just this attempt.

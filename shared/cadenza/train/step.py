@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,12 +43,21 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 log = logging.getLogger(__name__)
 
-# `compile: "auto"` compiles only where it was measured to pay for itself (BENCHMARKS.md,
-# "Training: torch.compile"): the device types below, the transformer architectures (the RNNs
-# run cuDNN/oneDNN kernels that compile has nothing to fuse in), and runs with at least this
-# many optimizer steps still to go, so the one-off compile cost is paid back by the faster steps.
-AUTO_COMPILE_MIN_STEPS: dict[str, int] = {"cuda": 300, "cpu": 3000}
-AUTO_COMPILE_ARCHITECTURES = frozenset({"gpt", "music-transformer"})
+# `compile: "auto"` compiles only where it can pay for itself, the transformer architectures
+# (the RNNs run cuDNN/oneDNN recurrent kernels that inductor has nothing to fuse in) on the device
+# types below, when at least this many optimizer steps remain. Measured (BENCHMARKS.md,
+# "torch.compile"): on CPU it never pays. A 4-layer, 256-wide gpt at batch 4 x 256 in fp32 runs
+# its eager step at 92-97 % of the measured matmul peak, so compiling (31 s cold, 0.8 s with a
+# warm inductor cache) won 1.05x at the best step and 0.96x at the median; under bf16 autocast
+# it adds ~3 % (break-even ~4,000 steps); a compiled music-transformer is at parity (its
+# attention kernel stays eager: `relative_attention._train_attention`). On one H200
+# (`bench/train.py --gpu-quick`: 8 layers x 512, batch 32 x 1024, bf16) a compiled gpt step was
+# 1.24x the eager one at the median after a 20.9 s cold compile: break-even at 3,699 steps, so
+# 5,000 leaves a margin for smaller models, which save less per step for about the same compile
+# (a 0.9 M gpt spent ~54 s compiling for an 800-step run that then trained in ~8 s). Only gpt
+# was measured to pay on CUDA; music-transformer compiles only when asked (`compile: true`).
+AUTO_COMPILE_MIN_STEPS: dict[str, int] = {"cuda": 5000}
+AUTO_COMPILE_ARCHITECTURES = frozenset({"gpt"})
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,10 @@ def compile_plan(
 
     True and False are obeyed (True still falls back to eager if compiling fails). "auto"
     compiles a transformer when the device type is in `AUTO_COMPILE_MIN_STEPS` and at least that
-    many steps remain: compiling costs seconds to minutes once (more for music-transformer, whose
-    chunked attention unrolls into T/64 chunks per layer) and saves a fraction of every step, so
-    a short job (a 30-step smoke run, the tiny preset's 300 steps on a CPU) finishes sooner
-    eagerly. On CPU, inductor also needs a C++ compiler; without one "auto" stays eager.
+    many steps remain: compiling costs seconds to minutes once (a cold inductor cache; well under
+    a second when a process compiled the same shapes before) and saves a fraction of every step, so
+    a short job (a 30-step smoke run, the tiny preset's 300 steps) finishes sooner eagerly, and
+    on CPU the step is matmul-bound and compiling never paid (the figures are above).
     """
     if cfg.compile is False:
         return CompilePlan(False, "compile off")
@@ -78,17 +86,17 @@ def compile_plan(
         return CompilePlan(True, "compile on")
     threshold = AUTO_COMPILE_MIN_STEPS.get(device.type)
     if architecture not in AUTO_COMPILE_ARCHITECTURES:
-        return CompilePlan(False, f"compile auto: eager ({architecture} gains nothing from it)")
+        return CompilePlan(
+            False, f"compile auto: eager ({architecture} was not measured to gain from it)"
+        )
     if threshold is None:
-        return CompilePlan(False, f"compile auto: eager (not measured on {device.type})")
+        return CompilePlan(False, f"compile auto: eager (it does not pay on {device.type})")
     if remaining < threshold:
         return CompilePlan(
             False,
             f"compile auto: eager ({remaining} steps to go; it pays from {threshold} on "
             f"{device.type})",
         )
-    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("cc", "gcc", "g++", "clang")):
-        return CompilePlan(False, "compile auto: eager (no C++ compiler for inductor)")
     return CompilePlan(True, f"compile auto: compiling ({remaining} steps to go)")
 
 
@@ -155,7 +163,10 @@ class TrainStep:
     def _compile(self) -> tuple[nn.Module | None, str | None]:
         """The compiled model after one warm-up forward + backward, or (None, the error)."""
         started = time.perf_counter()
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        devices: list[int] = []
+        if self.device.type == "cuda":
+            index = self.device.index
+            devices = [torch.cuda.current_device() if index is None else index]
         compiled: Any = None
         try:
             compiled = torch.compile(self.raw_model)
