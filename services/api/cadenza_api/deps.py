@@ -33,7 +33,7 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from fastapi import Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.exceptions import ResponseValidationError
 from fastapi.routing import APIRoute
@@ -324,3 +324,12 @@ async def upload_allowed(
 
 
 UploadAllowed = Depends(upload_allowed, scope="function")
+
+
+def v1_router(prefix: str, tag: str) -> APIRouter:
+    """A resource's router under `/v1`: its routes run as `SessionRoute`s (one thread per
+    request, which also closes the session) and document the errors every v1 route can answer.
+    Every resource router is made here, so none can miss either."""
+    from cadenza_api.openapi import V1_ERRORS
+
+    return APIRouter(route_class=SessionRoute, prefix=prefix, tags=[tag], responses=V1_ERRORS)

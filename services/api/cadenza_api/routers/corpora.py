@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
@@ -17,18 +16,16 @@ from cadenza_api.deps import (
     Limit,
     Offset,
     SessionDep,
-    SessionRoute,
     SettingsDep,
     StoreDep,
+    v1_router,
 )
 from cadenza_api.errors import ApiError
-from cadenza_api.openapi import NPZ, V1_ERRORS, describe
+from cadenza_api.openapi import NPZ, describe
 from cadenza_api.schemas import CorpusOut, CorpusRequest, DeletedOut, JobOut
 from cadenza_api.streams import stream_object
 
-router = APIRouter(
-    route_class=SessionRoute, prefix="/v1/corpora", tags=["corpora"], responses=V1_ERRORS
-)
+router = v1_router("/v1/corpora", "corpora")
 
 
 @router.post(

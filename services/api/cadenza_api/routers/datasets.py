@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from sqlalchemy import select
 
 from cadenza.audio.params import AudioParams
@@ -29,13 +29,13 @@ from cadenza_api.deps import (
     Limit,
     Offset,
     SessionDep,
-    SessionRoute,
     SettingsDep,
     StoreDep,
     UploadAllowed,
+    v1_router,
 )
 from cadenza_api.errors import ApiError
-from cadenza_api.openapi import UPLOAD_BODY, V1_ERRORS, describe
+from cadenza_api.openapi import UPLOAD_BODY, describe
 from cadenza_api.schemas import (
     AudioJobRequest,
     DatasetCreate,
@@ -47,9 +47,7 @@ from cadenza_api.schemas import (
 )
 from cadenza_api.upload import parse_upload
 
-router = APIRouter(
-    route_class=SessionRoute, prefix="/v1/datasets", tags=["datasets"], responses=V1_ERRORS
-)
+router = v1_router("/v1/datasets", "datasets")
 
 
 def _dataset_out(ds: Dataset, file_count: int) -> DatasetOut:

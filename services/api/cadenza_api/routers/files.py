@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
 
 from cadenza.db.models import File
@@ -12,22 +11,25 @@ from cadenza.db.repo import get_owned
 from cadenza.delete import delete_file
 from cadenza.render import MEDIA_TYPES
 from cadenza_api.deletes import finish_delete
-from cadenza_api.deps import CurrentOwner, SessionDep, SessionRoute, SettingsDep, StoreDep
+from cadenza_api.deps import (
+    CurrentOwner,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    v1_router,
+)
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import (
     AUDIO_RENDERING,
     PIANOROLL_RENDERING,
     STORED_FILE,
-    V1_ERRORS,
     describe,
 )
 from cadenza_api.rendered import rendered
 from cadenza_api.schemas import DeletedOut, FileOut
 from cadenza_api.streams import stream_object
 
-router = APIRouter(
-    route_class=SessionRoute, prefix="/v1/files", tags=["files"], responses=V1_ERRORS
-)
+router = v1_router("/v1/files", "files")
 
 
 @router.get(

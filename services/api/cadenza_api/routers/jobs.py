@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from cadenza.db.models import Job
@@ -15,15 +15,15 @@ from cadenza_api.deps import (
     Limit,
     Offset,
     SessionDep,
-    SessionRoute,
     SettingsDep,
     StoreDep,
+    v1_router,
 )
-from cadenza_api.openapi import EVENT_STREAM, V1_ERRORS, describe
+from cadenza_api.openapi import EVENT_STREAM, describe
 from cadenza_api.schemas import DeletedOut, JobList, JobOut
 from cadenza_api.streams import job_event_stream, sse_response
 
-router = APIRouter(route_class=SessionRoute, prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
+router = v1_router("/v1/jobs", "jobs")
 
 
 @router.get("", response_model=JobList, **describe("jobs_list", "List jobs"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from cadenza.db.models import ApiKey, Owner, utcnow
 from cadenza.db.repo import (
@@ -23,16 +23,12 @@ from cadenza.db.repo import (
     list_api_keys,
     revoke_api_key,
 )
-from cadenza_api.deps import CurrentCaller, Limit, Offset, SessionDep, SessionRoute
-from cadenza_api.openapi import V1_ERRORS, describe
+from cadenza_api.deps import CurrentCaller, Limit, Offset, SessionDep, v1_router
+from cadenza_api.openapi import describe
 from cadenza_api.schemas import KeyCreate, KeyCreated, KeyOut
 
-self_router = APIRouter(
-    route_class=SessionRoute, prefix="/v1/keys", tags=["keys"], responses=V1_ERRORS
-)
-admin_router = APIRouter(
-    route_class=SessionRoute, prefix="/v1/admin/keys", tags=["admin"], responses=V1_ERRORS
-)
+self_router = v1_router("/v1/keys", "keys")
+admin_router = v1_router("/v1/admin/keys", "admin")
 routers = (self_router, admin_router)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from cadenza.db.repo import find_owner
@@ -17,17 +16,19 @@ from cadenza.limits import (
     stored_bytes,
     validate_overrides,
 )
-from cadenza_api.deps import CurrentCaller, CurrentOwner, SessionDep, SessionRoute, SettingsDep
+from cadenza_api.deps import (
+    CurrentCaller,
+    CurrentOwner,
+    SessionDep,
+    SettingsDep,
+    v1_router,
+)
 from cadenza_api.errors import ApiError
-from cadenza_api.openapi import V1_ERRORS, describe
+from cadenza_api.openapi import describe
 from cadenza_api.schemas import OwnerLimits
 
-self_router = APIRouter(
-    route_class=SessionRoute, prefix="/v1/limits", tags=["limits"], responses=V1_ERRORS
-)
-admin_router = APIRouter(
-    route_class=SessionRoute, prefix="/v1/admin/owners", tags=["admin"], responses=V1_ERRORS
-)
+self_router = v1_router("/v1/limits", "limits")
+admin_router = v1_router("/v1/admin/owners", "admin")
 routers = (self_router, admin_router)
 
 

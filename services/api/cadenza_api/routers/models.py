@@ -3,7 +3,6 @@ checkpoints and weights, and sample from it (a `sample` job)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import select
 
@@ -20,12 +19,12 @@ from cadenza_api.deps import (
     Limit,
     Offset,
     SessionDep,
-    SessionRoute,
     SettingsDep,
     StoreDep,
+    v1_router,
 )
 from cadenza_api.errors import ApiError
-from cadenza_api.openapi import CHECKPOINT, PNG, SAFETENSORS, V1_ERRORS, describe
+from cadenza_api.openapi import CHECKPOINT, PNG, SAFETENSORS, describe
 from cadenza_api.schemas import (
     CheckpointOut,
     DeletedOut,
@@ -39,9 +38,7 @@ from cadenza_api.schemas import (
 )
 from cadenza_api.streams import stream_object
 
-router = APIRouter(
-    route_class=SessionRoute, prefix="/v1/models", tags=["models"], responses=V1_ERRORS
-)
+router = v1_router("/v1/models", "models")
 
 
 @router.post(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
 from fastapi.responses import Response
 
 from cadenza.db.models import Sample
@@ -12,15 +11,19 @@ from cadenza.db.repo import get_owned
 from cadenza.delete import delete_sample
 from cadenza.storage import ObjectNotFound
 from cadenza_api.deletes import finish_delete
-from cadenza_api.deps import CurrentOwner, SessionDep, SessionRoute, SettingsDep, StoreDep
+from cadenza_api.deps import (
+    CurrentOwner,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    v1_router,
+)
 from cadenza_api.errors import ApiError
-from cadenza_api.openapi import AUDIO_RENDERING, MIDI, PIANOROLL_RENDERING, V1_ERRORS, describe
+from cadenza_api.openapi import AUDIO_RENDERING, MIDI, PIANOROLL_RENDERING, describe
 from cadenza_api.rendered import rendered
 from cadenza_api.schemas import DeletedOut, SampleOut
 
-router = APIRouter(
-    route_class=SessionRoute, prefix="/v1/samples", tags=["samples"], responses=V1_ERRORS
-)
+router = v1_router("/v1/samples", "samples")
 
 
 @router.get(
