@@ -89,7 +89,9 @@ def test_one_job_on_two_nodes(tmp_path: Path, chorales: list[Path]) -> None:
     key = create_key(env, "ops")
     port = free_port()
     with (
-        launch(env, port=port, queues=("cpu",), logs=tmp_path / "logs") as stack,
+        # A GPU worker runs too: the job is held for the cluster Job (`cluster_job`), so that
+        # worker must never take it, before the drain or after it.
+        launch(env, port=port, queues=("cpu", "gpu"), logs=tmp_path / "logs") as stack,
         Client(stack.api_url, key) as api,
     ):
         ds = api.create_dataset("k8s")
@@ -97,7 +99,10 @@ def test_one_job_on_two_nodes(tmp_path: Path, chorales: list[Path]) -> None:
         tok = api.wait(api.create_corpus(ds["id"], tokenizer="REMI")["id"], timeout=120)
         assert tok["state"] == "succeeded", tok
         train = {"max_steps": 120, "eval_interval": 40, "batch_size": 2, "seq_len": 32}
-        job = api.create_model(tok["corpus_id"], architecture="gpt", preset="tiny", train=train)
+        job = api.create_model(
+            tok["corpus_id"], architecture="gpt", preset="tiny", train=train, cluster_job=True
+        )
+        assert job["queue"] == "cluster", job
         model_id = api.job(job["id"])["model_id"]
         assert model_id and api.job(job["id"])["state"] == "queued"
 

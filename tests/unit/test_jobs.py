@@ -401,3 +401,64 @@ def test_killed_checkpoint_writer_leaves_a_loadable_latest(tmp_path: Path) -> No
     assert len(named) == 2  # keep_last_n
     # What killed attempts left without a row was deleted by the next one.
     assert {o.key for o in store.list(job_key(job_id, "checkpoints"))} == named
+
+
+def test_a_held_training_job_is_never_sent_to_a_worker(tmp_path: Path) -> None:
+    """`cluster_job`: the job waits for its Kubernetes Job's pods, which claim it by id; no
+    message on any queue (first send, re-send, requeue), and the reconciler never gives up on it."""
+    from cadenza.jobs.queue import HELD_QUEUE, enqueue
+    from cadenza.jobs.submit import submit
+    from cadenza.sample.params import SampleParams
+    from cadenza.train.params import TrainParams
+
+    settings = Settings(data_dir=tmp_path, job_lease_seconds=5)
+    upgrade(settings.resolved_database_url)
+    factory = session_factory(settings.resolved_database_url)
+
+    def messages() -> int:
+        folder = settings.broker_dir / "queue"
+        return len(list(folder.iterdir())) if folder.exists() else 0
+
+    with factory() as s:
+        o = Owner(name="bob")
+        s.add(o)
+        s.commit()
+        held = submit(
+            s,
+            settings,
+            owner_id=o.id,
+            type="train",
+            params=TrainParams(model_id="m", corpus_id="c"),
+            held=True,
+        )
+        assert held.queue == HELD_QUEUE and held.state == "queued"
+        assert messages() == 0
+        sent = submit(
+            s,
+            settings,
+            owner_id=o.id,
+            type="train",
+            params=TrainParams(model_id="n", corpus_id="c"),
+        )
+        assert sent.queue == "gpu" and messages() == 1  # the control: an ordinary job is sent
+        with pytest.raises(ValueError, match="only training jobs"):
+            submit(
+                s,
+                settings,
+                owner_id=o.id,
+                type="sample",
+                params=SampleParams(model_id="m", checkpoint_id="k"),
+                held=True,
+            )
+    enqueue(settings, held.id, HELD_QUEUE)  # a requeue after a drain takes this path too
+    assert messages() == 1
+    for _ in range(MAX_RESENDS + 2):
+        with factory() as s:
+            for row in s.scalars(select(Job)):
+                row.updated_at = utcnow() - timedelta(days=30)
+            s.commit()
+        assert held.id not in reconcile_and_resend(settings)[2]
+    with factory() as s:
+        row = s.get(Job, held.id)
+        assert row is not None and row.state == "queued" and row.resends == 0
+        assert claim_context(held.id, settings) is not None  # its pods claim it by id

@@ -120,6 +120,8 @@ class FileList(BaseModel):
 class JobOut(Out):
     id: str
     type: str
+    # cpu or gpu (the workers' queues), or cluster: a training job held for a Kubernetes Job.
+    queue: str
     state: str
     progress: float
     message: str

@@ -161,6 +161,13 @@ def models_create(
     preset: str = "tiny",
     config: Annotated[str, typer.Option(help="JSON overrides of the model config")] = "{}",
     train: Annotated[str, typer.Option(help="JSON overrides of the training config")] = "{}",
+    cluster_job: Annotated[
+        bool,
+        typer.Option(
+            help="hold the training job for a Kubernetes Job (`cadenza k8s train-job`): "
+            "no worker takes it"
+        ),
+    ] = False,
     wait: bool = True,
 ) -> None:
     """Train a model on a corpus."""
@@ -171,8 +178,9 @@ def models_create(
             preset=preset,
             config=_json_option("config", config),
             train=_json_option("train", train),
+            **({"cluster_job": True} if cluster_job else {}),
         )
-        if wait:
+        if wait and not cluster_job:
             job = follow(c, job, "train")
         print_json(job)
 

@@ -381,6 +381,13 @@ def resolve_job_id(ident: str) -> str:
             "unless it is queued when the pod starts",
             err=True,
         )
+    elif job.get("queue") != "cluster":
+        typer.echo(
+            f"warning: job {job['id']} is on the {job.get('queue')} queue, so a GPU worker may "
+            "claim it before the Job's pods do; create it with cluster_job: true "
+            "(cadenza models create ... --cluster-job) to hold it for the cluster",
+            err=True,
+        )
     return str(job["id"])
 
 

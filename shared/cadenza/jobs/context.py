@@ -98,6 +98,8 @@ class JobContext:
     attempt: int
     settings: Settings
     store: ObjectStore
+    # The queue the job row names (its type's, or `queue.HELD_QUEUE`): where a requeue re-sends it.
+    queue: str = ""
     # The token of the claim this attempt runs under (rank 0's, for DDP followers).
     claim_token: str | None = None
     # A DDP rank > 0: takes part in the work, but rank 0 writes the outputs and commits.

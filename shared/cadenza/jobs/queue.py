@@ -16,6 +16,11 @@ from cadenza.config import Settings
 
 RUN_JOB_TASK = "cadenza.run_job"
 QUEUES = ("cpu", "gpu")
+# A training job held for a Kubernetes Job (`cadenza k8s train-job`): no worker consumes this
+# queue, so nothing is sent for it (first send, re-sends, requeues after a drain or a lost
+# lease), and only the pods that `kubectl apply` starts claim it by its id. Without it a GPU
+# worker (say, one KEDA just scaled up for it) could claim the job first and train it alone.
+HELD_QUEUE = "cluster"
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -63,7 +68,11 @@ _clients: dict[str, Celery] = {}
 
 
 def enqueue(settings: Settings, job_id: str, queue: str) -> None:
-    """Send a job id to its queue; call only after the job row is committed."""
+    """Send a job id to its queue; call only after the job row is committed.
+
+    A job on `HELD_QUEUE` is not sent: its cluster Job's pods claim it by id."""
+    if queue == HELD_QUEUE:
+        return
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}")
     key = settings.resolved_broker_url + str(settings.broker_dir)

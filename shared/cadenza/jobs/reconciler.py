@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from cadenza.config import Settings
 from cadenza.db.models import Job, utcnow
 from cadenza.db.session import session_factory
-from cadenza.jobs.queue import enqueue
+from cadenza.jobs.queue import HELD_QUEUE, enqueue
 from cadenza.jobs.state import JobState, release
 
 MAX_RESENDS = 5
@@ -78,9 +78,14 @@ def reconcile(session: Session, *, now: datetime | None = None) -> tuple[list[st
 
 
 def queued_jobs(session: Session, older_than: datetime) -> Iterable[Job]:
-    """Queued jobs not touched since `older_than` (lost broker messages to re-send)."""
+    """Queued jobs not touched since `older_than` (lost broker messages to re-send); a job
+    held for a cluster Job (`queue.HELD_QUEUE`) has no message and waits for its pods."""
     return session.scalars(
-        select(Job).where(Job.state == JobState.QUEUED.value, Job.updated_at < older_than)
+        select(Job).where(
+            Job.state == JobState.QUEUED.value,
+            Job.updated_at < older_than,
+            Job.queue != HELD_QUEUE,
+        )
     )
 
 

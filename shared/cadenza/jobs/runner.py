@@ -113,6 +113,7 @@ def _context(job: Job, settings: Settings) -> JobContext:
         attempt=job.attempts,
         settings=settings,
         store=open_store(settings),
+        queue=job.queue,
         claim_token=job.claim_token,
     )
 
@@ -200,7 +201,7 @@ def _interrupt(ctx: JobContext, exc: BaseException) -> JobState:
     if state == JobState.QUEUED:
         try:
             retry_transient(
-                lambda: enqueue(ctx.settings, ctx.job_id, JOB_TYPES[ctx.type].queue),
+                lambda: enqueue(ctx.settings, ctx.job_id, ctx.queue or JOB_TYPES[ctx.type].queue),
                 what=f"re-sending job {ctx.job_id}",
                 budget_s=ctx.settings.job_transient_retry_seconds,
             )

@@ -85,8 +85,9 @@ def create_job(
     result: dict[str, Any] | None = None,
     max_attempts: int = 3,
     job_id: str | None = None,
+    queue: str | None = None,
 ) -> Job:
-    """Add a queued job on its type's queue (the caller commits, then enqueues).
+    """Add a queued job on its type's queue, or on `queue` (the caller commits, then enqueues).
 
     `params` are stored as given; `cadenza.jobs.submit` validates them against the type's
     params model first.
@@ -94,7 +95,7 @@ def create_job(
     job = Job(
         owner_id=owner_id,
         type=type,
-        queue=job_type(type).queue,
+        queue=queue or job_type(type).queue,
         params=params,
         result=result or {},
         max_attempts=max_attempts,

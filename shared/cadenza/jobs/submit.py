@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from cadenza.config import Settings
 from cadenza.db.models import Job
-from cadenza.jobs.queue import enqueue
+from cadenza.jobs.queue import HELD_QUEUE, enqueue
 from cadenza.jobs.registry import job_type
 from cadenza.jobs.state import create_job
 from cadenza.limits import check_job
@@ -34,14 +34,21 @@ def submit(
     params: BaseModel,
     result: dict[str, Any] | None = None,
     job_id: str | None = None,
+    held: bool = False,
 ) -> Job:
     """Create job `type` with `params` (an instance of the type's params model) and enqueue it.
+
+    `held` (training jobs only) puts it on `queue.HELD_QUEUE` instead: no worker takes it, the
+    pods of the Kubernetes Job that `cadenza k8s train-job` renders for it do. Budgets and rate
+    are checked as for any training job; while held it occupies no worker.
 
     The session's pending rows (say, the model row a training job fills) commit with the job.
     The owner's budgets, quotas and rate (`cadenza.limits.check_job`) are checked first: a
     refusal raises before the job row exists, and the caller's rollback drops its pending rows.
     """
     spec = job_type(type)
+    if held and type != "train":
+        raise ValueError(f"only training jobs can be held for a cluster Job, not {type} jobs")
     if not isinstance(params, spec.params):
         given = params.__class__.__name__
         raise TypeError(f"{spec.name} jobs take {spec.params.__name__}, not {given}")
@@ -61,6 +68,7 @@ def submit(
         result=result,
         max_attempts=settings.job_max_attempts,
         job_id=job_id,
+        queue=HELD_QUEUE if held else None,
     )
     session.commit()
     try:

@@ -39,6 +39,12 @@ class ModelRequest(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     init_checkpoint_id: str | None = Field(default=None, max_length=64)
+    cluster_job: bool = Field(
+        default=False,
+        description="Hold the training job for a Kubernetes Job instead of the GPU workers: "
+        "no worker takes it; the pods that `cadenza k8s train-job JOB_ID | kubectl apply -f -` "
+        "starts claim it (also after a drain or a lost pod).",
+    )
 
     @model_validator(mode="after")
     def _bounded_lists(self) -> ModelRequest:

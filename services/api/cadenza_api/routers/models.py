@@ -95,6 +95,7 @@ def create_model(
         params=TrainParams(model_id=model.id, corpus_id=corpus.id),
         result={"model_id": model.id},
         job_id=job_id,
+        held=body.cluster_job,
     )
     return JobOut.model_validate(job)
 
