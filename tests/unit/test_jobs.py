@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from cadenza.config import Settings
 from cadenza.db.migrate import upgrade
@@ -72,6 +72,18 @@ def owner(session: Session) -> Owner:
     session.add(o)
     session.commit()
     return o
+
+
+def embedded_with_owner(tmp_path: Path, name: str) -> tuple[Settings, sessionmaker[Session], str]:
+    """Settings on a migrated SQLite database in `tmp_path`, a session factory, and an owner."""
+    settings = Settings(data_dir=tmp_path, job_lease_seconds=5)
+    upgrade(settings.resolved_database_url)
+    factory = session_factory(settings.resolved_database_url)
+    with factory() as s:
+        o = Owner(name=name)
+        s.add(o)
+        s.commit()
+        return settings, factory, o.id
 
 
 def new_job(session: Session, owner: Owner, **kw: object) -> Job:
@@ -288,13 +300,10 @@ def test_cancel_racing_claim_is_never_lost(session: Session, owner: Owner, db_ur
 
 
 def test_resends_back_off_and_stop(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, job_lease_seconds=5)
-    upgrade(settings.resolved_database_url)
-    factory = session_factory(settings.resolved_database_url)
+    settings, factory, owner_id = embedded_with_owner(tmp_path, "bob")
     with factory() as s:
-        o = Owner(name="bob")
-        s.add(o)
-        s.commit()
+        o = s.get(Owner, owner_id)
+        assert o is not None
         job_id = new_job(s, o).id
         base = 120.0
         # Quiet for 1.5 periods: due a first re-send, not a second one.
@@ -352,13 +361,10 @@ for step in range(first, first + steps):
 
 def test_killed_checkpoint_writer_leaves_a_loadable_latest(tmp_path: Path) -> None:
     """SIGKILL a process writing checkpoints at random points: the latest row always loads."""
-    settings = Settings(data_dir=tmp_path, job_lease_seconds=5)
-    upgrade(settings.resolved_database_url)
-    factory = session_factory(settings.resolved_database_url)
+    settings, factory, owner_id = embedded_with_owner(tmp_path, "carol")
     with factory() as s:
-        o = Owner(name="carol")
-        s.add(o)
-        s.commit()
+        o = s.get(Owner, owner_id)
+        assert o is not None
         job_id = new_job(s, o, max_attempts=100).id
         model_id = make_model(s, o, job_id).id
     env = {k: v for k, v in os.environ.items() if not k.startswith("CADENZA_")}
@@ -411,22 +417,17 @@ def test_a_held_training_job_is_never_sent_to_a_worker(tmp_path: Path) -> None:
     from cadenza.sample.params import SampleParams
     from cadenza.train.params import TrainParams
 
-    settings = Settings(data_dir=tmp_path, job_lease_seconds=5)
-    upgrade(settings.resolved_database_url)
-    factory = session_factory(settings.resolved_database_url)
+    settings, factory, owner_id = embedded_with_owner(tmp_path, "bob")
 
     def messages() -> int:
         folder = settings.broker_dir / "queue"
         return len(list(folder.iterdir())) if folder.exists() else 0
 
     with factory() as s:
-        o = Owner(name="bob")
-        s.add(o)
-        s.commit()
         held = submit(
             s,
             settings,
-            owner_id=o.id,
+            owner_id=owner_id,
             type="train",
             params=TrainParams(model_id="m", corpus_id="c"),
             held=True,
@@ -436,7 +437,7 @@ def test_a_held_training_job_is_never_sent_to_a_worker(tmp_path: Path) -> None:
         sent = submit(
             s,
             settings,
-            owner_id=o.id,
+            owner_id=owner_id,
             type="train",
             params=TrainParams(model_id="n", corpus_id="c"),
         )
@@ -445,7 +446,7 @@ def test_a_held_training_job_is_never_sent_to_a_worker(tmp_path: Path) -> None:
             submit(
                 s,
                 settings,
-                owner_id=o.id,
+                owner_id=owner_id,
                 type="sample",
                 params=SampleParams(model_id="m", checkpoint_id="k"),
                 held=True,
