@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,19 @@ def test_cli_dataset_to_sample_audio_and_picture(
     uploaded = cli(stack, "datasets", "upload", ds["id"], *map(str, chorales[:3])).stdout
     assert uploaded.count("midi") == 3, uploaded
 
-    corpus = cli_json(stack, "corpora", "create", ds["id"], "--preset", "remi-colab")
+    # In 2 parts (tokenize_shard jobs, merged): the same corpus as one process builds.
+    corpus = cli_json(
+        stack, "corpora", "create", ds["id"], "--preset", "remi-colab", "--shards", "2"
+    )
     assert corpus["dataset_id"] == ds["id"] and corpus["vocab_size"] > 100
+    assert corpus["stats"]["shards"] == 2
+
+    # Held for a Kubernetes Job: queued on `cluster`, which no worker takes from.
+    held = cli_json(stack, "models", "create", corpus["id"], "--preset", "tiny", "--cluster-job")
+    assert held["queue"] == "cluster" and held["state"] == "queued", held
+    time.sleep(2)  # a worker on the gpu queue would have claimed it by now
+    assert cli_json(stack, "jobs", "show", held["id"])["state"] == "queued"
+    assert cli_json(stack, "jobs", "cancel", held["id"])["state"] == "cancelled"
 
     job = cli_json(
         stack,
