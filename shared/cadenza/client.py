@@ -14,6 +14,21 @@ from cadenza.atomic import atomic_path
 TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
 
 
+# Retries of a GET answered 503 + Retry-After, and the longest wait honoured between them.
+GET_RETRIES = 3
+MAX_RETRY_WAIT_S = 5.0
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    """Seconds to wait before repeating a request answered `r`; None: do not repeat it."""
+    if r.status_code != 503:
+        return None
+    try:
+        return min(max(float(r.headers["retry-after"]), 0.0), MAX_RETRY_WAIT_S)
+    except (KeyError, ValueError):
+        return None
+
+
 class ApiFailure(RuntimeError):
     """The API answered with an error; `code` and `status` come from its JSON body."""
 
@@ -54,7 +69,18 @@ class Client:
         return r
 
     def get(self, path: str, **params: Any) -> Any:
-        return self._check(self.http.get(path, params=params or None)).json()
+        """GET `path`. A 503 with Retry-After (the server busy, or its database briefly not
+        answering) is retried up to `GET_RETRIES` times after the wait it names (at most
+        `MAX_RETRY_WAIT_S`): a GET changes nothing, so repeating it is safe."""
+        for _ in range(GET_RETRIES):
+            r = self.http.get(path, params=params or None)
+            wait = _retry_after(r)
+            if wait is None:
+                break
+            time.sleep(wait)
+        else:
+            r = self.http.get(path, params=params or None)
+        return self._check(r).json()
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self._check(self.http.post(path, json=body or {})).json()

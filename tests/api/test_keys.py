@@ -3,18 +3,20 @@ detail and the throttled `last_used_at`."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from cadenza.config import Settings
 from cadenza.db.migrate import upgrade
 from cadenza.db.models import ApiKey, utcnow
 from cadenza.db.repo import issue_api_key
-from cadenza.db.session import session_scope
+from cadenza.db.session import SQLITE_BUSY_TIMEOUT_MS, session_scope
 from cadenza_api.app import create_app
 
 
@@ -131,6 +133,30 @@ def test_last_used_is_written_at_most_once_a_minute(settings: Settings, app: Tes
     for _ in range(3):
         app.get("/v1/datasets", headers=auth(secret))
     assert last_used() == first
+
+
+def test_a_held_write_lock_does_not_hold_up_a_read(settings: Settings, app: TestClient) -> None:
+    """A process stopped inside a write transaction holds SQLite's one writer lock: a GET
+    still answers (WAL reads), skipping the key's `last_used_at` write instead of waiting
+    the 30 s busy timeout and failing with 503; the write is made once the lock is free."""
+    key_id, secret = make_key(settings, "alice")
+    path = settings.resolved_database_url.removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the writer lock, as a stalled worker holds it
+    try:
+        r = app.get("/v1/datasets", headers=auth(secret))
+        assert r.status_code == 200, r.text
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with session_scope(settings.resolved_database_url) as s:
+        assert s.get_one(ApiKey, key_id).last_used_at is None  # skipped, not half-written
+        # The pooled connection is back at the normal busy timeout.
+        assert s.execute(text("PRAGMA busy_timeout")).scalar() == SQLITE_BUSY_TIMEOUT_MS
+    # Retried a minute later; a new process (its own throttle) writes it at once.
+    assert TestClient(create_app(settings)).get("/v1/datasets", headers=auth(secret)).is_success
+    with session_scope(settings.resolved_database_url) as s:
+        assert s.get_one(ApiKey, key_id).last_used_at is not None
 
 
 def test_readyz_details_only_for_admin_keys(settings: Settings, app: TestClient) -> None:

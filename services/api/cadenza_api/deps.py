@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -39,6 +40,7 @@ from fastapi.exceptions import ResponseValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from cadenza.config import Settings
@@ -53,9 +55,11 @@ from cadenza.db.repo import (
     hash_key,
     touch_key,
 )
-from cadenza.db.session import session_factory
+from cadenza.db.session import brief_lock_wait, session_factory
 from cadenza.storage import ObjectStore
 from cadenza_api.errors import ApiError, busy
+
+log = logging.getLogger("cadenza.api")
 
 T = TypeVar("T")
 
@@ -251,11 +255,22 @@ async def authenticate(request: Request, token: str, session: Session) -> Caller
     return caller
 
 
+# A key's `last_used_at` write waits at most this long for a lock; past it, the write is
+# skipped (it is retried a minute later) rather than holding up the request.
+TOUCH_LOCK_WAIT_MS = 200
+
+
 def _touch(session: Session, key_id: str) -> None:
     # Its own commit, before the route runs: a GET never commits, and a route's rollback
-    # must not undo it.
-    touch_key(session=session, key_id=key_id)
-    session.commit()
+    # must not undo it. Best effort: a stalled writer elsewhere (on SQLite, any process
+    # stopped inside a write) must not turn a read into a 30 s wait and a 503.
+    try:
+        with brief_lock_wait(session, TOUCH_LOCK_WAIT_MS):
+            touch_key(session=session, key_id=key_id)
+            session.commit()
+    except OperationalError as exc:
+        session.rollback()
+        log.info("skipped last_used_at of key %s: %s", key_id, exc.orig)
 
 
 async def current_caller(request: Request, credentials: BearerDep, session: SessionDep) -> Caller:

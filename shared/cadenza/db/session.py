@@ -7,15 +7,18 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+
+# How long a SQLite write waits for the single writer lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     """WAL lets the API read while a worker writes; busy_timeout waits instead of failing."""
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
@@ -86,3 +89,23 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def brief_lock_wait(session: Session, ms: int) -> Iterator[None]:
+    """Within the block, a write waits at most `ms` for a lock another transaction holds.
+
+    For bookkeeping writes that may be skipped (a key's `last_used_at`): on SQLite one stalled
+    writer holds the whole database's write lock, and a read request must not wait the full
+    busy timeout behind it. On PostgreSQL the limit is the transaction's `lock_timeout`, which
+    its commit or rollback ends; on SQLite the connection's busy timeout is restored after.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text(f"PRAGMA busy_timeout={int(ms)}"))
+        try:
+            yield
+        finally:
+            session.execute(text(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"))
+    else:
+        session.execute(text(f"SET LOCAL lock_timeout = {int(ms)}"))
+        yield
