@@ -4,6 +4,7 @@ lineage lists the chain, and deleting a parent keeps its child without the link.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from cadenza.config import Settings
 from cadenza.storage import job_key, open_store
 from cadenza.tokenize import decode_to_midi, encode_primer, tokenizer_from_bytes
 from cadenza.tokenize.base import Tokenizer
+from tests.integration.test_cli import cli
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -115,7 +117,7 @@ def quarters_per_bar(midi: bytes) -> float:
 
 
 def test_a_continued_sample_starts_with_its_parent_and_keeps_its_lineage(
-    client: Client, setup: Setup
+    embedded_stack: Stack, client: Client, setup: Setup, tmp_path: Path
 ) -> None:
     remi, tsd, file_id = setup.remi, setup.tsd, setup.file_id
     sampling = {"max_new_tokens": 48, "top_k": 20, "min_notes": 0}
@@ -126,10 +128,16 @@ def test_a_continued_sample_starts_with_its_parent_and_keeps_its_lineage(
     assert parent["parent_sample_id"] is None
     parent_midi = midi_of(client, parent["id"])
 
-    # The same model, the parent's first 2 bars as the primer (primer_bars as for a file).
-    job = client.sample(remi.id, primer_sample_id=parent["id"], primer_bars=2, seed=2, **sampling)
-    assert job["params"]["primer_sample_id"] == parent["id"]
-    child = client.get(f"/v1/samples/{finished(client, job)['sample_id']}")
+    # The same model, the parent's first 2 bars as the primer (primer_bars as for a file),
+    # the way a user types it.
+    (path,) = cli(
+        embedded_stack,
+        *("sample", remi.id, "--from-sample", parent["id"], "--primer-bars", "2"),
+        *("--max-new-tokens", "48", "--top-k", "20", "--seed", "2"),
+        *("--options", '{"min_notes": 0}', "-o", str(tmp_path)),
+    ).stdout.split()
+    child = client.get(f"/v1/samples/{Path(path).stem}")
+    assert child["params"]["primer_sample_id"] == parent["id"]
     assert child["parent_sample_id"] == parent["id"]
     child_midi = midi_of(client, child["id"])
     # The child starts with the parent's first 2 bars as REMI encodes them: every one of
@@ -161,6 +169,11 @@ def test_a_continued_sample_starts_with_its_parent_and_keeps_its_lineage(
     assert [s["id"] for s in lineage["samples"]] == [parent["id"], child["id"], grandchild["id"]]
     assert [s["model_id"] for s in lineage["samples"]] == [remi.id, remi.id, tsd.id]
     assert lineage["truncated"] is False
+    shown = cli(embedded_stack, "samples", "lineage", grandchild["id"], "--json").stdout
+    assert json.loads(shown) == lineage
+    table = cli(embedded_stack, "samples", "lineage", grandchild["id"]).stdout
+    ids = [line.split()[0] for line in table.splitlines()[1:]]  # under the header
+    assert ids == [parent["id"], child["id"], grandchild["id"]], table
 
     # Deleting the parent keeps the child, without the link; the chain now starts there.
     assert client.delete(f"/v1/samples/{parent['id']}")["rows"] == {"samples": 1}
