@@ -65,6 +65,13 @@ class SampleRequest(SamplingOptions):
                     "max_bars": 16,
                     "top_p": 0.95,
                 },
+                {
+                    "primer_sample_id": "5b0e1f3c9a7d4e2f8c6b4a2d0e9f7c5a",
+                    "primer_bars": 8,
+                    "max_new_tokens": 512,
+                    "min_p": 0.3,
+                    "seed": 3,
+                },
             ]
         }
     )
