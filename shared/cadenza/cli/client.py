@@ -197,6 +197,13 @@ def sample(
     primer_file_id: Annotated[
         str | None, typer.Option(help="a stored MIDI file to continue")
     ] = None,
+    from_sample: Annotated[
+        str | None,
+        typer.Option(
+            help="continue one of your samples (of any model); the new samples record it as "
+            "their parent (see `cadenza samples lineage`)"
+        ),
+    ] = None,
     primer_bars: int | None = None,
     dataset_id: Annotated[str | None, typer.Option(help="dataset to upload --primer to")] = None,
     n: Annotated[int, typer.Option("-n", "--n", help="variations, sampled as one batch")] = 1,
@@ -237,6 +244,7 @@ def sample(
             "min_p": min_p,
             "seed": seed,
             "primer_file_id": primer_file_id,
+            "primer_sample_id": from_sample,
             "primer_bars": primer_bars,
             "primer_seconds": primer_seconds,
             "max_bars": max_bars,
@@ -338,9 +346,40 @@ def models_delete(model_id: str) -> None:
     _delete(f"/v1/models/{model_id}")
 
 
+@samples_app.command("show")
+def samples_show(sample_id: str) -> None:
+    """A sample's parameters, length, metrics and parent, as JSON."""
+    with connect() as c:
+        print_json(c.get(f"/v1/samples/{sample_id}"))
+
+
+@samples_app.command("lineage")
+def samples_lineage(
+    sample_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON instead")] = False,
+) -> None:
+    """The samples SAMPLE_ID grew from (each continued with --from-sample), oldest first."""
+    with connect() as c:
+        lineage = c.get(f"/v1/samples/{sample_id}/lineage")
+    if as_json:
+        print_json(lineage)
+        return
+    if lineage["truncated"]:
+        console.print("[yellow]the chain goes on before the first sample shown[/]")
+    # Plain lines, not a table: a table narrows columns to the terminal and cuts the ids.
+    out.print(f"{'sample':32}  {'model':32}  {'created (UTC)':19}  notes  seconds", highlight=False)
+    for s in lineage["samples"]:
+        created = s["created_at"][:19].replace("T", " ")
+        out.print(
+            f"{s['id']:32}  {s['model_id']:32}  {created:19}  {s['num_notes']:>5}  "
+            f"{s['duration_s']:>7.1f}",
+            highlight=False,
+        )
+
+
 @samples_app.command("delete")
 def samples_delete(sample_id: str) -> None:
-    """Delete a sample, its MIDI and renderings."""
+    """Delete a sample, its MIDI and renderings (the samples that continued it stay)."""
     _delete(f"/v1/samples/{sample_id}")
 
 
