@@ -17,6 +17,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cadenza.atomic import atomic_path
 from cadenza.cli.output import console, out, print_json
 from cadenza.client import ApiFailure, Client
 from cadenza.config import get_settings
@@ -254,6 +255,64 @@ def sample(
         for sid in job["sample_ids"]:
             path = c.download(f"/v1/samples/{sid}/midi", output / f"{sid}.mid")
             out.print(str(path))
+
+
+def continue_(
+    model_id: str,
+    midi: Annotated[Path, typer.Argument(help="the MIDI file to continue", exists=True)],
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    primer_bars: int | None = None,
+    primer_seconds: float | None = None,
+    n: Annotated[int, typer.Option("-n", "--n", help="variations (2 or more: a zip)")] = 1,
+    max_new_tokens: int = 256,
+    max_bars: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    seed: int | None = None,
+    wait: Annotated[float, typer.Option(help="seconds the API waits before answering")] = 60.0,
+    options: Annotated[
+        str,
+        typer.Option(help="JSON of any other sampling fields, e.g. '{\"include_primer\": false}'"),
+    ] = "{}",
+) -> None:
+    """MIDI in, MIDI out: send MIDI to the model and save its continuation (one request;
+    when it takes longer than --wait, the job is followed and its MIDI downloaded)."""
+    opts: dict[str, Any] = {
+        "primer_bars": primer_bars,
+        "primer_seconds": primer_seconds,
+        "n": n,
+        "max_new_tokens": max_new_tokens,
+        "max_bars": max_bars,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "seed": seed,
+        **_json_option("options", options),
+    }
+    with connect() as c:
+        r = c.continue_midi(model_id, midi.read_bytes(), wait=wait, **opts)
+        if r.status_code == 202:
+            job = follow(c, r.json(), "continue")
+            ids = job["sample_ids"]
+            if len(ids) == 1:
+                dest = output or midi.with_name(f"{midi.stem}-{ids[0]}.mid")
+                out.print(str(c.download(f"/v1/samples/{ids[0]}/midi", dest)))
+                return
+            folder = output or midi.with_name(f"{midi.stem}-continued")
+            for sid in ids:
+                out.print(str(c.download(f"/v1/samples/{sid}/midi", folder / f"{sid}.mid")))
+            return
+        ids = r.headers["x-cadenza-sample-ids"].split(",")
+        suffix = ".mid" if r.headers["content-type"] == "audio/midi" else ".zip"
+        dest = output or midi.with_name(
+            f"{midi.stem}-{ids[0] if len(ids) == 1 else 'continued'}{suffix}"
+        )
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(r.content)
+        out.print(str(dest))
 
 
 def _save_render(item_id: str, is_file: bool, view: str, dest: Path) -> None:
