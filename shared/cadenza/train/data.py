@@ -9,13 +9,16 @@ evenly spaced windows instead (`eval_starts`).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cadenza.train.config import TrainConfig
 from cadenza.train.distributed import DistInfo
+
+if TYPE_CHECKING:
+    from cadenza.tokenize.mmm import MMMIds
 
 
 def _check_split(
@@ -122,8 +125,16 @@ class TrainBatches:
         info: DistInfo,
         batcher: Batcher,
         bos_id: int | None,
+        infill_ids: MMMIds | None = None,
     ) -> None:
         ga = cfg.grad_accum_steps
+        self.infill_fraction = cfg.infill_fraction
+        self.infill_ids = infill_ids
+        if self.infill_fraction > 0 and infill_ids is None:
+            raise ValueError(
+                "train.infill_fraction > 0 needs a corpus built with the `multitrack` preset "
+                "(MMM with the infill tokens); set it to 0 or rebuild the corpus"
+            )
         self.slots = [info.rank * ga + m for m in range(ga)]
         self.total_slots = info.world_size * ga
         self.generators = [
@@ -154,4 +165,24 @@ class TrainBatches:
             else:
                 picks = torch.randint(0, self.aligned.size, (self.batch_size,), generator=gen)
                 starts = self.aligned[picks.numpy()]
-            yield self.batcher(windows(self.arr, starts, self.seq_len))
+            batch = windows(self.arr, starts, self.seq_len)
+            if self.infill_fraction > 0:
+                batch = self._infill(batch, gen)
+            yield self.batcher(batch)
+
+    def _infill(self, batch: np.ndarray, gen: torch.Generator) -> np.ndarray:
+        """Turn about `infill_fraction` of the windows into fill-in-the-middle examples.
+
+        The choices come from one seed drawn from the slot's generator, so they follow the
+        training seed and a resumed run (whose generator states are restored) makes the same
+        examples; with `infill_fraction` 0 nothing is drawn and the stream is as before.
+        """
+        from cadenza.tokenize.mmm import infill_example
+
+        assert self.infill_ids is not None
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
+        rng = np.random.default_rng(seed)
+        for row in range(batch.shape[0]):
+            if rng.random() < self.infill_fraction:
+                batch[row] = infill_example(batch[row], self.infill_ids, rng)
+        return batch

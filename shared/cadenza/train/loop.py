@@ -27,6 +27,7 @@ from cadenza.train.step import TrainStep
 
 if TYPE_CHECKING:
     from cadenza.models import CadenzaModel
+    from cadenza.tokenize.mmm import MMMIds
 
 StopReason = Literal["completed", "cancelled", "drained", "early_stopping", "time_budget"]
 # Every rank's code is reduced with MAX, so the larger code wins: a cancel seen on rank 0 beats
@@ -139,6 +140,7 @@ class _Run:
         tokenizer_hash: str,
         device: str | None,
         bos_id: int | None,
+        infill_ids: MMMIds | None = None,
     ) -> None:
         self.cfg, self.hooks, self.tokenizer_hash = cfg, hooks, tokenizer_hash
         self.info = current_dist_info(device)
@@ -156,7 +158,9 @@ class _Run:
         self.num_params = raw_model.num_params()
         self.train_step = TrainStep(raw_model, cfg, self.device)
         self.batcher = Batcher(self.device)
-        self.batches = TrainBatches(self.splits["train"], cfg, self.info, self.batcher, bos_id)
+        self.batches = TrainBatches(
+            self.splits["train"], cfg, self.info, self.batcher, bos_id, infill_ids
+        )
         ckpt.seed_rngs(cfg.seed, self.info.rank)
         self.state = ckpt.TrainState()
         self.resumed_from: int | None = None
@@ -362,6 +366,7 @@ def train(
     init_from: bytes | None = None,
     device: str | None = None,
     bos_id: int | None = None,
+    infill_ids: MMMIds | None = None,
 ) -> TrainResult:
     """Train (or resume training) one model; return how it ended.
 
@@ -370,10 +375,18 @@ def train(
     the run continues from it exactly (weights, optimizer, schedule, scaler, RNG, data
     position); otherwise `init_from` (any checkpoint payload, weights only) seeds a fine-tune.
     Under torchrun (a process group already initialised) this is one rank of a DDP run.
-    `bos_id` (the corpus tokenizer's) is needed only with `cfg.window_grid`.
+    `bos_id` (the corpus tokenizer's) is needed only with `cfg.window_grid`, `infill_ids`
+    (its MMM structure tokens, `cadenza.tokenize.mmm.MMMIds`) only with `cfg.infill_fraction`.
     """
     run = _Run(
-        model_spec, data, cfg, hooks, tokenizer_hash=tokenizer_hash, device=device, bos_id=bos_id
+        model_spec,
+        data,
+        cfg,
+        hooks,
+        tokenizer_hash=tokenizer_hash,
+        device=device,
+        bos_id=bos_id,
+        infill_ids=infill_ids,
     )
     run.start(hooks.load_latest_checkpoint(), init_from)
     state = run.state

@@ -59,7 +59,9 @@ def create_model(
     """
     corpus = get_owned(session, Corpus, body.corpus_id, owner.id)
     tokenizer = (corpus.params.get("tokenizer_spec") or {}).get("name")
-    config, train = resolve_model(body, tokenizer=tokenizer)
+    config, train = resolve_model(
+        body, tokenizer=tokenizer, tokenizer_spec=corpus.params.get("tokenizer_spec")
+    )
     if body.init_checkpoint_id:
         ckpt = session.get(Checkpoint, body.init_checkpoint_id)
         parent = session.get(Model, ckpt.model_id) if ckpt else None
