@@ -200,6 +200,11 @@ class ModelOut(Out):
     created_at: datetime
     checkpoints: list[CheckpointOut] = []
     metrics: list[MetricOut] = []
+    capabilities: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the model can do: `modes` (continue, and infill and accompany for "
+        "a model trained to edit on a `multitrack` corpus)",
+    )
 
 
 # -- samples -------------------------------------------------------------------------------
