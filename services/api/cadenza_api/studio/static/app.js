@@ -279,8 +279,8 @@ async function datasetPage(main, signal, id) {
     "div",
     { class: "drop", "data-testid": "dropzone" },
     h("p", {}, "Drop MIDI, audio or zip files here, or "),
-    h("label", { for: "upload-input", class: "button", text: "Choose files to upload" }),
     input,
+    h("label", { for: "upload-input", class: "button", text: "Choose files to upload" }),
   );
   const refresh = async () => {
     const { files } = await api.get(`/v1/datasets/${id}/files`, { signal });
@@ -672,13 +672,16 @@ function ancestorLink(x) {
   return b;
 }
 
-function sampleCard(sample, signal, onContinue) {
+function sampleCard(sample, signal, onContinue, canContinue) {
   const title = `Variation ${sample.index + 1} · ${short(sample.id)}`;
   const roll = rollCanvas(560, 120);
   const lineage = h("p", { class: "lineage" });
   // The buttons' names are short; the card (an article named by its title) gives the context.
   const download = h("button", { type: "button", text: "Download MIDI" });
-  const cont = h("button", { type: "button", text: "Continue this one" });
+  const cont = h("button", { type: "button", text: "Continue this one", disabled: !canContinue });
+  const contHint = canContinue
+    ? null
+    : h("small", { class: "hint", text: "This server cannot continue a sample yet (its sample request has no primer_sample_id)." });
   const card = h(
     "article",
     { class: "card sample", "data-sample-id": sample.id, "aria-label": title },
@@ -688,7 +691,7 @@ function sampleCard(sample, signal, onContinue) {
     audioPlayer(`/v1/samples/${sample.id}/audio`, `Play ${title}`, signal),
     roll,
     metricsTable(sample),
-    h("div", { class: "row" }, download, cont),
+    h("div", { class: "row" }, download, cont, contHint),
   );
   loadRoll(roll, `/v1/samples/${sample.id}/midi`, signal);
   download.addEventListener("click", () =>
@@ -727,6 +730,7 @@ async function samplesPage(main, signal, modelId) {
     return;
   }
   const model = models.find((m) => m.id === modelId) || models[0];
+  const canContinue = await api.supports("SampleRequest", "primer_sample_id");
   const datasets = await api.get("/v1/datasets", { signal });
   const midiFiles = (
     await Promise.all(datasets.slice(0, 20).map((d) => api.get(`/v1/datasets/${d.id}/files?kind=midi&limit=200`, { signal }).then((r) => r.files.map((f) => [f.id, `${d.name} / ${f.name}`]))))
@@ -784,7 +788,7 @@ async function samplesPage(main, signal, modelId) {
   };
   const showSamples = async (focusId) => {
     const { samples } = await api.get(`/v1/models/${model.id}/samples?limit=12`, { signal });
-    list.replaceChildren(...(samples.length ? samples.map((x) => sampleCard(x, signal, onContinue)) : [h("p", { text: "No samples yet." })]));
+    list.replaceChildren(...(samples.length ? samples.map((x) => sampleCard(x, signal, onContinue, canContinue)) : [h("p", { text: "No samples yet." })]));
     if (focusId) document.getElementById(`sample-${focusId}`)?.scrollIntoView({ block: "nearest" });
   };
   form.addEventListener("submit", (e) => {
