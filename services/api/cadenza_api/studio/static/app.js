@@ -788,6 +788,10 @@ async function samplesPage(main, signal, modelId) {
   };
   const showSamples = async (focusId) => {
     const { samples } = await api.get(`/v1/models/${model.id}/samples?limit=12`, { signal });
+    // Newest job first (the API's order), and a job's variations in their own order.
+    const jobOrder = new Map();
+    for (const x of samples) if (!jobOrder.has(x.job_id)) jobOrder.set(x.job_id, jobOrder.size);
+    samples.sort((a, b) => jobOrder.get(a.job_id) - jobOrder.get(b.job_id) || a.index - b.index);
     list.replaceChildren(...(samples.length ? samples.map((x) => sampleCard(x, signal, onContinue, canContinue)) : [h("p", { text: "No samples yet." })]));
     if (focusId) document.getElementById(`sample-${focusId}`)?.scrollIntoView({ block: "nearest" });
   };
@@ -946,6 +950,8 @@ async function route() {
     await Promise.race([done, api.sleep(50)]);
     await Promise.race([done, new Promise((r) => requestAnimationFrame(() => r()))]);
     main.dataset.ready = "true";
+    // For bench/studio.py: when this page was first drawn from the API's answers.
+    performance.mark(`studio-ready:${page}`);
     await done;
   } catch (err) {
     if (err.name === "AbortError" || signal.aborted) return;
