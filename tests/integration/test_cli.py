@@ -99,6 +99,41 @@ def test_cli_dataset_to_sample_audio_and_picture(
     for mid in mids:
         assert symusic.Score(str(mid)).note_num() > 0
 
+    # MIDI in, MIDI out: one command, the continuation written beside the input (or -o).
+    cont = tmp_path / "cont.mid"
+    printed = cli(
+        stack,
+        "continue",
+        model_id,
+        str(chorales[3]),
+        "--primer-bars",
+        "1",
+        "--max-new-tokens",
+        "24",
+        "--seed",
+        "3",
+        "-o",
+        str(cont),
+    ).stdout.split()
+    assert printed == [str(cont)] and symusic.Score(str(cont)).note_num() > 0
+    # Past --wait the job is followed; with -n 2 both MIDI files land in a folder.
+    folder = tmp_path / "continued"
+    printed = cli(
+        stack,
+        "continue",
+        model_id,
+        str(chorales[3]),
+        "-n",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--wait",
+        "0",
+        "-o",
+        str(folder),
+    ).stdout.split()
+    assert sorted(printed) == sorted(map(str, folder.glob("*.mid"))) and len(printed) == 2
+
     sample_id = mids[0].stem
     wav = tmp_path / "s.wav"
     cli(stack, "play", sample_id, "--format", "wav", "-o", str(wav))

@@ -6,6 +6,7 @@ errors and nothing stored for a rejected file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 import zipfile
@@ -172,6 +173,40 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     # Same seed, same request: the same music.
     again = finished(client, client.sample(model["id"], **request))
     assert [client.http.get(f"/v1/samples/{s}/midi").content for s in again["sample_ids"]] == midis
+
+    # MIDI in, MIDI out: the file is the body, the options are query parameters, and the
+    # continuation comes back as MIDI (stored as a sample like any other).
+    url = f"/v1/models/{model['id']}/continue"
+    song = chorales[0].read_bytes()
+    midi_body = {"content": song, "headers": {"Content-Type": "audio/midi"}, "timeout": 300}
+    query = {"primer_bars": 2, "max_new_tokens": 32, "seed": 7, "wait": 240}
+    r = client.http.post(url, params=query, **midi_body)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/midi", r.text
+    assert primer <= primer_pitches(symusic.Score.from_midi(r.content), bars=2)
+    made = client.get(f"/v1/samples/{r.headers['x-cadenza-sample-ids']}")
+    assert client.http.get(f"/v1/samples/{made['id']}/midi").content == r.content
+    kept = client.get(f"/v1/files/{made['params']['primer_file_id']}")
+    assert kept["sha256"] == hashlib.sha256(song).hexdigest()  # in the midi-requests dataset
+    assert client.get(f"/v1/datasets/{kept['dataset_id']}")["name"] == "midi-requests"
+    # Not done within `wait`: 202 with the job, whose samples are there once it ends.
+    r = client.http.post(url, params={**query, "n": 2, "wait": 0}, **midi_body)
+    assert r.status_code == 202 and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    assert len(finished(client, r.json())["sample_ids"]) == 2
+    r = client.http.post(url, params={**query, "n": 2}, **midi_body)  # n > 1: a zip of MIDI
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert len(zf.namelist()) == 2 and all(n.endswith(".mid") for n in zf.namelist())
+    for bad_query, body, status, says in [
+        ({"top_p": 7}, song, 422, "top_p"),
+        ({"primer_file_id": files[1]["id"]}, song, 422, "the request body is the primer"),
+        ({"no_such_option": 1}, song, 422, "no_such_option"),
+        ({}, b"RIFF not a midi file at all", 415, "not a Standard MIDI File"),
+        ({}, b"MThd\x00\x00\x00\x06broken", 422, "MIDI"),
+    ]:
+        r = client.http.post(url, params=bad_query, content=body, headers=midi_body["headers"])
+        assert r.status_code == status and says in r.json()["error"]["message"], r.text
+    r = client.http.post(url, content=song, headers={"Content-Type": "application/json"})
+    assert r.status_code == 415 and "audio/midi" in r.json()["error"]["message"]
 
     # A music-length limit stops generation early and cuts the output at that bar.
     short = finished(

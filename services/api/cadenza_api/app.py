@@ -22,6 +22,7 @@ from cadenza_api.routers import (
     jobs,
     keys,
     limits,
+    midi_io,
     models,
     samples,
 )
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     # Starlette tries routes in order and their paths are disjoint: jobs first, since polling a
     # job is what clients do most (each router passed over costs a GET its matching).
-    for module in (jobs, health, datasets, files, corpora, models, samples):
+    for module in (jobs, health, datasets, files, corpora, models, midi_io, samples):
         app.include_router(module.router)
     for router in (*keys.routers, *limits.routers):
         app.include_router(router)
