@@ -188,19 +188,3 @@ export async function bytes(path, signal) {
   return new Uint8Array(await res.arrayBuffer());
 }
 
-let schemas = null;
-
-/**
- * Whether this server's API has a field in a request schema (read once from /openapi.json),
- * so the studio offers only what the server it talks to can do.
- */
-export async function supports(schema, field) {
-  if (!schemas) {
-    schemas = fetch("/openapi.json")
-      .then((r) => (r.ok ? r.json() : {}))
-      .then((doc) => (doc.components && doc.components.schemas) || {})
-      .catch(() => ({}));
-  }
-  const found = (await schemas)[schema];
-  return Boolean(found && found.properties && field in found.properties);
-}

@@ -672,16 +672,13 @@ function ancestorLink(x) {
   return b;
 }
 
-function sampleCard(sample, signal, onContinue, canContinue) {
+function sampleCard(sample, signal, onContinue) {
   const title = `Variation ${sample.index + 1} · ${short(sample.id)}`;
   const roll = rollCanvas(560, 120);
   const lineage = h("p", { class: "lineage" });
   // The buttons' names are short; the card (an article named by its title) gives the context.
   const download = h("button", { type: "button", text: "Download MIDI" });
-  const cont = h("button", { type: "button", text: "Continue this one", disabled: !canContinue });
-  const contHint = canContinue
-    ? null
-    : h("small", { class: "hint", text: "This server cannot continue a sample yet (its sample request has no primer_sample_id)." });
+  const cont = h("button", { type: "button", text: "Continue this one" });
   const card = h(
     "article",
     { class: "card sample", "data-sample-id": sample.id, "aria-label": title },
@@ -691,7 +688,7 @@ function sampleCard(sample, signal, onContinue, canContinue) {
     audioPlayer(`/v1/samples/${sample.id}/audio`, `Play ${title}`, signal),
     roll,
     metricsTable(sample),
-    h("div", { class: "row" }, download, cont, contHint),
+    h("div", { class: "row" }, download, cont),
   );
   loadRoll(roll, `/v1/samples/${sample.id}/midi`, signal);
   download.addEventListener("click", () =>
@@ -708,10 +705,12 @@ function sampleCard(sample, signal, onContinue, canContinue) {
   if (sample.parent_sample_id) {
     api
       .get(`/v1/samples/${sample.id}/lineage`, { signal })
-      .then((ancestors) => {
-        const chain = lineageChain(ancestors.samples || ancestors, sample);
+      .then((answer) => {
+        // The answer lists the ancestors oldest first, then the sample itself.
+        const chain = lineageChain(answer.samples, sample);
         lineage.replaceChildren(
           h("span", { text: "Lineage: " }),
+          answer.truncated ? "… → " : "",
           ...chain.flatMap((x, i) => [i ? " → " : "", x.id === sample.id ? h("strong", { text: short(x.id) }) : ancestorLink(x)]),
         );
       })
@@ -730,7 +729,6 @@ async function samplesPage(main, signal, modelId) {
     return;
   }
   const model = models.find((m) => m.id === modelId) || models[0];
-  const canContinue = await api.supports("SampleRequest", "primer_sample_id");
   const datasets = await api.get("/v1/datasets", { signal });
   const midiFiles = (
     await Promise.all(datasets.slice(0, 20).map((d) => api.get(`/v1/datasets/${d.id}/files?kind=midi&limit=200`, { signal }).then((r) => r.files.map((f) => [f.id, `${d.name} / ${f.name}`]))))
@@ -792,7 +790,7 @@ async function samplesPage(main, signal, modelId) {
     const jobOrder = new Map();
     for (const x of samples) if (!jobOrder.has(x.job_id)) jobOrder.set(x.job_id, jobOrder.size);
     samples.sort((a, b) => jobOrder.get(a.job_id) - jobOrder.get(b.job_id) || a.index - b.index);
-    list.replaceChildren(...(samples.length ? samples.map((x) => sampleCard(x, signal, onContinue, canContinue)) : [h("p", { text: "No samples yet." })]));
+    list.replaceChildren(...(samples.length ? samples.map((x) => sampleCard(x, signal, onContinue)) : [h("p", { text: "No samples yet." })]));
     if (focusId) document.getElementById(`sample-${focusId}`)?.scrollIntoView({ block: "nearest" });
   };
   form.addEventListener("submit", (e) => {
