@@ -277,6 +277,7 @@ def test_the_studio_story(studio: Studio, embedded_stack: Stack, chorales: list[
     # The parent's name in the lineage takes the keyboard to the parent's card.
     children.first.get_by_role("button", name=f"Show ancestor {parent[:8]}").click()
     expect(page.locator(f"article[data-sample-id='{parent}'] button").first).to_be_focused()
+    children.first.scroll_into_view_if_needed()
     studio.check("samples", phone=True)
 
     # --- jobs: a long job, cancelled from the list ------------------------------------------
