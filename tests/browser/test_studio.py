@@ -112,8 +112,10 @@ def test_the_studio_story(studio: Studio, embedded_stack: Stack, chorales: list[
     key_field = page.get_by_label("API key", exact=True)
     expect(key_field).to_be_visible()
     studio.check("signin")
-    key_field.fill(embedded_stack.api_key)
-    page.get_by_role("button", name="Sign in").click()
+    # By keyboard: the field has focus when the page opens; Enter submits.
+    expect(key_field).to_be_focused()
+    page.keyboard.type(embedded_stack.api_key)
+    page.keyboard.press("Enter")
     expect(page.locator("#who")).to_contain_text("Signed in as alice")
     assert page.evaluate("sessionStorage.getItem('cadenza.apiKey')") == embedded_stack.api_key
 
@@ -192,6 +194,15 @@ def test_the_studio_story(studio: Studio, embedded_stack: Stack, chorales: list[
     page.get_by_role("button", name="Start audio job").click()
     expect(page.locator("main")).to_contain_text("from tone.wav", timeout=LONG)
     studio.check("audio")
+    # The new file is in the dataset, naming its source; delete it from there.
+    studio.go(f"#/datasets/{ds_id}")
+    converted = rows.filter(has=page.locator(".hint", has_text="from tone.wav"))
+    expect(converted).to_have_count(1)
+    expect(rows).to_have_count(6)
+    page.once("dialog", lambda d: d.accept())
+    converted.get_by_role("button", name=re.compile("^Delete ")).click()
+    expect(rows).to_have_count(5)
+    assert len(api.get(f"/v1/datasets/{ds_id}/files").json()["files"]) == 5
 
     studio.go("#/datasets")
     expect(page.get_by_role("link", name="studio chorales")).to_be_visible()

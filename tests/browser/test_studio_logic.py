@@ -246,3 +246,29 @@ def test_metric_rows_lineage_and_durations(page: Page) -> None:
     assert js(
         page, "return [L.formatDuration(65.2), L.formatDuration(null), L.formatDuration(5)];"
     ) == ["1:05", "", "0:05"]
+
+
+def test_error_answers_become_messages_naming_the_fields(page: Page) -> None:
+    body = {
+        "error": {
+            "code": "invalid_request",
+            "message": "the request is invalid",
+            "details": [{"field": "train.seq_len", "message": "must be at least 8"}],
+        }
+    }
+    out = page.evaluate(
+        """async (body) => {
+            const api = await import('/api.js');
+            const e = api.errorFrom(422, body);
+            const bare = api.errorFrom(502, null);
+            return [e.status, e.code, e.message, bare.code, bare.message];
+        }""",
+        body,
+    )
+    assert out == [
+        422,
+        "invalid_request",
+        "the request is invalid: train.seq_len: must be at least 8",
+        "http_502",
+        "the server answered 502",
+    ]
