@@ -1,7 +1,7 @@
 """A headless Chromium for the studio's tests (Debian's package: Playwright cannot download one).
 
-Every test here is skipped, saying why, only when /usr/bin/chromium is missing; `make setup`
-installs it with apt-get, so CI runs them.
+Every test here needs the `browser` fixture, which skips the test, saying why, only when
+/usr/bin/chromium is missing; `make setup` installs it with apt-get, so CI runs them.
 """
 
 from __future__ import annotations
@@ -12,23 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 STATIC = Path(__file__).parents[2] / "services/api/cadenza_api/studio/static"
-# axe-core as shipped inside the axe-playwright-python wheel: nothing is fetched at run time.
-AXE_JS = "axe_playwright_python/axe.min.js"
-
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is not installed (run `make setup`, which apt-installs chromium)",
-        allow_module_level=True,
-    )
-
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (run `make setup`, which apt-installs chromium)")
     with sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -55,7 +48,10 @@ class Console:
 
 
 def axe_violations(page: Page, *, impacts: tuple[str, ...] = ("serious", "critical")) -> list[Any]:
-    """axe-core's violations of these impacts on the page as it is now."""
+    """axe-core's violations of these impacts on the page as it is now.
+
+    axe-core is the copy inside the axe-playwright-python wheel: nothing is fetched at run time.
+    """
     import importlib.util
 
     spec = importlib.util.find_spec("axe_playwright_python")
