@@ -331,7 +331,7 @@ async function datasetPage(main, signal, id) {
     upload([...e.dataTransfer.files]);
   });
   const delDs = h("button", { type: "button", class: "danger", text: "Delete dataset" });
-  const head = h("div", { class: "row" }, h("p", { text: ds.description || "" }), delDs);
+  const head = h("div", { class: "row" }, ds.description ? h("p", { text: ds.description }) : null, delDs);
   delDs.addEventListener("click", () =>
     busy(delDs, head, async () => {
       if (!confirm(`Delete dataset ${ds.name} and its files?`)) return;
