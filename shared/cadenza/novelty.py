@@ -220,15 +220,26 @@ def sequences(ids: NDArray[np.int32], bos_id: int, eos_id: int) -> list[NDArray[
 
 
 def build_index(tokenizer: Tokenizer, train_ids: NDArray[np.int32]) -> NoveltyIndex:
-    """The index of a training array: each piece decoded by ``tokenizer``, its n-grams hashed.
+    """The index of a training array: each piece's :func:`piece_hashes`, distinct and sorted.
 
     Memory: the array (a memmap works), one decoded piece, and 8 bytes per n-gram.
     """
-    parts: list[NDArray[np.uint64]] = []
     pieces = sequences(train_ids, tokenizer.bos_id, tokenizer.eos_id)
-    for piece in pieces:
-        parts.append(score_hashes(tokenizer.decode(piece.tolist())))
+    parts = [piece_hashes(tokenizer, piece) for piece in pieces]
     return NoveltyIndex.from_hashes(parts, len(pieces))
+
+
+def piece_hashes(tokenizer: Tokenizer, ids: NDArray[np.int32]) -> NDArray[np.uint64]:
+    """The n-gram hashes of one training piece's ids, decoded as a sample is.
+
+    The decoded score goes through MIDI bytes and back, as a sample does before it is checked:
+    MIDI cannot hold two overlapping notes of one pitch on one channel, so the round trip is
+    what makes a copied piece's notes equal the training piece's notes.
+    """
+    from symusic.core import ScoreTick
+
+    midi = tokenizer.decode(ids.tolist()).dumps_midi()
+    return score_hashes(ScoreTick.from_midi(midi))
 
 
 def index_key(corpus_prefix: str) -> str:
@@ -290,6 +301,7 @@ __all__ = [
     "load_or_build",
     "ngram_hashes",
     "note_grid",
+    "piece_hashes",
     "score_hashes",
     "sequences",
 ]
