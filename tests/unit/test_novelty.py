@@ -6,6 +6,7 @@ that memorised a training passage, so it copies.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,18 @@ def test_resample_keeps_the_least_copied_try_that_is_not_near_empty(
 
 
 @pytest.fixture(scope="module")
-def copying_model() -> tuple[Any, Any, list[int]]:
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (two threads on a busy 2-core machine: 30× slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def copying_model(one_thread: None) -> tuple[Any, Any, list[int]]:
     """A nano gpt that memorised the first 64 tokens of a chorale: greedy decoding copies."""
     import torch
     from symusic import Score
