@@ -62,6 +62,30 @@ def test_a_training_piece_is_copied_whole(corpus: Any, index: NoveltyIndex) -> N
         assert got["longest_copied_run"] == pitch.size  # every note, verbatim
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"preset": "midichar-sentencepiece"},
+        {"preset": "chord-duration-16th"},
+        {"tokenizer": "TSD", "bpe": {"vocab_size": 400}},
+    ],
+    ids=["midichar-bpe", "chord-duration", "tsd-bpe"],
+)
+def test_every_kind_of_tokenizer_finds_its_training_pieces(spec: dict[str, Any]) -> None:
+    """Own encodings and subword merges too: the index is of decoded notes, not of ids."""
+    build = build_corpus(bach_pairs(), resolve_spec(**spec), workers=1)
+    try:
+        index = build_index(build.tokenizer, build.splits["train"])
+        for midi in _pieces(build, "train"):
+            got = index.check_midi(midi)
+            assert got["copied_fraction"] == 1.0
+            assert got["longest_copied_run"] == got["ngrams"] + NGRAM - 1
+        for midi in _pieces(build, "val"):
+            assert index.check_midi(midi)["copied_fraction"] < 0.05
+    finally:
+        build.close()
+
+
 def test_held_out_and_shuffled_music_is_new(corpus: Any, index: NoveltyIndex) -> None:
     held_out = _pieces(corpus, "val") + _pieces(corpus, "test")
     for midi in held_out:  # other chorales: no 8-note passage in common
