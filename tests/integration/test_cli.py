@@ -156,6 +156,8 @@ def test_cli_errors_say_what_to_fix(stack: Stack, tmp_path: Path) -> None:
 
     bad = cli(stack, "sample", "nope", "--options", '{"temperature": -1}', ok=False)
     assert bad.returncode == 1 and "422" in bad.stderr and "temperature" in bad.stderr
+    bad = cli(stack, "sample", "nope", "--max-copied-fraction", "2", ok=False)
+    assert bad.returncode == 1 and "422" in bad.stderr and "max_copied_fraction" in bad.stderr
 
     bad = cli(stack, "models", "create", "nope", "--train", "{max_steps: 3}", ok=False)
     assert bad.returncode == 2 and "--train is not valid JSON" in bad.stderr

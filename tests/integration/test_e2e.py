@@ -20,19 +20,24 @@ import symusic
 
 from cadenza.client import ApiFailure, Client
 from cadenza.config import Settings
-from cadenza.storage import open_store
+from cadenza.novelty import COPY_RESAMPLES, INDEX_NAME, NGRAM
+from cadenza.storage import ObjectStore, open_store
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
 
 
-def store_keys(stack: Stack) -> set[str]:
+def stack_store(stack: Stack) -> ObjectStore:
     env = {
         k.removeprefix("CADENZA_").lower(): v
         for k, v in stack.env.items()
         if k.startswith("CADENZA_")
     }
-    return {o.key for o in open_store(Settings(**env)).list("")}
+    return open_store(Settings(**env))
+
+
+def store_keys(stack: Stack) -> set[str]:
+    return {o.key for o in stack_store(stack).list("")}
 
 
 def finished(client: Client, job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
@@ -127,6 +132,11 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     first = client.get(f"/v1/samples/{job['sample_ids'][0]}")
     entropy = first["meta"]["metrics"]["pitch_class_entropy"]
     assert entropy["sample"] > 0 and entropy["corpus_mean"] > 0  # shown next to the corpus
+    # The copy check: how much of each sample is in the training split (cadenza.novelty).
+    novelty = first["meta"]["novelty"]
+    assert novelty["ngram"] == NGRAM and 0 <= novelty["copied_fraction"] <= 1
+    assert novelty["longest_copied_run"] in (0, *range(NGRAM, 10_000))
+    assert corpus["stats"]["novelty_index"]["ngrams"] > 0
     midis = []
     for sid in job["sample_ids"]:
         data = client.http.get(f"/v1/samples/{sid}/midi").content
@@ -169,6 +179,19 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     with pytest.raises(ApiFailure) as e:
         client.sample(model["id"], primer_tokens=[1, 2, 3], primer_tokenizer_hash="0" * 64)
     assert e.value.status == 409 and e.value.code == "tokenizer_mismatch"
+
+    # A corpus made before the copy check gets its index on its first sample job; a limit
+    # re-samples a copying variation a bounded number of times and says if it stayed over.
+    [index_key] = [k for k in store_keys(stack) if k.endswith(INDEX_NAME)]
+    stack_store(stack).delete(index_key)
+    capped = finished(
+        client, client.sample(model["id"], max_copied_fraction=0.0, max_new_tokens=64, seed=8)
+    )
+    got = client.get(f"/v1/samples/{capped['sample_id']}")["meta"]["novelty"]
+    assert got["max_copied_fraction"] == 0.0 and got["over_limit"] == (got["copied_fraction"] > 0)
+    if got["over_limit"]:
+        assert got["resampled"] == COPY_RESAMPLES
+    assert index_key in store_keys(stack)
 
     # Same seed, same request: the same music.
     again = finished(client, client.sample(model["id"], **request))

@@ -12,7 +12,7 @@ from cadenza import __version__
 from cadenza.config import Settings, get_settings
 from cadenza.db.repo import KeyCache, KeyEpoch
 from cadenza.storage import open_store
-from cadenza_api import errors, openapi
+from cadenza_api import errors, openapi, studio
 from cadenza_api.deps import Database
 from cadenza_api.routers import (
     corpora,
@@ -96,4 +96,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     for router in (*keys.routers, *limits.routers):
         app.include_router(router)
+    studio.install(app)
     return app

@@ -216,6 +216,13 @@ def sample(
     seed: int | None = None,
     primer_seconds: float | None = None,
     max_bars: int | None = None,
+    max_copied_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="copy check: re-sample a variation whose share of 8-note n-grams found in the "
+            "training data is above this (0..1); the sample's meta.novelty says how it went"
+        ),
+    ] = None,
     options: Annotated[
         str,
         typer.Option(
@@ -281,6 +288,11 @@ def sample(
             "primer_seconds": primer_seconds,
             "max_bars": max_bars,
             **edit,
+            **(
+                {"max_copied_fraction": max_copied_fraction}
+                if max_copied_fraction is not None
+                else {}
+            ),
             **_json_option("options", options),
         }
         job = follow(c, c.sample(model_id, **opts), "sample")

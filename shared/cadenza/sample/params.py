@@ -120,6 +120,14 @@ class SampleRequest(SamplingOptions, EditFields):
     resample_empty: int = Field(
         default=2, ge=0, le=8, description="re-sample a near-empty variation up to this many times"
     )
+    max_copied_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="copy check: re-sample (at most 3 more times) a variation whose share of "
+        "8-note n-grams found in the training data is above this; meta.novelty.over_limit says "
+        "if none got below it. null = report only",
+    )
 
     @model_validator(mode="after")
     def _one_primer(self) -> SampleRequest:

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
 from cadenza.config import Settings
@@ -160,8 +161,8 @@ def sampling_options(
         ) from None
 
 
-async def _read_midi_body(request: Request, limit: int) -> tempfile.SpooledTemporaryFile[bytes]:
-    """The body, spooled (memory, then disk), with its size checked as it arrives (413)."""
+async def _read_midi_body(request: Request, limit: int) -> Incoming:
+    """The body, spooled (memory, then disk), hashed and size-checked as it arrives (413)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind and kind not in MIDI_BODY_TYPES:
         raise ApiError(
@@ -172,8 +173,10 @@ async def _read_midi_body(request: Request, limit: int) -> tempfile.SpooledTempo
         )
     body = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115 (the caller closes it)
     size = 0
+    digest = sha256()
     async for chunk in request.stream():
         size += len(chunk)
+        digest.update(chunk)
         if size > limit:
             body.close()
             raise ApiError(
@@ -183,7 +186,7 @@ async def _read_midi_body(request: Request, limit: int) -> tempfile.SpooledTempo
     if size == 0:
         body.close()
         raise ApiError(400, "empty_body", "the request has no body: send a MIDI file")
-    return body
+    return Incoming("request.mid", body, size, digest.hexdigest())
 
 
 def _requests_dataset(session: Session, owner_id: str) -> str:
@@ -274,16 +277,9 @@ async def answer_midi(
         return ckpt.id
 
     checkpoint_id = await anyio.to_thread.run_sync(_check_model, session)
-    body = await _read_midi_body(request, settings.max_midi_bytes)
-    body.seek(0)
-    digest = sha256()
-    size = 0
-    while chunk := body.read(1 << 16):
-        digest.update(chunk)
-        size += len(chunk)
-    items = [Incoming("request.mid", body, size, digest.hexdigest())]
+    incoming = await _read_midi_body(request, settings.max_midi_bytes)
     try:
-        if not sniff_midi(items[0].head(64)):
+        if not sniff_midi(incoming.head(64)):
             raise ApiError(
                 415,
                 "not_midi",
@@ -294,7 +290,7 @@ async def answer_midi(
         limits = MidiLimits(max_bytes=settings.max_midi_bytes)
         try:
             checked = [
-                await anyio.to_thread.run_sync(lambda: check_file(items[0], midi_limits=limits))
+                await anyio.to_thread.run_sync(lambda: check_file(incoming, midi_limits=limits))
             ]
         except Rejected as exc:
             raise ApiError(exc.status, exc.code, exc.message) from exc
@@ -330,8 +326,8 @@ async def answer_midi(
 
         job = await anyio.to_thread.run_sync(_queue, session)
     finally:
-        body.close()
-    return AwaitedSample(request.app.state.db, store, job.id, wait)
+        incoming.body.close()
+    return AwaitedSample(request.app.state, job.id, wait)
 
 
 def _ints(name: str, value: str) -> list[int]:
@@ -501,9 +497,11 @@ class AwaitedSample(Response):
     """The answer of a MIDI request: made when the job ends or the wait is over, whichever
     comes first (or nothing, when the client hangs up meanwhile)."""
 
-    def __init__(self, db: Database, store: ObjectStore, job_id: str, wait_s: float) -> None:
+    def __init__(self, app_state: State, job_id: str, wait_s: float) -> None:
         super().__init__(status_code=202)
-        self.db, self.store, self.job_id, self.wait_s = db, store, job_id, wait_s
+        self.db: Database = app_state.db
+        self.store: ObjectStore = app_state.store
+        self.job_id, self.wait_s = job_id, wait_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         answer: Response | None = None

@@ -21,6 +21,7 @@ from cadenza.storage import job_key, sha256_of
 
 if TYPE_CHECKING:
     from cadenza.models.base import CadenzaModel
+    from cadenza.novelty import NoveltyIndex
     from cadenza.sample.variations import Variation
     from cadenza.tokenize.base import Tokenizer
 
@@ -68,7 +69,8 @@ def run(ctx: JobContext) -> Outcome:
         gen = _Generation(source, edited, cancelled)
     else:
         prompt = _prompt(ctx, p, tokenizer, rows.primer)
-        gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats)
+        index = _novelty_index(ctx, rows.corpus, tokenizer)
+        gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats, index)
     stored = [_store_variation(ctx, gen, v) for v in gen.variations]
     ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)
 
@@ -99,6 +101,7 @@ def run(ctx: JobContext) -> Outcome:
                     "metrics": o["metrics"],
                     "sha256": o["sha256"],
                     "render_errors": o["render_errors"],
+                    "novelty": o["novelty"],
                 },
             )
             s.add(sample)
@@ -192,6 +195,16 @@ def _prompt(
     return prompt
 
 
+def _novelty_index(ctx: JobContext, corpus: Corpus, tokenizer: Tokenizer) -> NoveltyIndex:
+    """The corpus's copy-check index; a corpus built before the check gets it now, once
+    (written through the job's fenced store, under the corpus prefix: see `cadenza.novelty`)."""
+    from cadenza.novelty import index_key, load_or_build
+
+    if not ctx.store.exists(index_key(corpus.object_prefix)):
+        ctx.progress(0.0, "indexing the training notes for the copy check (once)", force=True)
+    return load_or_build(ctx.store, corpus.object_prefix, tokenizer)
+
+
 def _generate(
     ctx: JobContext,
     p: SampleParams,
@@ -200,6 +213,7 @@ def _generate(
     tokenizer: Tokenizer,
     prompt: list[int],
     corpus_stats: dict[str, Any],
+    novelty_index: NoveltyIndex | None = None,
 ) -> _Generation:
     """Sample `p.n` rows in one batch; stops early on cancel or when every row is long enough.
 
@@ -259,6 +273,8 @@ def _generate(
         on_token=on_token,
         device=device,
         should_stop=lambda: gen.cancelled,
+        novelty_index=novelty_index,
+        max_copied_fraction=p.max_copied_fraction,
     )
     return gen
 
@@ -285,6 +301,7 @@ def _store_variation(ctx: JobContext, gen: _Generation, v: Variation) -> dict[st
         "metrics": v.metrics,
         "sha256": sha,
         "render_errors": render_errors,
+        "novelty": v.novelty,
     }
 
 
