@@ -228,3 +228,33 @@ def test_infill_fraction_defaults_by_corpus() -> None:
     bad = ModelRequest(corpus_id="c", preset="tiny", train={"infill_fraction": 0.3})
     with pytest.raises(InvalidParams, match="multitrack"):
         resolve_model(bad, tokenizer="REMI", tokenizer_spec=remi)
+
+
+def test_layout_examples_look_like_sampling_prompts(
+    files: list[tuple[str, bytes]], tok: Tokenizer, ids: mmm.MMMIds
+) -> None:
+    t = ids
+    rng = np.random.default_rng(3)
+    seen_whole = seen_bars = 0
+    for _, data in files:
+        tracks = mmm.parse_tracks(tok.encode(_score(data)), t)
+        for _ in range(20):
+            ex = mmm.layout_example(tracks, t, rng, 384)
+            assert ex is not None and len(ex) <= 384
+            holes = ex.count(t.fill_bar)
+            assert holes == ex.count(t.fill_start) == ex.count(t.fill_end) > 0
+            # every track is shown over the same bars, and the fills put back give the piece
+            body = ex[1:] if ex[0] == t.bos else ex
+            assert body.count(t.track_start) == len(tracks)
+            refilled = mmm.parse_tracks(_refill(body, t), t)
+            shown = [len(tr.bars) for tr in refilled]
+            assert len(set(shown)) == 1
+            first = 0 if ex[0] == t.bos else None
+            for orig, back in zip(tracks, refilled, strict=True):
+                assert back.head == orig.head
+                if first == 0:
+                    assert back.bars[: len(orig.bars)] == orig.bars[: len(back.bars)]
+            seen_whole += holes > mmm.MAX_CUT_BARS
+            seen_bars += holes <= mmm.MAX_CUT_BARS
+    assert seen_whole and seen_bars
+    assert mmm.layout_example(tracks, t, rng, 8) is None  # nothing fits

@@ -5,10 +5,11 @@ A piece in MidiTok's MMM encoding (REMI underneath) is one stream of tracks, eac
 *body* (positions, pitches, velocities, durations, a time signature) runs to the next ``Bar``
 or ``Track_End``. That structure is visible in the ids alone, so editing needs no MidiTok:
 
-* **training** (:func:`infill_example`): some bar bodies of a window (a run of bars of one
-  track, or a whole track) are replaced by one ``Infill_Bar`` placeholder each and appended
-  at the end, each between ``FillBar_Start`` and ``FillBar_End`` (the bar-fill scheme of the
-  Multi-Track Music Machine), so the model learns to write a bar from both sides;
+* **training** (:func:`layout_example`, or :func:`infill_example` inside a window when a
+  piece is too wide): some bar bodies (a run of bars of one track, or all its bars in view)
+  are replaced by one ``Infill_Bar`` placeholder each and appended at the end, each between
+  ``FillBar_Start`` and ``FillBar_End`` (the bar-fill scheme of the Multi-Track Music
+  Machine), so the model learns to write a bar from both sides and from the other tracks;
 * **sampling** (:mod:`cadenza.sample.edit`): the same layout is built for a region of a real
   piece (:func:`layout`), the model writes each fill until ``FillBar_End``, and
   :func:`fill_body` cleans each before it goes back in its bar.
@@ -290,6 +291,59 @@ def infill_example(
     return np.asarray(out[drop:], dtype=w.dtype)
 
 
+def layout_example(
+    tracks: Sequence[Track], t: MMMIds, rng: np.random.Generator, length: int
+) -> list[int] | None:
+    """A fill-in-the-middle example laid out as sampling lays out its prompts: a range of
+    bars of every track of one piece, with holes, then the holes' bars between fill markers.
+
+    The holes are (chance ``TRACK_CUT_CHANCE``) every bar of the range in one track, or a
+    run of 1..``MAX_CUT_BARS`` bars of one track; the range grows from the holes' bars, one
+    bar at a time on a random side, while the example fits ``length`` ids (a run that does
+    not fit is shortened first). BOS leads when the range starts at the piece's first bar.
+    None when not even one bar of every track fits.
+    """
+    count = n_bars(tracks)
+    bodies = [tr for tr in tracks if tr.bars]
+    if count == 0 or not bodies:
+        return None
+    k = int(rng.integers(len(tracks)))
+    if not tracks[k].bars:
+        return None
+    own = len(tracks[k].bars)
+    run = int(rng.integers(1, MAX_CUT_BARS + 1))
+    first = int(rng.integers(0, max(1, own - run + 1)))
+    bars = list(range(first, min(own, first + run)))
+    whole = rng.random() < TRACK_CUT_CHANCE
+
+    def build(lo: int, hi: int) -> list[int]:
+        cut = range(lo, hi) if whole else bars
+        holes = [(k, b) for b in cut]
+        head = [t.bos] if lo == 0 else []
+        out = head + layout(tracks, t, holes, bars=range(lo, hi))
+        for _, b in holes:
+            body = tracks[k].bars[b] if b < own else []
+            out += [t.fill_start, *body, t.fill_end]
+        return out
+
+    lo, hi = bars[0], bars[-1] + 1
+    best = build(lo, hi)
+    while len(best) > length and hi - lo > 1:  # fewer bars, down to one, until it fits
+        hi -= 1
+        bars = bars[: hi - lo]
+        best = build(lo, hi)
+    if len(best) > length:
+        return None
+    while lo > 0 or hi < count:
+        left = lo > 0 and (hi >= count or rng.random() < 0.5)
+        trial = build(lo - 1, hi) if left else build(lo, hi + 1)
+        if len(trial) > length:
+            break
+        best = trial
+        lo, hi = (lo - 1, hi) if left else (lo, hi + 1)
+    return best
+
+
 __all__ = [
     "INFILL_SPECIALS",
     "MAX_CUT_BARS",
@@ -301,6 +355,7 @@ __all__ = [
     "hole_order",
     "infill_example",
     "layout",
+    "layout_example",
     "n_bars",
     "parse_tracks",
     "render",
