@@ -258,3 +258,13 @@ def test_layout_examples_look_like_sampling_prompts(
             seen_bars += holes <= mmm.MAX_CUT_BARS
     assert seen_whole and seen_bars
     assert mmm.layout_example(tracks, t, rng, 8) is None  # nothing fits
+
+
+def test_a_multitrack_primer_keeps_its_tracks(
+    files: list[tuple[str, bytes]], tok: Tokenizer
+) -> None:
+    from cadenza.tokenize import decode_to_midi, encode_primer
+
+    ids = encode_primer(tok, files[1][1], bars=2)
+    decoded = _score(decode_to_midi(tok, ids))
+    assert [int(t.program) for t in decoded.tracks] == list(PART_PROGRAMS[:4])
