@@ -86,8 +86,8 @@ def encode_primer(
     """
     # An MMM (multi-track) tokenizer keeps tracks apart, as its corpora do (the `multitrack`
     # preset's cleaning): a continuation then continues every instrument.
-    multitrack = {"merge_tracks": False, "drop_drums": False} if tok.name == "MMM" else {}
-    opts = clean or CleanOptions(**multitrack)
+    multitrack = tok.name == "MMM"
+    opts = clean or CleanOptions(merge_tracks=not multitrack, drop_drums=not multitrack)
     opts = CleanOptions(**{**opts.__dict__, "min_notes": min(opts.min_notes, 1)})
     score = load_score(midi_bytes)
     cleaned, report = clean_score(score, opts)
