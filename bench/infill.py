@@ -126,6 +126,7 @@ def train_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
         "train_s": round(train_s, 1),
         "val_loss": result.best_val_loss,
         "steps": result.steps,
+        "payload": saved["best"],
     }
     return model, tok, figures
 
@@ -161,7 +162,7 @@ def gap_nll(model: Any, tok: Any, pieces: list[bytes]) -> dict[str, Any]:
     t = E.mmm_ids(tok)
     infill: list[float] = []
     cont: list[float] = []
-    gaps = 0
+    gaps = skipped = 0
     for data in pieces:
         source = E.load_source(tok, data)
         for k in range(len(source.tracks)):
@@ -169,11 +170,14 @@ def gap_nll(model: Any, tok: Any, pieces: list[bytes]) -> dict[str, Any]:
             for b in range(1, len(track.bars) - 2, 2):
                 region = (b + 1, b + 2)
                 plan = E.plan_infill(source, region, [k])
-                budget = int(model.block_size) - 4
-                (chunk, ctx), *_ = E._plan(plan, budget)  # the bars sampling would show
                 truth = [track.bars[b], track.bars[b + 1]]
+                ctx = _context(source, t, plan.holes, truth, int(model.block_size) - 4)
+                if ctx is None:
+                    skipped += 1
+                    continue
+                lead = [t.bos] if ctx.start == 0 else []
                 # infill: the gap's placeholders, both sides, then each true bar as its fill
-                prompt = mmm.layout(source.tracks, t, plan.holes, bars=ctx)
+                prompt = lead + mmm.layout(source.tracks, t, plan.holes, bars=ctx)
                 got = _nll(
                     model,
                     prompt,
@@ -184,17 +188,44 @@ def gap_nll(model: Any, tok: Any, pieces: list[bytes]) -> dict[str, Any]:
                 # continuation: the same bars shown, up to the gap, then the true bars
                 full = mmm.layout(source.tracks, t, [], bars=ctx)
                 cut = mmm.layout(source.tracks, t, [(k, b), (k, b + 1)], bars=ctx)
-                upto = cut[: cut.index(t.fill_bar)]  # ... Bar token of the gap's first bar
-                assert full[: len(upto)] == upto
+                upto = lead + cut[: cut.index(t.fill_bar)]  # ... the gap's first Bar token
+                assert lead + full[: len(upto) - len(lead)] == upto
                 got = _nll(model, upto, truth, [[], [t.bar]])
                 cont += got
                 gaps += 1
     return {
         "gaps": gaps,
+        "skipped_too_wide": skipped,
         "tokens": len(infill),
         "infill_nll": round(float(np.mean(infill)), 4),
         "continuation_nll": round(float(np.mean(cont)), 4),
     }
+
+
+def _context(
+    source: Any, t: Any, holes: list[tuple[int, int]], truth: list[list[int]], budget: int
+) -> range | None:
+    """The bars shown around a gap (both of its bars, then one more on each side in turn
+    while the prompt and the true fills fit `budget`); None when the gap alone does not."""
+    from cadenza.tokenize import mmm
+
+    fills = sum(len(x) + 2 for x in truth)
+    count = mmm.n_bars(source.tracks)
+    lo, hi = holes[0][1], holes[-1][1] + 1
+
+    def size(a: int, b: int) -> int:
+        return len(mmm.layout(source.tracks, t, holes, bars=range(a, b))) + fills + 1
+
+    if size(lo, hi) > budget:
+        return None
+    grew = True
+    while grew:
+        grew = False
+        if lo > 0 and size(lo - 1, hi) <= budget:
+            lo, grew = lo - 1, True
+        if hi < count and size(lo, hi + 1) <= budget:
+            hi, grew = hi + 1, True
+    return range(lo, hi)
 
 
 def survival(model: Any, tok: Any, pieces: list[bytes], seed: int) -> dict[str, Any]:
@@ -284,10 +315,28 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--keep", help="folder to keep the trained model in, and reuse it from")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model, tok, figures = train_model(args)
+    keep = Path(args.keep) if args.keep else None
+    if keep is not None and (keep / "model.pt").exists():
+        from cadenza.models.checkpoint import load_for_inference
+        from cadenza.tokenize import tokenizer_from_bytes
+
+        model, _ = load_for_inference((keep / "model.pt").read_bytes(), "cpu")
+        tok = tokenizer_from_bytes((keep / "tokenizer.bin").read_bytes())
+        figures = json.loads((keep / "training.json").read_text())
+    else:
+        model, tok, figures = train_model(args)
+        if keep is not None:
+            from cadenza.tokenize import tokenizer_to_bytes
+
+            keep.mkdir(parents=True, exist_ok=True)
+            (keep / "model.pt").write_bytes(figures.pop("payload"))
+            (keep / "tokenizer.bin").write_bytes(tokenizer_to_bytes(tok))
+            (keep / "training.json").write_text(json.dumps(figures))
+    figures.pop("payload", None)
     pieces = [data for _, data in chorales(args.pieces, start=args.files)]
     report = {
         "command": "python bench/infill.py " + " ".join(sys.argv[1:]),
