@@ -112,7 +112,7 @@ def test_top_k_path_draws_from_the_full_sort_filters_distribution(
 
 @settings(max_examples=100, deadline=None)
 @given(row=logit_rows, m=st.floats(0.001, 1.0))
-@example(row=[-1.1987588519561809e-40, 0.0], m=1.0)  # tied probabilities, CI found it
+@example(row=[-1.1987588519561809e-40, 0.0], m=1.0)  # tied probabilities (a case hypothesis found)
 def test_min_p_drops_tokens_below_a_fraction_of_the_best(row: list[float], m: float) -> None:
     logits = torch.tensor([row], dtype=torch.float64)
     probs = torch.softmax(logits, -1)[0]
