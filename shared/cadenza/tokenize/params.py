@@ -63,6 +63,10 @@ class CorpusRequest(BaseModel):
                     "split": [0.9, 0.1, 0.0],
                     "seed": 1,
                 },
+                {
+                    "dataset_id": "3f0c2b9e8d7a4c1b9e6f5a4d3c2b1a09",
+                    "base_model_id": "9a8b7c6d5e4f4a3b8c2d1e0f9a8b7c6d",
+                },
             ]
         },
     )

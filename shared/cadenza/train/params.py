@@ -28,7 +28,13 @@ class ModelRequest(BaseModel):
                     "architecture": "music-transformer",
                     "preset": "tiny",
                     "train": {"max_steps": 2000, "eval_interval": 200},
-                }
+                },
+                {
+                    "corpus_id": "5c0e1d2f3a4b4c5d9e8f7a6b5c4d3e21",
+                    "base_model_id": "9a8b7c6d5e4f4a3b8c2d1e0f9a8b7c6d",
+                    "adapter": {"type": "lora", "rank": 8, "alpha": 16},
+                    "train": {"max_steps": 500, "lr": 0.002},
+                },
             ]
         },
     )
