@@ -281,3 +281,45 @@ def test_a_base_with_adapters_stays_until_they_are_deleted(
     assert bob.delete(f"/v1/models/{adapter}").status_code == 200
     assert alice.patch(f"/v1/models/{base}", json={"visibility": "private"}).status_code == 200
     assert alice.delete(f"/v1/models/{base}").status_code == 200
+
+
+def test_the_cli_publishes_and_adapts(
+    settings: Settings, alice: TestClient, bob: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cadenza.cli import app
+    from cadenza.cli import client as cli
+    from cadenza.client import Client
+
+    base = model_row(settings, corpus_row(settings, midi_dataset(alice)))
+    bob_ds = midi_dataset(bob)
+    ours = corpus_row(settings, bob_ds)
+    as_whom = {"who": alice}
+
+    api = create_app(settings)
+
+    def connected(url: str, key: str | None) -> Client:
+        c = Client(url, key)  # the in-process API, as alice or bob (the CLI closes it)
+        c.http = TestClient(api, headers=dict(as_whom["who"].headers))
+        return c
+
+    monkeypatch.setattr(cli, "Client", connected)
+    monkeypatch.setenv("CADENZA_API_KEY", "cz_unused")
+    run = CliRunner().invoke
+    r = run(app, ["models", "publish", base])
+    assert r.exit_code == 0 and "public" in r.output, r.output
+    as_whom["who"] = bob
+    r = run(app, ["models", "list", "--public"])
+    assert r.exit_code == 0 and base[:12] in r.output, r.output
+    r = run(app, ["corpora", "create", bob_ds, "--base-model", base, "--no-wait"])
+    assert r.exit_code == 0 and '"tokenize"' in r.output, r.output
+    args = ["models", "create", ours, "--base-model", base, "--lora-rank", "4", "--no-wait"]
+    r = run(app, [*args, "--lora-targets", "attn.c_attn, mlp.c_fc"])
+    assert r.exit_code == 0, r.output
+    with session_scope(settings.resolved_database_url) as s:
+        adapter = s.query(Model).filter(Model.base_model_id == base).one().adapter
+    assert adapter is not None and adapter["rank"] == 4
+    assert adapter["targets"] == ["attn.c_attn", "mlp.c_fc"]
+    r = run(app, [*args, "--lora-targets", "lm_head"])
+    assert r.exit_code == 1 and "adapter.targets" in r.output, r.output

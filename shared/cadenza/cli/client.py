@@ -245,8 +245,9 @@ def models_publish(
     model_id: str,
     private: Annotated[bool, typer.Option(help="unpublish: make it yours only again")] = False,
 ) -> None:
-    """Make a model public: every owner may sample and adapt it (never read its corpus,
-    dataset or checkpoints). An admin key may publish any model."""
+    """Make a model public: every owner may sample and adapt it.
+
+    They never read its corpus, dataset or checkpoints. An admin key may publish any model."""
     with connect() as c:
         model = c.set_visibility(model_id, "private" if private else "public")
         out.print(f"{model['id']} is {model['visibility']}")
