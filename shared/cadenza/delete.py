@@ -200,10 +200,8 @@ def delete_model(session: Session, *, owner_id: str, model_id: str) -> Deleted:
     )
     ckpts = set(session.scalars(select(Checkpoint.id).where(Checkpoint.model_id == model_id)))
     jobs = _active_jobs(session, owner_id)
-    if model.visibility == "public":  # other owners may be sampling it right now
-        others = select(Job).where(
-            Job.owner_id != owner_id, Job.type == "sample", Job.state.in_(ACTIVE_STATES)
-        )
+    if model.visibility == "public":  # other owners may be sampling or adapting it now
+        others = select(Job).where(Job.owner_id != owner_id, Job.state.in_(ACTIVE_STATES))
         jobs += list(session.scalars(others.order_by(Job.created_at, Job.id)))
     children = {
         str(j.params.get("model_id"))
@@ -232,6 +230,7 @@ def delete_model(session: Session, *, owner_id: str, model_id: str) -> Deleted:
             p.get("model_id") == model_id
             or p.get("model_id") in finetunes
             or p.get("primer_sample_id") in sample_ids
+            or p.get("base_model_id") == model_id  # a corpus tokenized with its tokenizer
         ),
     )
     out = Deleted("model", model_id)

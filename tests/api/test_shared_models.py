@@ -323,3 +323,17 @@ def test_the_cli_publishes_and_adapts(
     assert adapter["targets"] == ["attn.c_attn", "mlp.c_fc"]
     r = run(app, [*args, "--lora-targets", "lm_head"])
     assert r.exit_code == 1 and "adapter.targets" in r.output, r.output
+
+
+def test_a_public_base_stays_while_another_owner_builds_a_corpus_with_it(
+    settings: Settings, alice: TestClient, bob: TestClient
+) -> None:
+    base = model_row(settings, corpus_row(settings, midi_dataset(alice)))
+    alice.patch(f"/v1/models/{base}", json={"visibility": "public"})
+    r = bob.post("/v1/corpora", json={"dataset_id": midi_dataset(bob), "base_model_id": base})
+    assert r.status_code == 202, r.text
+    err = error(alice.delete(f"/v1/models/{base}"), 409)
+    assert err["code"] == "in_use" and r.json()["id"] in err["message"]
+    with session_scope(settings.resolved_database_url) as s:
+        s.get(Job, r.json()["id"]).state = "cancelled"  # type: ignore[union-attr]
+    assert alice.delete(f"/v1/models/{base}").status_code == 200

@@ -288,7 +288,10 @@ def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: Current
 def download_weights(
     model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:
-    """The best checkpoint's weights as safetensors (written when training ends; 409 before)."""
+    """The best checkpoint's weights as safetensors (written when training ends; 409 before).
+
+    For an adapter model, only the adapter's tensors, with its options and its base's spec in
+    the metadata."""
     model = get_owned(session, Model, model_id, owner.id)
     return stream_object(
         store,
