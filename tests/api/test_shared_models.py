@@ -26,6 +26,7 @@ from tests.support.music import midi_bytes
 
 GPT = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 128, "dropout": 0.0, "bias": True}
 SPEC = {"name": "REMI", "bpe": {"vocab_size": 500}}
+MIDI = {"content-type": "audio/midi"}
 
 
 @pytest.fixture
@@ -135,6 +136,8 @@ def test_a_public_model_is_seen_and_sampled_never_read(
     # Private: another owner cannot see it, sample it, adapt it, or publish it.
     assert bob.get(f"/v1/models/{model}").status_code == 404
     assert bob.post(f"/v1/models/{model}/samples", json={}).status_code == 404
+    r = bob.post(f"/v1/models/{model}/continue?wait=0", content=b"MThd", headers=MIDI)
+    assert r.status_code == 404
     assert error(bob.patch(f"/v1/models/{model}", json={"visibility": "public"}), 404)
     bob_ds = midi_dataset(bob)
     r = bob.post("/v1/corpora", json={"dataset_id": bob_ds, "base_model_id": model})
@@ -154,6 +157,13 @@ def test_a_public_model_is_seen_and_sampled_never_read(
     r = bob.post(f"/v1/models/{model}/samples", json={"n": 1, "max_new_tokens": 8})
     assert r.status_code == 202, r.text
     assert bob.get(f"/v1/models/{model}/samples").json() == {"samples": []}
+    song = midi_bytes([(i * 240, 240, 60 + i % 5, 80) for i in range(16)])
+    r = bob.post(
+        f"/v1/models/{model}/continue?wait=0&max_new_tokens=8",
+        content=song,
+        headers=MIDI,
+    )
+    assert r.status_code == 202, r.text
     # ...but never reads its corpus, dataset, checkpoint files, weights or loss curve.
     for path in (
         f"/v1/corpora/{corpus}",
