@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
-from cadenza.db.models import Dataset, Job, Model, Sample
-from cadenza.db.repo import get_owned, pick_checkpoint
+from cadenza.db.models import Dataset, Job, Sample
+from cadenza.db.repo import get_visible_model, pick_checkpoint
 from cadenza.ingest import (
     Incoming,
     Rejected,
@@ -228,7 +228,7 @@ async def continue_midi(
     options = sampling_options(request)
 
     def _check_model(s: Session) -> str:
-        model = get_owned(s, Model, model_id, owner.id)
+        model = get_visible_model(s, model_id, owner.id)  # yours, or a public model
         ckpt = pick_checkpoint(session=s, model_id=model.id, which=options.checkpoint)
         if ckpt is None:
             if options.checkpoint not in ("best", "latest"):

@@ -204,7 +204,8 @@ def run(ctx: JobContext) -> Outcome:
         if model.init_checkpoint_id:
             init = s.get(Checkpoint, model.init_checkpoint_id)
             if init is None:
-                raise UserError(f"checkpoint {model.init_checkpoint_id} no longer exists")
+                what = "base model" if model.adapter is not None else "checkpoint"
+                raise UserError(f"the {what} {model.init_checkpoint_id} no longer exists")
             init_key = init.object_key
         s.expunge_all()
     data = load_corpus_arrays(ctx, corpus)
@@ -225,6 +226,7 @@ def run(ctx: JobContext) -> Outcome:
             tokenizer_hash=model.tokenizer_hash,
             init_from=ctx.store.get(init_key) if init_key else None,
             bos_id=_bos_id(ctx, corpus) if cfg.window_grid is not None else None,
+            adapter=model.adapter,  # a LoRA model: init_from is its base's checkpoint
         )
     except ValueError as exc:  # bad data/config for this corpus: the user's to fix
         raise UserError(str(exc)) from exc
