@@ -85,6 +85,9 @@ class Client:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self._check(self.http.post(path, json=body or {})).json()
 
+    def patch(self, path: str, body: dict[str, Any]) -> Any:
+        return self._check(self.http.patch(path, json=body)).json()
+
     def delete(self, path: str) -> Any:
         """DELETE `path`; the answer says what was removed (rows, objects)."""
         return self._check(self.http.delete(path)).json()
@@ -129,6 +132,10 @@ class Client:
 
     def create_model(self, corpus_id: str, **options: Any) -> dict[str, Any]:
         return dict(self.post("/v1/models", {"corpus_id": corpus_id, **options}))
+
+    def set_visibility(self, model_id: str, visibility: str) -> dict[str, Any]:
+        """Publish (`public`) or unpublish (`private`) a model."""
+        return dict(self.patch(f"/v1/models/{model_id}", {"visibility": visibility}))
 
     def sample(self, model_id: str, **options: Any) -> dict[str, Any]:
         return dict(self.post(f"/v1/models/{model_id}/samples", options))

@@ -176,16 +176,38 @@ def delete_corpus(session: Session, *, owner_id: str, corpus_id: str) -> Deleted
     return out
 
 
+def adapters_of(session: Session, model_id: str) -> list[tuple[str, str]]:
+    """(id, owner id) of the adapter models built on `model_id`, oldest first (any owner)."""
+    stmt = (
+        select(Model.id, Model.owner_id)
+        .where(Model.base_model_id == model_id)
+        .order_by(Model.created_at, Model.id)
+    )
+    return [(row.id, row.owner_id) for row in session.execute(stmt)]
+
+
 def delete_model(session: Session, *, owner_id: str, model_id: str) -> Deleted:
     """A model with its checkpoints, metrics, samples, weights, loss curve and renderings.
 
     409 while its training job, a sample job on it, a sample job continuing one of its
-    samples, or a fine-tuning from one of its checkpoints is queued or running.
+    samples, a corpus build with its tokenizer (anyone's, for a public model), or a
+    fine-tuning from one of its checkpoints is queued or running, and while adapter models
+    (anyone's) are built on it: an adapter samples merged into its base's checkpoint, so the
+    base goes only after them. Samples other owners made from a public model go with it.
     """
     model = get_owned(session, Model, model_id, owner_id)
     _lock(session, Model, model_id)
+    _refuse_if_depended(
+        f"model {model_id}",
+        "adapters",
+        [a for a, _ in adapters_of(session, model_id)],
+        "an adapter samples with its base model's weights; their owners must delete them first",
+    )
     ckpts = set(session.scalars(select(Checkpoint.id).where(Checkpoint.model_id == model_id)))
     jobs = _active_jobs(session, owner_id)
+    if model.visibility == "public":  # other owners may be sampling or adapting it now
+        others = select(Job).where(Job.owner_id != owner_id, Job.state.in_(ACTIVE_STATES))
+        jobs += list(session.scalars(others.order_by(Job.created_at, Job.id)))
     children = {
         str(j.params.get("model_id"))
         for j in jobs
@@ -214,6 +236,7 @@ def delete_model(session: Session, *, owner_id: str, model_id: str) -> Deleted:
             or p.get("model_id") in finetunes
             or p.get("primer_sample_id") in sample_ids
             or p.get("source_sample_id") in sample_ids
+            or p.get("base_model_id") == model_id  # a corpus tokenized with its tokenizer
         ),
     )
     out = Deleted("model", model_id)

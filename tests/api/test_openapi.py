@@ -150,6 +150,7 @@ def test_request_bodies_carry_examples_that_validate(spec: dict[str, Any]) -> No
         "DatasetCreate",
         "CorpusRequest",
         "ModelRequest",
+        "ModelPatch",
         "SampleRequest",
         "AudioJobRequest",
         "KeyCreate",

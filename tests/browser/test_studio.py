@@ -258,6 +258,7 @@ def test_the_studio_story(studio: Studio, embedded_stack: Stack, chorales: list[
     form.get_by_label("Temperature", exact=True).fill("0.9")
     form.get_by_label("Top-k", exact=True).fill("20")
     form.get_by_label("Seed", exact=True).fill("7")
+    form.get_by_label("Max copied fraction", exact=True).fill("1")
     form.get_by_role("button", name="Generate").click()
     cards = page.locator("article.sample")
     expect(cards).to_have_count(2, timeout=LONG)
@@ -272,6 +273,7 @@ def test_the_studio_story(studio: Studio, embedded_stack: Stack, chorales: list[
     expect(
         cards.first.get_by_role("table", name="Metrics, this piece beside the corpus")
     ).to_be_visible()
+    expect(cards.first.locator(".novelty")).to_contain_text("longest copied run")
     with page.expect_download() as dl:
         cards.first.get_by_role("button", name="Download MIDI").click()
     assert Path(dl.value.path()).read_bytes()[:4] == b"MThd"

@@ -248,6 +248,22 @@ def test_metric_rows_lineage_and_durations(page: Page) -> None:
     ) == ["1:05", "", "0:05"]
 
 
+def test_the_copy_check_in_words(page: Page) -> None:
+    novelty = {"copied_fraction": 0.125, "longest_copied_run": 9}
+    text = js(page, "return L.noveltyText({novelty: arg});", novelty)
+    assert text.startswith("13% of its 8-note phrases") and "longest copied run 9 notes" in text
+    over = novelty | {"max_copied_fraction": 0.1, "resampled": 3, "over_limit": True}
+    assert "still over the 0.1 limit after 3 re-samples" in js(
+        page, "return L.noveltyText({novelty: arg});", over
+    )
+    under = over | {"over_limit": False, "resampled": 1}
+    said = js(page, "return L.noveltyText({novelty: arg});", under)
+    assert "re-sampled 1× to get under 0.1" in said
+    assert js(page, "return [L.noveltyText({}), L.noveltyText({novelty: null})];") == ["", ""]
+    body = js(page, "return L.sampleRequest(arg);", {"max_copied_fraction": "0.2"})
+    assert body == {"max_copied_fraction": 0.2}
+
+
 def test_error_answers_become_messages_naming_the_fields(page: Page) -> None:
     body = {
         "error": {

@@ -169,3 +169,43 @@ def test_0005_links_a_sample_to_its_parent_and_a_delete_unlinks(db_url: str) -> 
         assert c.execute(text("SELECT id FROM samples")).one() == ("t",)
     upgrade(db_url)
     engine.dispose()
+
+
+def test_0006_shares_models_and_keeps_existing_ones_private(db_url: str) -> None:
+    upgrade(db_url, "0005")
+    rows = [
+        "INSERT INTO owners (id, name, limits, created_at) VALUES ('o', 'alice', '{}', :t)",
+        "INSERT INTO corpora (id, owner_id, dataset_id, job_id, params, tokenizer_key,"
+        " tokenizer_hash, vocab_size, object_prefix, stats, created_at)"
+        " VALUES ('c', 'o', NULL, 'j', '{}', 'k', 'h', 1, 'p', '{}', :t)",
+        "INSERT INTO models (id, owner_id, corpus_id, job_id, architecture, config, train_config,"
+        " vocab_size, tokenizer_hash, state, summary, created_at)"
+        " VALUES ('m', 'o', 'c', 'j', 'gpt', '{}', '{}', 1, 'h', 'ready', '{}', :t)",
+    ]
+    with create_engine(db_url).begin() as c:
+        for sql in rows:
+            c.execute(text(sql), {"t": T0})
+    upgrade(db_url)
+    engine = create_engine(db_url)
+    with engine.connect() as c:
+        row = c.execute(text("SELECT visibility, base_model_id, adapter FROM models")).one()
+        assert tuple(row) == ("private", None, None)
+        assert c.execute(text("SELECT base_model_id FROM corpora")).scalar_one() is None
+        assert compare_metadata(MigrationContext.configure(c), Base.metadata) == []
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO models (id, owner_id, corpus_id, job_id, architecture, config,"
+                " train_config, vocab_size, tokenizer_hash, state, summary, created_at,"
+                " visibility, base_model_id, adapter) VALUES ('a', 'o', 'c', 'j2', 'gpt', '{}',"
+                " '{}', 1, 'h', 'ready', '{}', :t, 'private', 'm', '{\"rank\": 8}')"
+            ),
+            {"t": T0},
+        )
+    engine.dispose()
+    with pytest.raises(RuntimeError, match="1 adapter models exist"):
+        command.downgrade(alembic_config(db_url), "0005")
+    with session_scope(db_url) as s:
+        s.execute(text("DELETE FROM models WHERE id = 'a'"))
+    command.downgrade(alembic_config(db_url), "0005")
+    upgrade(db_url)

@@ -9,7 +9,7 @@ are the first line against bad input.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
@@ -198,6 +198,13 @@ class ModelOut(Out):
     state: str
     summary: dict[str, Any]
     created_at: datetime
+    visibility: str = Field(
+        default="private", description="`private` (yours only) or `public` (see PATCH)"
+    )
+    base_model_id: str | None = Field(default=None, description="an adapter's base model")
+    adapter: dict[str, Any] | None = Field(
+        default=None, description="an adapter's LoRA options; null for a whole model"
+    )
     checkpoints: list[CheckpointOut] = []
     metrics: list[MetricOut] = []
     capabilities: dict[str, Any] = Field(
@@ -205,6 +212,16 @@ class ModelOut(Out):
         description="what the model can do: `modes` (continue, and infill and accompany for "
         "a model trained to edit on a `multitrack` corpus)",
     )
+
+
+class ModelPatch(In):
+    """`PATCH /v1/models/{id}`: what may change on a model."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"visibility": "public"}]}
+    )
+
+    visibility: Literal["private", "public"]
 
 
 # -- samples -------------------------------------------------------------------------------

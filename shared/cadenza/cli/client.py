@@ -129,19 +129,25 @@ def corpora_create(
         int | None,
         typer.Option(help="tokenize in this many parts on any free worker (default: by size)"),
     ] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            help="tokenize with this model's tokenizer (yours or a public one), to train an "
+            "adapter of it (`models create --base-model`)"
+        ),
+    ] = None,
     wait: bool = True,
 ) -> None:
     """Tokenize a dataset into a corpus (default: REMI with MidiTok's defaults)."""
     with connect() as c:
-        extra = {"shards": shards} if shards is not None else {}
-        job = c.create_corpus(
-            dataset_id,
-            tokenizer=tokenizer,
-            preset=preset,
-            tokenizer_config=_json_option("config", config),
-            seed=seed,
-            **extra,
-        )
+        extra: dict[str, Any] = {"shards": shards} if shards is not None else {}
+        if base_model is not None:
+            extra["base_model_id"] = base_model
+        else:
+            extra.update(
+                tokenizer=tokenizer, preset=preset, tokenizer_config=_json_option("config", config)
+            )
+        job = c.create_corpus(dataset_id, seed=seed, **extra)
         if wait:
             job = follow(c, job, "tokenize")
             print_json(c.get(f"/v1/corpora/{job['corpus_id']}"))
@@ -169,18 +175,38 @@ def models_create(
             "no worker takes it"
         ),
     ] = False,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            help="train a LoRA adapter of this model (yours or a public one) instead of a "
+            "model of your own; the corpus must be made with `corpora create --base-model`"
+        ),
+    ] = None,
+    lora_rank: Annotated[int, typer.Option(help="adapter rank (with --base-model)")] = 8,
+    lora_alpha: Annotated[float, typer.Option(help="adapter scale alpha (update * alpha/rank)")] = (
+        16.0
+    ),
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(help="comma-separated layers to adapt, e.g. attn.c_attn,mlp.c_fc"),
+    ] = None,
     wait: bool = True,
 ) -> None:
-    """Train a model on a corpus."""
+    """Train a model on a corpus, or (--base-model) a LoRA adapter of another model."""
     with connect() as c:
-        job = c.create_model(
-            corpus_id,
-            architecture=architecture,
-            preset=preset,
-            config=_json_option("config", config),
-            train=_json_option("train", train),
-            **({"cluster_job": True} if cluster_job else {}),
-        )
+        options: dict[str, Any] = {"train": _json_option("train", train)}
+        if base_model is not None:
+            adapter: dict[str, Any] = {"type": "lora", "rank": lora_rank, "alpha": lora_alpha}
+            if lora_targets:
+                adapter["targets"] = [t.strip() for t in lora_targets.split(",") if t.strip()]
+            options.update(base_model_id=base_model, adapter=adapter)
+        else:
+            options.update(
+                architecture=architecture, preset=preset, config=_json_option("config", config)
+            )
+        if cluster_job:
+            options["cluster_job"] = True
+        job = c.create_model(corpus_id, **options)
         if wait and not cluster_job:
             job = follow(c, job, "train")
         print_json(job)
@@ -190,6 +216,41 @@ def models_create(
 def models_show(model_id: str) -> None:
     with connect() as c:
         print_json(c.get(f"/v1/models/{model_id}"))
+
+
+@models_app.command("list")
+def models_list(
+    public: Annotated[
+        bool, typer.Option(help="every owner's public models instead of yours")
+    ] = False,
+) -> None:
+    """Your models (or, with --public, the public ones you may sample and adapt)."""
+    with connect() as c:
+        rows = c.get("/v1/models", public="true") if public else c.get("/v1/models")
+        table = Table("id", "architecture", "state", "visibility", "base", "created")
+        for m in rows:
+            table.add_row(
+                m["id"],
+                m["architecture"],
+                m["state"],
+                m["visibility"],
+                m.get("base_model_id") or "",
+                m["created_at"],
+            )
+        out.print(table)
+
+
+@models_app.command("publish")
+def models_publish(
+    model_id: str,
+    private: Annotated[bool, typer.Option(help="unpublish: make it yours only again")] = False,
+) -> None:
+    """Make a model public: every owner may sample and adapt it.
+
+    They never read its corpus, dataset or checkpoints. An admin key may publish any model."""
+    with connect() as c:
+        model = c.set_visibility(model_id, "private" if private else "public")
+        out.print(f"{model['id']} is {model['visibility']}")
 
 
 def sample(

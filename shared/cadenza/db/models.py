@@ -118,6 +118,9 @@ class Corpus(Timestamped, Base):
     vocab_size: Mapped[int] = mapped_column(Integer)
     object_prefix: Mapped[str] = mapped_column(String(300))
     stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Tokenized with this (public or own) model's tokenizer, so its ids are the model's: what
+    # an adapter of that model trains on. Plain id (no foreign key): the tokenizer is copied.
+    base_model_id: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class Model(Timestamped, Base):
@@ -136,7 +139,15 @@ class Model(Timestamped, Base):
     tokenizer_hash: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16), default="training")
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # A fine-tune's starting checkpoint; for an adapter, the base checkpoint it is merged into.
     init_checkpoint_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    # "private" (its owner only) or "public" (every owner may see, sample and adapt it, never
+    # read its corpus, dataset or training state).
+    visibility: Mapped[str] = mapped_column(String(16), default="private")
+    # An adapter model: the base it adapts (deleting or unpublishing that base is refused
+    # while adapters depend on it) and its LoRA options; None for a whole model.
+    base_model_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    adapter: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class MetricRecord(Base):

@@ -17,7 +17,17 @@ from typing import Any, TypeVar
 from sqlalchemy import func, inspect, literal, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from cadenza.db.models import ApiKey, Base, Checkpoint, Dataset, File, Owner, Sample, utcnow
+from cadenza.db.models import (
+    ApiKey,
+    Base,
+    Checkpoint,
+    Dataset,
+    File,
+    Model,
+    Owner,
+    Sample,
+    utcnow,
+)
 from cadenza.validation import InvalidParams
 
 KEY_PREFIX = "cz_"
@@ -336,6 +346,18 @@ def get_owned(session: Session, model: type[T], id: str, owner_id: str) -> T:
     row = session.get(model, id) if len(id) <= 64 else None
     if row is None or getattr(row, "owner_id", None) != owner_id:
         raise NotFound(model.__tablename__.rstrip("s").replace("corpora", "corpus"), id)
+    return row
+
+
+def get_visible_model(session: Session, model_id: str, owner_id: str) -> Model:
+    """A model `owner_id` may see, sample and adapt: its own or a public one, else NotFound.
+
+    Only these uses: a model's corpus, dataset, checkpoints, weights and loss curve stay
+    its owner's (`get_owned`), so another owner gets the same 404 as for a missing row.
+    """
+    row = session.get(Model, model_id) if len(model_id) <= 64 else None
+    if row is None or (row.owner_id != owner_id and row.visibility != "public"):
+        raise NotFound("model", model_id)
     return row
 
 

@@ -8,6 +8,12 @@ checkpoint (`cadenza.train.checkpoint.pack`) adds `FORMAT_KEY`, `TOKENIZER_HASH_
 and the optimiser/RNG state on top of this format. For serving, `model_to_safetensors` and
 `export_safetensors` pack the weights and the spec into one safetensors blob (the spec goes in
 its string metadata under `SAFETENSORS_SPEC_KEY`).
+
+An *adapter* checkpoint (a LoRA model, `cadenza.models.lora`) has the same keys, but its
+`MODEL_STATE_KEY` holds only the adapter's tensors and `ADAPTER_KEY` its options; the spec is
+its base model's. It means something only with the base checkpoint it was trained on:
+`load_for_inference(adapter, base=base)` rebuilds the base and merges the adapter into its
+weights, so the sampler sees an ordinary model.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ STEP_KEY = "step"
 FORMAT_KEY = "format"
 """Checkpoint key of the payload format version written by training."""
 FORMAT_VERSION = 1
+ADAPTER_KEY = "adapter"
+"""Checkpoint key of a LoRA adapter's options (resolved `AdapterSpec`); absent for full models."""
 SAFETENSORS_SPEC_KEY = "cadenza_model_spec"
 """safetensors metadata key holding the JSON spec that rebuilds the network."""
 SPEC_FIELDS = ("architecture", "config", "vocab_size")
@@ -126,15 +134,22 @@ def model_checkpoint(
     *,
     tokenizer_hash: str,
     step: int,
+    adapter: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The inference part of a checkpoint (training adds its own state to this dict)."""
-    return {
+    """The inference part of a checkpoint (training adds its own state to this dict).
+
+    With `adapter`, `model_state` is the adapter's tensors only (`lora.adapter_state`).
+    """
+    out: dict[str, Any] = {
         FORMAT_KEY: FORMAT_VERSION,
         MODEL_STATE_KEY: {k: v.detach().cpu() for k, v in model_state.items()},
         STEP_KEY: int(step),
         TOKENIZER_HASH_KEY: str(tokenizer_hash),
         MODEL_SPEC_KEY: spec_to_plain(model_spec),
     }
+    if adapter is not None:
+        out[ADAPTER_KEY] = json.loads(json.dumps(dict(adapter)))
+    return out
 
 
 def dump_checkpoint(checkpoint: Mapping[str, Any]) -> bytes:
@@ -182,6 +197,11 @@ def model_from_checkpoint(
     for key in (MODEL_SPEC_KEY, MODEL_STATE_KEY):
         if key not in checkpoint:
             raise ValueError(f"checkpoint has no {key!r} entry; keys: {sorted(checkpoint)}")
+    if checkpoint.get(ADAPTER_KEY) is not None:
+        raise ValueError(
+            "this checkpoint holds only a LoRA adapter; load it together with the base "
+            "checkpoint it was trained on (load_for_inference(adapter, base=base))"
+        )
     model = build_from_spec(checkpoint[MODEL_SPEC_KEY])
     load_weights(model, checkpoint[MODEL_STATE_KEY])
     if map_location is not None:
@@ -200,13 +220,46 @@ def checkpoint_spec(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def merged_model(
+    adapter: Mapping[str, Any] | bytes, base: Mapping[str, Any] | bytes
+) -> CadenzaModel:
+    """The base checkpoint's model with the adapter checkpoint merged into its weights (CPU).
+
+    Merging once at load (W + alpha/rank * B A per adapted layer) leaves plain `nn.Linear`
+    layers, so sampling keeps its KV cache and fixed-shape decode path and costs nothing extra.
+    """
+    from cadenza.models import lora
+
+    adapter, base = _as_checkpoint(adapter), _as_checkpoint(base)
+    if ADAPTER_KEY not in adapter:
+        raise ValueError("not an adapter checkpoint: it has no adapter options")
+    if spec_to_plain(adapter[MODEL_SPEC_KEY]) != spec_to_plain(base[MODEL_SPEC_KEY]):
+        raise ValueError("the adapter was trained on another base model (the specs differ)")
+    if adapter.get(TOKENIZER_HASH_KEY) != base.get(TOKENIZER_HASH_KEY):
+        raise ValueError("the adapter and its base speak different tokenizers")
+    model = model_from_checkpoint(base, "cpu")
+    lora.apply_lora(model, adapter[ADAPTER_KEY])
+    lora.load_adapter_state(model, adapter[MODEL_STATE_KEY])
+    return lora.merge_lora(model).eval()  # type: ignore[return-value]
+
+
 def load_for_inference(
-    checkpoint: Mapping[str, Any] | bytes, device: str | torch.device | None = None
+    checkpoint: Mapping[str, Any] | bytes,
+    device: str | torch.device | None = None,
+    *,
+    base: Mapping[str, Any] | bytes | None = None,
 ) -> tuple[CadenzaModel, dict[str, Any]]:
-    """The model in eval mode on `device` (default: CUDA when present) and its annotated spec."""
+    """The model in eval mode on `device` (default: CUDA when present) and its annotated spec.
+
+    An adapter checkpoint needs `base`, the checkpoint it was trained on; they are merged.
+    """
     checkpoint = _as_checkpoint(checkpoint)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if checkpoint.get(ADAPTER_KEY) is not None:
+        if base is None:
+            raise ValueError("an adapter checkpoint needs its base checkpoint to sample")
+        return merged_model(checkpoint, base).to(device), checkpoint_spec(checkpoint)
     return model_from_checkpoint(checkpoint, device), checkpoint_spec(checkpoint)
 
 
@@ -232,17 +285,23 @@ def export_safetensors(checkpoint: Mapping[str, Any] | bytes) -> bytes:
     """A checkpoint's weights as safetensors, for serving or taking the model elsewhere.
 
     Loadable with `model_from_safetensors`. The metadata also carries the tokenizer hash and
-    step, so the file alone says which corpus tokenizer its ids belong to.
+    step, so the file alone says which corpus tokenizer its ids belong to. An adapter
+    checkpoint exports only the adapter's tensors, with its options under `ADAPTER_KEY` (the
+    base's weights are the base's to publish, and would make every adapter a full copy).
     """
     checkpoint = _as_checkpoint(checkpoint)
-    model = model_from_checkpoint(checkpoint, "cpu")
-    return model_to_safetensors(
-        model,
-        {
-            TOKENIZER_HASH_KEY: str(checkpoint.get(TOKENIZER_HASH_KEY)),
-            STEP_KEY: str(checkpoint.get(STEP_KEY)),
-        },
-    )
+    meta = {
+        TOKENIZER_HASH_KEY: str(checkpoint.get(TOKENIZER_HASH_KEY)),
+        STEP_KEY: str(checkpoint.get(STEP_KEY)),
+    }
+    if checkpoint.get(ADAPTER_KEY) is not None:
+        from safetensors.torch import save as st_save
+
+        meta[SAFETENSORS_SPEC_KEY] = json.dumps(spec_to_plain(checkpoint[MODEL_SPEC_KEY]))
+        meta[ADAPTER_KEY] = json.dumps(checkpoint[ADAPTER_KEY])
+        tensors = {k: v.contiguous() for k, v in checkpoint[MODEL_STATE_KEY].items()}
+        return st_save(tensors, metadata=meta)
+    return model_to_safetensors(model_from_checkpoint(checkpoint, "cpu"), meta)
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
@@ -264,6 +323,8 @@ def model_from_safetensors(data: bytes, map_location: str | torch.device = "cpu"
     meta = _safetensors_metadata(data)
     if SAFETENSORS_SPEC_KEY not in meta:
         raise ValueError("safetensors blob carries no Cadenza model spec in its metadata")
+    if ADAPTER_KEY in meta:
+        raise ValueError("this safetensors blob holds only a LoRA adapter, not a whole model")
     model = build_from_spec(json.loads(meta[SAFETENSORS_SPEC_KEY]))
     load_weights(model, st_load(data))
     return model.to(map_location).eval()

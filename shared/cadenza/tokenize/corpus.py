@@ -171,11 +171,14 @@ def merge_spools(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     seconds: dict[str, float] | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> CorpusBuild:
     """Step 2: the entries of every file's spool record → the corpus (see the module docstring).
 
     The result depends only on the set of entries, not on their order or on which spool holds
-    them. Raises :class:`CorpusEmpty` when no file is usable.
+    them. Raises :class:`CorpusEmpty` when no file is usable. A fitted ``tokenizer`` (another
+    corpus's, of ``spec``) encodes as it is instead of learning a vocabulary, so the ids are
+    that corpus's (what a base model's adapter needs).
     """
     t1 = time.perf_counter()
     entries = sorted(entries, key=lambda e: e.index)
@@ -186,14 +189,17 @@ def merge_spools(
         raise CorpusEmpty(skipped)
     by_split = _group_by_split(used, assignment, seed, split[1])
     if progress is not None:
-        progress(P_TOKENIZE, "learning the vocabulary")
+        progress(P_TOKENIZE, "learning the vocabulary" if tokenizer is None else "encoding")
     if should_stop is not None and should_stop():
         raise CorpusCancelled
-    tok = build_tokenizer(spec)
+    if tokenizer is not None and tokenizer.spec != spec:
+        raise ValueError("the given tokenizer was built from another spec than this corpus's")
+    tok = tokenizer if tokenizer is not None else build_tokenizer(spec)
     workdir = tempfile.TemporaryDirectory(prefix="cadenza-corpus-")
     try:
         with SpoolReader() as reader:
-            tok.fit(list(reader.iter_variants(by_split["train"])))
+            if tokenizer is None:
+                tok.fit(list(reader.iter_variants(by_split["train"])))
             t2 = time.perf_counter()
             if progress is not None:
                 progress(_P_FIT, "encoding")
@@ -247,6 +253,7 @@ def build_corpus(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     limits: MidiLimits | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> CorpusBuild:
     """Tokenize ``files`` ((file id, MIDI bytes or a function reading them) pairs) into a
     corpus, streaming: see the module docstring.
@@ -255,7 +262,8 @@ def build_corpus(
     ``progress(fraction, message)`` is called as files finish; ``should_stop()`` is polled as
     well and cancels the build (:class:`CorpusCancelled`). Raises :class:`CorpusEmpty` when no
     file is usable. The result does not depend on ``workers``. Close the result (or let it be
-    collected) to remove its array files.
+    collected) to remove its array files. A fitted ``tokenizer`` of ``spec`` encodes as it is
+    (see :func:`merge_spools`).
     """
     t0 = time.perf_counter()
     assignment = assign_splits([f for f, _ in files], split, seed)
@@ -290,6 +298,7 @@ def build_corpus(
             progress=progress,
             should_stop=should_stop,
             seconds={"tokenize": t1 - t0},
+            tokenizer=tokenizer,
         )
     build.stats.seconds["total"] = time.perf_counter() - t0
     return build

@@ -63,11 +63,22 @@ class CorpusRequest(BaseModel):
                     "split": [0.9, 0.1, 0.0],
                     "seed": 1,
                 },
+                {
+                    "dataset_id": "3f0c2b9e8d7a4c1b9e6f5a4d3c2b1a09",
+                    "base_model_id": "9a8b7c6d5e4f4a3b8c2d1e0f9a8b7c6d",
+                },
             ]
         },
     )
 
     dataset_id: str = Field(min_length=1, max_length=64)
+    base_model_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="tokenize with this model's tokenizer (yours or a public model's, BPE "
+        "vocabulary included), so the corpus can train an adapter of it; leave tokenizer, "
+        "preset, tokenizer_config and bpe unset",
+    )
     tokenizer: str | None = Field(
         default=None, max_length=64, description="tokenizer name (REMI, TSD, …); or use preset"
     )
@@ -109,17 +120,36 @@ class TokenizeParams(CorpusRequest):
     augment: AugmentSpec | None = None  # type: ignore[assignment]
 
     @classmethod
-    def from_request(cls, request: CorpusRequest) -> TokenizeParams:
-        """Resolve preset + overrides; InvalidParams (naming the field) when they do not fit."""
+    def from_request(
+        cls, request: CorpusRequest, *, base_spec: dict[str, Any] | None = None
+    ) -> TokenizeParams:
+        """Resolve preset + overrides; InvalidParams (naming the field) when they do not fit.
+
+        `base_spec` is the tokenizer spec of `request.base_model_id`'s corpus: the job then
+        tokenizes with that model's saved tokenizer, and the request may not name another.
+        """
         from cadenza.tokenize.presets import resolve_spec
 
+        if request.base_model_id is not None:
+            assert base_spec is not None, "the caller looks up the base model's tokenizer spec"
+            for field in ("tokenizer", "preset", "tokenizer_config", "bpe"):
+                if getattr(request, field):
+                    why = "base_model_id fixes the tokenizer (the base model's); leave it unset"
+                    raise InvalidParams(
+                        f"invalid request: {field}: {why}",
+                        code="invalid_tokenizer",
+                        details=[{"field": field, "message": why}],
+                    )
         try:
-            spec = resolve_spec(
-                preset=request.preset,
-                tokenizer=request.tokenizer,
-                config=request.tokenizer_config,
-                bpe=request.bpe,
-            )
+            if base_spec is not None:
+                spec = TokenizerSpec.model_validate(base_spec)
+            else:
+                spec = resolve_spec(
+                    preset=request.preset,
+                    tokenizer=request.tokenizer,
+                    config=request.tokenizer_config,
+                    bpe=request.bpe,
+                )
         except ValidationError as exc:
             raise InvalidParams.from_validation("tokenizer", exc) from exc
         except ValueError as exc:

@@ -140,15 +140,20 @@ def pack(
     elapsed_s: float = 0.0,
     tokens_seen: int = 0,
     world_size: int = 1,
+    adapter: Mapping[str, Any] | None = None,
 ) -> bytes:
     """Serialise one training state; everything needed to resume bit-for-bit on the same setup.
 
     `rng_states` and `data_generator_states` are lists because a distributed run has one per
-    rank / per data slot; rank 0 gathers them before calling this.
+    rank / per data slot; rank 0 gathers them before calling this. With `adapter` (a LoRA
+    run), `model_state` and the optimizer state cover only the adapter's tensors: the frozen
+    base weights live in the base checkpoint, never in this payload.
     """
     from cadenza.models.checkpoint import dump_checkpoint, model_checkpoint
 
-    payload = model_checkpoint(model_state, model_spec, tokenizer_hash=tokenizer_hash, step=step)
+    payload = model_checkpoint(
+        model_state, model_spec, tokenizer_hash=tokenizer_hash, step=step, adapter=adapter
+    )
     payload.update(
         {
             "optimizer": optimizer_state,
@@ -200,12 +205,15 @@ def capture(
     cfg: TrainConfig,
     info: DistInfo,
     elapsed: Callable[[], float],
+    adapter: Mapping[str, Any] | None = None,
 ) -> bytes | None:
     """The full training state as a payload on rank 0 (None on other ranks).
 
     A collective: every rank must call it, since each contributes its RNG and data-generator
-    states.
+    states. A model wrapped by `lora.apply_lora` saves only its adapter (and `adapter`, its
+    options).
     """
+    from cadenza.models import lora
     from cadenza.train.distributed import gather_objects
 
     local = {"rng": capture_rng_state(), "gens": [g.get_state() for g in batches.generators]}
@@ -213,8 +221,10 @@ def capture(
     if not info.is_main:
         return None
     optim = step.state_dicts()
+    adapted = lora.has_lora(step.raw_model)
     return pack(
-        model_state=step.raw_model.state_dict(),
+        model_state=lora.adapter_state(step.raw_model) if adapted else step.raw_model.state_dict(),
+        adapter=adapter,
         optimizer_state=optim["optimizer"],
         scheduler_state=optim["scheduler"],
         scaler_state=optim["scaler"],
@@ -250,7 +260,8 @@ def restore(
     """
     import torch
 
-    from cadenza.models.checkpoint import load_weights
+    from cadenza.models import lora
+    from cadenza.models.checkpoint import ADAPTER_KEY, load_weights
     from cadenza.train.data import slot_seed
 
     saved = unpack(payload)
@@ -260,7 +271,12 @@ def restore(
             "the checkpoint to resume belongs to a different model spec "
             f"({saved['model_spec']}) than this job ({spec}); start a new model instead"
         )
-    load_weights(step.raw_model, saved["model"])
+    if lora.has_lora(step.raw_model) != (saved.get(ADAPTER_KEY) is not None):
+        raise ValueError("the checkpoint to resume and this job disagree on being an adapter")
+    if saved.get(ADAPTER_KEY) is not None:
+        lora.load_adapter_state(step.raw_model, saved["model"])  # the base is loaded already
+    else:
+        load_weights(step.raw_model, saved["model"])
     step.load_state_dicts(saved)
     state = TrainState(
         step=int(saved["step"]),

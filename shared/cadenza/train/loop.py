@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import torch
 
+from cadenza.models import lora
 from cadenza.models.checkpoint import build_from_spec, spec_to_plain
 from cadenza.train import checkpoint as ckpt
 from cadenza.train.config import TrainConfig
@@ -109,6 +110,7 @@ class TrainResult:
     elapsed_s: float
     resumed_from_step: int | None
     num_params: int
+    trainable_params: int  # what the optimizer updates: num_params, or a LoRA adapter's share
     compiled: bool  # training steps ran a torch.compile'd model (see `compile_plan`)
     compile_s: float  # seconds spent compiling, not counted in tokens_per_s
 
@@ -141,8 +143,11 @@ class _Run:
         device: str | None,
         bos_id: int | None,
         infill_ids: MMMIds | None = None,
+        adapter: Mapping[str, Any] | None = None,
+        init_from: bytes | None = None,
     ) -> None:
         self.cfg, self.hooks, self.tokenizer_hash = cfg, hooks, tokenizer_hash
+        self.adapter = dict(adapter) if adapter is not None else None
         self.info = current_dist_info(device)
         self.device = torch.device(device or self.info.device)
         if self.device.type == "cuda" and self.device.index is not None:
@@ -156,6 +161,9 @@ class _Run:
         # defaults change in a later release.
         self.spec = spec_to_plain(raw_model.spec())
         self.num_params = raw_model.num_params()
+        if self.adapter is not None:
+            self._adapt(raw_model, init_from)
+        self.trainable_params = lora.trainable_params(raw_model)
         self.train_step = TrainStep(raw_model, cfg, self.device)
         self.batcher = Batcher(self.device)
         self.batches = TrainBatches(
@@ -169,6 +177,18 @@ class _Run:
         self.last_val_step = -1
         self.started = time.perf_counter()
         self.window = LossWindow(self.device, self.batches.tokens_per_step)
+
+    def _adapt(self, raw_model: CadenzaModel, base: bytes | None) -> None:
+        """Load the base weights and wrap the target layers in LoRA, before the optimizer
+        exists: it then holds only the adapter's parameters, and the base stays bit-identical.
+        """
+        assert self.adapter is not None
+        if base is None:
+            raise ValueError("a LoRA adapter needs its base checkpoint (init_from)")
+        ckpt.load_init_weights(
+            raw_model, base, tokenizer_hash=self.tokenizer_hash, vocab_size=self.vocab_size
+        )
+        lora.apply_lora(raw_model, self.adapter)
 
     def start(self, latest: bytes | None, init_from: bytes | None) -> None:
         """Resume from `latest` (exactly) or seed a fine-tune from `init_from`, then announce."""
@@ -184,7 +204,7 @@ class _Run:
                 info=self.info,
             )
             self.resumed_from = self.last_saved_step = self.state.step
-        elif init_from is not None:
+        elif init_from is not None and self.adapter is None:  # an adapter's base is loaded
             ckpt.load_init_weights(
                 self.train_step.raw_model,
                 init_from,
@@ -308,6 +328,7 @@ class _Run:
             cfg=self.cfg,
             info=self.info,
             elapsed=self.elapsed,
+            adapter=self.adapter,
         )
         if payload is not None:
             self.hooks.save_checkpoint(self.state.step, payload, val_loss=val_loss, is_best=is_best)
@@ -351,6 +372,7 @@ class _Run:
             elapsed_s=self.elapsed(),
             resumed_from_step=self.resumed_from,
             num_params=self.num_params,
+            trainable_params=self.trainable_params,
             compiled=self.train_step.compiled,
             compile_s=round(self.train_step.compile_s, 2),
         )
@@ -367,6 +389,7 @@ def train(
     device: str | None = None,
     bos_id: int | None = None,
     infill_ids: MMMIds | None = None,
+    adapter: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or resume training) one model; return how it ended.
 
@@ -377,6 +400,8 @@ def train(
     Under torchrun (a process group already initialised) this is one rank of a DDP run.
     `bos_id` (the corpus tokenizer's) is needed only with `cfg.window_grid`, `infill_ids`
     (its MMM structure tokens, `cadenza.tokenize.mmm.MMMIds`) only with `cfg.infill_fraction`.
+    With `adapter` (resolved LoRA options), `init_from` is the base checkpoint: its weights are
+    frozen and only the adapter trains, and every checkpoint holds only the adapter.
     """
     run = _Run(
         model_spec,
@@ -387,6 +412,8 @@ def train(
         device=device,
         bos_id=bos_id,
         infill_ids=infill_ids,
+        adapter=adapter,
+        init_from=init_from,
     )
     run.start(hooks.load_latest_checkpoint(), init_from)
     state = run.state

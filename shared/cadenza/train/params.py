@@ -28,7 +28,13 @@ class ModelRequest(BaseModel):
                     "architecture": "music-transformer",
                     "preset": "tiny",
                     "train": {"max_steps": 2000, "eval_interval": 200},
-                }
+                },
+                {
+                    "corpus_id": "5c0e1d2f3a4b4c5d9e8f7a6b5c4d3e21",
+                    "base_model_id": "9a8b7c6d5e4f4a3b8c2d1e0f9a8b7c6d",
+                    "adapter": {"type": "lora", "rank": 8, "alpha": 16},
+                    "train": {"max_steps": 500, "lr": 0.002},
+                },
             ]
         },
     )
@@ -39,6 +45,17 @@ class ModelRequest(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     init_checkpoint_id: str | None = Field(default=None, max_length=64)
+    base_model_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="adapt this model (yours or a public one) with `adapter`; the corpus must "
+        "be built with the same `base_model_id`; architecture, preset and config are the base's",
+    )
+    adapter: dict[str, Any] | None = Field(
+        default=None,
+        description='with `base_model_id`: {"type": "lora", "rank": 8, "alpha": 16, '
+        '"dropout": 0.0, "targets": [...]}; trains and stores only low-rank adapters',
+    )
     cluster_job: bool = Field(
         default=False,
         description="Hold the training job for a Kubernetes Job instead of the GPU workers: "
@@ -50,6 +67,8 @@ class ModelRequest(BaseModel):
     def _bounded_lists(self) -> ModelRequest:
         check_nested_lists(self.config, "config")
         check_nested_lists(self.train, "train")
+        if self.adapter is not None:
+            check_nested_lists(self.adapter, "adapter")
         return self
 
 
@@ -119,3 +138,50 @@ def resolve_model(
             code="invalid_train_config",
         )
     return cfg.model_dump(mode="json"), train_json
+
+
+def resolve_adapter_request(
+    request: ModelRequest,
+    *,
+    base_architecture: str,
+    base_preset: str | None,
+    base_config: dict[str, Any],
+) -> tuple[ModelRequest, dict[str, Any]]:
+    """An adapter request as the model request to resolve (the base's architecture and
+    preset, the request's `train` overrides) and its validated adapter options.
+
+    The base fixes the network, so a request that also names an architecture, a preset or
+    `config` that differ, or `init_checkpoint_id`, is refused naming the field.
+    """
+    from cadenza.models.adapters import resolve_adapter
+
+    def refuse(field: str, why: str) -> InvalidParams:
+        return InvalidParams(
+            f"invalid request: {field}: {why}",
+            code="invalid_adapter",
+            details=[{"field": field, "message": why}],
+        )
+
+    given = request.model_fields_set
+    if request.adapter is None:
+        raise refuse(
+            "adapter",
+            'base_model_id needs an adapter, e.g. {"type": "lora", "rank": 8}; to fine-tune '
+            "all weights of your own model use init_checkpoint_id",
+        )
+    if request.init_checkpoint_id is not None:
+        raise refuse("init_checkpoint_id", "an adapter starts from its base model; leave it out")
+    if request.config:
+        raise refuse("config", "the base model fixes the network; leave config empty")
+    if "architecture" in given and request.architecture != base_architecture:
+        raise refuse("architecture", f"the base model is a {base_architecture}")
+    if "preset" in given and request.preset not in (None, base_preset):
+        raise refuse("preset", f"the base model's preset is {base_preset}")
+    adapter = resolve_adapter(base_architecture, request.adapter)
+    update = {
+        "architecture": base_architecture,
+        "preset": base_preset,
+        "config": dict(base_config),
+        "adapter": adapter,
+    }
+    return request.model_copy(update=update), adapter

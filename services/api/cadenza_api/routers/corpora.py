@@ -6,7 +6,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
 from cadenza.db.models import Corpus, Dataset, File
-from cadenza.db.repo import get_owned, list_owned
+from cadenza.db.repo import get_owned, get_visible_model, list_owned
 from cadenza.delete import delete_corpus
 from cadenza.jobs import submit
 from cadenza.tokenize.params import TokenizeParams
@@ -42,8 +42,19 @@ def create_corpus(
     Answers 202 with the job; poll it (`GET /v1/jobs/{id}`) until `succeeded`. 409 when the
     dataset has no MIDI files yet (upload some, or transcribe audio, first); 422 names each
     invalid tokenizer, preset, BPE, augmentation or split field.
+
+    With `base_model_id` (yours or a public model; 404 otherwise) the files are tokenized with
+    that model's saved tokenizer (BPE vocabulary included), so token ids mean what they mean
+    to the model: the corpus an adapter of it trains on.
     """
     get_owned(session, Dataset, body.dataset_id, owner.id)
+    base_spec = None
+    if body.base_model_id is not None:
+        base = get_visible_model(session, body.base_model_id, owner.id)
+        base_corpus = session.get(Corpus, base.corpus_id)
+        if base_corpus is None:  # cannot happen while the base exists (its corpus refuses)
+            raise ApiError(404, "not_found", f"model {base.id}'s tokenizer is gone")
+        base_spec = base_corpus.params["tokenizer_spec"]
     n_midi = session.scalar(
         select(func.count(File.id)).where(File.dataset_id == body.dataset_id, File.kind == "midi")
     )
@@ -53,7 +64,7 @@ def create_corpus(
             "no_midi_files",
             "the dataset has no MIDI files yet: upload some (or transcribe audio) first",
         )
-    params = TokenizeParams.from_request(body)
+    params = TokenizeParams.from_request(body, base_spec=base_spec)
     job = submit(session, settings, owner_id=owner.id, type="tokenize", params=params)
     return JobOut.model_validate(job)
 

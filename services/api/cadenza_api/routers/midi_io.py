@@ -30,8 +30,8 @@ from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
 from cadenza.config import Settings
-from cadenza.db.models import Dataset, Job, Model, Owner, Sample
-from cadenza.db.repo import get_owned, pick_checkpoint
+from cadenza.db.models import Dataset, Job, Owner, Sample
+from cadenza.db.repo import get_visible_model, pick_checkpoint
 from cadenza.ingest import (
     Incoming,
     Rejected,
@@ -261,7 +261,7 @@ async def answer_midi(
     edit = options.mode != "continue"
 
     def _check_model(s: Session) -> str:
-        model = get_owned(s, Model, model_id, owner.id)
+        model = get_visible_model(s, model_id, owner.id)  # yours, or a public model
         if edit:
             check_mode(options.mode, capabilities(s, model)["modes"])
         ckpt = pick_checkpoint(session=s, model_id=model.id, which=options.checkpoint)

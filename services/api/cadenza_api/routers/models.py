@@ -3,18 +3,22 @@ checkpoints and weights, and sample from it (a `sample` job)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import select
 
 from cadenza.db.models import Checkpoint, Corpus, File, Job, MetricRecord, Model, Sample, new_id
-from cadenza.db.repo import get_owned, list_owned, pick_checkpoint
-from cadenza.delete import delete_model
+from cadenza.db.repo import NotFound, get_owned, get_visible_model, list_owned, pick_checkpoint
+from cadenza.delete import adapters_of, delete_model
 from cadenza.jobs import submit
 from cadenza.sample.params import SampleParams, check_for_model
 from cadenza.storage import ObjectNotFound, job_key
-from cadenza.train.params import TrainParams, resolve_model
+from cadenza.train.params import ModelRequest, TrainParams, resolve_adapter_request, resolve_model
+from cadenza.validation import Conflict, InvalidParams
 from cadenza_api.deletes import finish_delete
 from cadenza_api.deps import (
+    CurrentCaller,
     CurrentOwner,
     Limit,
     Offset,
@@ -32,7 +36,7 @@ from cadenza_api.schemas import (
     JobOut,
     MetricOut,
     ModelOut,
-    ModelRequest,
+    ModelPatch,
     SampleList,
     SampleOut,
     SampleRequest,
@@ -57,13 +61,29 @@ def create_model(
     state, checkpoints and metrics while it trains). 404 for an unknown corpus or
     `init_checkpoint_id`; 409 when that checkpoint was trained with another tokenizer than the
     corpus; 422 names each invalid architecture, preset, `config` or `train` field.
+
+    With `base_model_id` (yours or a public model) and `adapter`, trains a LoRA adapter of
+    that model on the corpus, which must be built with the same `base_model_id` (422
+    otherwise): 404 for a base you cannot see, 409 while the base has no finished training,
+    422 naming each invalid `adapter` field.
     """
     corpus = get_owned(session, Corpus, body.corpus_id, owner.id)
     tokenizer = (corpus.params.get("tokenizer_spec") or {}).get("name")
+    base: Model | None = None
+    adapter: dict[str, Any] | None = None
+    if body.base_model_id is not None or body.adapter is not None:
+        base, base_ckpt = _adaptable_base(session, body, corpus, owner.id)
+        body, adapter = resolve_adapter_request(
+            body,
+            base_architecture=base.architecture,
+            base_preset=base.preset,
+            base_config=base.config,
+        )
+        body = body.model_copy(update={"init_checkpoint_id": base_ckpt.id})
     config, train = resolve_model(
         body, tokenizer=tokenizer, tokenizer_spec=corpus.params.get("tokenizer_spec")
     )
-    if body.init_checkpoint_id:
+    if body.init_checkpoint_id and base is None:
         ckpt = session.get(Checkpoint, body.init_checkpoint_id)
         parent = session.get(Model, ckpt.model_id) if ckpt else None
         if ckpt is None or parent is None or parent.owner_id != owner.id:
@@ -82,11 +102,13 @@ def create_model(
         job_id=job_id,
         architecture=body.architecture,
         preset=body.preset,
-        config=config,
+        config=config if base is None else dict(base.config),
         train_config=train,
         vocab_size=corpus.vocab_size,
         tokenizer_hash=corpus.tokenizer_hash,
         init_checkpoint_id=body.init_checkpoint_id,
+        base_model_id=base.id if base is not None else None,
+        adapter=adapter,
     )
     session.add(model)
     session.flush()
@@ -101,6 +123,45 @@ def create_model(
         held=body.cluster_job,
     )
     return JobOut.model_validate(job)
+
+
+def _adaptable_base(
+    session: SessionDep, body: ModelRequest, corpus: Corpus, owner_id: str
+) -> tuple[Model, Checkpoint]:
+    """The base model an adapter request names and the checkpoint the adapter trains on."""
+    if body.base_model_id is None:
+        raise InvalidParams(
+            "invalid request: adapter: an adapter needs base_model_id (the model to adapt)",
+            code="invalid_adapter",
+            details=[{"field": "base_model_id", "message": "required with adapter"}],
+        )
+    base = get_visible_model(session, body.base_model_id, owner_id)
+    if base.adapter is not None:
+        why = f"model {base.id} is itself an adapter; adapt its base {base.base_model_id}"
+        raise InvalidParams(
+            f"invalid request: base_model_id: {why}",
+            code="invalid_adapter",
+            details=[{"field": "base_model_id", "message": why}],
+        )
+    if corpus.tokenizer_hash != base.tokenizer_hash:
+        why = (
+            f"corpus {corpus.id} was not tokenized with model {base.id}'s tokenizer; build the "
+            f'corpus with POST /v1/corpora {{"dataset_id": …, "base_model_id": "{base.id}"}}'
+        )
+        raise InvalidParams(
+            f"invalid request: base_model_id: {why}",
+            code="tokenizer_mismatch",
+            details=[{"field": "base_model_id", "message": why}],
+        )
+    ckpt = pick_checkpoint(session=session, model_id=base.id, which="best")
+    if base.state != "ready" or ckpt is None:
+        raise ApiError(
+            409,
+            "model_not_ready",
+            f"base model {base.id} has not finished training (state: {base.state}); "
+            "adapt it once it is ready",
+        )
+    return base, ckpt
 
 
 def _model_out(session: SessionDep, model: Model) -> ModelOut:
@@ -130,9 +191,23 @@ def _model_out(session: SessionDep, model: Model) -> ModelOut:
 
 @router.get("", response_model=list[ModelOut], **describe("models_list", "List models"))
 def list_models(
-    session: SessionDep, owner: CurrentOwner, limit: Limit = 100, offset: Offset = 0
+    session: SessionDep,
+    owner: CurrentOwner,
+    limit: Limit = 100,
+    offset: Offset = 0,
+    public: bool = False,
 ) -> list[ModelOut]:
-    """Your models, newest first, each with its checkpoints and metrics."""
+    """Your models, newest first, each with its checkpoints and metrics; with `public=true`,
+    the public models of every owner instead (the ones you may sample and adapt)."""
+    if public:
+        stmt = (
+            select(Model)
+            .where(Model.visibility == "public")
+            .order_by(Model.created_at.desc(), Model.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return [_model_out(session, m) for m in session.scalars(stmt)]
     return [
         _model_out(session, m)
         for m in list_owned(session, Model, owner.id, limit=limit, offset=offset)
@@ -141,8 +216,42 @@ def list_models(
 
 @router.get("/{model_id}", response_model=ModelOut, **describe("models_get", "Get a model", 404))
 def get_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> ModelOut:
-    """Its state (`queued`, `training`, `ready`, `failed`, …), configs, checkpoints and losses."""
-    return _model_out(session, get_owned(session, Model, model_id, owner.id))
+    """Its state (`queued`, `training`, `ready`, `failed`, …), configs, checkpoints and losses.
+
+    Yours, or another owner's public model (its corpus, dataset, checkpoint files, weights
+    and loss curve stay 404 to you)."""
+    return _model_out(session, get_visible_model(session, model_id, owner.id))
+
+
+@router.patch(
+    "/{model_id}",
+    response_model=ModelOut,
+    **describe("models_update", "Publish or unpublish a model", 404, 409, 422),
+)
+def update_model(
+    model_id: str, body: ModelPatch, session: SessionDep, caller: CurrentCaller
+) -> ModelOut:
+    """Set `visibility`: `public` lets every owner see, sample and adapt the model (never read
+    its corpus, dataset, checkpoint files or weights); `private` takes that back. Your own
+    models, or any model with an `admin` key. 409 when making private a model that other
+    owners' adapters depend on (they would no longer sample): they must be deleted first."""
+    model = session.get(Model, model_id) if len(model_id) <= 64 else None
+    if model is None or (model.owner_id != caller.owner.id and not caller.allows("admin")):
+        raise NotFound("model", model_id)
+    if body.visibility == "private" and model.visibility != "private":
+        others = [m for m, o in adapters_of(session, model.id) if o != model.owner_id]
+        if others:
+            shown = ", ".join(others[:5]) + (
+                f" and {len(others) - 5} more" if len(others) > 5 else ""
+            )
+            raise Conflict(
+                f"model {model.id} is the base of other owners' adapters {shown}; it stays "
+                "public while they exist",
+                code="has_dependents",
+            )
+    model.visibility = body.visibility
+    session.commit()
+    return _model_out(session, model)
 
 
 @router.get(
@@ -183,7 +292,10 @@ def loss_png(model_id: str, session: SessionDep, store: StoreDep, owner: Current
 def download_weights(
     model_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> StreamingResponse:
-    """The best checkpoint's weights as safetensors (written when training ends; 409 before)."""
+    """The best checkpoint's weights as safetensors (written when training ends; 409 before).
+
+    For an adapter model, only the adapter's tensors, with its options and its base's spec in
+    the metadata."""
     model = get_owned(session, Model, model_id, owner.id)
     return stream_object(
         store,
@@ -218,8 +330,9 @@ def create_samples(
     source piece (`source_file_id` or `source_sample_id`), `accompany` adds tracks with
     `accompany.programs`: 422 when the model cannot (see its `capabilities.modes`) or the
     source lacks those bars or tracks, 404 for a source that is not yours.
+    Yours, or a public model of another owner (the samples are yours).
     """
-    model = get_owned(session, Model, model_id, owner.id)
+    model = get_visible_model(session, model_id, owner.id)
     ckpt = pick_checkpoint(session=session, model_id=model.id, which=body.checkpoint)
     if ckpt is None:
         if body.checkpoint not in ("best", "latest"):
@@ -263,8 +376,9 @@ def create_samples(
 def list_samples(
     model_id: str, session: SessionDep, owner: CurrentOwner, limit: Limit = 1000, offset: Offset = 0
 ) -> SampleList:
-    """The samples generated from this model, newest first (`limit` at most 1000)."""
-    get_owned(session, Model, model_id, owner.id)
+    """Your samples generated from this model (yours or a public one), newest first (`limit`
+    at most 1000)."""
+    get_visible_model(session, model_id, owner.id)
     rows = list_owned(session, Sample, owner.id, limit=limit, offset=offset, model_id=model_id)
     return SampleList(samples=[SampleOut.model_validate(s) for s in rows])
 
@@ -278,7 +392,9 @@ def delete_model_route(
     model_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep, owner: CurrentOwner
 ) -> DeletedOut:
     """Delete the model with its checkpoints, metrics, weights, loss curve, and its samples
-    (MIDI and renderings). 409 while its training job, a sample job on it, or a fine-tuning
-    from its checkpoints is queued or running (cancel that job first)."""
+    (MIDI and renderings; a public model's samples of other owners too). 409 while its
+    training job, a sample job on it, or a fine-tuning from its checkpoints is queued or
+    running (cancel that job first), and while adapters (anyone's) are built on it: the 409
+    names them; they must be deleted first."""
     deleted = delete_model(session, owner_id=owner.id, model_id=model_id[:64])
     return finish_delete(session, store, settings, deleted)

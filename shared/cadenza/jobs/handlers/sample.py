@@ -151,10 +151,23 @@ def _load_model(ctx: JobContext, rows: _Rows) -> tuple[CadenzaModel, str]:
     from cadenza.models.checkpoint import load_for_inference
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module, spec = load_for_inference(ctx.store.get(rows.checkpoint.object_key), device)
+    base = _adapter_base(ctx, rows.model)
+    module, spec = load_for_inference(ctx.store.get(rows.checkpoint.object_key), device, base=base)
     if spec.get("tokenizer_hash") and spec["tokenizer_hash"] != rows.corpus.tokenizer_hash:
         raise UserError("the checkpoint's tokenizer does not match its corpus; retrain the model")
     return module, device
+
+
+def _adapter_base(ctx: JobContext, model: Model) -> bytes | None:
+    """An adapter model's base checkpoint (its adapter is merged into it), else None."""
+    if model.adapter is None:
+        return None
+    with ctx.session() as s:
+        base = s.get(Checkpoint, model.init_checkpoint_id) if model.init_checkpoint_id else None
+        key = base.object_key if base is not None else None
+    if key is None:
+        raise UserError(f"the base model of adapter {model.id} no longer exists")
+    return ctx.store.get(key)
 
 
 def _prompt(

@@ -24,7 +24,7 @@ from typing import Any, overload
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cadenza.db.models import Corpus, File, new_id
+from cadenza.db.models import Corpus, File, Model, new_id
 from cadenza.jobs.context import JobCancelled, JobContext, Outcome, UserError
 from cadenza.jobs.transient import JobInterrupted, is_transient
 from cadenza.storage import ObjectStore, job_key
@@ -90,6 +90,7 @@ def run(ctx: JobContext) -> Outcome:
         raise UserError("the dataset has no MIDI files")
     keys = dict(files)
     shards = shard_count(len(files), p.shards)
+    base_tokenizer = _base_tokenizer(ctx, p)
 
     ctx.progress(0.0, f"tokenizing {len(files)} MIDI files in {shards} part(s)", force=True)
 
@@ -105,10 +106,11 @@ def run(ctx: JobContext) -> Outcome:
                 seed=p.seed,
                 progress=progress,
                 should_stop=ctx.cancelled,
+                tokenizer=base_tokenizer,
                 **build_options(p),
             )
         else:
-            build = _sharded(ctx, p, files, shards, progress)
+            build = _sharded(ctx, p, files, shards, progress, base_tokenizer)
     except CorpusCancelled as exc:
         raise JobCancelled() from exc
     except CorpusEmpty as exc:
@@ -164,11 +166,33 @@ def run(ctx: JobContext) -> Outcome:
                 vocab_size=vocab,
                 object_prefix=prefix,
                 stats=stats,
+                base_model_id=p.base_model_id,
             )
         )
         return {"corpus_id": corpus_id}
 
     return Outcome(finalize, message=f"{tokens} tokens")
+
+
+def _base_tokenizer(ctx: JobContext, p: TokenizeParams) -> Any:
+    """The saved tokenizer of `p.base_model_id`'s corpus (None without a base model).
+
+    Loaded from its bytes, BPE vocabulary and all, so the new corpus's ids are the base
+    model's; the corpus stores its own copy, so it keeps working if the base goes.
+    """
+    if p.base_model_id is None:
+        return None
+    from cadenza.tokenize import tokenizer_from_bytes
+
+    with ctx.session() as s:
+        base = s.get(Model, p.base_model_id)
+        if base is not None and base.owner_id != ctx.owner_id and base.visibility != "public":
+            base = None  # unpublished since the request: as if it were gone
+        corpus = s.get(Corpus, base.corpus_id) if base is not None else None
+        key = corpus.tokenizer_key if corpus is not None else None
+    if key is None:
+        raise UserError(f"base model {p.base_model_id} no longer exists")
+    return tokenizer_from_bytes(ctx.store.get(key))
 
 
 def _sharded(
@@ -177,6 +201,7 @@ def _sharded(
     files: list[tuple[str, str]],
     shards: int,
     progress: Callable[[float, str], None],
+    base_tokenizer: Any = None,
 ) -> Any:
     """Fan the files out over `shards` child jobs, wait for them, merge their spools."""
     from cadenza.jobs.fanout import ChildFailed, run_children, spawn_children
@@ -223,6 +248,7 @@ def _sharded(
                 workers=shards,
                 progress=progress,
                 should_stop=ctx.cancelled,
+                tokenizer=base_tokenizer,
             )
     except ChildFailed as exc:
         ctx.store.delete_prefix(prefix)

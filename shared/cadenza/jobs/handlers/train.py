@@ -207,7 +207,8 @@ def run(ctx: JobContext) -> Outcome:
         if model.init_checkpoint_id:
             init = s.get(Checkpoint, model.init_checkpoint_id)
             if init is None:
-                raise UserError(f"checkpoint {model.init_checkpoint_id} no longer exists")
+                what = "base model" if model.adapter is not None else "checkpoint"
+                raise UserError(f"the {what} {model.init_checkpoint_id} no longer exists")
             init_key = init.object_key
         s.expunge_all()
     data = load_corpus_arrays(ctx, corpus)
@@ -229,6 +230,7 @@ def run(ctx: JobContext) -> Outcome:
             init_from=ctx.store.get(init_key) if init_key else None,
             bos_id=_bos_id(ctx, corpus) if cfg.window_grid is not None else None,
             infill_ids=_infill_ids(ctx, corpus) if cfg.infill_fraction > 0 else None,
+            adapter=model.adapter,  # a LoRA model: init_from is its base's checkpoint
         )
     except ValueError as exc:  # bad data/config for this corpus: the user's to fix
         raise UserError(str(exc)) from exc

@@ -272,7 +272,7 @@ export function lossSeries(metrics, width, height, pad = 4) {
 }
 
 const INT_FIELDS = ["n", "primer_bars", "max_new_tokens", "max_bars", "top_k", "seed"];
-const FLOAT_FIELDS = ["temperature", "top_p", "min_p", "primer_seconds"];
+const FLOAT_FIELDS = ["temperature", "top_p", "min_p", "primer_seconds", "max_copied_fraction"];
 
 /**
  * The body of `POST /v1/models/{id}/samples` from the sample form's values (strings, as a
@@ -329,6 +329,19 @@ export function metricRows(meta) {
     .filter(([, m]) => m && typeof m === "object" && "sample" in m)
     .map(([name, m]) => ({ name, sample: m.sample, mean: m.corpus_mean, std: m.corpus_std, z: m.z }))
     .sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/**
+ * A sample's copy check (`meta.novelty`) in words: how much of it is found in the training
+ * pieces, its longest copied run, and whether a `max_copied_fraction` was still missed.
+ */
+export function noveltyText(meta) {
+  const n = meta && meta.novelty;
+  if (!n || typeof n.copied_fraction !== "number") return "";
+  let text = `${Math.round(n.copied_fraction * 100)}% of its 8-note phrases are in the training pieces · longest copied run ${n.longest_copied_run} notes`;
+  if (n.over_limit) text += ` · still over the ${n.max_copied_fraction} limit after ${n.resampled} re-samples`;
+  else if (n.resampled) text += ` · re-sampled ${n.resampled}× to get under ${n.max_copied_fraction}`;
+  return text;
 }
 
 /** "1:05" for 65.2 s; "" for a missing duration. */
