@@ -32,6 +32,15 @@ from cadenza.tokenize.base import (
     empty_symbols,
     sym_char,
 )
+from cadenza.tokenize.grammar import (
+    TIME_TYPES,
+    Rules,
+    TypeGraph,
+    graph_from_miditok,
+    note_group_graph,
+    token_type,
+    type_graph_rules,
+)
 from cadenza.tokenize.miditok_options import import_miditok, make_miditok, miditok_class
 from cadenza.tokenize.spec import MIDITOK_MULTI_VOCAB, MIDITOK_SINGLE_STREAM, TokenizerSpec
 
@@ -198,6 +207,68 @@ class MidiTokTokenizer(Tokenizer):
         score.time_signatures.append(TimeSignatureTick(0, 4, 4))
         return score
 
+    # ---- grammar ----------------------------------------------------------------------------
+    def grammar_excluded(self) -> frozenset[int]:
+        """MidiTok's special tokens, except MMM's track marks (its encoder writes them)."""
+        return frozenset(i for i in self._specials if not self._track_mark(i))
+
+    def _track_mark(self, base_id: int) -> bool:
+        return self.name == "MMM" and str(self.miditok[base_id]) in ("Track_Start", "Track_End")
+
+    def type_graph(self) -> TypeGraph:
+        """Which token type may follow which: MidiTok's own graph (the one its
+        ``tokens_errors`` checks), completed where its encoder writes more than the graph
+        says, or for PerTok (no graph in MidiTok) one from the shape of its notes."""
+        names = [str(self.miditok[i]) for i in range(self.base_vocab_size)]
+        excluded = self.grammar_excluded()
+        types = {token_type(n) for i, n in enumerate(names) if i not in excluded}
+        if self.name == "PerTok":
+            cfg = self.miditok.config
+            prefix = "Program" if cfg.use_programs and not cfg.program_changes else None
+            succ = note_group_graph(
+                types, ("Pitch", "PitchDrum"), ("MicroTiming", "Velocity", "Duration"), prefix
+            )
+        else:
+            extra: dict[str, set[str]] = {}
+            if self.name == "MMM":
+                # MMM wraps each track of its base tokenizer in Track_Start, Program … Track_End;
+                # MidiTok's graph lumps both marks into "Track" and misses Program -> Bar.
+                base = set(graph_from_miditok(self.miditok.tokens_types_graph, types))
+                extra = {
+                    "Track_Start": {"Program"},
+                    "Program": {"Bar", "TimeSig", "Position", "TimeShift", "Pitch", "Tempo"},
+                    "Track_End": {"Track_Start"},
+                    **{t: {"Track_End"} for t in base if t not in ("Track_Start", "Program")},
+                }
+            succ = graph_from_miditok(self.miditok.tokens_types_graph, types, extra=extra)
+        if self.name == "MMM":
+            start = frozenset({"Track_Start"})
+        else:
+            timing = TIME_TYPES & types
+            start = frozenset(timing.union(*(succ.get(t, frozenset()) for t in timing)))
+            if not timing:
+                start = frozenset(types)
+        return TypeGraph(succ, start)
+
+    def grammar_rules(self) -> Rules:
+        """MidiTok's token-type successions (a pitch is followed by its velocity and duration,
+        a Bar by its TimeSig, …) and, where the vocabulary has Bar and Position tokens,
+        positions strictly rising within a bar. Not checked: values (e.g. a position past the
+        bar's time signature, a NoteOff without its NoteOn)."""
+        excluded = self.grammar_excluded()
+        names: list[str | None] = [
+            None if i in excluded else str(self.miditok[i]) for i in range(self.base_vocab_size)
+        ]
+        graph = self.type_graph()
+        types = set(graph.succ)
+        return type_graph_rules(
+            names,
+            graph,
+            track_positions={"Bar", "Position"} <= types,
+            summary=f"{self.name}: token-type successions"
+            + (", positions rising within a bar" if {"Bar", "Position"} <= types else ""),
+        )
+
     # ---- persistence ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         d = self.miditok.to_dict()
@@ -341,6 +412,36 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
             last_k = k
         flush()
         return out
+
+    def grammar_rules(self) -> Rules:
+        """Tuples whole and in field order: a field-0 id opens a tuple, which then takes one
+        id of each next field in turn (MuMIDI: 5 fields for a note, 3 otherwise), and a
+        piece ends only between tuples. Not checked: which values go together (e.g. CPWord's
+        Ignore fields of a Metric tuple)."""
+        bounds = [*(int(o) for o in self._offsets), self.base_vocab_size]
+        field_of = np.zeros(self.base_vocab_size, dtype=np.int64)
+        for k in range(len(self._sizes)):
+            field_of[bounds[k] : bounds[k + 1]] = k
+        fields0 = {v: self._fields(v) for v in range(self._sizes[0])}
+        specials = self._special_field_ids
+
+        def step(key: object, b: int) -> object | None:
+            assert isinstance(key, tuple)
+            nxt, n = key
+            k = int(field_of[b])
+            v = b - bounds[k]
+            if v in specials[k] or k != nxt:
+                return None
+            if k == 0:
+                n = fields0[v]
+            return (0, 0) if k + 1 >= n else (k + 1, n)
+
+        return Rules(
+            (0, 0),
+            step,
+            lambda key: key == (0, 0),
+            f"{self.name}: whole tuples, fields in order",
+        )
 
     def _decode_base(self, base: list[int]) -> Score:
         raise NotImplementedError  # compound tokens decode through _decode_steps
