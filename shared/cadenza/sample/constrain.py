@@ -32,7 +32,13 @@ class Constraint:
         self.next = table.to(device)
         self.blocked = (self.next < 0).contiguous()
         # each row starts where its prompt leaves the grammar (forbidden prompt ids are skipped)
-        starts = [grammar.walk(p)[0] for p in prompts]
+        walked: dict[tuple[int, ...], int] = {}  # the n rows of a prompt share its walk
+        starts = []
+        for p in prompts:
+            key = tuple(p)
+            if key not in walked:
+                walked[key] = grammar.walk(key)[0]
+            starts.append(walked[key])
         self.states = torch.tensor(starts, dtype=torch.long, device=device)
 
     def mask(self, logits: Tensor) -> Tensor:

@@ -416,31 +416,65 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
     def grammar_rules(self) -> Rules:
         """Tuples whole and in field order: a field-0 id opens a tuple, which then takes one
         id of each next field in turn (MuMIDI: 5 fields for a note, 3 otherwise), and a
-        piece ends only between tuples. Not checked: which values go together (e.g. CPWord's
-        Ignore fields of a Metric tuple)."""
+        piece ends only between tuples. CPWord also: a Note tuple has Ignore for Bar/Position
+        and real pitch, velocity and duration; a Metric tuple has Ignore for those; positions
+        rise strictly within a bar (a Bar or a Rest resets), as MidiTok's ``tokens_errors``
+        checks. Not checked: other values that go together (e.g. Octuple's bar numbers)."""
         bounds = [*(int(o) for o in self._offsets), self.base_vocab_size]
         field_of = np.zeros(self.base_vocab_size, dtype=np.int64)
         for k in range(len(self._sizes)):
             field_of[bounds[k] : bounds[k + 1]] = k
         fields0 = {v: self._fields(v) for v in range(self._sizes[0])}
         specials = self._special_field_ids
+        cp = self.name == "CPWord"
+        # per base id: (MidiTok type, value) for CPWord's value rules
+        kinds = [str(self.token_str(b)).split("_", 1) for b in range(self.base_vocab_size)]
+        idx: dict[str, int] = dict(getattr(self.miditok, "vocab_types_idx", {}) or {})
+        note_fields = {idx[t] for t in ("Pitch", "PitchDrum", "Velocity", "Duration") if t in idx}
+        where = idx.get("Position", idx.get("Bar", -1))
+
+        def cp_step(key: tuple[int, int, str, int], k: int, b: int) -> tuple[str, int] | None:
+            """CPWord's value rules for id ``b`` in field ``k``: the new (family, position)."""
+            _, _, fam, pos = key
+            typ = kinds[b][0]
+            if k == 0:
+                return (kinds[b][1] if len(kinds[b]) > 1 else "", pos)
+            if fam == "Note" and k == where and typ != "Ignore":
+                return None
+            if k in note_fields and (typ == "Ignore") == (fam == "Note"):
+                return None
+            if typ == "Bar" or typ == "Rest":
+                return (fam, -1)
+            if typ == "Position":
+                try:
+                    value = int(kinds[b][1])
+                except (IndexError, ValueError):
+                    return (fam, pos)
+                return (fam, value) if value > pos else None
+            return (fam, pos)
 
         def step(key: object, b: int) -> object | None:
             assert isinstance(key, tuple)
-            nxt, n = key
+            nxt, n, fam, pos = key
             k = int(field_of[b])
             v = b - bounds[k]
             if v in specials[k] or k != nxt:
                 return None
             if k == 0:
                 n = fields0[v]
-            return (0, 0) if k + 1 >= n else (k + 1, n)
+            if cp:
+                moved = cp_step(key, k, b)
+                if moved is None:
+                    return None
+                fam, pos = moved
+            return (0, 0, "", pos) if k + 1 >= n else (k + 1, n, fam, pos)
 
         return Rules(
-            (0, 0),
+            (0, 0, "", -1),
             step,
-            lambda key: key == (0, 0),
-            f"{self.name}: whole tuples, fields in order",
+            lambda key: isinstance(key, tuple) and key[0] == 0,
+            f"{self.name}: whole tuples, fields in order"
+            + ("; Note/Metric fields, positions rising within a bar" if cp else ""),
         )
 
     def _decode_base(self, base: list[int]) -> Score:
