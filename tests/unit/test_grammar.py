@@ -242,3 +242,26 @@ def test_variations_report_invalid_tokens(cleaned: list[ScoreTick]) -> None:
     assert [v.invalid_tokens for v in on] == [0, 0]
     assert all(v.invalid_tokens > 0 for v in off)
     assert all(v.notes > 0 for v in on)
+
+
+def test_filters_and_dropped_rows_keep_the_mask(cleaned: list[ScoreTick]) -> None:
+    """top-k, min-p, the repetition penalty and greedy see masked logits; rows that end early
+    leave the batch (their states with them) and the others keep obeying the grammar."""
+    tok = tokenizer("TSD", cleaned)
+    g = grammar_for(tok)
+    model = tiny_model(tok.vocab_size)
+    base = SamplingParams(temperature=1.8, max_new_tokens=64, seed=6, compile=False)
+    first = generate(model, [[tok.bos_id]], base, n=8, grammar=g)
+    common = int(np.bincount(np.concatenate(first)).argmax())  # rows "end" on it: dropped
+    for extra in (
+        {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.3},
+        {"temperature": 0.0},
+        {"eos_id": common},
+    ):
+        params = SamplingParams(
+            **{"temperature": 1.8, "max_new_tokens": 64, "seed": 6, "compile": False, **extra}
+        )
+        rows = generate(model, [[tok.bos_id]], params, n=8, grammar=g)
+        assert all(g.first_violation([tok.bos_id, *r]) is None for r in rows)
+        if "eos_id" in extra:
+            assert sum(len(r) < 56 for r in rows) >= 4, [len(r) for r in rows]  # some dropped
