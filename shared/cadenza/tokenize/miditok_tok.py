@@ -419,7 +419,9 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
         piece ends only between tuples. CPWord also: a Note tuple has Ignore for Bar/Position
         and real pitch, velocity and duration; a Metric tuple has Ignore for those; positions
         rise strictly within a bar (a Bar or a Rest resets), as MidiTok's ``tokens_errors``
-        checks. Not checked: other values that go together (e.g. Octuple's bar numbers)."""
+        checks. MuMIDI also: MidiTok's type graph over the tuples' first fields (Bar →
+        Position → Program → Pitch …) and rising positions. Not checked: other values that
+        go together (e.g. Octuple's bar numbers, MuMIDI's bar and position encodings)."""
         bounds = [*(int(o) for o in self._offsets), self.base_vocab_size]
         field_of = np.zeros(self.base_vocab_size, dtype=np.int64)
         for k in range(len(self._sizes)):
@@ -432,6 +434,26 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
         idx: dict[str, int] = dict(getattr(self.miditok, "vocab_types_idx", {}) or {})
         note_fields = {idx[t] for t in ("Pitch", "PitchDrum", "Velocity", "Duration") if t in idx}
         where = idx.get("Position", idx.get("Bar", -1))
+        mumidi = self.name == "MuMIDI"
+        # MuMIDI: MidiTok's graph over the field-0 types (Bar, Position, Program, Pitch …)
+        types0 = {kinds[b][0] for b in range(self._sizes[0]) if b not in specials[0]}
+        graph0 = graph_from_miditok(self.miditok.tokens_types_graph, types0) if mumidi else {}
+        timing0 = TIME_TYPES & types0
+        start0 = frozenset(timing0.union(*(graph0.get(t, frozenset()) for t in timing0)))
+        open0 = TypeGraph(graph0, start0).open_types()
+
+        def mumidi_step(key: tuple[int, int, str, int], b: int) -> tuple[str, int] | None:
+            """MuMIDI's rules for a field-0 id: the type graph and rising positions."""
+            _, _, last, pos = key
+            typ = kinds[b][0]
+            if typ not in (start0 if last == "" else graph0.get(last, frozenset())):
+                return None
+            if typ == "Bar":
+                return (typ, -1)
+            if typ == "Position":
+                value = int(kinds[b][1])
+                return (typ, value) if value > pos else None
+            return (typ, pos)
 
         def cp_step(key: tuple[int, int, str, int], k: int, b: int) -> tuple[str, int] | None:
             """CPWord's value rules for id ``b`` in field ``k``: the new (family, position)."""
@@ -462,19 +484,27 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
                 return None
             if k == 0:
                 n = fields0[v]
-            if cp:
-                moved = cp_step(key, k, b)
+            if cp or (mumidi and k == 0):
+                moved = cp_step(key, k, b) if cp else mumidi_step(key, b)
                 if moved is None:
                     return None
                 fam, pos = moved
-            return (0, 0, "", pos) if k + 1 >= n else (k + 1, n, fam, pos)
+            if k + 1 >= n:  # the tuple is whole; MuMIDI remembers its type for the next
+                return (0, 0, fam if mumidi else "", pos)
+            return (k + 1, n, fam, pos)
 
+        def can_end(key: object) -> bool:
+            return isinstance(key, tuple) and key[0] == 0 and key[2] not in open0
+
+        rules = {
+            "CPWord": "; Note/Metric fields, positions rising within a bar",
+            "MuMIDI": "; MidiTok's type graph over tuples, positions rising within a bar",
+        }
         return Rules(
             (0, 0, "", -1),
             step,
-            lambda key: isinstance(key, tuple) and key[0] == 0,
-            f"{self.name}: whole tuples, fields in order"
-            + ("; Note/Metric fields, positions rising within a bar" if cp else ""),
+            can_end,
+            f"{self.name}: whole tuples, fields in order" + rules.get(self.name, ""),
         )
 
     def _decode_base(self, base: list[int]) -> Score:
