@@ -9,8 +9,9 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
 # --- system packages ---------------------------------------------------------------------
 # ffmpeg/ffprobe (audio probe and conversion), a General MIDI soundfont and fluidsynth
-# (rendering), libsndfile (audio I/O), PostgreSQL and Redis (integration tests).
-APT_PACKAGES=(ffmpeg fluid-soundfont-gm fluidsynth libsndfile1 postgresql redis-server)
+# (rendering), libsndfile (audio I/O), PostgreSQL and Redis (integration tests), chromium
+# (the studio's browser tests drive it through Playwright, which cannot download a browser).
+APT_PACKAGES=(ffmpeg fluid-soundfont-gm fluidsynth libsndfile1 postgresql redis-server chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -133,6 +133,21 @@ class Client:
     def sample(self, model_id: str, **options: Any) -> dict[str, Any]:
         return dict(self.post(f"/v1/models/{model_id}/samples", options))
 
+    def continue_midi(
+        self, model_id: str, midi: bytes, *, wait: float = 60.0, **options: Any
+    ) -> httpx.Response:
+        """MIDI in, MIDI out (`POST /v1/models/{id}/continue`): the answer is 200 with the
+        MIDI (a zip when `n` > 1) or 202 with the job still running; errors raise."""
+        params = {k: v for k, v in options.items() if v is not None} | {"wait": wait}
+        r = self.http.post(
+            f"/v1/models/{model_id}/continue",
+            params=params,
+            content=midi,
+            headers={"Content-Type": "audio/midi"},
+            timeout=wait + 60,
+        )
+        return self._check(r)
+
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self.get(f"/v1/jobs/{job_id}"))
 

@@ -8,7 +8,9 @@ caller commits and then sweeps the returned pending ids (`cadenza.sweep`).
 
 A corpus outlives its dataset (it holds its own tokenizer and token arrays); a corpus with
 models refuses (a model samples with its corpus's tokenizer). A model takes its checkpoints,
-metrics and samples with it (they mean nothing without it). A job's
+metrics and samples with it (they mean nothing without it). A sample that continued another
+(`parent_sample_id`) outlives it: the database sets the link to null (ON DELETE SET NULL),
+and a sample that a queued or running job continues is not deleted (409). A job's
 outputs (corpus, model, samples, files) are resources of their own: deleting a finished job
 removes its row and events, and only those objects of the job that no row uses any more.
 """
@@ -172,8 +174,8 @@ def delete_corpus(session: Session, *, owner_id: str, corpus_id: str) -> Deleted
 def delete_model(session: Session, *, owner_id: str, model_id: str) -> Deleted:
     """A model with its checkpoints, metrics, samples, weights, loss curve and renderings.
 
-    409 while its training job, a sample job on it, or a fine-tuning from one of its
-    checkpoints is queued or running.
+    409 while its training job, a sample job on it, a sample job continuing one of its
+    samples, or a fine-tuning from one of its checkpoints is queued or running.
     """
     model = get_owned(session, Model, model_id, owner_id)
     _lock(session, Model, model_id)
@@ -193,13 +195,20 @@ def delete_model(session: Session, *, owner_id: str, model_id: str) -> Deleted:
         if children and ckpts
         else set()
     )
+    samples = list(
+        session.execute(
+            select(Sample.id, Sample.midi_key, Sample.meta).where(Sample.model_id == model_id)
+        )
+    )
+    sample_ids = {s.id for s in samples}
     _refuse_if_used(
         jobs,
         f"model {model_id}",
-        lambda p: p.get("model_id") == model_id or p.get("model_id") in finetunes,
-    )
-    samples = list(
-        session.execute(select(Sample.midi_key, Sample.meta).where(Sample.model_id == model_id))
+        lambda p: (
+            p.get("model_id") == model_id
+            or p.get("model_id") in finetunes
+            or p.get("primer_sample_id") in sample_ids
+        ),
     )
     out = Deleted("model", model_id)
     out.pending_ids = schedule(
@@ -219,9 +228,18 @@ def delete_model(session: Session, *, owner_id: str, model_id: str) -> Deleted:
 
 
 def delete_sample(session: Session, *, owner_id: str, sample_id: str) -> Deleted:
-    """One sample: its row, its MIDI and its renderings (unless another row shares them)."""
+    """One sample: its row, its MIDI and its renderings (unless another row shares them).
+
+    409 while a queued or running job continues it (`primer_sample_id`). The samples that
+    continued it stay; their `parent_sample_id` becomes null.
+    """
     sample = get_owned(session, Sample, sample_id, owner_id)
     _lock(session, Sample, sample_id)
+    _refuse_if_used(
+        _active_jobs(session, owner_id),
+        f"sample {sample_id}",
+        lambda p: p.get("primer_sample_id") == sample_id,
+    )
     out = Deleted("sample", sample_id)
     out.pending_ids = schedule(session, [sample.midi_key, *_renders([sample.meta.get("sha256")])])
     out.rows["samples"] = _count(session, delete(Sample).where(Sample.id == sample_id))

@@ -75,6 +75,12 @@ def test_validation_errors_name_the_field(client: TestClient) -> None:
     assert r.status_code == 422 and "colour" in r.json()["error"]["message"]
 
 
+def test_max_copied_fraction_is_a_fraction(client: TestClient) -> None:
+    for bad in (1.5, -0.1, "most"):
+        r = client.post("/v1/models/m1/samples", json={"max_copied_fraction": bad})
+        assert r.status_code == 422 and "max_copied_fraction" in r.json()["error"]["message"]
+
+
 def test_paging_is_validated_on_every_list_route(client: TestClient) -> None:
     ds = dataset(client)
     routes = ["/v1/datasets", f"/v1/datasets/{ds}/files", "/v1/corpora", "/v1/models", "/v1/jobs"]

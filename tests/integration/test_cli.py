@@ -99,6 +99,41 @@ def test_cli_dataset_to_sample_audio_and_picture(
     for mid in mids:
         assert symusic.Score(str(mid)).note_num() > 0
 
+    # MIDI in, MIDI out: one command, the continuation written beside the input (or -o).
+    cont = tmp_path / "cont.mid"
+    printed = cli(
+        stack,
+        "continue",
+        model_id,
+        str(chorales[3]),
+        "--primer-bars",
+        "1",
+        "--max-new-tokens",
+        "24",
+        "--seed",
+        "3",
+        "-o",
+        str(cont),
+    ).stdout.split()
+    assert printed == [str(cont)] and symusic.Score(str(cont)).note_num() > 0
+    # Past --wait the job is followed; with -n 2 both MIDI files land in a folder.
+    folder = tmp_path / "continued"
+    printed = cli(
+        stack,
+        "continue",
+        model_id,
+        str(chorales[3]),
+        "-n",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--wait",
+        "0",
+        "-o",
+        str(folder),
+    ).stdout.split()
+    assert sorted(printed) == sorted(map(str, folder.glob("*.mid"))) and len(printed) == 2
+
     sample_id = mids[0].stem
     wav = tmp_path / "s.wav"
     cli(stack, "play", sample_id, "--format", "wav", "-o", str(wav))
@@ -121,6 +156,8 @@ def test_cli_errors_say_what_to_fix(stack: Stack, tmp_path: Path) -> None:
 
     bad = cli(stack, "sample", "nope", "--options", '{"temperature": -1}', ok=False)
     assert bad.returncode == 1 and "422" in bad.stderr and "temperature" in bad.stderr
+    bad = cli(stack, "sample", "nope", "--max-copied-fraction", "2", ok=False)
+    assert bad.returncode == 1 and "422" in bad.stderr and "max_copied_fraction" in bad.stderr
 
     bad = cli(stack, "models", "create", "nope", "--train", "{max_steps: 3}", ok=False)
     assert bad.returncode == 2 and "--train is not valid JSON" in bad.stderr

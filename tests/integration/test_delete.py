@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cadenza.client import ApiFailure, Client
+from cadenza.novelty import INDEX_NAME
 from tests.integration.test_e2e import finished, store_keys
 from tests.support.stack import Stack
 
@@ -53,6 +54,8 @@ def test_delete_everything_a_pipeline_made(stack: Stack, chorales: list[Path]) -
     finished(client, train)
     sampling = finished(client, client.sample(model_id, n=1, max_new_tokens=16, seed=3))
     assert store_keys(stack) - before, "the pipeline stored nothing"
+    # the copy check's index lives beside the corpus and must go with it
+    assert any(k.endswith(INDEX_NAME) for k in store_keys(stack) - before)
 
     paths = [f"/v1/datasets/{ds['id']}", f"/v1/models/{model_id}", f"/v1/jobs/{train['id']}"]
     for path in paths:

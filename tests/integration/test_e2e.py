@@ -6,6 +6,7 @@ errors and nothing stored for a rejected file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 import zipfile
@@ -19,19 +20,24 @@ import symusic
 
 from cadenza.client import ApiFailure, Client
 from cadenza.config import Settings
-from cadenza.storage import open_store
+from cadenza.novelty import COPY_RESAMPLES, INDEX_NAME, NGRAM
+from cadenza.storage import ObjectStore, open_store
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
 
 
-def store_keys(stack: Stack) -> set[str]:
+def stack_store(stack: Stack) -> ObjectStore:
     env = {
         k.removeprefix("CADENZA_").lower(): v
         for k, v in stack.env.items()
         if k.startswith("CADENZA_")
     }
-    return {o.key for o in open_store(Settings(**env)).list("")}
+    return open_store(Settings(**env))
+
+
+def store_keys(stack: Stack) -> set[str]:
+    return {o.key for o in stack_store(stack).list("")}
 
 
 def finished(client: Client, job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
@@ -127,6 +133,11 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     assert first["meta"]["invalid_tokens"] == 0  # constrained decoding is on by default
     entropy = first["meta"]["metrics"]["pitch_class_entropy"]
     assert entropy["sample"] > 0 and entropy["corpus_mean"] > 0  # shown next to the corpus
+    # The copy check: how much of each sample is in the training split (cadenza.novelty).
+    novelty = first["meta"]["novelty"]
+    assert novelty["ngram"] == NGRAM and 0 <= novelty["copied_fraction"] <= 1
+    assert novelty["longest_copied_run"] in (0, *range(NGRAM, 10_000))
+    assert corpus["stats"]["novelty_index"]["ngrams"] > 0
     midis = []
     for sid in job["sample_ids"]:
         data = client.http.get(f"/v1/samples/{sid}/midi").content
@@ -170,9 +181,56 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
         client.sample(model["id"], primer_tokens=[1, 2, 3], primer_tokenizer_hash="0" * 64)
     assert e.value.status == 409 and e.value.code == "tokenizer_mismatch"
 
+    # A corpus made before the copy check gets its index on its first sample job; a limit
+    # re-samples a copying variation a bounded number of times and says if it stayed over.
+    [index_key] = [k for k in store_keys(stack) if k.endswith(INDEX_NAME)]
+    stack_store(stack).delete(index_key)
+    capped = finished(
+        client, client.sample(model["id"], max_copied_fraction=0.0, max_new_tokens=64, seed=8)
+    )
+    got = client.get(f"/v1/samples/{capped['sample_id']}")["meta"]["novelty"]
+    assert got["max_copied_fraction"] == 0.0 and got["over_limit"] == (got["copied_fraction"] > 0)
+    if got["over_limit"]:
+        assert got["resampled"] == COPY_RESAMPLES
+    assert index_key in store_keys(stack)
+
     # Same seed, same request: the same music.
     again = finished(client, client.sample(model["id"], **request))
     assert [client.http.get(f"/v1/samples/{s}/midi").content for s in again["sample_ids"]] == midis
+
+    # MIDI in, MIDI out: the file is the body, the options are query parameters, and the
+    # continuation comes back as MIDI (stored as a sample like any other).
+    url = f"/v1/models/{model['id']}/continue"
+    song = chorales[0].read_bytes()
+    midi_body = {"content": song, "headers": {"Content-Type": "audio/midi"}, "timeout": 300}
+    query = {"primer_bars": 2, "max_new_tokens": 32, "seed": 7, "wait": 240}
+    r = client.http.post(url, params=query, **midi_body)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/midi", r.text
+    assert primer <= primer_pitches(symusic.Score.from_midi(r.content), bars=2)
+    made = client.get(f"/v1/samples/{r.headers['x-cadenza-sample-ids']}")
+    assert client.http.get(f"/v1/samples/{made['id']}/midi").content == r.content
+    kept = client.get(f"/v1/files/{made['params']['primer_file_id']}")
+    assert kept["sha256"] == hashlib.sha256(song).hexdigest()  # in the midi-requests dataset
+    assert client.get(f"/v1/datasets/{kept['dataset_id']}")["name"] == "midi-requests"
+    # Not done within `wait`: 202 with the job, whose samples are there once it ends.
+    r = client.http.post(url, params={**query, "n": 2, "wait": 0}, **midi_body)
+    assert r.status_code == 202 and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    assert len(finished(client, r.json())["sample_ids"]) == 2
+    r = client.http.post(url, params={**query, "n": 2}, **midi_body)  # n > 1: a zip of MIDI
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert len(zf.namelist()) == 2 and all(n.endswith(".mid") for n in zf.namelist())
+    for bad_query, body, status, says in [
+        ({"top_p": 7}, song, 422, "top_p"),
+        ({"primer_file_id": files[1]["id"]}, song, 422, "the request body is the primer"),
+        ({"no_such_option": 1}, song, 422, "no_such_option"),
+        ({}, b"RIFF not a midi file at all", 415, "not a Standard MIDI File"),
+        ({}, b"MThd\x00\x00\x00\x06broken", 422, "MIDI"),
+    ]:
+        r = client.http.post(url, params=bad_query, content=body, headers=midi_body["headers"])
+        assert r.status_code == status and says in r.json()["error"]["message"], r.text
+    r = client.http.post(url, content=song, headers={"Content-Type": "application/json"})
+    assert r.status_code == 415 and "audio/midi" in r.json()["error"]["message"]
 
     # A music-length limit stops generation early and cuts the output at that bar.
     short = finished(

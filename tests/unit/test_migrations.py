@@ -122,3 +122,50 @@ def test_0004_lets_a_corpus_outlive_its_dataset(db_url: str) -> None:
         s.execute(text("DELETE FROM corpora"))
     command.downgrade(alembic_config(db_url), "0003")
     upgrade(db_url)
+
+
+def test_0005_links_a_sample_to_its_parent_and_a_delete_unlinks(db_url: str) -> None:
+    upgrade(db_url, "0004")
+    rows = [
+        "INSERT INTO owners (id, name, limits, created_at) VALUES ('o', 'alice', '{}', :t)",
+        "INSERT INTO corpora (id, owner_id, dataset_id, job_id, params, tokenizer_key,"
+        " tokenizer_hash, vocab_size, object_prefix, stats, created_at)"
+        " VALUES ('c', 'o', NULL, 'j', '{}', 'k', 'h', 1, 'p', '{}', :t)",
+        "INSERT INTO models (id, owner_id, corpus_id, job_id, architecture, preset, config,"
+        " train_config, vocab_size, tokenizer_hash, state, summary, created_at)"
+        " VALUES ('m', 'o', 'c', 'j', 'a', NULL, '{}', '{}', 1, 'h', 'ready', '{}', :t)",
+        'INSERT INTO samples (id, owner_id, model_id, job_id, "index", params, midi_key,'
+        " num_tokens, num_notes, duration_s, partial, meta, created_at)"
+        " VALUES ('s', 'o', 'm', 'j', 0, '{}', 'k', 1, 1, 1.0, false, '{}', :t)",
+    ]
+    with create_engine(db_url).begin() as c:
+        for sql in rows:
+            c.execute(text(sql), {"t": T0})
+    upgrade(db_url)
+    engine = create_engine(db_url)
+    with engine.connect() as c:
+        assert c.execute(text("SELECT id, parent_sample_id FROM samples")).one() == ("s", None)
+        assert compare_metadata(MigrationContext.configure(c), Base.metadata) == []
+    with session_scope(db_url) as s:  # the app's engine: SQLite foreign keys on
+        (fk,) = [
+            fk
+            for fk in s.connection().dialect.get_foreign_keys(s.connection(), "samples")
+            if fk["referred_table"] == "samples"
+        ]
+        assert fk["constrained_columns"] == ["parent_sample_id"]
+        assert fk["options"].get("ondelete") == "SET NULL"
+        child = (
+            'INSERT INTO samples (id, owner_id, model_id, job_id, "index", params, midi_key,'
+            " num_tokens, num_notes, duration_s, partial, meta, created_at, parent_sample_id)"
+            " VALUES ('t', 'o', 'm', 'j', 1, '{}', 'k', 1, 1, 1.0, false, '{}', :t, 's')"
+        )
+        s.execute(text(child), {"t": T0})
+    with session_scope(db_url) as s:
+        s.execute(text("DELETE FROM samples WHERE id = 's'"))
+    with session_scope(db_url) as s:
+        assert s.execute(text("SELECT id, parent_sample_id FROM samples")).one() == ("t", None)
+    command.downgrade(alembic_config(db_url), "0004")
+    with engine.connect() as c:
+        assert c.execute(text("SELECT id FROM samples")).one() == ("t",)
+    upgrade(db_url)
+    engine.dispose()

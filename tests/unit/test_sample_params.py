@@ -30,3 +30,12 @@ def test_what_the_api_refuses_the_sampler_refuses(field: str, value: float) -> N
 def test_force_tokens_and_a_primer_do_not_mix() -> None:
     with pytest.raises(ValidationError, match="force_tokens"):
         SampleRequest(primer_tokens=[1, 2], force_tokens=["Bar_None"])
+
+
+def test_one_primer_at_most_and_cuts_only_for_midi_primers() -> None:
+    with pytest.raises(ValidationError, match="primer_file_id, primer_sample_id, primer_tokens"):
+        SampleRequest(primer_file_id="f", primer_sample_id="s", primer_tokens=[1])
+    with pytest.raises(ValidationError, match="need a primer_file_id or primer_sample_id"):
+        SampleRequest(primer_tokens=[1], primer_seconds=2)
+    request = SampleRequest(primer_sample_id="s", primer_bars=4, primer_start_bar=3)
+    assert request.midi_primer and not SampleRequest(primer_tokens=[1]).midi_primer

@@ -25,6 +25,7 @@ from cadenza.db.repo import create_api_key
 from cadenza.db.session import session_scope
 from cadenza.jobs.fanout import child_id
 from cadenza.jobs.runner import run_job
+from cadenza.novelty import index_key
 from cadenza.storage import open_store
 from cadenza_api.app import create_app
 
@@ -91,6 +92,13 @@ def test_sharded_job_builds_the_same_corpus_as_one_process(
     assert xa.keys() == xb.keys() == {"train_data", "val_data", "test_data"}
     for k in xa:
         np.testing.assert_array_equal(xa[k], xb[k])
+    # the copy check's index is built with the corpus, the same from one process or parts
+    store = open_store(settings)
+    with session_scope(settings.resolved_database_url) as s:
+        prefixes = [s.get(Corpus, c["id"]).object_prefix for c in (a, b)]  # type: ignore[union-attr]
+    index_a, index_b = (store.get(index_key(p)) for p in prefixes)
+    assert index_a == index_b and len(index_a) > 1000
+    assert a["stats"]["novelty_index"]["ngrams"] == b["stats"]["novelty_index"]["ngrams"] > 0
     shards = children(settings, three["id"], 3)
     assert [j.state for j in shards] == ["succeeded"] * 3
     assert [j.type for j in shards] == ["tokenize_shard"] * 3

@@ -12,7 +12,7 @@ from cadenza import __version__
 from cadenza.config import Settings, get_settings
 from cadenza.db.repo import KeyCache, KeyEpoch
 from cadenza.storage import open_store
-from cadenza_api import errors, openapi
+from cadenza_api import errors, openapi, studio
 from cadenza_api.deps import Database
 from cadenza_api.routers import (
     corpora,
@@ -22,6 +22,7 @@ from cadenza_api.routers import (
     jobs,
     keys,
     limits,
+    midi_io,
     models,
     samples,
 )
@@ -91,8 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     # Starlette tries routes in order and their paths are disjoint: jobs first, since polling a
     # job is what clients do most (each router passed over costs a GET its matching).
-    for module in (jobs, health, datasets, files, corpora, models, samples):
+    for module in (jobs, health, datasets, files, corpora, models, midi_io, samples):
         app.include_router(module.router)
     for router in (*keys.routers, *limits.routers):
         app.include_router(router)
+    studio.install(app)
     return app

@@ -215,10 +215,25 @@ class SampleOut(Out):
     partial: bool
     meta: dict[str, Any]
     created_at: datetime
+    parent_sample_id: str | None = Field(
+        default=None,
+        description="the sample this one continues (its primer_sample_id); null for a sample "
+        "made without one, or once that sample is deleted",
+    )
 
 
 class SampleList(BaseModel):
     samples: list[SampleOut]
+
+
+class SampleLineage(SampleList):
+    """`GET /v1/samples/{id}/lineage`: the sample's ancestors, oldest first, then itself."""
+
+    truncated: bool = Field(
+        default=False,
+        description="true when the chain is longer than the depth the server walks (or loops): "
+        "the first sample listed then has a parent that is not shown",
+    )
 
 
 __all__ = [
@@ -241,6 +256,7 @@ __all__ = [
     "ModelOut",
     "ModelRequest",
     "Readiness",
+    "SampleLineage",
     "SampleList",
     "SampleOut",
     "SampleRequest",

@@ -17,6 +17,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cadenza.atomic import atomic_path
 from cadenza.cli.output import console, out, print_json
 from cadenza.client import ApiFailure, Client
 from cadenza.config import get_settings
@@ -197,6 +198,13 @@ def sample(
     primer_file_id: Annotated[
         str | None, typer.Option(help="a stored MIDI file to continue")
     ] = None,
+    from_sample: Annotated[
+        str | None,
+        typer.Option(
+            help="continue one of your samples (of any model); the new samples record it as "
+            "their parent (see `cadenza samples lineage`)"
+        ),
+    ] = None,
     primer_bars: int | None = None,
     dataset_id: Annotated[str | None, typer.Option(help="dataset to upload --primer to")] = None,
     n: Annotated[int, typer.Option("-n", "--n", help="variations, sampled as one batch")] = 1,
@@ -208,6 +216,13 @@ def sample(
     seed: int | None = None,
     primer_seconds: float | None = None,
     max_bars: int | None = None,
+    max_copied_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="copy check: re-sample a variation whose share of 8-note n-grams found in the "
+            "training data is above this (0..1); the sample's meta.novelty says how it went"
+        ),
+    ] = None,
     options: Annotated[
         str,
         typer.Option(
@@ -237,15 +252,79 @@ def sample(
             "min_p": min_p,
             "seed": seed,
             "primer_file_id": primer_file_id,
+            "primer_sample_id": from_sample,
             "primer_bars": primer_bars,
             "primer_seconds": primer_seconds,
             "max_bars": max_bars,
+            **(
+                {"max_copied_fraction": max_copied_fraction}
+                if max_copied_fraction is not None
+                else {}
+            ),
             **_json_option("options", options),
         }
         job = follow(c, c.sample(model_id, **opts), "sample")
         for sid in job["sample_ids"]:
             path = c.download(f"/v1/samples/{sid}/midi", output / f"{sid}.mid")
             out.print(str(path))
+
+
+def continue_(
+    model_id: str,
+    midi: Annotated[Path, typer.Argument(help="the MIDI file to continue", exists=True)],
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    primer_bars: int | None = None,
+    primer_seconds: float | None = None,
+    n: Annotated[int, typer.Option("-n", "--n", help="variations (2 or more: a zip)")] = 1,
+    max_new_tokens: int = 256,
+    max_bars: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    seed: int | None = None,
+    wait: Annotated[float, typer.Option(help="seconds the API waits before answering")] = 60.0,
+    options: Annotated[
+        str,
+        typer.Option(help="JSON of any other sampling fields, e.g. '{\"include_primer\": false}'"),
+    ] = "{}",
+) -> None:
+    """MIDI in, MIDI out: send MIDI to the model and save its continuation (one request;
+    when it takes longer than --wait, the job is followed and its MIDI downloaded)."""
+    opts: dict[str, Any] = {
+        "primer_bars": primer_bars,
+        "primer_seconds": primer_seconds,
+        "n": n,
+        "max_new_tokens": max_new_tokens,
+        "max_bars": max_bars,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "seed": seed,
+        **_json_option("options", options),
+    }
+    with connect() as c:
+        r = c.continue_midi(model_id, midi.read_bytes(), wait=wait, **opts)
+        if r.status_code == 202:
+            job = follow(c, r.json(), "continue")
+            ids = job["sample_ids"]
+            if len(ids) == 1:
+                dest = output or midi.with_name(f"{midi.stem}-{ids[0]}.mid")
+                out.print(str(c.download(f"/v1/samples/{ids[0]}/midi", dest)))
+                return
+            folder = output or midi.with_name(f"{midi.stem}-continued")
+            for sid in ids:
+                out.print(str(c.download(f"/v1/samples/{sid}/midi", folder / f"{sid}.mid")))
+            return
+        ids = r.headers["x-cadenza-sample-ids"].split(",")
+        suffix = ".mid" if r.headers["content-type"] == "audio/midi" else ".zip"
+        dest = output or midi.with_name(
+            f"{midi.stem}-{ids[0] if len(ids) == 1 else 'continued'}{suffix}"
+        )
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(r.content)
+        out.print(str(dest))
 
 
 def _save_render(item_id: str, is_file: bool, view: str, dest: Path) -> None:
@@ -338,9 +417,40 @@ def models_delete(model_id: str) -> None:
     _delete(f"/v1/models/{model_id}")
 
 
+@samples_app.command("show")
+def samples_show(sample_id: str) -> None:
+    """A sample's parameters, length, metrics and parent, as JSON."""
+    with connect() as c:
+        print_json(c.get(f"/v1/samples/{sample_id}"))
+
+
+@samples_app.command("lineage")
+def samples_lineage(
+    sample_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON instead")] = False,
+) -> None:
+    """The samples SAMPLE_ID grew from (each continued with --from-sample), oldest first."""
+    with connect() as c:
+        lineage = c.get(f"/v1/samples/{sample_id}/lineage")
+    if as_json:
+        print_json(lineage)
+        return
+    if lineage["truncated"]:
+        console.print("[yellow]the chain goes on before the first sample shown[/]")
+    # Plain lines, not a table: a table narrows columns to the terminal and cuts the ids.
+    out.print(f"{'sample':32}  {'model':32}  {'created (UTC)':19}  notes  seconds", highlight=False)
+    for s in lineage["samples"]:
+        created = s["created_at"][:19].replace("T", " ")
+        out.print(
+            f"{s['id']:32}  {s['model_id']:32}  {created:19}  {s['num_notes']:>5}  "
+            f"{s['duration_s']:>7.1f}",
+            highlight=False,
+        )
+
+
 @samples_app.command("delete")
 def samples_delete(sample_id: str) -> None:
-    """Delete a sample, its MIDI and renderings."""
+    """Delete a sample, its MIDI and renderings (the samples that continued it stay)."""
     _delete(f"/v1/samples/{sample_id}")
 
 

@@ -187,6 +187,11 @@ class Sample(Timestamped, Base):
     duration_s: Mapped[float] = mapped_column(Float)
     partial: Mapped[bool] = mapped_column(Boolean, default=False)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The sample this one continues (`primer_sample_id`), else null. SET NULL: deleting a
+    # parent leaves its children whole, only without the link; indexed for that update.
+    parent_sample_id: Mapped[str | None] = mapped_column(
+        ForeignKey("samples.id", ondelete="SET NULL"), index=True, default=None
+    )
 
     __table_args__ = (UniqueConstraint("job_id", "index", name="uq_samples_job_index"),)
 

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import func, inspect, select, update
+from sqlalchemy import func, inspect, literal, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from cadenza.db.models import ApiKey, Base, Checkpoint, Dataset, File, Owner, utcnow
+from cadenza.db.models import ApiKey, Base, Checkpoint, Dataset, File, Owner, Sample, utcnow
 from cadenza.validation import InvalidParams
 
 KEY_PREFIX = "cz_"
@@ -355,6 +355,43 @@ def list_owned(
     newest = (model.created_at.desc(), model.id.desc())  # type: ignore[attr-defined]
     stmt = stmt.order_by(*newest).limit(limit).offset(offset)
     return list(session.scalars(stmt))
+
+
+# How many ancestors `sample_lineage` walks up at most: far more than anyone continues a piece,
+# and a bound, so a chain that loops (which the API cannot make) still ends.
+MAX_LINEAGE_DEPTH = 1000
+
+
+def sample_lineage(
+    session: Session, sample_id: str, owner_id: str, *, max_depth: int = MAX_LINEAGE_DEPTH
+) -> tuple[list[Sample], bool]:
+    """The sample's ancestors through `parent_sample_id`, root first, the sample itself last,
+    and whether the walk stopped before a root (deeper than `max_depth`, or a loop).
+
+    One recursive query, on SQLite and PostgreSQL alike: depth is counted, so it ends; only the
+    owner's rows are followed. NotFound for a sample that is not the owner's.
+    """
+    get_owned(session, Sample, sample_id, owner_id)
+    chain = (
+        select(Sample.id, Sample.parent_sample_id, literal(0).label("depth"))
+        .where(Sample.id == sample_id)
+        .cte("lineage", recursive=True)
+    )
+    chain = chain.union_all(
+        select(Sample.id, Sample.parent_sample_id, chain.c.depth + 1)
+        .join(chain, Sample.id == chain.c.parent_sample_id)
+        .where(Sample.owner_id == owner_id, chain.c.depth < max_depth)
+    )
+    links = list(session.execute(select(chain.c.id, chain.c.parent_sample_id, chain.c.depth)))
+    ids: list[str] = []
+    for link in sorted(links, key=lambda r: int(r.depth)):
+        if link.id in ids:  # a loop: each sample once
+            break
+        ids.append(link.id)
+    rows = {s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_(ids)))}
+    # The oldest listed still has a parent: the walk hit the bound or went round a loop.
+    truncated = rows[ids[-1]].parent_sample_id is not None
+    return [rows[i] for i in reversed(ids)], truncated
 
 
 def pick_checkpoint(*, session: Session, model_id: str, which: str = "best") -> Checkpoint | None:

@@ -13,6 +13,7 @@ from celery import Celery
 from kombu import Queue
 
 from cadenza.config import Settings
+from cadenza.jobs import fs_broker
 
 RUN_JOB_TASK = "cadenza.run_job"
 QUEUES = ("cpu", "gpu")
@@ -61,6 +62,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
+    if settings.embedded:
+        app.conf.broker_transport = fs_broker.TRANSPORT
     return app
 
 

@@ -72,11 +72,25 @@ class SampleRequest(SamplingOptions):
                     "max_bars": 16,
                     "top_p": 0.95,
                 },
+                {
+                    "primer_sample_id": "5b0e1f3c9a7d4e2f8c6b4a2d0e9f7c5a",
+                    "primer_bars": 8,
+                    "max_new_tokens": 512,
+                    "min_p": 0.3,
+                    "seed": 3,
+                },
             ]
         }
     )
 
     primer_file_id: str | None = Field(default=None, max_length=64)
+    primer_sample_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="continue one of your samples: its MIDI is the primer (re-encoded with "
+        "this model's tokenizer, so a sample of any model works); the new samples record it "
+        "as their parent_sample_id",
+    )
     primer_bars: int | None = Field(default=None, ge=1, le=512)
     primer_seconds: float | None = Field(default=None, gt=0, le=3600)
     primer_start_bar: int = Field(
@@ -111,18 +125,36 @@ class SampleRequest(SamplingOptions):
     resample_empty: int = Field(
         default=2, ge=0, le=8, description="re-sample a near-empty variation up to this many times"
     )
+    max_copied_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="copy check: re-sample (at most 3 more times) a variation whose share of "
+        "8-note n-grams found in the training data is above this; meta.novelty.over_limit says "
+        "if none got below it. null = report only",
+    )
 
     @model_validator(mode="after")
     def _one_primer(self) -> SampleRequest:
-        if self.primer_file_id and self.primer_tokens:
-            raise ValueError("give primer_file_id or primer_tokens, not both")
-        if (self.primer_bars or self.primer_seconds) and not self.primer_file_id:
-            raise ValueError("primer_bars/primer_seconds need a primer_file_id")
-        if self.force_tokens and (self.primer_file_id or self.primer_tokens):
+        given = [name for name in PRIMER_FIELDS if getattr(self, name)]
+        if len(given) > 1:
+            raise ValueError(f"give one primer, not several: {', '.join(given)}")
+        if (self.primer_bars or self.primer_seconds) and not self.midi_primer:
+            raise ValueError("primer_bars/primer_seconds need a primer_file_id or primer_sample_id")
+        if self.force_tokens and given:
             raise ValueError(
                 "force_tokens sets how a new piece starts; it cannot be combined with a primer"
             )
         return self
+
+    @property
+    def midi_primer(self) -> bool:
+        """Whether the primer is MIDI (a file or a sample), cut by primer_bars/primer_seconds."""
+        return bool(self.primer_file_id or self.primer_sample_id)
+
+
+# The ways to give a primer; a request gives at most one.
+PRIMER_FIELDS = ("primer_file_id", "primer_sample_id", "primer_tokens")
 
 
 class SampleParams(SampleRequest):

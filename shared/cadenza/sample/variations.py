@@ -4,7 +4,9 @@ The job (`cadenza.jobs.handlers.sample`) adds loading, cancellation, storage and
 around this; `bench/quality.py` calls it directly, so the benchmark measures exactly what a
 user gets. The near-empty guard lives here too: a variation whose *new* music has fewer than
 `min_notes` notes is sampled again (a fresh seed per try, at most `resample_empty` tries), and
-each variation reports how many attempts it took.
+each variation reports how many attempts it took. So does the copy check (`cadenza.novelty`):
+given the corpus's index, each variation reports `novelty`, and one whose copied fraction is
+above `max_copied_fraction` is sampled again (at most `COPY_RESAMPLES` tries).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cadenza.models.base import CadenzaModel
+    from cadenza.novelty import NoveltyIndex
     from cadenza.tokenize.base import Tokenizer
 
 
@@ -31,6 +34,7 @@ class Variation:
     duration_s: float
     metrics: dict[str, Any]
     attempts: int = 1
+    novelty: dict[str, Any] | None = None  # the copy check against the training split
     invalid_tokens: int = 0  # new tokens the tokenizer's grammar forbids (0 when constrained)
 
 
@@ -88,6 +92,8 @@ def sample_variations(
     on_token: Callable[[int, list[list[int]]], bool] | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
+    novelty_index: NoveltyIndex | None = None,
+    max_copied_fraction: float | None = None,
 ) -> list[Variation]:
     """`n` variations of `prompt`, decoded and measured; near-empty ones re-sampled (bounded).
 
@@ -126,9 +132,12 @@ def sample_variations(
             metrics = dict(compare(metrics, corpus_stats))
         ids = [*prompt, *new] if include_primer else list(new)
         new_notes = max(notes - primer_notes, 0)
+        novelty = None
+        if novelty_index is not None:  # the primer's own n-grams are the user's, not copied
+            novelty = novelty_index.check_midi(midi, skip_notes=primer_notes)
         _, invalid = grammar.walk(new, after_prompt)
         return Variation(
-            i, list(new), ids, midi, notes, new_notes, seconds, metrics, attempt, invalid
+            i, list(new), ids, midi, notes, new_notes, seconds, metrics, attempt, novelty, invalid
         )
 
     rows = generate(model, [prompt], params, n=n, on_token=on_token, device=device, grammar=grammar)
@@ -157,7 +166,68 @@ def sample_variations(
                 out[i] = candidate
             else:
                 out[i].attempts = attempt
+    if novelty_index is not None and max_copied_fraction is not None:
+
+        def redraw(rows: list[int], k: int) -> list[Variation]:
+            """Fresh tries for `rows`, seeded past every seed the empty guard may use."""
+            retry = SamplingParams(
+                **{**dict(options), "seed": None if seed is None else seed + resample_empty + k},
+                eos_id=params.eos_id,
+            )
+            again = generate(
+                model,
+                [prompt],
+                retry,
+                n=len(rows),
+                on_token=on_token,
+                device=device,
+                grammar=grammar,
+            )
+            return [make(i, new, out[i].attempts + 1) for i, new in zip(rows, again, strict=True)]
+
+        _resample_copies(out, redraw, max_copied_fraction, min_notes, should_stop)
     return out
+
+
+def _resample_copies(
+    out: list[Variation],
+    redraw: Callable[[list[int], int], list[Variation]],
+    limit: float,
+    min_notes: int,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """Re-sample the variations whose copied fraction is above `limit`, at most
+    `COPY_RESAMPLES` times, keeping the least-copied try; then record in each `novelty` the
+    limit, the re-samples it took and whether it is still over the limit.
+
+    A try with fewer new notes than `min_notes` (and than the kept one) is never kept: a
+    near-empty piece has no n-grams, so it would always look new.
+    """
+    from cadenza.novelty import COPY_RESAMPLES
+
+    def over(v: Variation) -> bool:
+        return v.novelty is not None and v.novelty["copied_fraction"] > limit
+
+    resampled = [0] * len(out)
+    for k in range(1, COPY_RESAMPLES + 1):
+        rows = [v.index for v in out if over(v)]
+        if not rows or (should_stop is not None and should_stop()):
+            break
+        for candidate in redraw(rows, k):
+            i = candidate.index
+            kept = out[i]
+            resampled[i] += 1
+            assert candidate.novelty is not None and kept.novelty is not None
+            enough = candidate.new_notes >= min(min_notes, kept.new_notes)
+            if enough and candidate.novelty["copied_fraction"] < kept.novelty["copied_fraction"]:
+                out[i] = candidate
+            else:
+                kept.attempts = candidate.attempts
+    for v in out:
+        if v.novelty is not None:
+            v.novelty.update(
+                max_copied_fraction=limit, resampled=resampled[v.index], over_limit=over(v)
+            )
 
 
 __all__ = ["Variation", "decode_variation", "sample_variations"]

@@ -205,9 +205,12 @@ def create_samples(
     """Queue `n` variations; the job's `sample_ids` name them when it succeeds.
 
     Answers 202 with the job; poll it, then fetch each sample's MIDI
-    (`GET /v1/samples/{id}/midi`). 409 when the model has no checkpoint yet (wait for its
-    training job to save one) or `primer_tokens` come from another tokenizer; 422 for an
-    invalid option, a primer file that is not MIDI, or tokens outside the model's vocabulary.
+    (`GET /v1/samples/{id}/midi`). With `primer_sample_id` the new samples continue that
+    sample (of any of your models) and record it as their `parent_sample_id`. 404 for an
+    unknown model, checkpoint, primer file or primer sample; 409 when the model has no
+    checkpoint yet (wait for its training job to save one) or `primer_tokens` come from another
+    tokenizer; 422 for an invalid option, more than one primer, a primer file that is not MIDI,
+    or tokens outside the model's vocabulary.
     """
     model = get_owned(session, Model, model_id, owner.id)
     ckpt = pick_checkpoint(session=session, model_id=model.id, which=body.checkpoint)
@@ -228,6 +231,10 @@ def create_samples(
                 "primer_not_midi",
                 f"primer file {primer.id} is {primer.kind}; transcribe it to MIDI first",
             )
+    if body.primer_sample_id:
+        # Any of the caller's samples, of any model: its MIDI is re-encoded with this model's
+        # tokenizer when the job builds the prompt, as a primer file's is.
+        get_owned(session, Sample, body.primer_sample_id, owner.id)
     names: list[str] = []
     if body.force_tokens:
         corpus = session.get(Corpus, model.corpus_id)

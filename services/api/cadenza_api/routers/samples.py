@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi.responses import Response
 
 from cadenza.db.models import Sample
-from cadenza.db.repo import get_owned
+from cadenza.db.repo import get_owned, sample_lineage
 from cadenza.delete import delete_sample
 from cadenza.storage import ObjectNotFound
 from cadenza_api.deletes import finish_delete
@@ -21,7 +21,7 @@ from cadenza_api.deps import (
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import AUDIO_RENDERING, MIDI, PIANOROLL_RENDERING, describe
 from cadenza_api.rendered import rendered
-from cadenza_api.schemas import DeletedOut, SampleOut
+from cadenza_api.schemas import DeletedOut, SampleLineage, SampleOut
 
 router = v1_router("/v1/samples", "samples")
 
@@ -32,6 +32,23 @@ router = v1_router("/v1/samples", "samples")
 def get_sample(sample_id: str, session: SessionDep, owner: CurrentOwner) -> SampleOut:
     """Its sampling parameters, length (tokens, notes, seconds) and measured metrics (`meta`)."""
     return SampleOut.model_validate(get_owned(session, Sample, sample_id, owner.id))
+
+
+@router.get(
+    "/{sample_id}/lineage",
+    response_model=SampleLineage,
+    **describe("samples_get_lineage", "List the samples a sample continues", 404),
+)
+def get_lineage(sample_id: str, session: SessionDep, owner: CurrentOwner) -> SampleLineage:
+    """The chain of samples this one grew from (each made with `primer_sample_id` set to the
+    one before), oldest first, the sample itself last; one sample for a sample made without a
+    primer sample. A deleted ancestor ends the chain (its child's `parent_sample_id` became
+    null). At most 1001 samples: `truncated` says the first one listed has a parent not shown.
+    """
+    samples, truncated = sample_lineage(session, sample_id, owner.id)
+    return SampleLineage(
+        samples=[SampleOut.model_validate(s) for s in samples], truncated=truncated
+    )
 
 
 @router.get(

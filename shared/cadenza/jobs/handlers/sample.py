@@ -21,8 +21,17 @@ from cadenza.storage import job_key, sha256_of
 
 if TYPE_CHECKING:
     from cadenza.models.base import CadenzaModel
+    from cadenza.novelty import NoveltyIndex
     from cadenza.sample.variations import Variation
     from cadenza.tokenize.base import Tokenizer
+
+
+@dataclass
+class _Primer:
+    """A MIDI primer: a dataset file or one of the owner's samples, and where its bytes are."""
+
+    label: str  # "primer file ID" or "primer sample ID", for messages
+    key: str
 
 
 @dataclass
@@ -32,7 +41,7 @@ class _Rows:
     model: Model
     checkpoint: Checkpoint
     corpus: Corpus
-    primer: File | None
+    primer: _Primer | None
 
 
 @dataclass
@@ -54,11 +63,17 @@ def run(ctx: JobContext) -> Outcome:
     model, device = _load_model(ctx, rows)
     prompt = _prompt(ctx, p, tokenizer, rows.primer)
     corpus_stats = rows.corpus.stats.get("metrics") or {}
-    gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats)
+    index = _novelty_index(ctx, rows.corpus, tokenizer)
+    gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats, index)
     stored = [_store_variation(ctx, gen, v) for v in gen.variations]
     ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)
 
     def finalize(s: Session) -> dict[str, Any]:
+        # Deleting a sample waits for the jobs it primes, so the parent is there; were it
+        # gone all the same, the children would be kept without the link, as after a delete.
+        parent = (
+            p.primer_sample_id if p.primer_sample_id and s.get(Sample, p.primer_sample_id) else None
+        )
         ids: list[str] = []
         for o in stored:
             sample = Sample(
@@ -72,6 +87,7 @@ def run(ctx: JobContext) -> Outcome:
                 num_notes=o["num_notes"],
                 duration_s=o["duration_s"],
                 partial=gen.cancelled,
+                parent_sample_id=parent,
                 meta={
                     "primer_tokens": len(gen.prompt),
                     "new_tokens": o["num_new_tokens"],
@@ -81,6 +97,7 @@ def run(ctx: JobContext) -> Outcome:
                     "metrics": o["metrics"],
                     "sha256": o["sha256"],
                     "render_errors": o["render_errors"],
+                    "novelty": o["novelty"],
                 },
             )
             s.add(sample)
@@ -103,9 +120,25 @@ def _load_rows(ctx: JobContext, p: SampleParams) -> _Rows:
             raise UserError("the model or its checkpoint no longer exists")
         corpus = s.get(Corpus, model.corpus_id)
         assert corpus is not None
-        primer = s.get(File, p.primer_file_id) if p.primer_file_id else None
+        primer = _load_primer(s, p, ctx.owner_id)
         s.expunge_all()
     return _Rows(model, ckpt, corpus, primer)
+
+
+def _load_primer(s: Session, p: SampleParams, owner_id: str) -> _Primer | None:
+    """The MIDI primer the request names, a file or a sample (the owner's: the API checked, and
+    it may have been deleted since)."""
+    if p.primer_file_id:
+        file = s.get(File, p.primer_file_id)
+        if file is None or file.owner_id != owner_id:
+            raise UserError(f"primer file {p.primer_file_id} no longer exists")
+        return _Primer(f"primer file {file.id}", file.object_key)
+    if p.primer_sample_id:
+        sample = s.get(Sample, p.primer_sample_id)
+        if sample is None or sample.owner_id != owner_id:
+            raise UserError(f"primer sample {p.primer_sample_id} no longer exists")
+        return _Primer(f"primer sample {sample.id}", sample.midi_key)
+    return None
 
 
 def _load_model(ctx: JobContext, rows: _Rows) -> tuple[CadenzaModel, str]:
@@ -121,9 +154,12 @@ def _load_model(ctx: JobContext, rows: _Rows) -> tuple[CadenzaModel, str]:
 
 
 def _prompt(
-    ctx: JobContext, p: SampleParams, tokenizer: Tokenizer, primer: File | None
+    ctx: JobContext, p: SampleParams, tokenizer: Tokenizer, primer: _Primer | None
 ) -> list[int]:
-    """BOS, then the primer's tokens (a MIDI range or given ids), then any forced tokens."""
+    """BOS, then the primer's tokens (a MIDI range or given ids), then any forced tokens.
+
+    A MIDI primer (a file, or a sample of any model) is encoded with this model's tokenizer.
+    """
     from cadenza.tokenize import encode_primer, special_ids
 
     bos = special_ids(tokenizer).get("bos")
@@ -132,15 +168,15 @@ def _prompt(
         try:
             prompt = encode_primer(
                 tokenizer,
-                ctx.store.get(primer.object_key),
+                ctx.store.get(primer.key),
                 bars=p.primer_bars,
                 seconds=p.primer_seconds,
                 start_bar=p.primer_start_bar,
             )
         except ValueError as exc:
-            raise UserError(f"primer {primer.id}: {exc}") from exc
+            raise UserError(f"{primer.label}: {exc}") from exc
         if not prompt:
-            raise UserError(f"primer {primer.id} has no notes in the requested range")
+            raise UserError(f"{primer.label} has no notes in the requested range")
         prompt = [bos, *prompt] if bos is not None else prompt
     elif p.primer_tokens:
         prompt = list(p.primer_tokens)
@@ -155,6 +191,16 @@ def _prompt(
     return prompt
 
 
+def _novelty_index(ctx: JobContext, corpus: Corpus, tokenizer: Tokenizer) -> NoveltyIndex:
+    """The corpus's copy-check index; a corpus built before the check gets it now, once
+    (written through the job's fenced store, under the corpus prefix: see `cadenza.novelty`)."""
+    from cadenza.novelty import index_key, load_or_build
+
+    if not ctx.store.exists(index_key(corpus.object_prefix)):
+        ctx.progress(0.0, "indexing the training notes for the copy check (once)", force=True)
+    return load_or_build(ctx.store, corpus.object_prefix, tokenizer)
+
+
 def _generate(
     ctx: JobContext,
     p: SampleParams,
@@ -163,6 +209,7 @@ def _generate(
     tokenizer: Tokenizer,
     prompt: list[int],
     corpus_stats: dict[str, Any],
+    novelty_index: NoveltyIndex | None = None,
 ) -> _Generation:
     """Sample `p.n` rows in one batch; stops early on cancel or when every row is long enough.
 
@@ -222,6 +269,8 @@ def _generate(
         on_token=on_token,
         device=device,
         should_stop=lambda: gen.cancelled,
+        novelty_index=novelty_index,
+        max_copied_fraction=p.max_copied_fraction,
     )
     return gen
 
@@ -249,6 +298,7 @@ def _store_variation(ctx: JobContext, gen: _Generation, v: Variation) -> dict[st
         "metrics": v.metrics,
         "sha256": sha,
         "render_errors": render_errors,
+        "novelty": v.novelty,
     }
 
 

@@ -131,6 +131,13 @@ def run(ctx: JobContext) -> Outcome:
         stats: dict[str, Any] = build.stats.to_dict()
         stats["file_splits"] = build.file_splits
         stats["shards"] = shards
+        # The copy check's index of the training notes (cadenza.novelty), beside the arrays.
+        ctx.progress(0.93, "indexing the training notes for the copy check", force=True)
+        from cadenza.novelty import build_and_store
+
+        stats["novelty_index"] = build_and_store(
+            ctx.store, prefix, build.tokenizer, build.splits["train"]
+        )
         # The training data's music statistics, which every sample is later compared against.
         ctx.progress(0.95, "measuring the corpus (pitch, scale, polyphony, groove)", force=True)
         from cadenza.evaluate import corpus_metrics

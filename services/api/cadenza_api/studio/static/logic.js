@@ -1,0 +1,354 @@
+// Pure functions of the studio (no DOM, no network), so the browser tests can call each one
+// with known input: MIDI parsing, piano-roll and loss-curve geometry, the SSE wire format, and
+// the mapping from form fields to the API's request bodies.
+
+/** Thrown for a MIDI file this parser cannot read (the caller shows the message). */
+export class MidiError extends Error {}
+
+// A piano roll of more notes than this is not drawn note by note (nor would it be legible).
+export const MAX_NOTES = 200000;
+
+function readVarLen(bytes, pos) {
+  let value = 0;
+  for (let i = 0; i < 4; i++) {
+    if (pos >= bytes.length) throw new MidiError("truncated variable-length number");
+    const b = bytes[pos++];
+    value = (value << 7) | (b & 0x7f);
+    if (!(b & 0x80)) return [value, pos];
+  }
+  throw new MidiError("variable-length number longer than 4 bytes");
+}
+
+function ascii(bytes, pos, n) {
+  return String.fromCharCode(...bytes.subarray(pos, pos + n));
+}
+
+/**
+ * A Standard MIDI File's notes with times in seconds (tempo changes applied).
+ * Returns {notes: [{pitch, start, end, velocity, channel, track}], duration, tracks,
+ * ticksPerQuarter}; `tracks` counts the track chunks that hold notes.
+ */
+export function parseMidi(input) {
+  const bytes = input instanceof Uint8Array ? input : new Uint8Array(input);
+  if (bytes.length < 14 || ascii(bytes, 0, 4) !== "MThd") throw new MidiError("not a MIDI file");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const headerLen = view.getUint32(4);
+  const nTracks = view.getUint16(10);
+  const division = view.getUint16(12);
+  // SMPTE division: ticks are fixed fractions of a second and tempo events do not apply.
+  const smpte = (division & 0x8000) !== 0;
+  const ticksPerSecond = smpte ? (256 - (division >> 8)) * (division & 0xff) : 0;
+  const tpq = smpte ? 0 : division;
+  if (!smpte && tpq === 0) throw new MidiError("zero ticks per quarter note");
+  let pos = 8 + headerLen;
+  const raw = []; // [tick, endTick, pitch, velocity, channel, track]
+  const tempos = []; // [tick, microseconds per quarter]
+  let tracksWithNotes = 0;
+  for (let t = 0; t < nTracks && pos + 8 <= bytes.length; t++) {
+    const id = ascii(bytes, pos, 4);
+    const len = view.getUint32(pos + 4);
+    const start = pos + 8;
+    const end = Math.min(start + len, bytes.length);
+    pos = start + len;
+    if (id !== "MTrk") continue;
+    let p = start;
+    let tick = 0;
+    let status = 0;
+    let count = 0;
+    const open = new Map(); // channel*128+pitch → stack of started notes
+    while (p < end) {
+      let delta;
+      [delta, p] = readVarLen(bytes, p);
+      tick += delta;
+      if (p >= end) break;
+      let b = bytes[p];
+      if (b & 0x80) {
+        status = b;
+        p++;
+      } else if (status === 0) {
+        throw new MidiError("data byte without a status byte");
+      }
+      if (status === 0xff) {
+        const type = bytes[p++];
+        let n;
+        [n, p] = readVarLen(bytes, p);
+        if (type === 0x51 && n === 3) {
+          tempos.push([tick, (bytes[p] << 16) | (bytes[p + 1] << 8) | bytes[p + 2]]);
+        }
+        p += n;
+        status = 0; // meta events cancel running status
+        if (type === 0x2f) break;
+        continue;
+      }
+      if (status === 0xf0 || status === 0xf7) {
+        let n;
+        [n, p] = readVarLen(bytes, p);
+        p += n;
+        status = 0;
+        continue;
+      }
+      const kind = status & 0xf0;
+      const channel = status & 0x0f;
+      const a = bytes[p];
+      const dataLen = kind === 0xc0 || kind === 0xd0 ? 1 : 2;
+      const v = dataLen === 2 ? bytes[p + 1] : 0;
+      p += dataLen;
+      if (p > end) throw new MidiError("truncated event");
+      const key = channel * 128 + a;
+      if (kind === 0x90 && v > 0) {
+        if (!open.has(key)) open.set(key, []);
+        open.get(key).push([tick, v]);
+      } else if (kind === 0x80 || (kind === 0x90 && v === 0)) {
+        const stack = open.get(key);
+        if (stack && stack.length) {
+          const [on, vel] = stack.shift();
+          raw.push([on, tick, a, vel, channel, t]);
+          count++;
+          if (raw.length > MAX_NOTES) throw new MidiError(`more than ${MAX_NOTES} notes`);
+        }
+      }
+    }
+    // Notes never released end where their track ends.
+    for (const [key, stack] of open) {
+      for (const [on, vel] of stack) {
+        raw.push([on, Math.max(on, tick), key % 128, vel, Math.floor(key / 128), t]);
+        count++;
+      }
+    }
+    if (count) tracksWithNotes++;
+  }
+  const toSeconds = smpte ? (tk) => tk / ticksPerSecond : tempoMap(tempos, tpq);
+  const notes = raw
+    .map(([on, off, pitch, velocity, channel, track]) => ({
+      pitch,
+      start: toSeconds(on),
+      end: toSeconds(off),
+      velocity,
+      channel,
+      track,
+    }))
+    .sort((x, y) => x.start - y.start || x.pitch - y.pitch);
+  const duration = notes.reduce((m, n) => Math.max(m, n.end), 0);
+  return { notes, duration, tracks: tracksWithNotes, ticksPerQuarter: tpq };
+}
+
+/** A tick → seconds function for tempo events [[tick, µs per quarter], ...] (default 120 bpm). */
+export function tempoMap(tempos, tpq) {
+  const sorted = [...tempos].sort((a, b) => a[0] - b[0]);
+  const segments = [[0, 0, 500000]]; // [startTick, startSeconds, µs per quarter]
+  for (const [tick, us] of sorted) {
+    const [t0, s0, u0] = segments[segments.length - 1];
+    const s = s0 + ((tick - t0) * u0) / 1e6 / tpq;
+    if (tick === t0) segments[segments.length - 1] = [t0, s0, us];
+    else segments.push([tick, s, us]);
+  }
+  return (tick) => {
+    let lo = 0;
+    let hi = segments.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (segments[mid][0] <= tick) lo = mid;
+      else hi = mid - 1;
+    }
+    const [t0, s0, u0] = segments[lo];
+    return s0 + ((tick - t0) * u0) / 1e6 / tpq;
+  };
+}
+
+/**
+ * Rectangles of a piano roll of `notes` in a width × height box: time runs left to right over
+ * [0, duration], pitch bottom to top over the notes' range padded to at least an octave.
+ * Every note stays at least one pixel wide and tall.
+ */
+export function rollGeometry(notes, width, height, duration) {
+  if (!notes.length) return { low: 60, high: 71, rects: [] };
+  let low = 127;
+  let high = 0;
+  let end = duration || 0;
+  for (const n of notes) {
+    low = Math.min(low, n.pitch);
+    high = Math.max(high, n.pitch);
+    end = Math.max(end, n.end);
+  }
+  while (high - low < 11) {
+    if (high < 127) high++;
+    if (high - low < 11 && low > 0) low--;
+  }
+  const rows = high - low + 1;
+  const rowH = height / rows;
+  const scale = end > 0 ? width / end : 0;
+  const rects = notes.map((n) => ({
+    x: n.start * scale,
+    y: (high - n.pitch) * rowH,
+    w: Math.max(1, (n.end - n.start) * scale),
+    h: Math.max(1, rowH),
+    velocity: n.velocity,
+  }));
+  return { low, high, rects };
+}
+
+/**
+ * An incremental parser of the `text/event-stream` format: push() text as it arrives and get
+ * the complete events so far ({id, event, data}); a partial event waits for the next push.
+ */
+export class SSEParser {
+  constructor() {
+    this.buffer = "";
+    this.data = [];
+    this.event = "";
+    this.id = "";
+    this.lastId = "";
+  }
+
+  push(text) {
+    this.buffer += text;
+    const out = [];
+    let nl;
+    while ((nl = this.buffer.search(/\r\n|\r|\n/)) >= 0) {
+      const line = this.buffer.slice(0, nl);
+      const sep = this.buffer.startsWith("\r\n", nl) ? 2 : 1;
+      // A lone \r at the end may be the first half of \r\n: wait for more.
+      if (this.buffer[nl] === "\r" && nl + 1 === this.buffer.length) break;
+      this.buffer = this.buffer.slice(nl + sep);
+      if (line === "") {
+        if (this.data.length) {
+          if (this.id) this.lastId = this.id;
+          out.push({ id: this.id || this.lastId, event: this.event || "message", data: this.data.join("\n") });
+        }
+        this.data = [];
+        this.event = "";
+        this.id = "";
+        continue;
+      }
+      if (line.startsWith(":")) continue; // a comment (keep-alive)
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "data") this.data.push(value);
+      else if (field === "event") this.event = value;
+      else if (field === "id") this.id = value;
+    }
+    return out;
+  }
+}
+
+/**
+ * Points of loss curves in a width × height box: {train: [[x, y], ...], val: [...], bounds}.
+ * Steps map to x over [first, last] step, losses to y with the highest loss at the top.
+ */
+export function lossSeries(metrics, width, height, pad = 4) {
+  // One point per split and step, the latest row winning: a resumed run replays steps.
+  const bySplit = {};
+  for (const m of metrics) {
+    if (!Number.isFinite(m.loss)) continue;
+    (bySplit[m.split] ||= new Map()).set(m.step, m.loss);
+  }
+  let minStep = Infinity;
+  let maxStep = -Infinity;
+  let minLoss = Infinity;
+  let maxLoss = -Infinity;
+  for (const rows of Object.values(bySplit)) {
+    for (const [step, loss] of rows) {
+      minStep = Math.min(minStep, step);
+      maxStep = Math.max(maxStep, step);
+      minLoss = Math.min(minLoss, loss);
+      maxLoss = Math.max(maxLoss, loss);
+    }
+  }
+  if (minStep === Infinity) return { series: {}, bounds: null };
+  const spanStep = maxStep - minStep || 1;
+  const spanLoss = maxLoss - minLoss || 1;
+  const series = {};
+  for (const [split, rows] of Object.entries(bySplit)) {
+    series[split] = [...rows.entries()]
+      .sort((a, b) => a[0] - b[0])
+      .map(([step, loss]) => [
+        pad + ((step - minStep) / spanStep) * (width - 2 * pad),
+        pad + ((maxLoss - loss) / spanLoss) * (height - 2 * pad),
+      ]);
+  }
+  return { series, bounds: { minStep, maxStep, minLoss, maxLoss } };
+}
+
+const INT_FIELDS = ["n", "primer_bars", "max_new_tokens", "max_bars", "top_k", "seed"];
+const FLOAT_FIELDS = ["temperature", "top_p", "min_p", "primer_seconds"];
+
+/**
+ * The body of `POST /v1/models/{id}/samples` from the sample form's values (strings, as a
+ * FormData gives them). Empty fields are left out (the API's defaults apply); `length` says
+ * whether the length is a token count or a number of bars; numbers stay numbers even when
+ * malformed (NaN becomes null) so the API, not the page, names the bad field.
+ */
+export function sampleRequest(values) {
+  const body = {};
+  const num = (v, int) => {
+    const x = int ? Number.parseInt(v, 10) : Number.parseFloat(v);
+    return Number.isFinite(x) ? x : null;
+  };
+  for (const f of INT_FIELDS) if (values[f] !== undefined && values[f] !== "") body[f] = num(values[f], true);
+  for (const f of FLOAT_FIELDS) if (values[f] !== undefined && values[f] !== "") body[f] = num(values[f], false);
+  // In bars mode the token count stays as an upper bound; in tokens mode bars do not apply.
+  if (values.length !== "bars") delete body.max_bars;
+  if (values.primer_sample_id) {
+    body.primer_sample_id = values.primer_sample_id;
+  } else if (values.primer_file_id) {
+    body.primer_file_id = values.primer_file_id;
+  } else {
+    delete body.primer_bars;
+    delete body.primer_seconds;
+  }
+  return body;
+}
+
+/** The body of `POST /v1/models`: a corpus, an architecture and preset, and training options. */
+export function trainRequest(values) {
+  const train = {};
+  for (const f of ["max_steps", "batch_size", "seq_len", "eval_interval", "log_interval"]) {
+    if (values[f]) train[f] = Number.parseInt(values[f], 10);
+  }
+  if (values.lr) train.lr = Number.parseFloat(values.lr);
+  const body = { corpus_id: values.corpus_id, architecture: values.architecture, train };
+  if (values.preset) body.preset = values.preset;
+  return body;
+}
+
+/** The body of `POST /v1/corpora`: a preset or a tokenizer (a preset wins when both are set). */
+export function corpusRequest(values) {
+  const body = { dataset_id: values.dataset_id };
+  if (values.preset) body.preset = values.preset;
+  else if (values.tokenizer) body.tokenizer = values.tokenizer;
+  if (values.seed) body.seed = Number.parseInt(values.seed, 10);
+  return body;
+}
+
+/** Rows of a sample's metrics beside its corpus's: [{name, sample, mean, std, z}]. */
+export function metricRows(meta) {
+  const metrics = (meta && meta.metrics) || {};
+  return Object.entries(metrics)
+    .filter(([, m]) => m && typeof m === "object" && "sample" in m)
+    .map(([name, m]) => ({ name, sample: m.sample, mean: m.corpus_mean, std: m.corpus_std, z: m.z }))
+    .sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** "1:05" for 65.2 s; "" for a missing duration. */
+export function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "";
+  const s = Math.round(seconds);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+/** The chain oldest → newest from a lineage answer and the sample itself (no duplicates). */
+export function lineageChain(ancestors, sample) {
+  const seen = new Set();
+  const chain = [];
+  for (const s of [...(ancestors || []), sample]) {
+    if (s && !seen.has(s.id)) {
+      seen.add(s.id);
+      chain.push(s);
+    }
+  }
+  return chain;
+}
+
+export const TERMINAL_STATES = ["succeeded", "failed", "cancelled"];

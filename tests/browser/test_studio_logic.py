@@ -1,0 +1,274 @@
+"""The studio's pure front-end logic (logic.js), run in Chromium on known input.
+
+No server: the page and its modules are answered from the package's static folder by a
+Playwright route, so these tests are as fast as unit tests. MIDI bytes come from real
+chorales (music21's corpus) and are checked against symusic's reading of the same file.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import symusic
+from playwright.sync_api import Browser, Page, Route
+
+from tests.browser.conftest import STATIC, Console
+
+ORIGIN = "http://studio.test"
+
+
+def _serve(route: Route) -> None:
+    name = route.request.url.removeprefix(ORIGIN + "/").split("?")[0] or "index.html"
+    path = STATIC / name
+    if not path.is_file() or STATIC not in path.resolve().parents:
+        route.fulfill(status=404, body="")
+        return
+    types = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+    route.fulfill(status=200, body=path.read_bytes(), content_type=types[path.suffix])
+
+
+@pytest.fixture(scope="module")
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    context.route(f"{ORIGIN}/**", _serve)
+    # All other requests (the page would call /v1 once signed in) are refused.
+    pg = context.new_page()
+    console = Console(pg)
+    pg.goto(f"{ORIGIN}/index.html")
+    pg.wait_for_selector("input[name=key]")
+    pg.evaluate("async () => { window.logic = await import('/logic.js'); }")
+    yield pg
+    assert not console.errors, console.errors
+    context.close()
+
+
+def js(page: Page, body: str, arg: Any = None) -> Any:
+    return page.evaluate(f"(arg) => {{ const L = window.logic; {body} }}", arg)
+
+
+def test_parse_midi_matches_symusic_on_real_chorales(page: Page, chorales: list[Path]) -> None:
+    for path in chorales[:3]:
+        data = path.read_bytes()
+        parsed = js(
+            page,
+            "const b = Uint8Array.from(atob(arg), c => c.charCodeAt(0));"
+            "const m = L.parseMidi(b);"
+            "return {n: m.notes.length, tracks: m.tracks, duration: m.duration,"
+            " first: m.notes.slice(0, 20).map(x => [x.pitch, x.start, x.end])};",
+            base64.b64encode(data).decode(),
+        )
+        score = symusic.Score.from_midi(data, ttype="second")
+        notes = sorted(
+            ((n.time, n.pitch, n.time + n.duration) for t in score.tracks for n in t.notes),
+            key=lambda x: (x[0], x[1]),
+        )
+        assert parsed["n"] == len(notes)
+        assert parsed["tracks"] == sum(1 for t in score.tracks if len(t.notes))
+        assert parsed["duration"] == pytest.approx(max(n[2] for n in notes), abs=1e-3)
+        for (pitch, start, end), (s_start, s_pitch, s_end) in zip(
+            parsed["first"], notes[:20], strict=True
+        ):
+            assert (pitch, start, end) == (
+                s_pitch,
+                pytest.approx(s_start, abs=1e-3),
+                pytest.approx(s_end, abs=1e-3),
+            )
+
+
+def test_parse_midi_applies_tempo_changes_and_refuses_garbage(page: Page) -> None:
+    # One track, 480 ticks per quarter: a note at 0 (1 quarter), tempo → 60 bpm at tick 480,
+    # then a note of 1 quarter at 480: it starts at 0.5 s and lasts 1 s.
+    track = bytes(
+        [0x00, 0x90, 60, 100, 0x83, 0x60, 0x80, 60, 0]  # on at 0, off at 480
+        + [0x00, 0xFF, 0x51, 0x03, 0x0F, 0x42, 0x40]  # tempo 1,000,000 µs per quarter at 480
+        + [0x00, 0x90, 64, 90, 0x83, 0x60, 64, 0]  # running status: note-on vel 0 = off
+        + [0x00, 0xFF, 0x2F, 0x00]
+    )
+    smf = (
+        b"MThd"
+        + (6).to_bytes(4, "big")
+        + (0).to_bytes(2, "big")
+        + (1).to_bytes(2, "big")
+        + (480).to_bytes(2, "big")
+        + b"MTrk"
+        + len(track).to_bytes(4, "big")
+        + track
+    )
+    out = js(
+        page,
+        "return L.parseMidi(Uint8Array.from(arg)).notes"
+        ".map(n => [n.pitch, n.start, n.end, n.velocity]);",
+        list(smf),
+    )
+    assert out == [[60, 0, 0.5, 100], [64, 0.5, 1.5, 90]]
+    err = js(
+        page,
+        "try { L.parseMidi(new TextEncoder().encode('not midi at all')); }"
+        " catch (e) { return [e.name, e instanceof L.MidiError, e.message]; }",
+    )
+    assert err[1] is True and "not a MIDI file" in err[2]
+
+
+def test_roll_geometry_spans_the_box_and_keeps_notes_visible(page: Page) -> None:
+    notes = [
+        {"pitch": 60, "start": 0, "end": 1, "velocity": 80},
+        {"pitch": 72, "start": 1, "end": 2, "velocity": 80},
+        {"pitch": 66, "start": 1.999, "end": 2, "velocity": 80},  # 1 ms: still 1 px wide
+    ]
+    g = js(page, "return L.rollGeometry(arg, 200, 130, 0);", notes)
+    assert (g["low"], g["high"]) == (60, 72)
+    a, b, c = g["rects"]
+    assert a["x"] == 0 and a["w"] == 100 and a["y"] == 120  # lowest pitch in the bottom row
+    assert b["x"] == 100 and b["y"] == 0 and b["x"] + b["w"] == 200
+    assert c["w"] == 1 and a["h"] == pytest.approx(10)
+    # A single pitch is padded to an octave, so one note is not a full-height bar.
+    one = js(page, "return L.rollGeometry(arg, 100, 120, 4);", notes[:1])
+    assert one["high"] - one["low"] == 11 and one["rects"][0]["w"] == 25
+    assert js(page, "return L.rollGeometry([], 100, 100, 0).rects.length;") == 0
+
+
+def test_sse_parser_handles_split_frames_comments_and_crlf(page: Page) -> None:
+    chunks = [
+        'id: 7\nevent: progress\ndata: {"progress"',
+        ": 0.5}\n\n: keep-alive\n\n",
+        "event: metrics\r\ndata: a\r\ndata: b\r",
+        "\n\r\nevent: end\ndata: {}\n",
+        "\n",
+    ]
+    events = js(
+        page,
+        "const p = new L.SSEParser(); return arg.map(c => p.push(c));",
+        chunks,
+    )
+    assert events == [
+        [],
+        [{"id": "7", "event": "progress", "data": '{"progress": 0.5}'}],
+        [],
+        [{"id": "7", "event": "metrics", "data": "a\nb"}],
+        [{"id": "7", "event": "end", "data": "{}"}],
+    ]
+
+
+def test_loss_series_maps_steps_and_losses_into_the_box(page: Page) -> None:
+    rows = [
+        {"step": 10, "split": "train", "loss": 4.0},
+        {"step": 20, "split": "train", "loss": 3.0},
+        {"step": 20, "split": "val", "loss": 3.5},
+        {"step": 30, "split": "train", "loss": 2.0},
+        {"step": 30, "split": "train", "loss": 2.5},  # a resumed run replays a step: last wins
+    ]
+    out = js(page, "return L.lossSeries(arg, 100, 30, 0);", rows)
+    assert out["bounds"] == {"minStep": 10, "maxStep": 30, "minLoss": 2.5, "maxLoss": 4.0}
+    assert out["series"]["train"] == [[0, 0], [50, 20], [100, 30]]
+    assert out["series"]["val"] == [[50, 10]]
+    assert js(page, "return L.lossSeries([], 10, 10).bounds;") is None
+
+
+def test_form_values_become_the_api_requests(page: Page) -> None:
+    base = {
+        "primer_file_id": "f1",
+        "primer_bars": "2",
+        "n": "3",
+        "length": "tokens",
+        "max_new_tokens": "64",
+        "max_bars": "8",
+        "temperature": "0.9",
+        "top_k": "20",
+        "top_p": "",
+        "min_p": "0.05",
+        "seed": "",
+    }
+    body = js(page, "return L.sampleRequest(arg);", base)
+    assert body == {
+        "primer_file_id": "f1",
+        "primer_bars": 2,
+        "n": 3,
+        "max_new_tokens": 64,
+        "temperature": 0.9,
+        "top_k": 20,
+        "min_p": 0.05,
+    }
+    bars = js(page, "return L.sampleRequest(arg);", base | {"length": "bars", "primer_file_id": ""})
+    assert bars["max_bars"] == 8 and "primer_bars" not in bars and "primer_file_id" not in bars
+    cont = js(page, "return L.sampleRequest(arg);", base | {"primer_sample_id": "s1"})
+    assert cont["primer_sample_id"] == "s1" and "primer_file_id" not in cont
+    # A malformed number is sent as null so the API names the field (422).
+    assert js(page, "return L.sampleRequest({top_k: 'abc'});") == {"top_k": None}
+    train = js(
+        page,
+        "return L.trainRequest(arg);",
+        {
+            "corpus_id": "c",
+            "architecture": "gpt",
+            "preset": "tiny",
+            "max_steps": "30",
+            "lr": "0.001",
+            "seq_len": "",
+        },
+    )
+    assert train == {
+        "corpus_id": "c",
+        "architecture": "gpt",
+        "preset": "tiny",
+        "train": {"max_steps": 30, "lr": 0.001},
+    }
+    assert js(
+        page,
+        "return L.corpusRequest(arg);",
+        {"dataset_id": "d", "preset": "", "tokenizer": "TSD", "seed": "3"},
+    ) == {
+        "dataset_id": "d",
+        "tokenizer": "TSD",
+        "seed": 3,
+    }
+
+
+def test_metric_rows_lineage_and_durations(page: Page) -> None:
+    meta = {
+        "metrics": {
+            "pitch_range": {"sample": 20, "corpus_mean": 24.5, "corpus_std": 3, "z": -1.5},
+            "x": 3,
+        }
+    }
+    assert js(page, "return L.metricRows(arg);", meta) == [
+        {"name": "pitch_range", "sample": 20, "mean": 24.5, "std": 3, "z": -1.5}
+    ]
+    chain = js(
+        page,
+        "return L.lineageChain(arg[0], arg[1]).map(s => s.id);",
+        [[{"id": "a"}, {"id": "b"}, {"id": "c"}], {"id": "c"}],
+    )
+    assert chain == ["a", "b", "c"]
+    assert js(
+        page, "return [L.formatDuration(65.2), L.formatDuration(null), L.formatDuration(5)];"
+    ) == ["1:05", "", "0:05"]
+
+
+def test_error_answers_become_messages_naming_the_fields(page: Page) -> None:
+    body = {
+        "error": {
+            "code": "invalid_request",
+            "message": "the request is invalid",
+            "details": [{"field": "train.seq_len", "message": "must be at least 8"}],
+        }
+    }
+    out = page.evaluate(
+        """async (body) => {
+            const api = await import('/api.js');
+            const e = api.errorFrom(422, body);
+            const bare = api.errorFrom(502, null);
+            return [e.status, e.code, e.message, bare.code, bare.message];
+        }""",
+        body,
+    )
+    assert out == [
+        422,
+        "invalid_request",
+        "the request is invalid: train.seq_len: must be at least 8",
+        "http_502",
+        "the server answered 502",
+    ]
