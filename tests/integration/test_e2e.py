@@ -130,6 +130,7 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     job = finished(client, client.sample(model["id"], **request))
     assert len(job["sample_ids"]) == 2
     first = client.get(f"/v1/samples/{job['sample_ids'][0]}")
+    assert first["meta"]["invalid_tokens"] == 0  # constrained decoding is on by default
     entropy = first["meta"]["metrics"]["pitch_class_entropy"]
     assert entropy["sample"] > 0 and entropy["corpus_mean"] > 0  # shown next to the corpus
     # The copy check: how much of each sample is in the training split (cadenza.novelty).
@@ -147,8 +148,8 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     source = symusic.Score.from_midi(chorales[0].read_bytes())
     out = symusic.Score.from_midi(midis[0])
     primer, head = primer_pitches(source, bars=2), primer_pitches(out, bars=2)
-    # Every primer note is there, unchanged. (Generated notes may join them inside bar 2: REMI
-    # lets a sampled Position token step back within the current bar.)
+    # Every primer note is there, unchanged. (Generated notes may join them inside bar 2, at
+    # positions after the primer's last: the grammar keeps positions rising within a bar.)
     assert primer <= head
 
     # Each variation was rendered by its job: audio and a piano roll are there at once.

@@ -47,6 +47,13 @@ class SamplingOptions(BaseModel):
         "repay the one-off compile or the worker compiled the same shapes before",
     )
 
+    constrained: bool = Field(
+        default=True,
+        description="mask every token the tokenizer's grammar forbids at that point (a pitch "
+        "without its velocity or duration, a position going backwards in a bar, half a tuple); "
+        "false samples the model's raw choice, and meta.invalid_tokens counts the violations",
+    )
+
     @field_validator("min_p")
     @classmethod
     def _zero_is_off(cls, v: float | None) -> float | None:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from cadenza.models.base import CadenzaModel
+from cadenza.sample.constrain import Constraint
 from cadenza.sample.decode import (
     Decoder,
     compile_available,
@@ -35,6 +36,9 @@ from cadenza.sample.decode import (
     has_compiled,
     span_for,
 )
+
+if TYPE_CHECKING:
+    from cadenza.tokenize.grammar import Grammar
 
 OnToken = Callable[[int, list[list[int]]], bool | None]
 """on_token(step, tokens): step = new tokens so far (1-based), tokens = the new tokens of every
@@ -57,6 +61,7 @@ class SamplingParams:
     stop_at_eos: bool = True  # a row ends at eos_id (which is kept as its last token)
     window_keep: int | None = None  # tokens kept when sliding past block_size; None = half
     compile: bool | None = None  # compile the decode step; None = when it pays (decode.py)
+    constrained: bool = True  # mask what the grammar passed to generate() forbids
 
     def __post_init__(self) -> None:
         # The shared fields are checked by the API's own model, so the sampler accepts exactly
@@ -89,6 +94,7 @@ _SHARED_FIELDS = (
     "seed",
     "stop_at_eos",
     "compile",
+    "constrained",
 )
 
 
@@ -428,8 +434,12 @@ def _run(
     n: int,
     on_token: OnToken | None,
     device: torch.device | str | None,
+    grammar: Grammar | None = None,
 ) -> list[list[int]]:
     """Shared sampling loop; only how logits are obtained differs between the samplers.
+
+    With a `grammar` and `params.constrained`, every step masks the ids the grammar forbids
+    in each row's state before the filters (`cadenza.sample.constrain`).
 
     Every step is tensor work only; every `SYNC_EVERY` steps (and at the last) the tokens are
     read to the host, `on_token` is called, and once at most half of the live rows are still
@@ -459,6 +469,11 @@ def _run(
 
     stop_id = params.eos_id if params.stop_at_eos else None
     state = _Rows(B, params.max_new_tokens, stop_id, dev)
+    constraint = (
+        Constraint(grammar, rows, model.vocab_size, dev)
+        if grammar is not None and params.constrained
+        else None
+    )
     was_training = model.training
     model.eval()
     try:
@@ -467,7 +482,11 @@ def _run(
             logits = stepper.prefill(idx, pad)  # (B, V)
             slot = 0  # the ring's oldest entry, overwritten next
             for step in range(1, params.max_new_tokens + 1):
+                if constraint is not None:
+                    logits = constraint.mask(logits)
                 token = sample_next(logits, params, history, gen)  # (B,)
+                if constraint is not None:
+                    constraint.advance(token)
                 if history is not None:
                     history[:, slot] = token
                     slot = (slot + 1) % W
@@ -485,6 +504,8 @@ def _run(
                         state.select(keep, live)
                         token = token.index_select(0, keep)
                         history = history.index_select(0, keep) if history is not None else None
+                        if constraint is not None:
+                            constraint.select(keep)
                 logits = stepper.step(token.view(-1, 1))
     finally:
         model.train(was_training)
@@ -499,12 +520,15 @@ def generate(
     n: int = 1,
     on_token: OnToken | None = None,
     device: torch.device | str | None = None,
+    grammar: Grammar | None = None,
 ) -> list[list[int]]:
     """Sample n continuations of every prompt as one batch with the model's cache.
 
     Returns the new tokens of each variation, prompt-major (prompt 0's n variations first).
     Prompts may differ in length (left-padded and masked). A row that hits `eos_id` ends there
     (eos included). `device` is where the model lives (default: its parameters' device).
+    `grammar` (the tokenizer's, `cadenza.tokenize.grammar.grammar_for`) masks forbidden ids
+    while `params.constrained` is true.
     """
     params = params or SamplingParams()
     keep = _window_keep(model, params)
@@ -512,7 +536,7 @@ def generate(
     def make(batch: int, dev: torch.device) -> _Stepper:
         return _CachedStepper(model, batch, dev, keep, params)
 
-    return _run(model, make, prompts, params, n, on_token, device)
+    return _run(model, make, prompts, params, n, on_token, device, grammar)
 
 
 def generate_uncached(
@@ -524,6 +548,7 @@ def generate_uncached(
     on_token: OnToken | None = None,
     device: torch.device | str | None = None,
     window: str = "slide",
+    grammar: Grammar | None = None,
 ) -> list[list[int]]:
     """Like `generate`, but recompute the whole context window every step.
 
@@ -539,4 +564,4 @@ def generate_uncached(
     def make(batch: int, dev: torch.device) -> _Stepper:
         return _RecomputeStepper(model, keep)
 
-    return _run(model, make, prompts, params, n, on_token, device)
+    return _run(model, make, prompts, params, n, on_token, device, grammar)

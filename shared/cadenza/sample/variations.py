@@ -35,6 +35,7 @@ class Variation:
     metrics: dict[str, Any]
     attempts: int = 1
     novelty: dict[str, Any] | None = None  # the copy check against the training split
+    invalid_tokens: int = 0  # new tokens the tokenizer's grammar forbids (0 when constrained)
 
 
 def _count_notes(midi: bytes) -> int:
@@ -99,12 +100,17 @@ def sample_variations(
     `options` are a request's `SamplingOptions` fields. A re-sampling try draws only the rows
     still short of `min_notes`, with seed + try, so a seeded request stays reproducible.
     `on_token` returning True ends a generation early (cancel or a length limit reached);
-    once `should_stop()` is true (cancel) no re-sampling try starts.
+    once `should_stop()` is true (cancel) no re-sampling try starts. The tokenizer's grammar
+    masks forbidden ids while `options["constrained"]` is true (the default), and each
+    variation counts the new ids it forbids (`invalid_tokens`) either way.
     """
     from cadenza.evaluate import compare, midi_metrics
     from cadenza.sample import SamplingParams, generate
     from cadenza.tokenize import special_ids
+    from cadenza.tokenize.grammar import grammar_for
 
+    grammar = grammar_for(tokenizer)  # masks when constrained; counts violations either way
+    after_prompt, _ = grammar.walk(prompt)
     params = SamplingParams(**dict(options), eos_id=special_ids(tokenizer).get("eos"))
     stop_at_eos = bool(options.get("stop_at_eos", True))
     primer_notes = 0
@@ -129,11 +135,12 @@ def sample_variations(
         novelty = None
         if novelty_index is not None:  # the primer's own n-grams are the user's, not copied
             novelty = novelty_index.check_midi(midi, skip_notes=primer_notes)
+        _, invalid = grammar.walk(new, after_prompt)
         return Variation(
-            i, list(new), ids, midi, notes, new_notes, seconds, metrics, attempt, novelty
+            i, list(new), ids, midi, notes, new_notes, seconds, metrics, attempt, novelty, invalid
         )
 
-    rows = generate(model, [prompt], params, n=n, on_token=on_token, device=device)
+    rows = generate(model, [prompt], params, n=n, on_token=on_token, device=device, grammar=grammar)
     out = [make(i, new, 1) for i, new in enumerate(rows)]
     seed = params.seed
     for attempt in range(2, resample_empty + 2):
@@ -144,7 +151,15 @@ def sample_variations(
             **{**dict(options), "seed": None if seed is None else seed + attempt - 1},
             eos_id=params.eos_id,
         )
-        again = generate(model, [prompt], retry, n=len(short), on_token=on_token, device=device)
+        again = generate(
+            model,
+            [prompt],
+            retry,
+            n=len(short),
+            on_token=on_token,
+            device=device,
+            grammar=grammar,
+        )
         for i, new in zip(short, again, strict=True):
             candidate = make(i, new, attempt)
             if candidate.new_notes > out[i].new_notes:
@@ -159,7 +174,15 @@ def sample_variations(
                 **{**dict(options), "seed": None if seed is None else seed + resample_empty + k},
                 eos_id=params.eos_id,
             )
-            again = generate(model, [prompt], retry, n=len(rows), on_token=on_token, device=device)
+            again = generate(
+                model,
+                [prompt],
+                retry,
+                n=len(rows),
+                on_token=on_token,
+                device=device,
+                grammar=grammar,
+            )
             return [make(i, new, out[i].attempts + 1) for i, new in zip(rows, again, strict=True)]
 
         _resample_copies(out, redraw, max_copied_fraction, min_notes, should_stop)

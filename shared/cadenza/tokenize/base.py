@@ -28,6 +28,8 @@ from cadenza.tokenize.spec import BPESpec, TokenizerSpec
 if TYPE_CHECKING:
     from symusic.core import ScoreTick as Score
 
+    from cadenza.tokenize.grammar import Grammar, Rules
+
 FORMAT = "cadenza.tokenizer"
 FORMAT_VERSION = 1
 
@@ -177,6 +179,33 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int]) -> Score:
         """Ids → score. Never raises on any id sequence: specials, out-of-range ids and
         ungrammatical orders are dropped or repaired, because sampled output can be anything."""
+
+    # ---- grammar ----------------------------------------------------------------------------
+    @abstractmethod
+    def grammar_rules(self) -> Rules:
+        """Which base ids may follow which (`cadenza.tokenize.grammar`): what constrained
+        sampling enforces. It must accept every sequence :meth:`symbols` writes."""
+
+    def grammar_excluded(self) -> frozenset[int]:
+        """Base ids never sampled besides PAD/BOS/EOS (e.g. MidiTok's MASK); default none."""
+        return frozenset()
+
+    def grammar(self) -> Grammar:
+        """The automaton over the final vocabulary (subword pieces included); build it through
+        `cadenza.tokenize.grammar.grammar_for`, which keeps one per tokenizer object."""
+        from cadenza.tokenize.grammar import build_grammar
+
+        sub: SubwordModel | None = getattr(self, "subword", None)
+        return build_grammar(
+            self.grammar_rules(),
+            base_size=self.base_vocab_size,
+            vocab_size=self.vocab_size,
+            pad=self.pad_id,
+            bos=self.bos_id,
+            eos=self.eos_id,
+            excluded=self.grammar_excluded(),
+            pieces=sub.pieces if sub is not None else (),
+        )
 
     # ---- persistence ------------------------------------------------------------------------
     @abstractmethod

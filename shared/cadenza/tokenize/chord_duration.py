@@ -31,6 +31,7 @@ from cadenza.tokenize.base import (
     pitched_notes,
     sym_char,
 )
+from cadenza.tokenize.grammar import Rules
 from cadenza.tokenize.options import ChordDurationConfig
 from cadenza.tokenize.spec import TokenizerSpec
 
@@ -219,6 +220,51 @@ class ChordDurationTokenizer(OwnSpecials, Tokenizer):
             )
         score.tracks.append(track)
         return score
+
+    # ---- grammar ----------------------------------------------------------------------------
+    def grammar_rules(self) -> Rules:
+        """The encoder's order exactly: SEP, a shift (0 only for the first group; a full
+        ``max_shift`` may be followed by another SEP, the longer-gap case), an optional tempo,
+        then (pitch, duration) pairs with pitches strictly falling; a piece ends after a
+        duration. Not checked: that a tempo token changes the tempo."""
+        c = self.cfg
+        shift0, note0, dur0, tempo0, size = (
+            self.shift0,
+            self.note0,
+            self.dur0,
+            self.tempo0,
+            self._size,
+        )
+
+        def step(key: object, b: int) -> object | None:
+            assert isinstance(key, tuple)
+            phase, arg = key
+            is_note = note0 <= b < dur0
+            if b == SEP:
+                ok = phase in ("start", "shift_max", "dur")
+                return ("sep", phase == "start") if ok else None
+            if shift0 <= b < note0:
+                s = b - shift0
+                if phase != "sep" or (s == 0 and not arg):
+                    return None
+                return ("shift_max", 0) if s == c.max_shift else ("shift", 0)
+            if tempo0 <= b < size:
+                return ("tempo", 0) if phase in ("shift", "shift_max") else None
+            if is_note:
+                p = b - note0
+                if phase in ("shift", "shift_max", "tempo") or (phase == "dur" and p < arg):
+                    return ("note", p)
+                return None
+            if dur0 <= b < tempo0:
+                return ("dur", arg) if phase == "note" else None
+            return None
+
+        return Rules(
+            ("start", 0),
+            step,
+            lambda key: isinstance(key, tuple) and key[0] in ("start", "dur"),
+            "chord-duration: the encoder's token order, pitches falling within an onset",
+        )
 
     # ---- persistence ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

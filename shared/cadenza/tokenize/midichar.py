@@ -36,6 +36,7 @@ from cadenza.tokenize.base import (
     empty_symbols,
     sym_char,
 )
+from cadenza.tokenize.grammar import Rules, free_rules
 from cadenza.tokenize.options import MidiCharConfig
 from cadenza.tokenize.spec import TokenizerSpec
 
@@ -277,6 +278,12 @@ class MidiCharTokenizer(OwnSpecials, Tokenizer):
         n = self.base_vocab_size
         keep = np.asarray([i - _N_SPECIALS for i in base if _N_SPECIALS <= i < n], dtype=np.int64)
         return self._score_from_values(self.alphabet[keep] if keep.size else keep)
+
+    # ---- grammar ----------------------------------------------------------------------------
+    def grammar_rules(self) -> Rules:
+        """Every character is a whole note (or rest), so any one may follow any other: the
+        rule set is only where PAD/BOS/EOS may stand (the builder's part)."""
+        return free_rules(lambda b: b >= _N_SPECIALS, "midichar: any character; specials placed")
 
     # ---- persistence ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -32,6 +32,15 @@ from cadenza.tokenize.base import (
     empty_symbols,
     sym_char,
 )
+from cadenza.tokenize.grammar import (
+    TIME_TYPES,
+    Rules,
+    TypeGraph,
+    graph_from_miditok,
+    note_group_graph,
+    token_type,
+    type_graph_rules,
+)
 from cadenza.tokenize.miditok_options import import_miditok, make_miditok, miditok_class
 from cadenza.tokenize.spec import MIDITOK_MULTI_VOCAB, MIDITOK_SINGLE_STREAM, TokenizerSpec
 
@@ -203,6 +212,68 @@ class MidiTokTokenizer(Tokenizer):
         score.time_signatures.append(TimeSignatureTick(0, 4, 4))
         return score
 
+    # ---- grammar ----------------------------------------------------------------------------
+    def grammar_excluded(self) -> frozenset[int]:
+        """MidiTok's special tokens, except MMM's track marks (its encoder writes them)."""
+        return frozenset(i for i in self._specials if not self._track_mark(i))
+
+    def _track_mark(self, base_id: int) -> bool:
+        return self.name == "MMM" and str(self.miditok[base_id]) in ("Track_Start", "Track_End")
+
+    def type_graph(self) -> TypeGraph:
+        """Which token type may follow which: MidiTok's own graph (the one its
+        ``tokens_errors`` checks), completed where its encoder writes more than the graph
+        says, or for PerTok (no graph in MidiTok) one from the shape of its notes."""
+        names = [str(self.miditok[i]) for i in range(self.base_vocab_size)]
+        excluded = self.grammar_excluded()
+        types = {token_type(n) for i, n in enumerate(names) if i not in excluded}
+        if self.name == "PerTok":
+            cfg = self.miditok.config
+            prefix = "Program" if cfg.use_programs and not cfg.program_changes else None
+            succ = note_group_graph(
+                types, ("Pitch", "PitchDrum"), ("MicroTiming", "Velocity", "Duration"), prefix
+            )
+        else:
+            extra: dict[str, set[str]] = {}
+            if self.name == "MMM":
+                # MMM wraps each track of its base tokenizer in Track_Start, Program … Track_End;
+                # MidiTok's graph lumps both marks into "Track" and misses Program -> Bar.
+                base = set(graph_from_miditok(self.miditok.tokens_types_graph, types))
+                extra = {
+                    "Track_Start": {"Program"},
+                    "Program": {"Bar", "TimeSig", "Position", "TimeShift", "Pitch", "Tempo"},
+                    "Track_End": {"Track_Start"},
+                    **{t: {"Track_End"} for t in base if t not in ("Track_Start", "Program")},
+                }
+            succ = graph_from_miditok(self.miditok.tokens_types_graph, types, extra=extra)
+        if self.name == "MMM":
+            start = frozenset({"Track_Start"})
+        else:
+            timing = TIME_TYPES & types
+            start = frozenset(timing.union(*(succ.get(t, frozenset()) for t in timing)))
+            if not timing:
+                start = frozenset(types)
+        return TypeGraph(succ, start)
+
+    def grammar_rules(self) -> Rules:
+        """MidiTok's token-type successions (a pitch is followed by its velocity and duration,
+        a Bar by its TimeSig, …) and, where the vocabulary has Bar and Position tokens,
+        positions strictly rising within a bar. Not checked: values (e.g. a position past the
+        bar's time signature, a NoteOff without its NoteOn)."""
+        excluded = self.grammar_excluded()
+        names: list[str | None] = [
+            None if i in excluded else str(self.miditok[i]) for i in range(self.base_vocab_size)
+        ]
+        graph = self.type_graph()
+        types = set(graph.succ)
+        return type_graph_rules(
+            names,
+            graph,
+            track_positions={"Bar", "Position"} <= types,
+            summary=f"{self.name}: token-type successions"
+            + (", positions rising within a bar" if {"Bar", "Position"} <= types else ""),
+        )
+
     # ---- persistence ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         d = self.miditok.to_dict()
@@ -346,6 +417,100 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
             last_k = k
         flush()
         return out
+
+    def grammar_rules(self) -> Rules:
+        """Tuples whole and in field order: a field-0 id opens a tuple, which then takes one
+        id of each next field in turn (MuMIDI: 5 fields for a note, 3 otherwise), and a
+        piece ends only between tuples. CPWord also: a Note tuple has Ignore for Bar/Position
+        and real pitch, velocity and duration; a Metric tuple has Ignore for those; positions
+        rise strictly within a bar (a Bar or a Rest resets), as MidiTok's ``tokens_errors``
+        checks. MuMIDI also: MidiTok's type graph over the tuples' first fields (Bar →
+        Position → Program → Pitch …) and rising positions. Not checked: other values that
+        go together (e.g. Octuple's bar numbers, MuMIDI's bar and position encodings)."""
+        bounds = [*(int(o) for o in self._offsets), self.base_vocab_size]
+        field_of = np.zeros(self.base_vocab_size, dtype=np.int64)
+        for k in range(len(self._sizes)):
+            field_of[bounds[k] : bounds[k + 1]] = k
+        fields0 = {v: self._fields(v) for v in range(self._sizes[0])}
+        specials = self._special_field_ids
+        cp = self.name == "CPWord"
+        # per base id: (MidiTok type, value) for CPWord's value rules
+        kinds = [str(self.token_str(b)).split("_", 1) for b in range(self.base_vocab_size)]
+        idx: dict[str, int] = dict(getattr(self.miditok, "vocab_types_idx", {}) or {})
+        note_fields = {idx[t] for t in ("Pitch", "PitchDrum", "Velocity", "Duration") if t in idx}
+        where = idx.get("Position", idx.get("Bar", -1))
+        mumidi = self.name == "MuMIDI"
+        # MuMIDI: MidiTok's graph over the field-0 types (Bar, Position, Program, Pitch …)
+        types0 = {kinds[b][0] for b in range(self._sizes[0]) if b not in specials[0]}
+        graph0 = graph_from_miditok(self.miditok.tokens_types_graph, types0) if mumidi else {}
+        timing0 = TIME_TYPES & types0
+        start0 = frozenset(timing0.union(*(graph0.get(t, frozenset()) for t in timing0)))
+        open0 = TypeGraph(graph0, start0).open_types()
+
+        def mumidi_step(key: tuple[int, int, str, int], b: int) -> tuple[str, int] | None:
+            """MuMIDI's rules for a field-0 id: the type graph and rising positions."""
+            _, _, last, pos = key
+            typ = kinds[b][0]
+            if typ not in (start0 if last == "" else graph0.get(last, frozenset())):
+                return None
+            if typ == "Bar":
+                return (typ, -1)
+            if typ == "Position":
+                value = int(kinds[b][1])
+                return (typ, value) if value > pos else None
+            return (typ, pos)
+
+        def cp_step(key: tuple[int, int, str, int], k: int, b: int) -> tuple[str, int] | None:
+            """CPWord's value rules for id ``b`` in field ``k``: the new (family, position)."""
+            _, _, fam, pos = key
+            typ = kinds[b][0]
+            if k == 0:
+                return (kinds[b][1] if len(kinds[b]) > 1 else "", pos)
+            if fam == "Note" and k == where and typ != "Ignore":
+                return None
+            if k in note_fields and (typ == "Ignore") == (fam == "Note"):
+                return None
+            if typ == "Bar" or typ == "Rest":
+                return (fam, -1)
+            if typ == "Position":
+                try:
+                    value = int(kinds[b][1])
+                except (IndexError, ValueError):
+                    return (fam, pos)
+                return (fam, value) if value > pos else None
+            return (fam, pos)
+
+        def step(key: object, b: int) -> object | None:
+            assert isinstance(key, tuple)
+            nxt, n, fam, pos = key
+            k = int(field_of[b])
+            v = b - bounds[k]
+            if v in specials[k] or k != nxt:
+                return None
+            if k == 0:
+                n = fields0[v]
+            if cp or (mumidi and k == 0):
+                moved = cp_step(key, k, b) if cp else mumidi_step(key, b)
+                if moved is None:
+                    return None
+                fam, pos = moved
+            if k + 1 >= n:  # the tuple is whole; MuMIDI remembers its type for the next
+                return (0, 0, fam if mumidi else "", pos)
+            return (k + 1, n, fam, pos)
+
+        def can_end(key: object) -> bool:
+            return isinstance(key, tuple) and key[0] == 0 and key[2] not in open0
+
+        rules = {
+            "CPWord": "; Note/Metric fields, positions rising within a bar",
+            "MuMIDI": "; MidiTok's type graph over tuples, positions rising within a bar",
+        }
+        return Rules(
+            (0, 0, "", -1),
+            step,
+            can_end,
+            f"{self.name}: whole tuples, fields in order" + rules.get(self.name, ""),
+        )
 
     def _decode_base(self, base: list[int]) -> Score:
         raise NotImplementedError  # compound tokens decode through _decode_steps

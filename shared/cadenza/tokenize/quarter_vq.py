@@ -47,6 +47,7 @@ from cadenza.tokenize.base import (
     empty_symbols,
     pitched_notes,
 )
+from cadenza.tokenize.grammar import Rules, cycle_rules
 from cadenza.tokenize.options import CODES_PER_QUARTER, QuarterVQConfig
 from cadenza.tokenize.spec import TokenizerSpec
 
@@ -314,6 +315,17 @@ class QuarterVQTokenizer(OwnSpecials, Tokenizer):
         )
         flat = rolls.astype(bool).transpose(1, 0, 2).reshape(ROWS, q * COLS)
         return self._score(planes_to_notes(flat))
+
+    # ---- grammar ------------------------------------------------------------------------------
+    def grammar_rules(self) -> Rules:
+        """Codes come 16 to a quarter note (the decoder drops an unfinished quarter), so a
+        piece ends only after a whole quarter; any code may stand at any place of it."""
+        k = self.cfg.codebook_size
+        return cycle_rules(
+            CODES_PER_QUARTER,
+            lambda b: N_SPECIALS <= b < N_SPECIALS + k,
+            f"quarter-vq: whole quarters of {CODES_PER_QUARTER} codes",
+        )
 
     # ---- persistence --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
