@@ -116,7 +116,11 @@ def delete_dataset(session: Session, *, owner_id: str, dataset_id: str) -> Delet
     _refuse_if_used(
         _active_jobs(session, owner_id),
         f"dataset {dataset_id}",
-        lambda p: p.get("dataset_id") == dataset_id or p.get("primer_file_id") in ids,
+        lambda p: (
+            p.get("dataset_id") == dataset_id
+            or p.get("primer_file_id") in ids
+            or p.get("source_file_id") in ids
+        ),
     )
     out = Deleted("dataset", dataset_id)
     out.pending_ids = schedule(
@@ -140,6 +144,7 @@ def delete_file(session: Session, *, owner_id: str, file_id: str) -> Deleted:
         lambda p: (
             file_id in (p.get("file_ids") or [])
             or p.get("primer_file_id") == file_id
+            or p.get("source_file_id") == file_id
             or (p.get("dataset_id") == row.dataset_id and "file_ids" not in p)
         ),
     )
@@ -230,6 +235,7 @@ def delete_model(session: Session, *, owner_id: str, model_id: str) -> Deleted:
             p.get("model_id") == model_id
             or p.get("model_id") in finetunes
             or p.get("primer_sample_id") in sample_ids
+            or p.get("source_sample_id") in sample_ids
             or p.get("base_model_id") == model_id  # a corpus tokenized with its tokenizer
         ),
     )
@@ -253,7 +259,8 @@ def delete_model(session: Session, *, owner_id: str, model_id: str) -> Deleted:
 def delete_sample(session: Session, *, owner_id: str, sample_id: str) -> Deleted:
     """One sample: its row, its MIDI and its renderings (unless another row shares them).
 
-    409 while a queued or running job continues it (`primer_sample_id`). The samples that
+    409 while a queued or running job continues or edits it (`primer_sample_id`,
+    `source_sample_id`). The samples that
     continued it stay; their `parent_sample_id` becomes null.
     """
     sample = get_owned(session, Sample, sample_id, owner_id)
@@ -261,7 +268,7 @@ def delete_sample(session: Session, *, owner_id: str, sample_id: str) -> Deleted
     _refuse_if_used(
         _active_jobs(session, owner_id),
         f"sample {sample_id}",
-        lambda p: p.get("primer_sample_id") == sample_id,
+        lambda p: sample_id in (p.get("primer_sample_id"), p.get("source_sample_id")),
     )
     out = Deleted("sample", sample_id)
     out.pending_ids = schedule(session, [sample.midi_key, *_renders([sample.meta.get("sha256")])])

@@ -36,6 +36,30 @@ def bach_pairs() -> list[tuple[str, bytes]]:
     return [(p.stem, p.read_bytes()) for p in bach_paths()]
 
 
+#: Programs given to a chorale's parts, in track order, by :func:`multitrack_pairs`: flute,
+#: clarinet, cello, electric bass (and a fifth part, when there is one, on piano).
+PART_PROGRAMS = (73, 71, 42, 33, 0)
+
+
+def multitrack_chorale(data: bytes) -> bytes:
+    """A chorale's MIDI with each part (track) on its own program (:data:`PART_PROGRAMS`) and
+    empty tracks dropped: real multi-track music, as a band's file would have it."""
+    from symusic import Score
+
+    score = Score.from_midi(data)
+    kept = [t for t in score.tracks if len(t.notes) > 0]
+    for k, track in enumerate(kept):
+        track.program = PART_PROGRAMS[k % len(PART_PROGRAMS)]
+    score.tracks = type(score.tracks)(kept)
+    out: bytes = score.dumps_midi()
+    return out
+
+
+def multitrack_pairs() -> list[tuple[str, bytes]]:
+    """:func:`bach_pairs` with every part on its own program (:func:`multitrack_chorale`)."""
+    return [(name, multitrack_chorale(data)) for name, data in bach_pairs()]
+
+
 Note = tuple[int, int, int, int]  # time, duration, pitch, velocity (ticks)
 
 

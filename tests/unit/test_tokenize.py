@@ -295,7 +295,8 @@ def test_older_preset_names_resolve_to_the_same_specs() -> None:
         "chord-duration-keras",
         "bachsformer-vq",
     }
-    assert set(ALIASES.values()) == set(PRESETS) and set(PRESETS_BY_ANY_NAME) == {
+    # every preset but the ones newer than the old names (multitrack) has its older name
+    assert set(ALIASES.values()) == set(PRESETS) - {"multitrack"} and set(PRESETS_BY_ANY_NAME) == {
         *PRESETS,
         *ALIASES,
     }

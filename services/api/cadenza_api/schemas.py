@@ -207,6 +207,11 @@ class ModelOut(Out):
     )
     checkpoints: list[CheckpointOut] = []
     metrics: list[MetricOut] = []
+    capabilities: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the model can do: `modes` (continue, and infill and accompany for "
+        "a model trained to edit on a `multitrack` corpus)",
+    )
 
 
 class ModelPatch(In):

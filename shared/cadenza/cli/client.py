@@ -292,9 +292,40 @@ def sample(
         ),
     ] = "{}",
     output: Annotated[Path, typer.Option("-o", "--output")] = Path("samples"),
+    source: Annotated[
+        Path | None,
+        typer.Option(help="a MIDI file to edit with --infill-bars or --accompany (uploaded)"),
+    ] = None,
+    source_file_id: Annotated[str | None, typer.Option(help="a stored MIDI file to edit")] = None,
+    source_sample: Annotated[str | None, typer.Option(help="one of your samples to edit")] = None,
+    infill_bars: Annotated[
+        str | None,
+        typer.Option(help="rewrite these bars of the source (1-based, inclusive), e.g. 3-4"),
+    ] = None,
+    infill_tracks: Annotated[
+        str | None, typer.Option(help="with --infill-bars: only these tracks (0-based), e.g. 0,2")
+    ] = None,
+    accompany: Annotated[
+        str | None,
+        typer.Option(help="add tracks to the source: GM programs and/or drums, e.g. 33,drums"),
+    ] = None,
 ) -> None:
-    """Generate N variations and write their MIDI files to OUTPUT."""
+    """Generate N variations and write their MIDI files to OUTPUT.
+
+    With --infill-bars or --accompany (and --source, --source-file-id or --source-sample) the
+    model edits a piece instead of continuing one: it needs a model trained on a `multitrack`
+    corpus (`cadenza models show` lists its capabilities.modes)."""
+    edit = edit_options(infill_bars, infill_tracks, accompany)
     with connect() as c:
+        if source is not None:
+            source_file_id = c.upload(str(dataset_id or _model_dataset(c, model_id)), [source])[0][
+                "id"
+            ]
+        if edit:
+            edit |= {"source_file_id": source_file_id, "source_sample_id": source_sample}
+        elif source_file_id or source_sample:
+            console.print("[red]error[/] a source is edited with --infill-bars or --accompany")
+            raise typer.Exit(2)
         if primer is not None:
             if not dataset_id:
                 model = c.get(f"/v1/models/{model_id}")
@@ -317,6 +348,7 @@ def sample(
             "primer_bars": primer_bars,
             "primer_seconds": primer_seconds,
             "max_bars": max_bars,
+            **edit,
             **(
                 {"max_copied_fraction": max_copied_fraction}
                 if max_copied_fraction is not None
@@ -328,6 +360,46 @@ def sample(
         for sid in job["sample_ids"]:
             path = c.download(f"/v1/samples/{sid}/midi", output / f"{sid}.mid")
             out.print(str(path))
+
+
+def _model_dataset(c: Any, model_id: str) -> str:
+    """The dataset of a model's corpus, where an uploaded source goes (exit 2 when gone)."""
+    model = c.get(f"/v1/models/{model_id}")
+    dataset_id = c.get(f"/v1/corpora/{model['corpus_id']}")["dataset_id"]
+    if not dataset_id:
+        console.print("[red]error[/] the model's dataset was deleted: pass --dataset-id")
+        raise typer.Exit(2)
+    return str(dataset_id)
+
+
+def edit_options(
+    infill_bars: str | None, infill_tracks: str | None, accompany: str | None
+) -> dict[str, Any]:
+    """The request fields of --infill-bars/--infill-tracks or --accompany ({} for neither)."""
+    if infill_bars and accompany:
+        console.print("[red]error[/] --infill-bars or --accompany, not both")
+        raise typer.Exit(2)
+    try:
+        if infill_bars:
+            parts = [int(x) for x in infill_bars.split("-")]
+            spec: dict[str, Any] = {"bars": [parts[0], parts[-1]]}
+            if infill_tracks:
+                spec["tracks"] = [int(x) for x in infill_tracks.split(",")]
+            return {"mode": "infill", "infill": spec}
+        if accompany:
+            items = [x.strip() for x in accompany.split(",") if x.strip()]
+            programs = [int(x) for x in items if x != "drums"]
+            return {
+                "mode": "accompany",
+                "accompany": {"programs": programs, "drums": "drums" in items},
+            }
+    except ValueError:
+        console.print("[red]error[/] --infill-bars 3-4, --infill-tracks 0,2, --accompany 33,drums")
+        raise typer.Exit(2) from None
+    if infill_tracks:
+        console.print("[red]error[/] --infill-tracks goes with --infill-bars")
+        raise typer.Exit(2)
+    return {}
 
 
 def continue_(

@@ -69,6 +69,7 @@ class MidiInfo:
     duration_s: float
     programs: tuple[int, ...]  # sorted General MIDI programs of the non-drum tracks
     has_drums: bool
+    bars: int = 0  # bars from tick 0 to the end, by the time signatures (what infill counts)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (programs as a list) for storing beside the file row."""
@@ -115,7 +116,15 @@ def summarize(score: ScoreTick, limits: MidiLimits = MidiLimits()) -> MidiInfo:
         duration_s=duration_s,
         programs=tuple(sorted({int(t.program) for t in tracks if not t.is_drum})),
         has_drums=any(t.is_drum for t in tracks),
+        bars=_count_bars(score),
     )
+
+
+def _count_bars(score: ScoreTick) -> int:
+    """`cadenza.tokenize.base.count_bars` (imported here, inside the parsing sandbox)."""
+    from cadenza.tokenize.base import count_bars
+
+    return count_bars(score)
 
 
 def parse_smf(smf: bytes) -> ScoreTick:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cadenza.sample.modes import EditFields
+
 
 class SamplingOptions(BaseModel):
     """Logits → token: temperature, filters, repetition penalty, length, seed."""
@@ -58,7 +60,7 @@ class SamplingOptions(BaseModel):
         return None if v == 0 else v
 
 
-class SampleRequest(SamplingOptions):
+class SampleRequest(SamplingOptions, EditFields):
     """`POST /v1/models/{id}/samples`: a primer (or none), how many, how long, how to sample."""
 
     model_config = ConfigDict(

@@ -81,6 +81,10 @@ class MidiTokTokenizer(Tokenizer):
         self.subword = subword
         vocab: dict[str, int] = self.miditok.vocab
         self._specials = frozenset(int(i) for i in self.miditok.special_tokens_ids)
+        # What decoding drops: the specials, except MMM's track delimiters, without which
+        # MidiTok would decode every track of a piece as one.
+        keep = {int(vocab[t]) for t in ("Track_Start", "Track_End") if t in vocab}
+        self._dropped = self._specials - keep
         self._pad = int(self.miditok.pad_token_id)
         self._bos = int(vocab["BOS_None"])
         self._eos = int(vocab["EOS_None"])
@@ -169,10 +173,11 @@ class MidiTokTokenizer(Tokenizer):
         return self.subword.encode_batch(items)
 
     def base_ids(self, ids: Sequence[int]) -> list[int]:
-        """Final ids → base ids without specials or out-of-range ids."""
+        """Final ids → base ids without specials (MMM's track delimiters kept) or
+        out-of-range ids."""
         base = self.subword.decode(ids) if self.subword else [int(i) for i in ids]
         n = self.base_vocab_size
-        return [i for i in base if 0 <= i < n and i not in self._specials]
+        return [i for i in base if 0 <= i < n and i not in self._dropped]
 
     def _decode_base(self, base: list[int]) -> Score:
         TokSequence = import_miditok().TokSequence  # noqa: N806 - a class

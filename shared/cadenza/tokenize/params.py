@@ -159,7 +159,19 @@ class TokenizeParams(CorpusRequest):
         except ValidationError as exc:
             raise InvalidParams.from_validation("augment", exc) from exc
         fields = request.model_dump(exclude={"augment"})
+        fields["clean"] = _preset_clean(request)
         return cls(**fields, tokenizer_spec=spec, augment=augment)
+
+
+def _preset_clean(request: CorpusRequest) -> dict[str, Any]:
+    """The request's cleaning over its preset's (`PRESET_CLEAN`): fields the request sets win."""
+    from cadenza.tokenize.presets import ALIASES, PRESET_CLEAN
+
+    given = request.clean.model_dump()
+    preset = ALIASES.get(request.preset or "", request.preset or "")
+    defaults = PRESET_CLEAN.get(preset, {})
+    explicit = request.clean.model_fields_set if "clean" in request.model_fields_set else set()
+    return {**given, **{k: v for k, v in defaults.items() if k not in explicit}}
 
 
 class TokenizeShardParams(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cadenza.tokenize.mmm import INFILL_SPECIALS, MIDITOK_SPECIALS
 from cadenza.tokenize.spec import TokenizerSpec
 
 #: REMI's beat resolution in the preset below: 8 positions per beat in the first 4 beats of a
@@ -59,6 +60,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "bpe": None,
     },
+    # Multi-track MMM (REMI per track, a Program token heading each track, drums kept) with
+    # the infill special tokens, so a model trained on it can continue, fill in bars and
+    # tracks, and accompany (see cadenza.tokenize.mmm). Its corpora keep tracks apart:
+    # PRESET_CLEAN below. No subwords: a learned piece could swallow a bar line.
+    "multitrack": {
+        "name": "MMM",
+        "config": {
+            "base_tokenizer": "REMI",
+            "special_tokens": [*MIDITOK_SPECIALS, *INFILL_SPECIALS],
+        },
+        "bpe": None,
+    },
+}
+
+#: Cleaning a preset needs instead of the defaults (which merge every track into one piano
+#: track and drop drums); a request's own `clean` fields still win, field by field.
+PRESET_CLEAN: dict[str, dict[str, Any]] = {
+    "multitrack": {"merge_tracks": False, "drop_drums": False},
 }
 
 #: Older preset names, still accepted, and which tool's setup each one reproduces.
@@ -141,5 +160,6 @@ __all__ = [
     "AUGMENT_PRESETS",
     "PRESETS",
     "PRESETS_BY_ANY_NAME",
+    "PRESET_CLEAN",
     "resolve_spec",
 ]

@@ -81,10 +81,13 @@ def encode_primer(
 
     Neither BOS nor EOS: prepend ``tok.bos_id`` to start a sequence the way corpus files start;
     without EOS the model continues instead of ending. Cleaning defaults to the corpus defaults
-    but accepts primers of any length (``min_notes`` 1). Raises ValueError when nothing is left
-    (no notes, or none the tokenizer can encode in the span).
+    (tracks kept apart for MMM) but accepts primers of any length (``min_notes`` 1). Raises
+    ValueError when nothing is left (no notes, or none the tokenizer can encode in the span).
     """
-    opts = clean or CleanOptions()
+    # An MMM (multi-track) tokenizer keeps tracks apart, as its corpora do (the `multitrack`
+    # preset's cleaning): a continuation then continues every instrument.
+    multitrack = tok.name == "MMM"
+    opts = clean or CleanOptions(merge_tracks=not multitrack, drop_drums=not multitrack)
     opts = CleanOptions(**{**opts.__dict__, "min_notes": min(opts.min_notes, 1)})
     score = load_score(midi_bytes)
     cleaned, report = clean_score(score, opts)

@@ -43,6 +43,15 @@ class TrainConfig(BaseModel):
         "tokens after it, so every window begins on the same grid (16 for quarter-vq corpora, "
         "one quarter's codes, so each window starts on a quarter); None starts them anywhere",
     )
+    infill_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of training windows turned into fill-in-the-middle examples "
+        "(bars or a whole track cut out, left as placeholders and written after the window "
+        "between fill markers), so the model learns to infill and accompany as well as to "
+        "continue; needs a corpus built with the `multitrack` preset, where it defaults to 0.5",
+    )
     grad_accum_steps: int = Field(default=1, ge=1, le=1024)
     weight_decay: float = Field(default=0.1, ge=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.95)

@@ -9,13 +9,16 @@ evenly spaced windows instead (`eval_starts`).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cadenza.train.config import TrainConfig
 from cadenza.train.distributed import DistInfo
+
+if TYPE_CHECKING:
+    from cadenza.tokenize.mmm import MMMIds, Track
 
 
 def _check_split(
@@ -122,8 +125,18 @@ class TrainBatches:
         info: DistInfo,
         batcher: Batcher,
         bos_id: int | None,
+        infill_ids: MMMIds | None = None,
     ) -> None:
         ga = cfg.grad_accum_steps
+        self.infill_fraction = cfg.infill_fraction
+        self.infill_ids = infill_ids
+        self._file_starts: np.ndarray | None = None  # BOS positions, found on first use
+        self._pieces: dict[int, list[Track]] = {}  # parsed files by their BOS position
+        if self.infill_fraction > 0 and infill_ids is None:
+            raise ValueError(
+                "train.infill_fraction > 0 needs a corpus built with the `multitrack` preset "
+                "(MMM with the infill tokens); set it to 0 or rebuild the corpus"
+            )
         self.slots = [info.rank * ga + m for m in range(ga)]
         self.total_slots = info.world_size * ga
         self.generators = [
@@ -154,4 +167,52 @@ class TrainBatches:
             else:
                 picks = torch.randint(0, self.aligned.size, (self.batch_size,), generator=gen)
                 starts = self.aligned[picks.numpy()]
-            yield self.batcher(windows(self.arr, starts, self.seq_len))
+            batch = windows(self.arr, starts, self.seq_len)
+            if self.infill_fraction > 0:
+                batch = self._infill(batch, starts, gen)
+            yield self.batcher(batch)
+
+    def _infill(self, batch: np.ndarray, starts: np.ndarray, gen: torch.Generator) -> np.ndarray:
+        """Turn about `infill_fraction` of the windows into fill-in-the-middle examples.
+
+        The choices come from one seed drawn from the slot's generator, so they follow the
+        training seed and a resumed run (whose generator states are restored) makes the same
+        examples; with `infill_fraction` 0 nothing is drawn and the stream is as before.
+        """
+        from cadenza.tokenize.mmm import infill_example, layout_example
+
+        t = self.infill_ids
+        assert t is not None
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
+        rng = np.random.default_rng(seed)
+        length = batch.shape[1]
+        for row in range(batch.shape[0]):
+            if rng.random() >= self.infill_fraction:
+                continue
+            # The piece the window starts in, laid out as sampling lays out a prompt (a range
+            # of bars of every track); a piece whose bars do not fit cuts the window itself.
+            example = layout_example(self._piece(int(starts[row])), t, rng, length)
+            if example is None:
+                batch[row] = infill_example(batch[row], t, rng)
+                continue
+            pad = length - len(example)  # the window's own first ids lead, as packed text
+            batch[row, pad:] = example
+        return batch
+
+    def _piece(self, position: int) -> list[Track]:
+        """The tracks of the corpus file (BOS … EOS) holding `position`, parsed once."""
+        from cadenza.tokenize.mmm import parse_tracks
+
+        t = self.infill_ids
+        assert t is not None
+        if self._file_starts is None:
+            self._file_starts = np.flatnonzero(np.asarray(self.arr) == t.bos)
+        starts = self._file_starts
+        i = int(np.searchsorted(starts, position, side="right")) - 1
+        lo = int(starts[i]) if i >= 0 else 0
+        if lo not in self._pieces:
+            hi = int(starts[i + 1]) if i + 1 < starts.size else int(self.arr.shape[0])
+            if len(self._pieces) >= 4096:
+                self._pieces.clear()
+            self._pieces[lo] = parse_tracks(np.asarray(self.arr[lo:hi]).tolist(), t)
+        return self._pieces[lo]

@@ -28,6 +28,7 @@ from cadenza.train.step import TrainStep
 
 if TYPE_CHECKING:
     from cadenza.models import CadenzaModel
+    from cadenza.tokenize.mmm import MMMIds
 
 StopReason = Literal["completed", "cancelled", "drained", "early_stopping", "time_budget"]
 # Every rank's code is reduced with MAX, so the larger code wins: a cancel seen on rank 0 beats
@@ -141,6 +142,7 @@ class _Run:
         tokenizer_hash: str,
         device: str | None,
         bos_id: int | None,
+        infill_ids: MMMIds | None = None,
         adapter: Mapping[str, Any] | None = None,
         init_from: bytes | None = None,
     ) -> None:
@@ -164,7 +166,9 @@ class _Run:
         self.trainable_params = lora.trainable_params(raw_model)
         self.train_step = TrainStep(raw_model, cfg, self.device)
         self.batcher = Batcher(self.device)
-        self.batches = TrainBatches(self.splits["train"], cfg, self.info, self.batcher, bos_id)
+        self.batches = TrainBatches(
+            self.splits["train"], cfg, self.info, self.batcher, bos_id, infill_ids
+        )
         ckpt.seed_rngs(cfg.seed, self.info.rank)
         self.state = ckpt.TrainState()
         self.resumed_from: int | None = None
@@ -384,6 +388,7 @@ def train(
     init_from: bytes | None = None,
     device: str | None = None,
     bos_id: int | None = None,
+    infill_ids: MMMIds | None = None,
     adapter: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or resume training) one model; return how it ended.
@@ -393,7 +398,8 @@ def train(
     the run continues from it exactly (weights, optimizer, schedule, scaler, RNG, data
     position); otherwise `init_from` (any checkpoint payload, weights only) seeds a fine-tune.
     Under torchrun (a process group already initialised) this is one rank of a DDP run.
-    `bos_id` (the corpus tokenizer's) is needed only with `cfg.window_grid`.
+    `bos_id` (the corpus tokenizer's) is needed only with `cfg.window_grid`, `infill_ids`
+    (its MMM structure tokens, `cadenza.tokenize.mmm.MMMIds`) only with `cfg.infill_fraction`.
     With `adapter` (resolved LoRA options), `init_from` is the base checkpoint: its weights are
     frozen and only the adapter trains, and every checkpoint holds only the adapter.
     """
@@ -405,6 +411,7 @@ def train(
         tokenizer_hash=tokenizer_hash,
         device=device,
         bos_id=bos_id,
+        infill_ids=infill_ids,
         adapter=adapter,
         init_from=init_from,
     )

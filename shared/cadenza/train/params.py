@@ -72,6 +72,10 @@ class ModelRequest(BaseModel):
         return self
 
 
+#: `train.infill_fraction` of a model trained on a corpus that can carry infill examples.
+DEFAULT_INFILL_FRACTION = 0.5
+
+
 class TrainParams(BaseModel):
     """What a `train` job runs with: the model row to train (its configs live on the row)."""
 
@@ -82,15 +86,21 @@ class TrainParams(BaseModel):
 
 
 def resolve_model(
-    request: ModelRequest, *, tokenizer: str | None
+    request: ModelRequest,
+    *,
+    tokenizer: str | None,
+    tokenizer_spec: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The validated model config and training config of `request`, as stored JSON.
 
     `tokenizer` is the corpus's tokenizer name: a prior over quarter-vq codes learns from
     windows that start on a quarter (16 codes), so such a model gets `window_grid` 16 unless
-    the request says otherwise (`train.window_grid: null` turns it off).
+    the request says otherwise (`train.window_grid: null` turns it off). `tokenizer_spec` is
+    the corpus's whole spec: on a corpus that can carry infill examples (the `multitrack`
+    preset) `train.infill_fraction` defaults to 0.5, and elsewhere it must stay 0.
     """
     from cadenza.models.registry import resolve_config
+    from cadenza.tokenize.mmm import supports_editing
     from cadenza.tokenize.spec import CODES_PER_QUARTER
     from cadenza.train.config import TrainConfig
 
@@ -118,6 +128,15 @@ def resolve_model(
     train_json = train.model_dump(mode="json")
     if tokenizer == "quarter-vq" and "window_grid" not in request.train:
         train_json["window_grid"] = CODES_PER_QUARTER
+    editable = supports_editing(tokenizer_spec)
+    if editable and "infill_fraction" not in request.train:
+        train_json["infill_fraction"] = DEFAULT_INFILL_FRACTION
+    if train.infill_fraction > 0 and not editable:
+        raise InvalidParams(
+            "train.infill_fraction needs a corpus built with the `multitrack` preset (MMM "
+            "with the infill tokens); set it to 0 or build such a corpus",
+            code="invalid_train_config",
+        )
     return cfg.model_dump(mode="json"), train_json
 
 

@@ -1,5 +1,7 @@
 """MIDI in, MIDI out: `POST /v1/models/{id}/continue` takes a MIDI file as the request body
-and answers with the generated MIDI, for a DAW plug-in or a script that has no use for ids.
+and answers with the generated MIDI, for a DAW plug-in or a script that has no use for ids;
+`/infill` (`?bars=3-4&tracks=0`) and `/accompany` (`?programs=33,0&drums=true`) edit the body
+instead, with a model that can (its `capabilities.modes`).
 
 The body is stored as a file of the owner's `midi-requests` dataset (validated as an upload
 is; listed and deletable like any file) and becomes the primer of an ordinary `sample` job,
@@ -27,7 +29,8 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
-from cadenza.db.models import Dataset, Job, Sample
+from cadenza.config import Settings
+from cadenza.db.models import Dataset, Job, Owner, Sample
 from cadenza.db.repo import get_visible_model, pick_checkpoint
 from cadenza.ingest import (
     Incoming,
@@ -38,6 +41,7 @@ from cadenza.ingest import (
 )
 from cadenza.jobs import TERMINAL, JobState, submit
 from cadenza.midi.load import MidiLimits, sniff_midi
+from cadenza.sample.modes import check_mode
 from cadenza.sample.params import SampleParams, SampleRequest
 from cadenza.storage import ObjectStore
 from cadenza_api.deps import (
@@ -49,6 +53,7 @@ from cadenza_api.deps import (
     UploadAllowed,
     v1_router,
 )
+from cadenza_api.editing import capabilities, check_source_file
 from cadenza_api.errors import ApiError, error_body
 from cadenza_api.openapi import BINARY, describe
 from cadenza_api.schemas import JobOut
@@ -69,6 +74,11 @@ NOT_IN_QUERY = (
     "primer_tokens",
     "primer_tokenizer_hash",
     "force_tokens",
+    "mode",
+    "source_file_id",
+    "source_sample_id",
+    "infill",
+    "accompany",
 )
 POLL_S = 0.2
 DEFAULT_WAIT_S = 60.0
@@ -118,9 +128,14 @@ MIDI_ANSWERS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def sampling_options(request: Request) -> SampleRequest:
-    """The query's sampling options as a `SampleRequest` (422 naming a bad or unknown one)."""
-    query = {k: v for k, v in request.query_params.items() if k != "wait"}
+def sampling_options(
+    request: Request, *, edit: dict[str, Any] | None = None, own: tuple[str, ...] = ()
+) -> SampleRequest:
+    """The query's sampling options as a `SampleRequest` (422 naming a bad or unknown one).
+
+    `edit` (for the infill and accompany routes) gives the mode and its spec, read from the
+    route's own query parameters `own`; without it the body is the primer to continue."""
+    query = {k: v for k, v in request.query_params.items() if k != "wait" and k not in own}
     if len(set(request.query_params.keys())) != len(request.query_params.multi_items()):
         raise ApiError(422, "invalid_request", "each query parameter may be given once")
     given = sorted(k for k in query if k in NOT_IN_QUERY)
@@ -131,8 +146,10 @@ def sampling_options(request: Request) -> SampleRequest:
             f"{', '.join(given)}: the request body is the primer; send the other options only",
         )
     try:
-        # Validated as the JSON route would validate it with the body as its primer file.
-        return SampleRequest.model_validate({**query, "primer_file_id": "request-body"})
+        # Validated as the JSON route would validate it with the body as its primer file
+        # (or, for an edit, its source file).
+        body = {"source_file_id": "request-body"} if edit else {"primer_file_id": "request-body"}
+        return SampleRequest.model_validate({**query, **(edit or {}), **body})
     except ValidationError as exc:
         details = [
             {"field": ".".join(str(p) for p in e["loc"]) or "query", "message": e["msg"]}
@@ -226,9 +243,27 @@ async def continue_midi(
     that is not MIDI, 422 for MIDI that cannot be read or an invalid option.
     """
     options = sampling_options(request)
+    return await answer_midi(model_id, request, session, settings, store, owner, wait, options)
+
+
+async def answer_midi(
+    model_id: str,
+    request: Request,
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    owner: Owner,
+    wait: float,
+    options: SampleRequest,
+) -> Response:
+    """Queue the sample job of a MIDI request (the body is its primer, or the source it
+    edits) and answer with the music, or 202 with the job after `wait` seconds."""
+    edit = options.mode != "continue"
 
     def _check_model(s: Session) -> str:
         model = get_visible_model(s, model_id, owner.id)  # yours, or a public model
+        if edit:
+            check_mode(options.mode, capabilities(s, model)["modes"])
         ckpt = pick_checkpoint(session=s, model_id=model.id, which=options.checkpoint)
         if ckpt is None:
             if options.checkpoint not in ("best", "latest"):
@@ -259,6 +294,8 @@ async def continue_midi(
             ]
         except Rejected as exc:
             raise ApiError(exc.status, exc.code, exc.message) from exc
+        if edit:
+            check_source_file(None, options, checked[0].meta)
 
         def _queue(s: Session) -> Job:
             keys: list[str] = []
@@ -272,9 +309,9 @@ async def continue_midi(
                     checked=checked,
                 )
                 keys = [r.object_key for r in rows]
+                given = "source_file_id" if edit else "primer_file_id"
                 params = SampleParams(
-                    **options.model_dump(exclude={"primer_file_id"}),
-                    primer_file_id=rows[0].id,
+                    **{**options.model_dump(), given: rows[0].id},
                     model_id=model_id,
                     checkpoint_id=checkpoint_id,
                 )
@@ -291,6 +328,169 @@ async def continue_midi(
     finally:
         incoming.body.close()
     return AwaitedSample(request.app.state, job.id, wait)
+
+
+def _ints(name: str, value: str) -> list[int]:
+    """A query list like "33,0" (422 naming `name` otherwise)."""
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ApiError(
+            422, "invalid_request", f"{name}: a comma-separated list of integers, e.g. 33,0"
+        ) from None
+
+
+def _bars(value: str | None) -> list[int]:
+    """`?bars=3-4` (or a single bar, `?bars=3`) as [first, last]."""
+    if not value:
+        raise ApiError(422, "invalid_request", "bars: say which bars to rewrite, e.g. bars=3-4")
+    parts = value.split("-")
+    try:
+        first, last = int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "bars: a bar or a range of bars, e.g. 3-4") from None
+    if len(parts) > 2:
+        raise ApiError(422, "invalid_request", "bars: a bar or a range of bars, e.g. 3-4")
+    return [first, last]
+
+
+def _edit_request(extra: list[dict[str, Any]], what: str) -> dict[str, Any]:
+    """The OpenAPI of an edit route: its own query parameters, then the sampling options."""
+    return {
+        "parameters": [*extra, *_query_options()],
+        "requestBody": {
+            "required": True,
+            "description": f"A Standard MIDI File: the piece to {what}.",
+            "content": {t: {"schema": BINARY} for t in MIDI_BODY_TYPES},
+        },
+    }
+
+
+INFILL_PARAMS = [
+    {
+        "name": "bars",
+        "in": "query",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+(-[0-9]+)?$"},
+        "description": "bars to rewrite, 1-based and inclusive: 3-4 (or one bar: 3)",
+    },
+    {
+        "name": "tracks",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"},
+        "description": "indexes (0-based) of the tracks to rewrite, e.g. 0,2; default all",
+    },
+]
+ACCOMPANY_PARAMS = [
+    {
+        "name": "programs",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"},
+        "description": "General MIDI program of each new track, e.g. 33,0",
+    },
+    {
+        "name": "drums",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean"},
+        "description": "add a drum track",
+    },
+]
+
+
+@router.post(
+    "/{model_id}/infill",
+    openapi_extra=_edit_request(INFILL_PARAMS, "rewrite bars of"),
+    dependencies=[UploadAllowed],
+    **describe(
+        "models_infill_midi",
+        "Rewrite bars of a MIDI file (MIDI in, MIDI out)",
+        400,
+        404,
+        409,
+        413,
+        415,
+        422,
+        429,
+        ok=MIDI_ANSWERS,
+    ),
+)
+async def infill_midi(
+    model_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    owner: CurrentOwner,
+    wait: float = Query(
+        DEFAULT_WAIT_S,
+        ge=0,
+        le=MAX_WAIT_S,
+        description="seconds to wait for the music before answering 202 with the job",
+    ),
+) -> Response:
+    """Send a MIDI file as the body and `?bars=3-4` (1-based, inclusive; `&tracks=0,2` to
+    rewrite only those tracks, 0-based): get it back with those bars newly written and every
+    other note unchanged (on the tokenizer's grid), as `audio/midi`, or 202 with the job after
+    `wait` seconds. The other sampling options of `POST /v1/models/{id}/samples` go in the
+    query too. 422 when the model cannot infill (its `capabilities.modes`), for bars or tracks
+    the file does not have, or an invalid option; 415 for a body that is not MIDI.
+    """
+    query = request.query_params
+    spec: dict[str, Any] = {"bars": _bars(query.get("bars"))}
+    if query.get("tracks"):
+        spec["tracks"] = _ints("tracks", query["tracks"])
+    edit = {"mode": "infill", "infill": spec}
+    options = sampling_options(request, edit=edit, own=("bars", "tracks"))
+    return await answer_midi(model_id, request, session, settings, store, owner, wait, options)
+
+
+@router.post(
+    "/{model_id}/accompany",
+    openapi_extra=_edit_request(ACCOMPANY_PARAMS, "accompany"),
+    dependencies=[UploadAllowed],
+    **describe(
+        "models_accompany_midi",
+        "Add tracks to a MIDI file (MIDI in, MIDI out)",
+        400,
+        404,
+        409,
+        413,
+        415,
+        422,
+        429,
+        ok=MIDI_ANSWERS,
+    ),
+)
+async def accompany_midi(
+    model_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    owner: CurrentOwner,
+    wait: float = Query(
+        DEFAULT_WAIT_S,
+        ge=0,
+        le=MAX_WAIT_S,
+        description="seconds to wait for the music before answering 202 with the job",
+    ),
+) -> Response:
+    """Send a MIDI file as the body and `?programs=33,0` (a new track per General MIDI
+    program) and/or `&drums=true`: get it back with its tracks unchanged and the new ones
+    added, as `audio/midi`, or 202 with the job after `wait` seconds. 422 when the model cannot
+    accompany (its `capabilities.modes`) or for an invalid option; 415 for a body that is not
+    MIDI.
+    """
+    query = request.query_params
+    spec: dict[str, Any] = {"programs": _ints("programs", query.get("programs") or "")}
+    if "drums" in query:
+        spec["drums"] = query["drums"]
+    edit = {"mode": "accompany", "accompany": spec}
+    options = sampling_options(request, edit=edit, own=("programs", "drums"))
+    return await answer_midi(model_id, request, session, settings, store, owner, wait, options)
 
 
 class AwaitedSample(Response):

@@ -27,6 +27,7 @@ from cadenza_api.deps import (
     StoreDep,
     v1_router,
 )
+from cadenza_api.editing import capabilities, check_edit
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import CHECKPOINT, PNG, SAFETENSORS, describe
 from cadenza_api.schemas import (
@@ -79,7 +80,9 @@ def create_model(
             base_config=base.config,
         )
         body = body.model_copy(update={"init_checkpoint_id": base_ckpt.id})
-    config, train = resolve_model(body, tokenizer=tokenizer)
+    config, train = resolve_model(
+        body, tokenizer=tokenizer, tokenizer_spec=corpus.params.get("tokenizer_spec")
+    )
     if body.init_checkpoint_id and base is None:
         ckpt = session.get(Checkpoint, body.init_checkpoint_id)
         parent = session.get(Model, ckpt.model_id) if ckpt else None
@@ -181,6 +184,7 @@ def _model_out(session: SessionDep, model: Model) -> ModelOut:
             "state": state,
             "checkpoints": [CheckpointOut.model_validate(c) for c in ckpts],
             "metrics": [MetricOut.model_validate(m) for m in metrics],
+            "capabilities": capabilities(session, model),
         }
     )
 
@@ -322,7 +326,10 @@ def create_samples(
     unknown model, checkpoint, primer file or primer sample; 409 when the model has no
     checkpoint yet (wait for its training job to save one) or `primer_tokens` come from another
     tokenizer; 422 for an invalid option, more than one primer, a primer file that is not MIDI,
-    or tokens outside the model's vocabulary.
+    or tokens outside the model's vocabulary. `mode` `infill` rewrites `infill.bars` of a
+    source piece (`source_file_id` or `source_sample_id`), `accompany` adds tracks with
+    `accompany.programs`: 422 when the model cannot (see its `capabilities.modes`) or the
+    source lacks those bars or tracks, 404 for a source that is not yours.
     Yours, or a public model of another owner (the samples are yours).
     """
     model = get_visible_model(session, model_id, owner.id)
@@ -344,6 +351,7 @@ def create_samples(
                 "primer_not_midi",
                 f"primer file {primer.id} is {primer.kind}; transcribe it to MIDI first",
             )
+    check_edit(session, model, body, owner.id)  # mode, source (cadenza_api.editing)
     if body.primer_sample_id:
         # Any of the caller's samples, of any model: its MIDI is re-encoded with this model's
         # tokenizer when the job builds the prompt, as a primer file's is.

@@ -61,19 +61,24 @@ def run(ctx: JobContext) -> Outcome:
     ctx.progress(0.0, "loading model", force=True)
     tokenizer = tokenizer_from_bytes(ctx.store.get(rows.corpus.tokenizer_key))
     model, device = _load_model(ctx, rows)
-    prompt = _prompt(ctx, p, tokenizer, rows.primer)
     corpus_stats = rows.corpus.stats.get("metrics") or {}
-    index = _novelty_index(ctx, rows.corpus, tokenizer)
-    gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats, index)
+    if p.mode != "continue":  # infill / accompany: cadenza.jobs.handlers.sample_edit
+        from cadenza.jobs.handlers import sample_edit
+
+        source, edited, cancelled = sample_edit.edit(ctx, p, model, device, tokenizer, corpus_stats)
+        gen = _Generation(source, edited, cancelled)
+    else:
+        prompt = _prompt(ctx, p, tokenizer, rows.primer)
+        index = _novelty_index(ctx, rows.corpus, tokenizer)
+        gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats, index)
     stored = [_store_variation(ctx, gen, v) for v in gen.variations]
     ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)
 
     def finalize(s: Session) -> dict[str, Any]:
         # Deleting a sample waits for the jobs it primes, so the parent is there; were it
         # gone all the same, the children would be kept without the link, as after a delete.
-        parent = (
-            p.primer_sample_id if p.primer_sample_id and s.get(Sample, p.primer_sample_id) else None
-        )
+        parent_id = p.primer_sample_id or p.source_sample_id  # an edit's parent is its source
+        parent = parent_id if parent_id and s.get(Sample, parent_id) else None
         ids: list[str] = []
         for o in stored:
             sample = Sample(

@@ -15,7 +15,7 @@ by the next attempt before its first checkpoint.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -28,6 +28,9 @@ from cadenza.jobs.transient import JobInterrupted
 from cadenza.storage import job_key
 from cadenza.train.config import TrainConfig
 from cadenza.train.params import TrainParams
+
+if TYPE_CHECKING:
+    from cadenza.tokenize.mmm import MMMIds
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +229,7 @@ def run(ctx: JobContext) -> Outcome:
             tokenizer_hash=model.tokenizer_hash,
             init_from=ctx.store.get(init_key) if init_key else None,
             bos_id=_bos_id(ctx, corpus) if cfg.window_grid is not None else None,
+            infill_ids=_infill_ids(ctx, corpus) if cfg.infill_fraction > 0 else None,
             adapter=model.adapter,  # a LoRA model: init_from is its base's checkpoint
         )
     except ValueError as exc:  # bad data/config for this corpus: the user's to fix
@@ -271,6 +275,18 @@ def _bos_id(ctx: JobContext, corpus: Corpus) -> int:
     from cadenza.tokenize.registry import tokenizer_from_bytes
 
     return tokenizer_from_bytes(ctx.store.get(corpus.tokenizer_key)).bos_id
+
+
+def _infill_ids(ctx: JobContext, corpus: Corpus) -> MMMIds:
+    """The corpus tokenizer's MMM structure tokens, for fill-in-the-middle examples."""
+    from cadenza.tokenize.mmm import MMMIds
+    from cadenza.tokenize.registry import tokenizer_from_bytes
+
+    tokenizer = tokenizer_from_bytes(ctx.store.get(corpus.tokenizer_key))
+    try:
+        return MMMIds.from_vocab(getattr(getattr(tokenizer, "miditok", None), "vocab", {}))
+    except KeyError as exc:
+        raise UserError(f"train.infill_fraction: {exc.args[0]}") from exc
 
 
 def _export_weights(ctx: JobContext, model_id: str) -> None:

@@ -436,7 +436,7 @@ async function audioPage(main, signal) {
   main.replaceChildren(h("h1", { text: "Audio tools" }), datasets.length ? form : h("p", { text: "Create a dataset and upload audio first." }), panel, results);
 }
 
-const PRESETS = ["remi-chords-tempos", "remi-colab", "midichar-sentencepiece", "chord-duration-16th", "quarter-vq-large"];
+const PRESETS = ["remi-chords-tempos", "remi-colab", "midichar-sentencepiece", "chord-duration-16th", "quarter-vq-large", "multitrack"];
 const TOKENIZERS = ["REMI", "TSD", "MIDILike", "Structured", "PerTok", "MMM", "BEAT", "CPWord", "Octuple", "MuMIDI", "midichar", "chord-duration", "quarter-vq"];
 const ARCHITECTURES = ["music-transformer", "gpt", "gru", "lstm"];
 

@@ -1,0 +1,77 @@
+"""What the API checks before an infill or accompany sample job: the mode, the source.
+
+Shared by `POST /v1/models/{id}/samples` (a source file or sample named in the JSON) and the
+MIDI routes `POST /v1/models/{id}/infill` and `/accompany` (the body is the source). What
+only the database knows is checked here (the model can edit, the source is the caller's and
+is MIDI, the bars and tracks exist in it); the job checks the same against the parsed piece.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from cadenza.db.models import Corpus, File, Model, Sample
+from cadenza.db.repo import get_owned
+from cadenza.sample.modes import check_mode, model_modes
+from cadenza.sample.params import SampleRequest
+from cadenza.validation import InvalidParams
+from cadenza_api.errors import ApiError
+
+
+def capabilities(session: Session, model: Model) -> dict[str, Any]:
+    """`capabilities.modes` of a model (`cadenza.sample.modes.model_modes`)."""
+    corpus = session.get(Corpus, model.corpus_id)
+    spec = corpus.params.get("tokenizer_spec") if corpus is not None else None
+    return {"modes": model_modes(spec, model.train_config)}
+
+
+def check_edit(session: Session, model: Model, body: SampleRequest, owner_id: str) -> None:
+    """422 for a mode the model lacks; 404 for a source that is not the caller's; 422 for a
+    source that is not MIDI or lacks the bars or tracks asked for."""
+    check_mode(body.mode, capabilities(session, model)["modes"])
+    if body.mode == "continue":
+        return
+    if body.source_sample_id:
+        get_owned(session, Sample, body.source_sample_id, owner_id)
+        return
+    assert body.source_file_id is not None
+    source = get_owned(session, File, body.source_file_id, owner_id)
+    check_source_file(source, body)
+
+
+def check_source_file(
+    source: File | None, body: SampleRequest, meta: dict[str, Any] | None = None
+) -> None:
+    """The source file is MIDI and has the infill's bars and tracks (by its upload's meta)."""
+    if source is not None and source.kind != "midi":
+        raise ApiError(
+            422,
+            "source_not_midi",
+            f"source file {source.id} is {source.kind}; transcribe it to MIDI first "
+            "(POST /v1/datasets/{id}/audio-jobs) and edit the MIDI file it gives",
+        )
+    info = meta if meta is not None else (source.meta if source is not None else {})
+    if body.infill is None:
+        return
+    first, last = body.infill.bars
+    bars = int(info.get("bars") or 0)
+    if bars and last > bars:
+        raise InvalidParams(
+            f"infill.bars: the source has {bars} bars; [{first}, {last}] goes past its end",
+            code="invalid_request",
+            details=[{"field": "infill.bars", "message": f"the source has {bars} bars"}],
+        )
+    tracks = int(info.get("tracks") or 0)
+    unknown = [k for k in body.infill.tracks or [] if tracks and k >= tracks]
+    if unknown:
+        raise InvalidParams(
+            f"infill.tracks: the source has {tracks} tracks with notes (0..{tracks - 1}); "
+            f"no track {unknown[0]}",
+            code="invalid_request",
+            details=[{"field": "infill.tracks", "message": f"the source has {tracks} tracks"}],
+        )
+
+
+__all__ = ["capabilities", "check_edit", "check_source_file"]
