@@ -111,8 +111,16 @@ class Client:
         raise ApiFailure(409, "not_ready", f"{path} was still not ready after its job finished")
 
     # -- resources -------------------------------------------------------------------------
-    def create_dataset(self, name: str, description: str = "") -> dict[str, Any]:
-        return dict(self.post("/v1/datasets", {"name": name, "description": description}))
+    def patch(self, path: str, body: dict[str, Any]) -> Any:
+        return self._check(self.http.patch(path, json=body)).json()
+
+    def create_dataset(
+        self, name: str, description: str = "", tags: list[str] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "description": description}
+        if tags:
+            body["tags"] = tags
+        return dict(self.post("/v1/datasets", body))
 
     def upload(self, dataset_id: str, paths: Iterable[Path]) -> list[dict[str, Any]]:
         handles = [p.open("rb") for p in paths]

@@ -8,7 +8,11 @@ decoding (argmax), and `min_p=0` (or null) turns the min-p filter off.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cadenza.tokenize.controls import CONTROL_ORDER, check_tags
 
 
 class SamplingOptions(BaseModel):
@@ -88,6 +92,17 @@ class SampleRequest(SamplingOptions):
         description="attribute control: token names the piece must start with, e.g. "
         '["Bar_None", "TimeSig_3/4", "Position_0", "Tempo_80.65"] (see the corpus token_names)',
     )
+    controls: dict[str, Any] | None = Field(
+        default=None,
+        description="attribute controls, in musical units, for a model trained on a corpus "
+        'with controls (see its capabilities): per piece {"key": "Dm", "tempo": 90, '
+        '"time_signature": "3/4", "program": 0}; per bar one value for every bar '
+        '{"note_density": 6} or a list indexed by bar (null = free) {"polyphony": [2, 4, null]}; '
+        '"pitch_range": [lowest, highest] MIDI pitches; "duration": mean note length in beats',
+    )
+    tags: list[str] | None = Field(
+        default=None, max_length=16, description='style tags the model learned, e.g. ["baroque"]'
+    )
     n: int = Field(default=1, ge=1, le=64)
     max_bars: int | None = Field(
         default=None, ge=1, le=4096, description="stop once the output has this many bars"
@@ -105,12 +120,29 @@ class SampleRequest(SamplingOptions):
         default=2, ge=0, le=8, description="re-sample a near-empty variation up to this many times"
     )
 
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else check_tags(v, "tags")
+
+    @field_validator("controls")
+    @classmethod
+    def _controls(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        for name, value in (v or {}).items():
+            if name not in CONTROL_ORDER:
+                raise ValueError(f"{name!r} is not a control; known: {', '.join(CONTROL_ORDER)}")
+            if isinstance(value, list) and len(value) > 4096:
+                raise ValueError(f"{name}: a per-bar list has at most 4096 entries")
+        return v
+
     @model_validator(mode="after")
     def _one_primer(self) -> SampleRequest:
         if self.primer_file_id and self.primer_tokens:
             raise ValueError("give primer_file_id or primer_tokens, not both")
         if (self.primer_bars or self.primer_seconds) and not self.primer_file_id:
             raise ValueError("primer_bars/primer_seconds need a primer_file_id")
+        if self.force_tokens and (self.controls or self.tags):
+            raise ValueError("give controls/tags or force_tokens, not both")
         if self.force_tokens and (self.primer_file_id or self.primer_tokens):
             raise ValueError(
                 "force_tokens sets how a new piece starts; it cannot be combined with a primer"
@@ -167,3 +199,20 @@ def check_for_model(
             + (f"; tokens like it: {like}" if like else ""),
             code="unknown_tokens",
         )
+
+
+def check_controls(request: SampleRequest, capabilities: dict[str, Any] | None) -> None:
+    """Refuse controls or tags the model did not learn, or values outside what it learned
+    (`InvalidParams` naming the control and its allowed range or values)."""
+    from cadenza.tokenize.controls import default_capabilities, resolve_controls
+    from cadenza.validation import InvalidParams
+
+    if not request.controls and not request.tags:
+        return
+    try:
+        resolve_controls(request.controls, request.tags, capabilities or default_capabilities())
+    except ValueError as exc:
+        field = str(exc).split(":", 1)[0]
+        raise InvalidParams(
+            str(exc), code="invalid_controls", details=[{"field": field, "message": str(exc)}]
+        ) from exc

@@ -35,6 +35,7 @@ from cadenza.sample.decode import (
     has_compiled,
     span_for,
 )
+from cadenza.sample.steer import Steer
 
 OnToken = Callable[[int, list[list[int]]], bool | None]
 """on_token(step, tokens): step = new tokens so far (1-based), tokens = the new tokens of every
@@ -428,8 +429,12 @@ def _run(
     n: int,
     on_token: OnToken | None,
     device: torch.device | str | None,
+    steer: Steer | None = None,
 ) -> list[list[int]]:
     """Shared sampling loop; only how logits are obtained differs between the samplers.
+
+    `steer` (attribute controls, `cadenza.sample.steer`) masks each step's logits to what the
+    control grammar allows there and follows the sampled tokens.
 
     Every step is tensor work only; every `SYNC_EVERY` steps (and at the last) the tokens are
     read to the host, `on_token` is called, and once at most half of the live rows are still
@@ -467,7 +472,11 @@ def _run(
             logits = stepper.prefill(idx, pad)  # (B, V)
             slot = 0  # the ring's oldest entry, overwritten next
             for step in range(1, params.max_new_tokens + 1):
+                if steer is not None:
+                    logits = steer.mask(logits)
                 token = sample_next(logits, params, history, gen)  # (B,)
+                if steer is not None:
+                    steer.advance(token)
                 if history is not None:
                     history[:, slot] = token
                     slot = (slot + 1) % W
@@ -484,6 +493,8 @@ def _run(
                         stepper.select(keep)
                         state.select(keep, live)
                         token = token.index_select(0, keep)
+                        if steer is not None:
+                            steer.select(keep)
                         history = history.index_select(0, keep) if history is not None else None
                 logits = stepper.step(token.view(-1, 1))
     finally:
@@ -499,6 +510,7 @@ def generate(
     n: int = 1,
     on_token: OnToken | None = None,
     device: torch.device | str | None = None,
+    steer: Steer | None = None,
 ) -> list[list[int]]:
     """Sample n continuations of every prompt as one batch with the model's cache.
 
@@ -512,7 +524,7 @@ def generate(
     def make(batch: int, dev: torch.device) -> _Stepper:
         return _CachedStepper(model, batch, dev, keep, params)
 
-    return _run(model, make, prompts, params, n, on_token, device)
+    return _run(model, make, prompts, params, n, on_token, device, steer)
 
 
 def generate_uncached(
@@ -524,6 +536,7 @@ def generate_uncached(
     on_token: OnToken | None = None,
     device: torch.device | str | None = None,
     window: str = "slide",
+    steer: Steer | None = None,
 ) -> list[list[int]]:
     """Like `generate`, but recompute the whole context window every step.
 
@@ -539,4 +552,4 @@ def generate_uncached(
     def make(batch: int, dev: torch.device) -> _Stepper:
         return _RecomputeStepper(model, keep)
 
-    return _run(model, make, prompts, params, n, on_token, device)
+    return _run(model, make, prompts, params, n, on_token, device, steer)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cadenza.models.base import CadenzaModel
+    from cadenza.sample.steer import Steer
     from cadenza.tokenize.base import Tokenizer
 
 
@@ -87,8 +88,11 @@ def sample_variations(
     on_token: Callable[[int, list[list[int]]], bool] | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
+    steer: Callable[[int], Steer | None] | None = None,
 ) -> list[Variation]:
     """`n` variations of `prompt`, decoded and measured; near-empty ones re-sampled (bounded).
+
+    `steer(rows)` makes a fresh attribute-control steer for a generation of `rows` rows.
 
     `options` are a request's `SamplingOptions` fields. A re-sampling try draws only the rows
     still short of `min_notes`, with seed + try, so a seeded request stays reproducible.
@@ -122,7 +126,12 @@ def sample_variations(
         new_notes = max(notes - primer_notes, 0)
         return Variation(i, list(new), ids, midi, notes, new_notes, seconds, metrics, attempt)
 
-    rows = generate(model, [prompt], params, n=n, on_token=on_token, device=device)
+    def steering(rows: int) -> Steer | None:
+        return steer(rows) if steer is not None else None
+
+    rows = generate(
+        model, [prompt], params, n=n, on_token=on_token, device=device, steer=steering(n)
+    )
     out = [make(i, new, 1) for i, new in enumerate(rows)]
     seed = params.seed
     for attempt in range(2, resample_empty + 2):
@@ -133,7 +142,15 @@ def sample_variations(
             **{**dict(options), "seed": None if seed is None else seed + attempt - 1},
             eos_id=params.eos_id,
         )
-        again = generate(model, [prompt], retry, n=len(short), on_token=on_token, device=device)
+        again = generate(
+            model,
+            [prompt],
+            retry,
+            n=len(short),
+            on_token=on_token,
+            device=device,
+            steer=steering(len(short)),
+        )
         for i, new in zip(short, again, strict=True):
             candidate = make(i, new, attempt)
             if candidate.new_notes > out[i].new_notes:

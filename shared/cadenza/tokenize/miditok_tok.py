@@ -32,6 +32,7 @@ from cadenza.tokenize.base import (
     empty_symbols,
     sym_char,
 )
+from cadenza.tokenize.controls import ControlVocab
 from cadenza.tokenize.miditok_options import import_miditok, make_miditok, miditok_class
 from cadenza.tokenize.spec import MIDITOK_MULTI_VOCAB, MIDITOK_SINGLE_STREAM, TokenizerSpec
 
@@ -78,6 +79,9 @@ class MidiTokTokenizer(Tokenizer):
         self._split: str = self.miditok.config.encode_ids_split
         # MMM reads a single stream even though its config keeps tracks apart.
         self._single = bool(self.miditok.one_token_stream)
+        self.controls: ControlVocab | None = None
+        if spec.controls or spec.learn_tags:
+            self.controls = ControlVocab(spec.controls, [], len(self.miditok.vocab))
 
     # ---- vocabulary -------------------------------------------------------------------------
     @property
@@ -86,7 +90,31 @@ class MidiTokTokenizer(Tokenizer):
 
     @property
     def base_vocab_size(self) -> int:
-        return len(self.miditok.vocab)
+        return len(self.miditok.vocab) + (self.controls.size if self.controls else 0)
+
+    def set_tags(self, tags: Sequence[str]) -> None:
+        """Give the style tags of the corpus their ids (after the control ids); the merge calls
+        this with every used file's tags before encoding, so the vocabulary does not depend on
+        how files were divided between shards."""
+        if self.controls is None or not self.spec.learn_tags:
+            return
+        self.controls = ControlVocab(self.spec.controls, tags, len(self.miditok.vocab))
+
+    def with_tags(self, ids: NDArray[np.int32], tags: Sequence[str]) -> NDArray[np.int32]:
+        """A file's final ids with its tags' tokens after the per-piece control tokens."""
+        ctl = self.controls
+        if ctl is None or not self.spec.learn_tags or ids.size == 0:
+            return ids
+        tag_ids = [i for t in sorted(set(tags)) if (i := ctl.tag_id(t)) is not None]
+        if not tag_ids:
+            return ids
+        k = len(ctl.piece_slots)
+        return np.concatenate([ids[:k], np.asarray(tag_ids, np.int32), ids[k:]]).astype(np.int32)
+
+    def capabilities(self) -> dict[str, Any]:
+        from cadenza.tokenize.controls import default_capabilities
+
+        return self.controls.capabilities() if self.controls else default_capabilities()
 
     @property
     def pad_id(self) -> int:
@@ -106,6 +134,9 @@ class MidiTokTokenizer(Tokenizer):
 
     def token_str(self, base_id: int) -> str:
         """MidiTok's name of a base id, e.g. ``"Pitch_60"`` (for debugging and tests)."""
+        n = len(self.miditok.vocab)
+        if self.controls is not None and base_id >= n:
+            return self.controls.names[int(base_id) - n]
         return str(self.miditok[int(base_id)])
 
     # ---- encoding ---------------------------------------------------------------------------
@@ -137,7 +168,50 @@ class MidiTokTokenizer(Tokenizer):
             # first event at or after each bar line; same rule as TokSequence._split_per_ticks
             cut = np.searchsorted(times, np.asarray(ticks[1:], dtype=np.int64), side="left")
             starts = np.unique(np.concatenate([[0], cut[cut < ids.size]])).astype(np.int32)
+        if self.controls is not None:
+            return self._with_controls(score, seq, ids, bars)
         return Symbols(ids, starts, bars)
+
+    def _with_controls(self, score: Score, seq: Any, ids: NDArray[np.int32], bars: int) -> Symbols:
+        """The piece's control tokens first, each Bar token followed by its bar's ones."""
+        from cadenza.tokenize.controls import bar_facts, bar_values
+
+        ctl = self.controls
+        assert ctl is not None
+        piece = _piece_values(score)
+        out: list[int] = [ctl.slot_id(s, piece[s.control]) for s in ctl.piece_slots]
+        if not ctl.bar_slots:
+            out += [int(i) for i in ids]
+            return Symbols(np.asarray(out, np.int32), np.zeros(1, np.int32), bars)
+        events = seq.events
+        bar_at = [i for i, e in enumerate(events) if e.type_ == "Bar"]
+        # MidiTok resamples the score before making events: this is its ticks per quarter
+        cfg = self.miditok.config
+        tpb = int(cfg.max_num_pos_per_beat)
+        if cfg.use_time_signatures:
+            dens = [int(ts.denominator) for ts in score.time_signatures]
+            tpb = int(cfg.max_num_pos_per_beat * max([4, *dens]) / 4)
+        bar_of: dict[int, list[int]] = {}
+        for j, start in enumerate(bar_at):
+            end = bar_at[j + 1] if j + 1 < len(bar_at) else len(events)
+            bar_of[start] = [k for k in range(start, end) if events[k].type_ == "Pitch"]
+        for i, tok in enumerate(ids):
+            out.append(int(tok))
+            notes = bar_of.get(i)
+            if notes is None:
+                continue
+            ev = [events[k] for k in notes]
+            facts = bar_facts(
+                [int(e.time) for e in ev],
+                [int(e.desc) if isinstance(e.desc, int | np.integer) else int(e.time) for e in ev],
+                [int(e.value) for e in ev],
+                tpb,
+            )
+            vals = bar_values(facts)
+            for s in ctl.bar_slots:
+                v = vals[s.control]
+                out.append(ctl.slot_id(s, v[0 if s.part == "low" else 1] if s.part else v))  # type: ignore[arg-type]
+        return Symbols(np.asarray(out, np.int32), np.zeros(1, np.int32), bars)
 
     def fit(self, train: Sequence[Symbols]) -> None:
         if self.spec.bpe is None:
@@ -162,7 +236,7 @@ class MidiTokTokenizer(Tokenizer):
     def base_ids(self, ids: Sequence[int]) -> list[int]:
         """Final ids → base ids without specials or out-of-range ids."""
         base = self.subword.decode(ids) if self.subword else [int(i) for i in ids]
-        n = self.base_vocab_size
+        n = len(self.miditok.vocab)  # control and tag ids are not MidiTok's: never decoded
         return [i for i in base if 0 <= i < n and i not in self._specials]
 
     def _decode_base(self, base: list[int]) -> Score:
@@ -209,6 +283,7 @@ class MidiTokTokenizer(Tokenizer):
             "miditok": json.dumps(d, default=list),
             "base_vocab": self.miditok.vocab,
             "subword": self.subword.state() if self.subword else None,
+            **({"tags": self.controls.tags} if self.controls and self.spec.learn_tags else {}),
         }
 
     @classmethod
@@ -221,7 +296,9 @@ class MidiTokTokenizer(Tokenizer):
             )
         sub = state.get("subword")
         subword = SubwordModel.from_state(sub, len(obj.vocab)) if sub else None
-        return cls(spec, subword=subword, miditok_obj=obj)
+        tok = cls(spec, subword=subword, miditok_obj=obj)
+        tok.set_tags(state.get("tags") or [])
+        return tok
 
 
 class MidiTokCompoundTokenizer(MidiTokTokenizer):
@@ -258,6 +335,7 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
         self.miditok = miditok_obj
         Tokenizer.__init__(self, spec)
         self.subword = None
+        self.controls = None  # the spec refuses controls for tuple tokens
         self._specials = frozenset(int(i) for i in self._special_field_ids[0])
         self._pad = int(vocabs[0]["PAD_None"])
         self._bos = int(vocabs[0]["BOS_None"])
@@ -370,6 +448,36 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
                 except Exception:  # noqa: BLE001
                     hi = mid
             return self._decode_steps(steps[:lo]) if lo else self.empty_score()
+
+
+def _piece_values(score: Score) -> dict[str, str]:
+    """Token values of a (prepared) score's per-piece controls: its first tempo, time
+    signature and key signature (estimated from the notes when it has none) and the program
+    of its first pitched track."""
+    from cadenza.tokenize.base import pitched_notes
+    from cadenza.tokenize.controls import (
+        estimate_key,
+        key_value,
+        tempo_value,
+        time_signature_value,
+    )
+
+    qpm = float(score.tempos[0].qpm) if len(score.tempos) else 120.0
+    ts = score.time_signatures[0] if len(score.time_signatures) else None
+    if len(score.key_signatures):
+        ks = score.key_signatures[0]
+        key = key_value(int(ks.key), bool(ks.tonality))
+    else:
+        notes = pitched_notes(score)
+        hist = np.bincount(notes["pitch"] % 12, weights=notes["duration"] + 1, minlength=12)
+        key = estimate_key([float(x) for x in hist])
+    pitched = [t for t in score.tracks if not t.is_drum and len(t.notes)]
+    return {
+        "tempo": tempo_value(qpm),
+        "time_signature": time_signature_value(ts.numerator, ts.denominator) if ts else "4/4",
+        "key": key,
+        "program": str(int(pitched[0].program)) if pitched else "0",
+    }
 
 
 def _miditok_from_dict(name: str, params: dict[str, Any]) -> Any:

@@ -10,7 +10,7 @@ from cadenza.db.models import Checkpoint, Corpus, File, Job, MetricRecord, Model
 from cadenza.db.repo import get_owned, list_owned, pick_checkpoint
 from cadenza.delete import delete_model
 from cadenza.jobs import submit
-from cadenza.sample.params import SampleParams, check_for_model
+from cadenza.sample.params import SampleParams, check_controls, check_for_model
 from cadenza.storage import ObjectNotFound, job_key
 from cadenza.train.params import TrainParams, resolve_model
 from cadenza_api.deletes import finish_delete
@@ -108,6 +108,9 @@ def _model_out(session: SessionDep, model: Model) -> ModelOut:
         select(MetricRecord).where(MetricRecord.model_id == model.id).order_by(MetricRecord.id)
     )
     out = ModelOut.model_validate(model)
+    corpus = session.get(Corpus, model.corpus_id)
+    if corpus is not None and corpus.stats.get("capabilities"):
+        out.capabilities = dict(corpus.stats["capabilities"])
     state = model.state
     if state == "training":
         # The row says training until its job commits; a failed or cancelled job says more.
@@ -229,9 +232,10 @@ def create_samples(
                 f"primer file {primer.id} is {primer.kind}; transcribe it to MIDI first",
             )
     names: list[str] = []
+    corpus = session.get(Corpus, model.corpus_id)
     if body.force_tokens:
-        corpus = session.get(Corpus, model.corpus_id)
         names = list(corpus.stats.get("token_names", [])) if corpus else []
+    check_controls(body, corpus.stats.get("capabilities") if corpus else None)
     check_for_model(
         body, vocab_size=model.vocab_size, tokenizer_hash=model.tokenizer_hash, token_names=names
     )

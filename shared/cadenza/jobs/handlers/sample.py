@@ -53,8 +53,9 @@ def run(ctx: JobContext) -> Outcome:
     tokenizer = tokenizer_from_bytes(ctx.store.get(rows.corpus.tokenizer_key))
     model, device = _load_model(ctx, rows)
     prompt = _prompt(ctx, p, tokenizer, rows.primer)
+    steer, prompt = _steering(p, tokenizer, prompt, device)
     corpus_stats = rows.corpus.stats.get("metrics") or {}
-    gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats)
+    gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats, steer)
     stored = [_store_variation(ctx, gen, v) for v in gen.variations]
     ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)
 
@@ -162,6 +163,7 @@ def _generate(
     tokenizer: Tokenizer,
     prompt: list[int],
     corpus_stats: dict[str, Any],
+    steer: Callable[[int], Any] | None = None,
 ) -> _Generation:
     """Sample `p.n` rows in one batch; stops early on cancel or when every row is long enough.
 
@@ -221,8 +223,32 @@ def _generate(
         on_token=on_token,
         device=device,
         should_stop=lambda: gen.cancelled,
+        steer=steer,
     )
     return gen
+
+
+def _steering(
+    p: SampleParams, tokenizer: Tokenizer, prompt: list[int], device: str
+) -> tuple[Callable[[int], Any] | None, list[int]]:
+    """A maker of attribute-control steers for the request (None for a model without
+    controls), and the prompt with a primer's per-piece controls and tags set as requested."""
+    from cadenza.sample.steer import build_steer
+
+    if getattr(tokenizer, "controls", None) is None:
+        return None, prompt
+
+    def make(rows: int) -> Any:
+        return build_steer(
+            tokenizer, prompt, controls=p.controls, tags=p.tags, rows=rows, device=device
+        )
+
+    try:
+        _, prompt_out = make(1)
+    except ValueError as exc:  # the API checked against the same capabilities; say so anyway
+        raise UserError(str(exc)) from exc
+
+    return lambda rows: make(rows)[0], prompt_out
 
 
 def _store_variation(ctx: JobContext, gen: _Generation, v: Variation) -> dict[str, Any]:

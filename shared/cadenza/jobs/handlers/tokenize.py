@@ -24,7 +24,7 @@ from typing import Any, overload
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cadenza.db.models import Corpus, File, new_id
+from cadenza.db.models import Corpus, Dataset, File, new_id
 from cadenza.jobs.context import JobCancelled, JobContext, Outcome, UserError
 from cadenza.jobs.transient import JobInterrupted, is_transient
 from cadenza.storage import ObjectStore, job_key
@@ -86,6 +86,10 @@ def run(ctx: JobContext) -> Outcome:
             )
         )
         files = [(r.id, r.object_key) for r in rows]
+        # a file's style tags with its dataset's, read once: the corpus learns this snapshot
+        ds = s.get(Dataset, p.dataset_id)
+        ds_tags = list(ds.tags or []) if ds is not None else []
+        tags = {r.id: sorted({*ds_tags, *(r.tags or [])}) for r in rows}
     if not files:
         raise UserError("the dataset has no MIDI files")
     keys = dict(files)
@@ -105,10 +109,11 @@ def run(ctx: JobContext) -> Outcome:
                 seed=p.seed,
                 progress=progress,
                 should_stop=ctx.cancelled,
+                tags=tags,
                 **build_options(p),
             )
         else:
-            build = _sharded(ctx, p, files, shards, progress)
+            build = _sharded(ctx, p, files, shards, progress, tags)
     except CorpusCancelled as exc:
         raise JobCancelled() from exc
     except CorpusEmpty as exc:
@@ -138,6 +143,7 @@ def run(ctx: JobContext) -> Outcome:
         train_keys = [keys[f] for f in build.file_splits.get("train", [])]
         stats["metrics"] = corpus_metrics(_StoredFiles(ctx.store, train_keys))
         stats["token_names"] = token_names(build.tokenizer)
+        stats["capabilities"] = build.tokenizer.capabilities()
         tok_hash = tokenizer_hash(build.tokenizer)
         vocab = vocab_size(build.tokenizer)
         tokens = build.tokens()
@@ -170,6 +176,7 @@ def _sharded(
     files: list[tuple[str, str]],
     shards: int,
     progress: Callable[[float, str], None],
+    tags: dict[str, list[str]],
 ) -> Any:
     """Fan the files out over `shards` child jobs, wait for them, merge their spools."""
     from cadenza.jobs.fanout import ChildFailed, run_children, spawn_children
@@ -216,6 +223,7 @@ def _sharded(
                 workers=shards,
                 progress=progress,
                 should_stop=ctx.cancelled,
+                tags=tags,
             )
     except ChildFailed as exc:
         ctx.store.delete_prefix(prefix)
