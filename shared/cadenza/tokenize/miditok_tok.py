@@ -32,7 +32,7 @@ from cadenza.tokenize.base import (
     empty_symbols,
     sym_char,
 )
-from cadenza.tokenize.controls import ControlVocab
+from cadenza.tokenize.controls import BarFacts, ControlVocab
 from cadenza.tokenize.miditok_options import import_miditok, make_miditok, miditok_class
 from cadenza.tokenize.spec import MIDITOK_MULTI_VOCAB, MIDITOK_SINGLE_STREAM, TokenizerSpec
 
@@ -172,17 +172,21 @@ class MidiTokTokenizer(Tokenizer):
             return self._with_controls(score, seq, ids, bars)
         return Symbols(ids, starts, bars)
 
-    def _with_controls(self, score: Score, seq: Any, ids: NDArray[np.int32], bars: int) -> Symbols:
-        """The piece's control tokens first, each Bar token followed by its bar's ones."""
-        from cadenza.tokenize.controls import bar_facts, bar_values
+    @property
+    def _bar_id(self) -> int:
+        return int(self.miditok.vocab.get("Bar_None", -1))
 
-        ctl = self.controls
-        assert ctl is not None
-        piece = _piece_values(score)
-        out: list[int] = [ctl.slot_id(s, piece[s.control]) for s in ctl.piece_slots]
-        if not ctl.bar_slots:
-            out += [int(i) for i in ids]
-            return Symbols(np.asarray(out, np.int32), np.zeros(1, np.int32), bars)
+    def bar_facts(self, score: Score) -> list[BarFacts]:
+        """What each bar of ``score`` is like (notes, polyphony, pitch range, mean length), in
+        the order of its Bar tokens: what the per-bar control tokens state, and what a steered
+        sample realised."""
+        score = self.prepare(score)
+        seq = self._encode(score)
+        return [] if seq is None else self._bar_facts(score, seq)
+
+    def _bar_facts(self, score: Score, seq: Any) -> list[BarFacts]:
+        from cadenza.tokenize.controls import bar_facts
+
         events = seq.events
         bar_at = [i for i, e in enumerate(events) if e.type_ == "Bar"]
         # MidiTok resamples the score before making events: this is its ticks per quarter
@@ -191,26 +195,44 @@ class MidiTokTokenizer(Tokenizer):
         if cfg.use_time_signatures:
             dens = [int(ts.denominator) for ts in score.time_signatures]
             tpb = int(cfg.max_num_pos_per_beat * max([4, *dens]) / 4)
-        bar_of: dict[int, list[int]] = {}
+        out: list[BarFacts] = []
         for j, start in enumerate(bar_at):
             end = bar_at[j + 1] if j + 1 < len(bar_at) else len(events)
-            bar_of[start] = [k for k in range(start, end) if events[k].type_ == "Pitch"]
-        for i, tok in enumerate(ids):
-            out.append(int(tok))
-            notes = bar_of.get(i)
-            if notes is None:
-                continue
-            ev = [events[k] for k in notes]
-            facts = bar_facts(
-                [int(e.time) for e in ev],
-                [int(e.desc) if isinstance(e.desc, int | np.integer) else int(e.time) for e in ev],
-                [int(e.value) for e in ev],
-                tpb,
+            ev = [events[k] for k in range(start, end) if events[k].type_ == "Pitch"]
+            out.append(
+                bar_facts(
+                    [int(e.time) for e in ev],
+                    [
+                        int(e.desc) if isinstance(e.desc, int | np.integer) else int(e.time)
+                        for e in ev
+                    ],
+                    [int(e.value) for e in ev],
+                    tpb,
+                )
             )
-            vals = bar_values(facts)
+        return out
+
+    def _with_controls(self, score: Score, seq: Any, ids: NDArray[np.int32], bars: int) -> Symbols:
+        """The piece's control tokens first, each Bar token followed by its bar's ones."""
+        from cadenza.tokenize.controls import bar_values
+
+        ctl = self.controls
+        assert ctl is not None
+        piece = _piece_values(score)
+        out: list[int] = [ctl.slot_id(s, piece[s.control]) for s in ctl.piece_slots]
+        if not ctl.bar_slots:
+            out += [int(i) for i in ids]
+            return Symbols(np.asarray(out, np.int32), np.zeros(1, np.int32), bars)
+        facts = iter(self._bar_facts(score, seq))
+        for tok in ids:
+            out.append(int(tok))
+            if int(tok) != self._bar_id:
+                continue
+            vals = bar_values(next(facts))
             for s in ctl.bar_slots:
                 v = vals[s.control]
-                out.append(ctl.slot_id(s, v[0 if s.part == "low" else 1] if s.part else v))  # type: ignore[arg-type]
+                value = v[0 if s.part == "low" else 1] if isinstance(v, tuple) else v
+                out.append(ctl.slot_id(s, value))
         return Symbols(np.asarray(out, np.int32), np.zeros(1, np.int32), bars)
 
     def fit(self, train: Sequence[Symbols]) -> None:
