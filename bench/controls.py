@@ -100,7 +100,7 @@ def train_model(corpus: Any, steps: int, seed: int = 0, batch: int = 16, seq_len
     )  # fmt: skip
     spec = {
         "architecture": arch,
-        "config": resolve_config(arch, "tiny", {}).model_dump(),
+        "config": resolve_config(arch, "tiny", {"block_size": seq_len}).model_dump(),
         "vocab_size": corpus.tokenizer.vocab_size,
     }
     hooks = Keep()
