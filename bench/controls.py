@@ -73,8 +73,21 @@ def build(files: list[tuple[str, bytes]], controls: list[str], seed: int = 0) ->
     return build_corpus(files, spec, split=(0.8, 0.1, 0.1), seed=seed, workers=1)
 
 
-def train_model(corpus: Any, steps: int, seed: int = 0, batch: int = 16, seq_len: int = 256) -> Any:
-    """A `tiny` music transformer trained `steps` steps on the corpus; the trained module."""
+def say(message: str) -> None:
+    print(f"[controls {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def train_model(
+    corpus: Any,
+    steps: int,
+    seed: int = 0,
+    batch: int = 16,
+    seq_len: int = 256,
+    arch: str = "music-transformer",
+    preset: str = "tiny",
+) -> Any:
+    """A model (`arch`/`preset`, its context `seq_len`) trained `steps` steps on the corpus;
+    the trained module."""
     import torch
 
     from cadenza.models.checkpoint import load_for_inference
@@ -91,16 +104,15 @@ def train_model(corpus: Any, steps: int, seed: int = 0, batch: int = 16, seq_len
             self.payload = payload
 
     torch.manual_seed(seed)
-    arch = "music-transformer"
     cfg = TrainConfig.from_preset(
         arch,
-        "tiny",
+        preset,
         {"max_steps": steps, "batch_size": batch, "seq_len": seq_len, "seed": seed,
          "eval_interval": steps, "eval_batches": 2},
     )  # fmt: skip
     spec = {
         "architecture": arch,
-        "config": resolve_config(arch, "tiny", {"block_size": seq_len}).model_dump(),
+        "config": resolve_config(arch, preset, {"block_size": seq_len}).model_dump(),
         "vocab_size": corpus.tokenizer.vocab_size,
     }
     hooks = Keep()
@@ -150,6 +162,7 @@ def adherence(model: Any, tok: Any, *, n: int, bars: int, seed: int, tokens: int
         ys: list[float] = []
         means: list[float] = []
         for value in sweep:
+            say(f"{name} = {value}")
             facts = sample_bars(model, tok, {name: value}, n=n, bars=bars, seed=seed, tokens=tokens)
             vals = [v for f in facts if (v := realised(name, f)) is not None]
             xs += [requested(name, value)] * len(vals)
@@ -177,6 +190,10 @@ def main() -> None:
     ap.add_argument("--bars", type=int, default=4, help="bars measured per sample")
     ap.add_argument("--tokens", type=int, default=320, help="new tokens per sample")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arch", default="music-transformer")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--data-dir", type=Path, default=Path(".cache/bench-controls"))
     ap.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     args = ap.parse_args()
@@ -190,7 +207,11 @@ def main() -> None:
     paths = export_bach_chorales(args.data_dir, args.files)
     corpus = build([(p.stem, p.read_bytes()) for p in paths], list(SWEEPS))
     t1 = time.perf_counter()
-    model = train_model(corpus, args.steps, args.seed)
+    say(f"corpus: {corpus.stats['tokens_per_split']} tokens; training {args.steps} steps")
+    model = train_model(
+        corpus, args.steps, args.seed, args.batch, args.seq_len, args.arch, args.preset
+    )
+    say("sampling")
     t2 = time.perf_counter()
     report = {
         "command": " ".join(sys.argv),
