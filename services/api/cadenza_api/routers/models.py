@@ -140,7 +140,8 @@ def list_models(
 
 @router.get("/{model_id}", response_model=ModelOut, **describe("models_get", "Get a model", 404))
 def get_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> ModelOut:
-    """Its state (`queued`, `training`, `ready`, `failed`, …), configs, checkpoints and losses."""
+    """Its state (`queued`, `training`, `ready`, `failed`, …), configs, checkpoints and losses,
+    and its `capabilities`: the attribute controls and style tags a sample request may set."""
     return _model_out(session, get_owned(session, Model, model_id, owner.id))
 
 
@@ -210,7 +211,8 @@ def create_samples(
     Answers 202 with the job; poll it, then fetch each sample's MIDI
     (`GET /v1/samples/{id}/midi`). 409 when the model has no checkpoint yet (wait for its
     training job to save one) or `primer_tokens` come from another tokenizer; 422 for an
-    invalid option, a primer file that is not MIDI, or tokens outside the model's vocabulary.
+    invalid option, a primer file that is not MIDI, or tokens outside the model's vocabulary,
+    or `controls`/`tags` the model did not learn (see its `capabilities`).
     """
     model = get_owned(session, Model, model_id, owner.id)
     ckpt = pick_checkpoint(session=session, model_id=model.id, which=body.checkpoint)
