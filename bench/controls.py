@@ -108,7 +108,7 @@ def train_model(
         arch,
         preset,
         {"max_steps": steps, "batch_size": batch, "seq_len": seq_len, "seed": seed,
-         "eval_interval": steps, "eval_batches": 2},
+         "eval_interval": steps, "eval_batches": 2, "compile": False},
     )  # fmt: skip
     spec = {
         "architecture": arch,
@@ -141,7 +141,7 @@ def sample_bars(
         tok, [tok.bos_id], controls=controls, tags=None, rows=n, device="cpu"
     )
     params = SamplingParams(
-        max_new_tokens=tokens, seed=seed, eos_id=tok.eos_id, temperature=1.0, top_k=40
+        max_new_tokens=tokens, seed=seed, eos_id=tok.eos_id, top_k=40, compile=False
     )
     rows = generate(model, [prompt], params, n=n, steer=steer)
     out: list[Any] = []
