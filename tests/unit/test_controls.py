@@ -217,9 +217,9 @@ def test_a_briefly_trained_model_follows_the_requested_note_density() -> None:
     from bench.controls import build, realised, sample_bars, train_model
 
     torch.manual_seed(0)
-    corpus = build([(f"p{i}", _bars_of_chosen_density(i)) for i in range(24)], ["note_density"])
+    corpus = build([(f"p{i}", _bars_of_chosen_density(i)) for i in range(12)], ["note_density"])
     try:
-        model = train_model(corpus, 300, batch=16, seq_len=128, arch="gpt", preset="nano")
+        model = train_model(corpus, 300, batch=8, seq_len=96, arch="gpt", preset="nano")
         means = []
         for value in (1, 8):
             facts = sample_bars(
