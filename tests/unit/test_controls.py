@@ -14,6 +14,7 @@ from cadenza.midi.load import load_score
 from cadenza.tokenize import TokenizerSpec, build_corpus, tokenizer_from_bytes, tokenizer_to_bytes
 from cadenza.tokenize.controls import CONTROL_ORDER, ControlVocab, capabilities, resolve_controls
 from cadenza.tokenize.corpus import merge_spools, tokenize_to_spool
+from cadenza.tokenize.grammar import grammar_for
 from cadenza.tokenize.miditok_tok import MidiTokTokenizer
 from cadenza.tokenize.registry import build_tokenizer
 from cadenza.tokenize.splits import assign_splits
@@ -140,6 +141,23 @@ def test_requests_resolve_to_token_values_or_name_the_field() -> None:
         resolve_controls(None, ["rococo"], caps)
 
 
+def test_the_grammar_accepts_sequences_with_controls_and_tags(
+    pairs: list[tuple[str, bytes]],
+) -> None:
+    """Control and tag ids pass the tokenizer's grammar anywhere (the steer places them), so
+    constrained sampling never masks what a controls corpus trains on."""
+    tok = build_tokenizer(ALL)
+    tok.set_tags(["baroque"])
+    grammar = grammar_for(tok)
+    assert isinstance(tok, MidiTokTokenizer)
+    for _, data in pairs:
+        score, _ = clean_score(load_score(data))
+        assert score is not None
+        ids = [int(i) for i in tok.with_tags(tok.ids(tok.symbols(score)), ["baroque"])]
+        assert any(i >= len(tok.miditok.vocab) for i in ids)  # it carries controls and a tag
+        assert grammar.first_violation([tok.bos_id, *ids, tok.eos_id]) is None
+
+
 def test_the_sampler_forces_requested_controls_where_the_model_learned_them() -> None:
     """A random model: every requested piece value, tag and bar value appears at its place."""
     from cadenza.models import build_model, resolve_config
@@ -165,14 +183,18 @@ def test_the_sampler_forces_requested_controls_where_the_model_learned_them() ->
         tok, [tok.bos_id], controls=controls, tags=["mine-2019"], rows=2, device="cpu"
     )
     assert prompt == [tok.bos_id] and steer is not None
+    # With the tokenizer's grammar masking too (the default): control and tag ids pass it.
+    grammar = grammar_for(tok)
     rows = generate(
         model,
         [prompt],
         SamplingParams(max_new_tokens=96, seed=1, stop_at_eos=False, compile=False),
         n=2,
         steer=steer,
+        grammar=grammar,
     )
     for new in rows:
+        assert grammar.first_violation([*prompt, *new]) is None
         names = [tok.token_str(i) if i >= len(tok.miditok.vocab) else "" for i in new]
         assert names[2] == "Ctl_key_Dm" and names[4] == "Tag_mine-2019"
         assert names[0].startswith("Ctl_tempo_") and names[3].startswith("Ctl_program_")
