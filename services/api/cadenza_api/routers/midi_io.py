@@ -253,8 +253,15 @@ async def continue_midi(
     samples' primer. 404 for an unknown model, 409 while it has no checkpoint, 415 for a body
     that is not MIDI, 422 for MIDI that cannot be read or an invalid option.
     """
+    await _model_first(session, model_id, owner)
     options = sampling_options(request)
     return await answer_midi(model_id, request, session, settings, store, owner, wait, options)
+
+
+async def _model_first(session: Session, model_id: str, owner: Owner) -> None:
+    """404 for a model the caller may not use, before its options are looked at: another
+    owner's model is not found whatever the query says (nor is its existence hinted at)."""
+    await anyio.to_thread.run_sync(get_visible_model, session, model_id, owner.id)
 
 
 async def answer_midi(
@@ -449,6 +456,7 @@ async def infill_midi(
     query too. 422 when the model cannot infill (its `capabilities.modes`), for bars or tracks
     the file does not have, or an invalid option; 415 for a body that is not MIDI.
     """
+    await _model_first(session, model_id, owner)
     query = request.query_params
     spec: dict[str, Any] = {"bars": _bars(query.get("bars"))}
     if query.get("tracks"):
@@ -495,6 +503,7 @@ async def accompany_midi(
     accompany (its `capabilities.modes`) or for an invalid option; 415 for a body that is not
     MIDI.
     """
+    await _model_first(session, model_id, owner)
     query = request.query_params
     spec: dict[str, Any] = {"programs": _ints("programs", query.get("programs") or "")}
     if "drums" in query:
