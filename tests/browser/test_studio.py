@@ -416,4 +416,23 @@ def test_regenerate_bars_chosen_on_the_piano_roll(
         assert got["params"]["infill"] == {"bars": [2, 2], "tracks": [1]}
         assert got["params"]["seed"] == 5
         expect(child.get_by_role("button", name="Add instruments")).to_be_visible()
-        studio.check("edited")
+        studio.check("edited", phone=True)
+
+        # A dataset's MIDI file is edited the same way, from the "Edit a file" card.
+        before = page.locator("article.sample").count()
+        editor = page.locator("section", has=page.get_by_role("heading", name="Edit a file"))
+        editor.get_by_label("MIDI file", exact=True).select_option(
+            label=f"studio band / {band[1].name}"
+        )
+        expect(editor.locator("canvas.roll")).to_have_attribute("data-bars", re.compile(r"^\d+$"))
+        editor.get_by_label("From bar", exact=True).fill("3")
+        editor.get_by_label("To bar", exact=True).fill("3")
+        expect(editor.locator("canvas.roll")).to_have_attribute("data-selection", "3-3")
+        editor.get_by_role("button", name="Regenerate bars").click()
+        expect(page.locator("article.sample")).to_have_count(before + 1, timeout=LONG)
+        newest = page.locator("article.sample").first.get_attribute("data-sample-id")
+        edited = client.get(f"/v1/samples/{newest}")
+        assert edited["params"]["mode"] == "infill"
+        assert edited["params"]["source_file_id"] == files[1]["id"]
+        assert edited["params"]["infill"]["bars"] == [3, 3]
+        assert not studio.console.errors, studio.console.errors

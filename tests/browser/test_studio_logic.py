@@ -376,6 +376,10 @@ def test_edit_requests_and_constrained_decoding(page: Page) -> None:
         "source_sample_id": "s2",
         "accompany": {"programs": [33, 0], "drums": True},
     }
+    from_file = js(
+        page, "return L.editRequest({}, 'infill', {source_file_id: 'f9'}, {from: 1, to: 2});"
+    )
+    assert from_file == {"mode": "infill", "source_file_id": "f9", "infill": {"bars": [1, 2]}}
     # A malformed number goes as null, for the API to name the field.
     bad = js(page, "return L.editRequest({}, 'accompany', 's2', {programs: 'bass'});")
     assert bad["accompany"] == {"programs": [None], "drums": False}

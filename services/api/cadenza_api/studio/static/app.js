@@ -945,7 +945,7 @@ async function samplesPage(main, signal, modelId) {
   };
   const modes = (model.capabilities && model.capabilities.modes) || ["continue"];
   const onEdit = async (sample, mode, edit) => {
-    await run(editRequest(formValues(form), mode, sample.id, edit));
+    await run(editRequest(formValues(form), mode, sample.fileId ? { source_file_id: sample.fileId } : sample.id, edit));
   };
   const onContinue = async (sample) => {
     const values = formValues(form);
@@ -969,7 +969,36 @@ async function samplesPage(main, signal, modelId) {
   const editHint = modes.includes("infill")
     ? h("p", { class: "hint", text: "Regenerate bars: drag across a piano roll (or type the bars), then “Regenerate bars”." })
     : h("p", { class: "hint" }, "This model cannot rewrite bars or add instruments: train one on a corpus with the ", h("code", { text: "multitrack" }), " preset (", h("a", { href: "#/models", text: "Corpora and models" }), ").");
-  main.replaceChildren(h("h1", { text: "Samples" }), form, h("h2", { text: "Variations" }), editHint, list);
+  // Edit a dataset's MIDI file the same way: its roll, bars, tracks; the result is a new sample.
+  let fileEdit = null;
+  if ((modes.includes("infill") || modes.includes("accompany")) && midiFiles.length) {
+    const fileSelect = select("edit_file", [["", "(choose a MIDI file)"], ...midiFiles], "");
+    const slot = h("div");
+    fileEdit = h("section", { class: "card file-edit", "aria-labelledby": "file-edit-h" }, h("h2", { id: "file-edit-h", text: "Edit a file" }), field("MIDI file", fileSelect), slot);
+    let fileSignal = null;
+    fileSelect.addEventListener("change", () => {
+      if (fileSignal) fileSignal.abort();
+      slot.replaceChildren();
+      const id = fileSelect.value;
+      if (!id) return;
+      fileSignal = new AbortController();
+      signal.addEventListener("abort", () => fileSignal.abort(), { once: true });
+      const roll = rollCanvas(560, 120);
+      const edit = editControls({ fileId: id }, roll, modes, onEdit);
+      slot.replaceChildren(roll, edit);
+      api
+        .bytes(`/v1/files/${id}/content`, fileSignal.signal)
+        .then((b) => {
+          const m = parseMidi(b);
+          if (edit.onMidi) edit.onMidi(m);
+          else paintRoll(roll, m);
+        })
+        .catch((err) => {
+          if (err.name !== "AbortError") slot.replaceChildren(errorBox(err));
+        });
+    });
+  }
+  main.replaceChildren(h("h1", { text: "Samples" }), form, ...(fileEdit ? [fileEdit] : []), h("h2", { text: "Variations" }), editHint, list);
   await showSamples();
 }
 

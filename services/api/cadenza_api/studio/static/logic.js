@@ -386,16 +386,18 @@ export function sampleRequest(values) {
 }
 
 /**
- * The body of an edit (`mode` "infill" or "accompany") of a sample: the form's sampling options
+ * The body of an edit (`mode` "infill" or "accompany") of a source (a sample's id, or
+ * {source_file_id} for a MIDI file of a dataset): the form's sampling options
  * (sampleRequest's, less the primer and length fields an edit does not take) plus the edit.
  * `edit` is {from, to, tracks} for infill (bar numbers and track numbers as strings or numbers;
  * "" tracks = all) or {programs: "33, 0", drums} for accompany.
  */
-export function editRequest(values, mode, sourceSampleId, edit) {
+export function editRequest(values, mode, source, edit) {
   const body = sampleRequest({ ...values, primer_file_id: "", primer_sample_id: "" });
   for (const f of ["max_bars", "max_copied_fraction"]) delete body[f];
   body.mode = mode;
-  body.source_sample_id = sourceSampleId;
+  if (typeof source === "string") body.source_sample_id = source;
+  else body.source_file_id = source.source_file_id;
   const int = (v) => {
     const x = Number.parseInt(String(v).trim(), 10);
     return Number.isFinite(x) ? x : null;
