@@ -391,3 +391,69 @@ def test_edit_requests_and_constrained_decoding(page: Page) -> None:
         "drums",
         "program 200",
     ]
+
+
+def test_attribute_controls_and_tags_become_fields_and_request_values(page: Page) -> None:
+    caps = {
+        "modes": ["continue"],
+        "controls": {
+            "tempo": {"per": "piece", "range": [40, 240], "unit": "bpm"},
+            "key": {"per": "piece", "values": ["C", "Dm"]},
+            "time_signature": {"per": "piece", "values": ["3/4", "4/4"]},
+            "note_density": {"per": "bar", "range": [0, 32], "unit": "notes per bar"},
+            "pitch_range": {
+                "per": "bar",
+                "range": [0, 127],
+                "unit": "[lowest, highest] MIDI pitch",
+            },
+            "duration": {"per": "bar", "range": [0.125, 8], "unit": "mean note length in beats"},
+        },
+        "tags": ["baroque"],
+    }
+    fields = js(page, "return L.controlFields(arg);", caps)
+    assert [(f["name"], f["kind"]) for f in fields] == [
+        ("control.tempo", "number"),
+        ("control.key", "select"),
+        ("control.time_signature", "select"),
+        ("control.note_density", "number"),
+        ("control.pitch_range", "pair"),
+        ("control.duration", "number"),
+    ]
+    assert fields[0] | {} == {
+        "name": "control.tempo",
+        "label": "tempo",
+        "hint": "bpm, the piece",
+        "kind": "number",
+        "min": 40,
+        "max": 240,
+        "step": "1",
+    }
+    assert fields[1]["options"] == ["C", "Dm"] and fields[5]["step"] == "any"
+    assert fields[3]["hint"] == "notes per bar, every bar"
+    assert js(page, "return L.controlFields({modes: ['continue']});") == []
+    values = {
+        "control.tempo": "90",
+        "control.key": "Dm",
+        "control.time_signature": "3/4",
+        "control.note_density": "",
+        "control.pitch_range.lo": "55",
+        "control.pitch_range.hi": "79",
+        "control.duration": "0.5",
+        "tag.baroque": "on",
+    }
+    body = js(page, "return L.sampleRequest(arg);", values)
+    assert body == {
+        "controls": {
+            "tempo": 90,
+            "key": "Dm",
+            "time_signature": "3/4",
+            "pitch_range": [55, 79],
+            "duration": 0.5,
+        },
+        "tags": ["baroque"],
+    }
+    # Half a pitch range is left out (the model samples it); edits take no controls.
+    half = js(page, "return L.sampleRequest(arg);", {"control.pitch_range.lo": "55"})
+    assert half == {}
+    edit = js(page, "return L.editRequest(arg, 'infill', 's', {from: 1, to: 1});", values)
+    assert "controls" not in edit and "tags" not in edit

@@ -5,6 +5,7 @@ import {
   barAt,
   barSpan,
   barTimes,
+  controlFields,
   corpusRequest,
   editRequest,
   formatDuration,
@@ -877,6 +878,36 @@ function sampleCard(sample, signal, onContinue, modes = ["continue"], onEdit = n
   return card;
 }
 
+/** The form's attribute controls and style tags, when the model learned any (its capabilities). */
+function steerFields(capabilities) {
+  const fields = controlFields(capabilities);
+  const tags = (capabilities && capabilities.tags) || [];
+  if (!fields.length && !tags.length) return null;
+  const bound = (f) => ({ type: "number", min: f.min !== undefined ? String(f.min) : undefined, max: f.max !== undefined ? String(f.max) : undefined, step: f.step, placeholder: "free" });
+  const controls = fields.map((f) => {
+    if (f.kind === "select") return field(f.label, select(f.name, [["", "(free)"], ...f.options.map((v) => [v, v])], ""), f.hint);
+    if (f.kind === "number") return field(f.label, h("input", { name: f.name, ...bound(f) }), f.hint);
+    return h(
+      "fieldset",
+      { class: "inline pair" },
+      h("legend", { text: `${f.label} (${f.hint})` }),
+      field("Lowest", h("input", { name: `${f.name}.lo`, ...bound(f) })),
+      field("Highest", h("input", { name: `${f.name}.hi`, ...bound(f) })),
+    );
+  });
+  const tagBoxes = tags.map((t) => {
+    const id = `f${++uid}`;
+    return h("span", { class: "tag" }, h("input", { type: "checkbox", name: `tag.${t}`, id }), h("label", { for: id, text: t }));
+  });
+  return h(
+    "fieldset",
+    { class: "steer" },
+    h("legend", { text: "Steer (what the model learned)" }),
+    controls.length ? h("div", { class: "grid" }, controls) : null,
+    tagBoxes.length ? h("fieldset", { class: "inline" }, h("legend", { text: "Style tags" }), tagBoxes) : null,
+  );
+}
+
 async function samplesPage(main, signal, modelId) {
   const models = (await api.get("/v1/models", { signal })).filter((m) => m.checkpoints.length);
   if (!models.length) {
@@ -929,9 +960,10 @@ async function samplesPage(main, signal, modelId) {
         h("input", { type: "hidden", name: "constrained", value: "off" }),
         h("input", { type: "checkbox", name: "constrained", id: "constrained", value: "on", checked: true, "aria-describedby": "constrained-hint" }),
         h("label", { for: "constrained", text: "Constrained decoding" }),
-        h("small", { id: "constrained-hint", class: "hint", text: "only tokens the grammar allows" }),
+        h("small", { id: "constrained-hint", class: "hint", text: "sample only the tokens the grammar allows" }),
       ),
     ),
+    steerFields(model.capabilities),
     h("button", { type: "submit", text: "Generate" }),
     panel,
   );

@@ -380,6 +380,25 @@ export function sampleRequest(values) {
     delete body.primer_bars;
     delete body.primer_seconds;
   }
+  // Attribute controls (`control.NAME`, a pair as `control.NAME.lo` / `.hi`) and style tags
+  // (`tag.NAME` checkboxes): only those the form sets; a control left empty is sampled freely.
+  const controls = {};
+  const tags = [];
+  for (const [k, v] of Object.entries(values)) {
+    if (k.startsWith("tag.") && v) tags.push(k.slice(4));
+    if (!k.startsWith("control.") || v === undefined || v === "") continue;
+    const [, name, half] = k.split(".");
+    if (half) {
+      const lo = values[`control.${name}.lo`];
+      const hi = values[`control.${name}.hi`];
+      if (half === "lo" && lo !== "" && hi !== undefined && hi !== "") controls[name] = [num(lo, true), num(hi, true)];
+    } else {
+      const x = Number(v);
+      controls[name] = v.trim() !== "" && Number.isFinite(x) && !/[/a-z]/i.test(v) ? x : v;
+    }
+  }
+  if (Object.keys(controls).length) body.controls = controls;
+  if (tags.length) body.tags = tags.sort();
   // The form's checkbox comes with a hidden "off" before it, so unchecked still says so.
   if (values.constrained === "on" || values.constrained === "off") body.constrained = values.constrained === "on";
   return body;
@@ -394,7 +413,7 @@ export function sampleRequest(values) {
  */
 export function editRequest(values, mode, source, edit) {
   const body = sampleRequest({ ...values, primer_file_id: "", primer_sample_id: "" });
-  for (const f of ["max_bars", "max_copied_fraction"]) delete body[f];
+  for (const f of ["max_bars", "max_copied_fraction", "controls", "tags"]) delete body[f];
   body.mode = mode;
   if (typeof source === "string") body.source_sample_id = source;
   else body.source_file_id = source.source_file_id;
@@ -411,6 +430,25 @@ export function editRequest(values, mode, source, edit) {
     body.accompany = { programs: programs.map(int), drums: Boolean(edit.drums) };
   }
   return body;
+}
+
+/**
+ * The form fields for a model's attribute controls (`capabilities.controls`): a choice for a
+ * control with `values`, a number for one with a `range`, two numbers for `pitch_range`
+ * ([lowest, highest]). Each field is named as sampleRequest reads it; a per-bar control takes
+ * one value for every bar here.
+ */
+export function controlFields(capabilities) {
+  const controls = (capabilities && capabilities.controls) || {};
+  return Object.entries(controls).map(([name, c]) => {
+    const label = name.replaceAll("_", " ");
+    const hint = [c.unit, c.per === "bar" ? "every bar" : "the piece"].filter(Boolean).join(", ");
+    if (Array.isArray(c.values)) return { name: `control.${name}`, label, hint, kind: "select", options: c.values };
+    const [min, max] = Array.isArray(c.range) ? c.range : [undefined, undefined];
+    const step = Number.isInteger(min) && Number.isInteger(max) && name !== "duration" ? "1" : "any";
+    if (name === "pitch_range") return { name: `control.${name}`, label, hint, kind: "pair", min, max, step: "1" };
+    return { name: `control.${name}`, label, hint, kind: "number", min, max, step };
+  });
 }
 
 /** The body of `POST /v1/models`: a corpus, an architecture and preset, and training options. */
