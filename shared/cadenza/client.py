@@ -114,8 +114,14 @@ class Client:
         raise ApiFailure(409, "not_ready", f"{path} was still not ready after its job finished")
 
     # -- resources -------------------------------------------------------------------------
-    def create_dataset(self, name: str, description: str = "") -> dict[str, Any]:
-        return dict(self.post("/v1/datasets", {"name": name, "description": description}))
+
+    def create_dataset(
+        self, name: str, description: str = "", tags: list[str] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "description": description}
+        if tags:
+            body["tags"] = tags
+        return dict(self.post("/v1/datasets", body))
 
     def upload(self, dataset_id: str, paths: Iterable[Path]) -> list[dict[str, Any]]:
         handles = [p.open("rb") for p in paths]

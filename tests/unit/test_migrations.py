@@ -209,3 +209,28 @@ def test_0006_shares_models_and_keeps_existing_ones_private(db_url: str) -> None
         s.execute(text("DELETE FROM models WHERE id = 'a'"))
     command.downgrade(alembic_config(db_url), "0005")
     upgrade(db_url)
+
+
+def test_0007_adds_empty_tags_to_existing_datasets_and_files(db_url: str) -> None:
+    upgrade(db_url, "0006")
+    rows = [
+        "INSERT INTO owners (id, name, limits, created_at) VALUES ('o', 'alice', '{}', :t)",
+        "INSERT INTO datasets (id, owner_id, name, description, created_at)"
+        " VALUES ('d', 'o', 'd', '', :t)",
+        "INSERT INTO files (id, owner_id, dataset_id, name, kind, format, sha256, size,"
+        " object_key, meta, created_at) VALUES ('f', 'o', 'd', 'a.mid', 'midi', 'mid', 's', 1,"
+        " 'k', '{}', :t)",
+    ]
+    with create_engine(db_url).begin() as c:
+        for sql in rows:
+            c.execute(text(sql), {"t": T0})
+    upgrade(db_url, "0007")
+    with session_scope(db_url) as s:
+        for table in ("datasets", "files"):  # PostgreSQL answers a list, SQLite a string
+            tags = s.execute(text(f"SELECT tags FROM {table}")).scalar_one()  # noqa: S608
+            assert (json.loads(tags) if isinstance(tags, str) else tags) == []
+        s.execute(text("UPDATE files SET tags = '[\"baroque\"]'"))
+    command.downgrade(alembic_config(db_url), "0006")
+    with session_scope(db_url) as s:  # the file survived the downgrade (no table copy)
+        assert s.execute(text("SELECT count(*) FROM files")).scalar_one() == 1
+    upgrade(db_url)

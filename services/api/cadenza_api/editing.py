@@ -16,15 +16,20 @@ from cadenza.db.models import Corpus, File, Model, Sample
 from cadenza.db.repo import get_owned
 from cadenza.sample.modes import check_mode, model_modes
 from cadenza.sample.params import SampleRequest
+from cadenza.tokenize.controls import default_capabilities
 from cadenza.validation import InvalidParams
 from cadenza_api.errors import ApiError
 
 
 def capabilities(session: Session, model: Model) -> dict[str, Any]:
-    """`capabilities.modes` of a model (`cadenza.sample.modes.model_modes`)."""
+    """What a sample request may use with this model: the attribute controls and style tags
+    its corpus learned (`cadenza.tokenize.controls.capabilities`, kept in the corpus stats)
+    and the `modes` its corpus and training allow (`cadenza.sample.modes.model_modes`)."""
     corpus = session.get(Corpus, model.corpus_id)
     spec = corpus.params.get("tokenizer_spec") if corpus is not None else None
-    return {"modes": model_modes(spec, model.train_config)}
+    learned = corpus.stats.get("capabilities") if corpus is not None else None
+    out = dict(learned) if learned else default_capabilities()
+    return out | {"modes": model_modes(spec, model.train_config)}
 
 
 def check_edit(session: Session, model: Model, body: SampleRequest, owner_id: str) -> None:

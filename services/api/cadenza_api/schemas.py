@@ -11,11 +11,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from cadenza.audio.params import AudioJobRequest
 from cadenza.db.repo import SCOPES
 from cadenza.sample.params import SampleRequest
+from cadenza.tokenize.controls import check_tags, default_capabilities
 from cadenza.tokenize.params import CorpusRequest
 from cadenza.train.params import ModelRequest
 
@@ -89,6 +97,28 @@ class DatasetCreate(In):
 
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=5000)
+    tags: list[str] = Field(
+        default_factory=list,
+        description="style tags (≤ 16, each 1-40 of a-z 0-9 - _), learned by learn_tags corpora",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        return check_tags(v)
+
+
+class TagsPatch(In):
+    """`PATCH /v1/datasets/{id}` and `/v1/files/{id}`: replace the style tags."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tags": ["baroque", "mine-2019"]}]})
+
+    tags: list[str] = Field(description="≤ 16 tags, each 1-40 characters of a-z, 0-9, - and _")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        return check_tags(v)
 
 
 class DatasetOut(Out):
@@ -97,6 +127,7 @@ class DatasetOut(Out):
     description: str
     created_at: datetime
     file_count: int = 0
+    tags: list[str] = []
 
 
 class FileOut(Out):
@@ -110,6 +141,7 @@ class FileOut(Out):
     meta: dict[str, Any]
     source_file_id: str | None
     created_at: datetime
+    tags: list[str] = []
 
 
 class FileList(BaseModel):
@@ -208,9 +240,10 @@ class ModelOut(Out):
     checkpoints: list[CheckpointOut] = []
     metrics: list[MetricOut] = []
     capabilities: dict[str, Any] = Field(
-        default_factory=dict,
-        description="what the model can do: `modes` (continue, and infill and accompany for "
-        "a model trained to edit on a `multitrack` corpus)",
+        default_factory=default_capabilities,
+        description="what a sample request may use: `modes` (continue, and infill and "
+        "accompany for a model trained to edit on a `multitrack` corpus), `controls` (name → "
+        "`per`, `range` or `values`, `unit`) and `tags` (cadenza.tokenize.controls)",
     )
 
 
@@ -259,6 +292,7 @@ class SampleLineage(SampleList):
 
 
 __all__ = [
+    "TagsPatch",
     "OwnerLimits",
     "AudioJobRequest",
     "CheckpointOut",

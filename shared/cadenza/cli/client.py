@@ -87,11 +87,32 @@ def follow(client: Client, job: dict[str, Any], label: str) -> dict[str, Any]:
     return final
 
 
+def _list_option(text: str | None) -> list[str]:
+    """A comma-separated option's items (`--tags baroque,mine-2019`)."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
 @datasets_app.command("create")
-def datasets_create(name: str, description: str = "") -> None:
+def datasets_create(
+    name: str,
+    description: str = "",
+    tags: Annotated[str | None, typer.Option(help="style tags, comma-separated")] = None,
+) -> None:
     """Create a dataset."""
     with connect() as c:
-        print_json(c.create_dataset(name, description))
+        print_json(c.create_dataset(name, description, _list_option(tags)))
+
+
+@datasets_app.command("tag")
+def datasets_tag(
+    item_id: Annotated[str, typer.Argument(help="a dataset id (or a file id with --file)")],
+    tags: Annotated[str, typer.Argument(help="style tags, comma-separated ('' clears them)")],
+    file: Annotated[bool, typer.Option("--file", help="ITEM_ID is a file")] = False,
+) -> None:
+    """Replace the style tags of a dataset or of one file (learned by `--learn-tags` corpora)."""
+    with connect() as c:
+        path = f"/v1/files/{item_id}" if file else f"/v1/datasets/{item_id}"
+        print_json(c.patch(path, {"tags": _list_option(tags)}))
 
 
 @datasets_app.command("list")
@@ -136,11 +157,25 @@ def corpora_create(
             "adapter of it (`models create --base-model`)"
         ),
     ] = None,
+    controls: Annotated[
+        str | None,
+        typer.Option(
+            help="attribute controls to learn, comma-separated: tempo, time_signature, key, "
+            "program, note_density, polyphony, pitch_range, duration"
+        ),
+    ] = None,
+    learn_tags: Annotated[
+        bool, typer.Option(help="learn the files' and dataset's style tags as tokens")
+    ] = False,
     wait: bool = True,
 ) -> None:
     """Tokenize a dataset into a corpus (default: REMI with MidiTok's defaults)."""
     with connect() as c:
         extra: dict[str, Any] = {"shards": shards} if shards is not None else {}
+        if controls:
+            extra["controls"] = _list_option(controls)
+        if learn_tags:
+            extra["learn_tags"] = True
         if base_model is not None:
             extra["base_model_id"] = base_model
         else:
@@ -284,6 +319,14 @@ def sample(
             "training data is above this (0..1); the sample's meta.novelty says how it went"
         ),
     ] = None,
+    control: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="an attribute control NAME=VALUE (repeatable): note_density=6, key=Dm, "
+            "pitch_range=[55,79], note_density=[4,8,12] per bar (see the model's capabilities)"
+        ),
+    ] = None,
+    tags: Annotated[str | None, typer.Option(help="style tags, comma-separated")] = None,
     options: Annotated[
         str,
         typer.Option(
@@ -356,6 +399,10 @@ def sample(
             ),
             **_json_option("options", options),
         }
+        if control:
+            opts["controls"] = _controls_option(control)
+        if tags:
+            opts["tags"] = _list_option(tags)
         job = follow(c, c.sample(model_id, **opts), "sample")
         for sid in job["sample_ids"]:
             path = c.download(f"/v1/samples/{sid}/midi", output / f"{sid}.mid")
@@ -458,6 +505,22 @@ def continue_(
         with atomic_path(dest) as tmp:
             tmp.write_bytes(r.content)
         out.print(str(dest))
+
+
+def _controls_option(items: list[str]) -> dict[str, Any]:
+    """`--control NAME=VALUE` options as a controls object: a value is JSON when it parses
+    (numbers, lists), else a string (`key=Dm`, `time_signature=3/4`); exits 2 naming a bad one."""
+    controls: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            console.print(f"[red]error[/] --control {item!r} must look like NAME=VALUE")
+            raise typer.Exit(2)
+        try:
+            controls[name.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            controls[name.strip()] = text.strip()
+    return controls
 
 
 def _save_render(item_id: str, is_file: bool, view: str, dest: Path) -> None:

@@ -77,6 +77,8 @@ class Dataset(Timestamped, Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
+    # free style tags ([a-z0-9_-], ≤ 16): a corpus with learn_tags learns them as tokens
+    tags: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
 
 
 class File(Timestamped, Base):
@@ -95,6 +97,7 @@ class File(Timestamped, Base):
     size: Mapped[int] = mapped_column(BigInteger)
     object_key: Mapped[str] = mapped_column(String(300))
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    tags: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")  # as Dataset.tags
     source_file_id: Mapped[str | None] = mapped_column(
         ForeignKey("files.id", ondelete="SET NULL"), default=None
     )

@@ -8,9 +8,12 @@ decoding (argmax), and `min_p=0` (or null) turns the min-p filter off.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cadenza.sample.modes import EditFields
+from cadenza.tokenize.controls import CONTROL_ORDER, check_tags
 
 
 class SamplingOptions(BaseModel):
@@ -111,6 +114,17 @@ class SampleRequest(SamplingOptions, EditFields):
         description="attribute control: token names the piece must start with, e.g. "
         '["Bar_None", "TimeSig_3/4", "Position_0", "Tempo_80.65"] (see the corpus token_names)',
     )
+    controls: dict[str, Any] | None = Field(
+        default=None,
+        description="attribute controls, in musical units, for a model trained on a corpus "
+        'with controls (see its capabilities): per piece {"key": "Dm", "tempo": 90, '
+        '"time_signature": "3/4", "program": 0}; per bar one value for every bar '
+        '{"note_density": 6} or a list indexed by bar (null = free) {"polyphony": [2, 4, null]}; '
+        '"pitch_range": [lowest, highest] MIDI pitches; "duration": mean note length in beats',
+    )
+    tags: list[str] | None = Field(
+        default=None, max_length=16, description='style tags the model learned, e.g. ["baroque"]'
+    )
     n: int = Field(default=1, ge=1, le=64)
     max_bars: int | None = Field(
         default=None, ge=1, le=4096, description="stop once the output has this many bars"
@@ -136,6 +150,21 @@ class SampleRequest(SamplingOptions, EditFields):
         "if none got below it. null = report only",
     )
 
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else check_tags(v, "tags")
+
+    @field_validator("controls")
+    @classmethod
+    def _controls(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        for name, value in (v or {}).items():
+            if name not in CONTROL_ORDER:
+                raise ValueError(f"{name!r} is not a control; known: {', '.join(CONTROL_ORDER)}")
+            if isinstance(value, list) and len(value) > 4096:
+                raise ValueError(f"{name}: a per-bar list has at most 4096 entries")
+        return v
+
     @model_validator(mode="after")
     def _one_primer(self) -> SampleRequest:
         given = [name for name in PRIMER_FIELDS if getattr(self, name)]
@@ -143,6 +172,8 @@ class SampleRequest(SamplingOptions, EditFields):
             raise ValueError(f"give one primer, not several: {', '.join(given)}")
         if (self.primer_bars or self.primer_seconds) and not self.midi_primer:
             raise ValueError("primer_bars/primer_seconds need a primer_file_id or primer_sample_id")
+        if self.force_tokens and (self.controls or self.tags):
+            raise ValueError("give controls/tags or force_tokens, not both")
         if self.force_tokens and given:
             raise ValueError(
                 "force_tokens sets how a new piece starts; it cannot be combined with a primer"
@@ -208,3 +239,20 @@ def check_for_model(
             + (f"; tokens like it: {like}" if like else ""),
             code="unknown_tokens",
         )
+
+
+def check_controls(request: SampleRequest, capabilities: dict[str, Any] | None) -> None:
+    """Refuse controls or tags the model did not learn, or values outside what it learned
+    (`InvalidParams` naming the control and its allowed range or values)."""
+    from cadenza.tokenize.controls import default_capabilities, resolve_controls
+    from cadenza.validation import InvalidParams
+
+    if not request.controls and not request.tags:
+        return
+    try:
+        resolve_controls(request.controls, request.tags, capabilities or default_capabilities())
+    except ValueError as exc:
+        field = str(exc).split(":", 1)[0]
+        raise InvalidParams(
+            str(exc), code="invalid_controls", details=[{"field": field, "message": str(exc)}]
+        ) from exc

@@ -36,6 +36,7 @@ from cadenza.sample.decode import (
     has_compiled,
     span_for,
 )
+from cadenza.sample.steer import Steer
 
 if TYPE_CHECKING:
     from cadenza.tokenize.grammar import Grammar
@@ -435,11 +436,15 @@ def _run(
     on_token: OnToken | None,
     device: torch.device | str | None,
     grammar: Grammar | None = None,
+    steer: Steer | None = None,
 ) -> list[list[int]]:
     """Shared sampling loop; only how logits are obtained differs between the samplers.
 
     With a `grammar` and `params.constrained`, every step masks the ids the grammar forbids
-    in each row's state before the filters (`cadenza.sample.constrain`).
+    in each row's state before the filters (`cadenza.sample.constrain`). `steer` (attribute
+    controls, `cadenza.sample.steer`) then masks them to what the controls allow there; the
+    grammar lets control and tag ids through everywhere (they do not change its state), so
+    the two masks never leave a row without a token.
 
     Every step is tensor work only; every `SYNC_EVERY` steps (and at the last) the tokens are
     read to the host, `on_token` is called, and once at most half of the live rows are still
@@ -484,9 +489,13 @@ def _run(
             for step in range(1, params.max_new_tokens + 1):
                 if constraint is not None:
                     logits = constraint.mask(logits)
+                if steer is not None:
+                    logits = steer.mask(logits)
                 token = sample_next(logits, params, history, gen)  # (B,)
                 if constraint is not None:
                     constraint.advance(token)
+                if steer is not None:
+                    steer.advance(token)
                 if history is not None:
                     history[:, slot] = token
                     slot = (slot + 1) % W
@@ -503,6 +512,8 @@ def _run(
                         stepper.select(keep)
                         state.select(keep, live)
                         token = token.index_select(0, keep)
+                        if steer is not None:
+                            steer.select(keep)
                         history = history.index_select(0, keep) if history is not None else None
                         if constraint is not None:
                             constraint.select(keep)
@@ -521,6 +532,7 @@ def generate(
     on_token: OnToken | None = None,
     device: torch.device | str | None = None,
     grammar: Grammar | None = None,
+    steer: Steer | None = None,
 ) -> list[list[int]]:
     """Sample n continuations of every prompt as one batch with the model's cache.
 
@@ -536,7 +548,7 @@ def generate(
     def make(batch: int, dev: torch.device) -> _Stepper:
         return _CachedStepper(model, batch, dev, keep, params)
 
-    return _run(model, make, prompts, params, n, on_token, device, grammar)
+    return _run(model, make, prompts, params, n, on_token, device, grammar, steer)
 
 
 def generate_uncached(
@@ -549,6 +561,7 @@ def generate_uncached(
     device: torch.device | str | None = None,
     window: str = "slide",
     grammar: Grammar | None = None,
+    steer: Steer | None = None,
 ) -> list[list[int]]:
     """Like `generate`, but recompute the whole context window every step.
 
@@ -564,4 +577,4 @@ def generate_uncached(
     def make(batch: int, dev: torch.device) -> _Stepper:
         return _RecomputeStepper(model, keep)
 
-    return _run(model, make, prompts, params, n, on_token, device, grammar)
+    return _run(model, make, prompts, params, n, on_token, device, grammar, steer)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cadenza.models.base import CadenzaModel
     from cadenza.novelty import NoveltyIndex
+    from cadenza.sample.steer import Steer
     from cadenza.tokenize.base import Tokenizer
 
 
@@ -94,8 +95,11 @@ def sample_variations(
     device: str | None = None,
     novelty_index: NoveltyIndex | None = None,
     max_copied_fraction: float | None = None,
+    steer: Callable[[int], Steer | None] | None = None,
 ) -> list[Variation]:
     """`n` variations of `prompt`, decoded and measured; near-empty ones re-sampled (bounded).
+
+    `steer(rows)` makes a fresh attribute-control steer for a generation of `rows` rows.
 
     `options` are a request's `SamplingOptions` fields. A re-sampling try draws only the rows
     still short of `min_notes`, with seed + try, so a seeded request stays reproducible.
@@ -140,7 +144,19 @@ def sample_variations(
             i, list(new), ids, midi, notes, new_notes, seconds, metrics, attempt, novelty, invalid
         )
 
-    rows = generate(model, [prompt], params, n=n, on_token=on_token, device=device, grammar=grammar)
+    def steering(rows: int) -> Steer | None:
+        return steer(rows) if steer is not None else None
+
+    rows = generate(
+        model,
+        [prompt],
+        params,
+        n=n,
+        on_token=on_token,
+        device=device,
+        grammar=grammar,
+        steer=steering(n),
+    )
     out = [make(i, new, 1) for i, new in enumerate(rows)]
     seed = params.seed
     for attempt in range(2, resample_empty + 2):
@@ -159,6 +175,7 @@ def sample_variations(
             on_token=on_token,
             device=device,
             grammar=grammar,
+            steer=steering(len(short)),
         )
         for i, new in zip(short, again, strict=True):
             candidate = make(i, new, attempt)
@@ -182,6 +199,7 @@ def sample_variations(
                 on_token=on_token,
                 device=device,
                 grammar=grammar,
+                steer=steering(len(rows)),
             )
             return [make(i, new, out[i].attempts + 1) for i, new in zip(rows, again, strict=True)]
 

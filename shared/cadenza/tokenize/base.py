@@ -159,6 +159,21 @@ class Tokenizer(ABC):
     def fit(self, train: Sequence[Symbols]) -> None:
         """Learn data-dependent state from training files (alphabet, subword merges)."""
 
+    def set_tags(self, tags: Sequence[str]) -> None:
+        """Learn the corpus's style tags as tokens (only tokenizers with ``learn_tags``)."""
+        return None
+
+    def with_tags(self, ids: NDArray[np.int32], tags: Sequence[str]) -> NDArray[np.int32]:
+        """A file's final ids with its style tags' tokens (unchanged without ``learn_tags``)."""
+        return ids
+
+    def capabilities(self) -> dict[str, Any]:
+        """The controls and tags a model trained on this tokenizer's corpus can be steered by
+        (``cadenza.tokenize.controls.capabilities``); none by default."""
+        from cadenza.tokenize.controls import default_capabilities
+
+        return default_capabilities()
+
     def fit_stats(self) -> dict[str, Any]:
         """Figures about what :meth:`fit` learned, for the corpus stats (default: none)."""
         return {}
@@ -205,7 +220,13 @@ class Tokenizer(ABC):
             eos=self.eos_id,
             excluded=self.grammar_excluded(),
             pieces=sub.pieces if sub is not None else (),
+            transparent=self.grammar_transparent(),
         )
+
+    def grammar_transparent(self) -> list[int]:
+        """Base ids allowed anywhere in a piece that leave the grammar's state unchanged
+        (conditioning tokens placed by something else: attribute controls, tags)."""
+        return []
 
     # ---- persistence ------------------------------------------------------------------------
     @abstractmethod

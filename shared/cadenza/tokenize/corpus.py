@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -95,6 +95,7 @@ def _encode_splits(
     reader: SpoolReader,
     out_dir: Path,
     should_stop: Callable[[], bool] | None,
+    tags: Mapping[str, Sequence[str]],
 ) -> tuple[dict[str, Path], int]:
     """Append BOS … EOS ids of every kept sequence to one raw int32 file per split, encoding
     :data:`ENCODE_BATCH` files at a time; also returns the final ids of the original files
@@ -113,11 +114,12 @@ def _encode_splits(
                 batch = entries[b : b + ENCODE_BATCH]
                 items = list(reader.iter_variants(batch))
                 encoded = tok.ids_batch(items) if items else []
-                for ids in encoded:
-                    out.write(bos + np.ascontiguousarray(ids, "<i4").tobytes() + eos)
                 k = 0
                 for e in batch:
                     final_tokens += int(encoded[k].size)
+                    for ids in encoded[k : k + e.variants]:
+                        ids = tok.with_tags(ids, tags.get(e.file_id, ()))
+                        out.write(bos + np.ascontiguousarray(ids, "<i4").tobytes() + eos)
                     k += e.variants
     return files, final_tokens
 
@@ -172,14 +174,18 @@ def merge_spools(
     should_stop: Callable[[], bool] | None = None,
     seconds: dict[str, float] | None = None,
     tokenizer: Tokenizer | None = None,
+    tags: Mapping[str, Sequence[str]] | None = None,
 ) -> CorpusBuild:
     """Step 2: the entries of every file's spool record → the corpus (see the module docstring).
 
     The result depends only on the set of entries, not on their order or on which spool holds
-    them. Raises :class:`CorpusEmpty` when no file is usable. A fitted ``tokenizer`` (another
-    corpus's, of ``spec``) encodes as it is instead of learning a vocabulary, so the ids are
-    that corpus's (what a base model's adapter needs).
+    them. ``tags`` (file id → style tags) become tokens when the spec has ``learn_tags``: the
+    vocabulary holds every used file's tags, each sequence its own file's after the per-piece
+    controls. Raises :class:`CorpusEmpty` when no file is usable. A fitted ``tokenizer``
+    (another corpus's, of ``spec``) encodes as it is instead of learning a vocabulary, so the
+    ids are that corpus's (what a base model's adapter needs).
     """
+    tags = tags or {}
     t1 = time.perf_counter()
     entries = sorted(entries, key=lambda e: e.index)
     assignment = assign_splits([e.file_id for e in entries], split, seed)
@@ -192,9 +198,13 @@ def merge_spools(
         progress(P_TOKENIZE, "learning the vocabulary" if tokenizer is None else "encoding")
     if should_stop is not None and should_stop():
         raise CorpusCancelled
-    if tokenizer is not None and tokenizer.spec != spec:
-        raise ValueError("the given tokenizer was built from another spec than this corpus's")
-    tok = tokenizer if tokenizer is not None else build_tokenizer(spec)
+    if tokenizer is not None:  # a base model's: its vocabulary (and tags) stay as they are
+        if tokenizer.spec != spec:
+            raise ValueError("the given tokenizer was built from another spec than this corpus's")
+        tok = tokenizer
+    else:
+        tok = build_tokenizer(spec)
+        tok.set_tags(sorted({t for e in used for t in tags.get(e.file_id, ())}))
     workdir = tempfile.TemporaryDirectory(prefix="cadenza-corpus-")
     try:
         with SpoolReader() as reader:
@@ -204,7 +214,7 @@ def merge_spools(
             if progress is not None:
                 progress(_P_FIT, "encoding")
             files, final_tokens = _encode_splits(
-                tok, by_split, reader, Path(workdir.name), should_stop
+                tok, by_split, reader, Path(workdir.name), should_stop, tags
             )
     except BaseException:
         workdir.cleanup()
@@ -254,6 +264,7 @@ def build_corpus(
     should_stop: Callable[[], bool] | None = None,
     limits: MidiLimits | None = None,
     tokenizer: Tokenizer | None = None,
+    tags: Mapping[str, Sequence[str]] | None = None,
 ) -> CorpusBuild:
     """Tokenize ``files`` ((file id, MIDI bytes or a function reading them) pairs) into a
     corpus, streaming: see the module docstring.
@@ -261,9 +272,9 @@ def build_corpus(
     ``workers`` processes tokenize in parallel (default: usable cores; 1 = in this process).
     ``progress(fraction, message)`` is called as files finish; ``should_stop()`` is polled as
     well and cancels the build (:class:`CorpusCancelled`). Raises :class:`CorpusEmpty` when no
-    file is usable. The result does not depend on ``workers``. Close the result (or let it be
-    collected) to remove its array files. A fitted ``tokenizer`` of ``spec`` encodes as it is
-    (see :func:`merge_spools`).
+    file is usable. ``tags``: see :func:`merge_spools`. The result does not depend on
+    ``workers``. Close the result (or let it be collected) to remove its array files. A
+    fitted ``tokenizer`` of ``spec`` encodes as it is (see :func:`merge_spools`).
     """
     t0 = time.perf_counter()
     assignment = assign_splits([f for f, _ in files], split, seed)
@@ -299,6 +310,7 @@ def build_corpus(
             should_stop=should_stop,
             seconds={"tokenize": t1 - t0},
             tokenizer=tokenizer,
+            tags=tags,
         )
     build.stats.seconds["total"] = time.perf_counter() - t0
     return build

@@ -111,13 +111,17 @@ def build_grammar(
     eos: int,
     excluded: Iterable[int] = (),
     pieces: Sequence[Sequence[int]] = (),
+    transparent: Iterable[int] = (),
 ) -> Grammar:
     """Explore ``rules`` from its start over the base ids and add specials and subword pieces.
 
     ``excluded``: base ids never allowed (other specials, e.g. MidiTok's MASK). ``pieces``:
-    the base ids each final id ``base_size + n`` stands for.
+    the base ids each final id ``base_size + n`` stands for. ``transparent``: base ids the
+    rules do not know (attribute-control and tag tokens, which the sampler's steer places),
+    allowed in every state of a piece and leaving it unchanged.
     """
-    skip = {pad, bos, eos, *excluded}
+    through = sorted(set(transparent))
+    skip = {pad, bos, eos, *excluded, *through}
     base = [b for b in range(base_size) if b not in skip]
     keys: dict[Key, int] = {rules.start: 0}
     order: list[Key] = [rules.start]
@@ -146,6 +150,8 @@ def build_grammar(
             table[s, cols] = np.fromiter(row.values(), dtype=np.int32, count=len(row))
         if rules.can_end(order[s]):
             table[s, eos] = ended
+    if through:
+        table[:n, through] = np.arange(n, dtype=np.int32)[:, None]
     table[0, bos] = 0
     table[ended, bos] = 0
     if pieces:

@@ -32,6 +32,7 @@ from cadenza.tokenize.base import (
     empty_symbols,
     sym_char,
 )
+from cadenza.tokenize.controls import BarFacts, ControlVocab
 from cadenza.tokenize.grammar import (
     TIME_TYPES,
     Rules,
@@ -91,6 +92,9 @@ class MidiTokTokenizer(Tokenizer):
         self._split: str = self.miditok.config.encode_ids_split
         # MMM reads a single stream even though its config keeps tracks apart.
         self._single = bool(self.miditok.one_token_stream)
+        self.controls: ControlVocab | None = None
+        if spec.controls or spec.learn_tags:
+            self.controls = ControlVocab(spec.controls, [], len(self.miditok.vocab))
 
     # ---- vocabulary -------------------------------------------------------------------------
     @property
@@ -99,7 +103,31 @@ class MidiTokTokenizer(Tokenizer):
 
     @property
     def base_vocab_size(self) -> int:
-        return len(self.miditok.vocab)
+        return len(self.miditok.vocab) + (self.controls.size if self.controls else 0)
+
+    def set_tags(self, tags: Sequence[str]) -> None:
+        """Give the style tags of the corpus their ids (after the control ids); the merge calls
+        this with every used file's tags before encoding, so the vocabulary does not depend on
+        how files were divided between shards."""
+        if self.controls is None or not self.spec.learn_tags:
+            return
+        self.controls = ControlVocab(self.spec.controls, tags, len(self.miditok.vocab))
+
+    def with_tags(self, ids: NDArray[np.int32], tags: Sequence[str]) -> NDArray[np.int32]:
+        """A file's final ids with its tags' tokens after the per-piece control tokens."""
+        ctl = self.controls
+        if ctl is None or not self.spec.learn_tags or ids.size == 0:
+            return ids
+        tag_ids = [i for t in sorted(set(tags)) if (i := ctl.tag_id(t)) is not None]
+        if not tag_ids:
+            return ids
+        k = len(ctl.piece_slots)
+        return np.concatenate([ids[:k], np.asarray(tag_ids, np.int32), ids[k:]]).astype(np.int32)
+
+    def capabilities(self) -> dict[str, Any]:
+        from cadenza.tokenize.controls import default_capabilities
+
+        return self.controls.capabilities() if self.controls else default_capabilities()
 
     @property
     def pad_id(self) -> int:
@@ -119,6 +147,9 @@ class MidiTokTokenizer(Tokenizer):
 
     def token_str(self, base_id: int) -> str:
         """MidiTok's name of a base id, e.g. ``"Pitch_60"`` (for debugging and tests)."""
+        n = len(self.miditok.vocab)
+        if self.controls is not None and base_id >= n:
+            return self.controls.names[int(base_id) - n]
         return str(self.miditok[int(base_id)])
 
     # ---- encoding ---------------------------------------------------------------------------
@@ -150,7 +181,72 @@ class MidiTokTokenizer(Tokenizer):
             # first event at or after each bar line; same rule as TokSequence._split_per_ticks
             cut = np.searchsorted(times, np.asarray(ticks[1:], dtype=np.int64), side="left")
             starts = np.unique(np.concatenate([[0], cut[cut < ids.size]])).astype(np.int32)
+        if self.controls is not None:
+            return self._with_controls(score, seq, ids, bars)
         return Symbols(ids, starts, bars)
+
+    @property
+    def _bar_id(self) -> int:
+        return int(self.miditok.vocab.get("Bar_None", -1))
+
+    def bar_facts(self, score: Score) -> list[BarFacts]:
+        """What each bar of ``score`` is like (notes, polyphony, pitch range, mean length), in
+        the order of its Bar tokens: what the per-bar control tokens state, and what a steered
+        sample realised."""
+        score = self.prepare(score)
+        seq = self._encode(score)
+        return [] if seq is None else self._bar_facts(score, seq)
+
+    def _bar_facts(self, score: Score, seq: Any) -> list[BarFacts]:
+        from cadenza.tokenize.controls import bar_facts
+
+        events = seq.events
+        bar_at = [i for i, e in enumerate(events) if e.type_ == "Bar"]
+        # MidiTok resamples the score before making events: this is its ticks per quarter
+        cfg = self.miditok.config
+        tpb = int(cfg.max_num_pos_per_beat)
+        if cfg.use_time_signatures:
+            dens = [int(ts.denominator) for ts in score.time_signatures]
+            tpb = int(cfg.max_num_pos_per_beat * max([4, *dens]) / 4)
+        out: list[BarFacts] = []
+        for j, start in enumerate(bar_at):
+            end = bar_at[j + 1] if j + 1 < len(bar_at) else len(events)
+            ev = [events[k] for k in range(start, end) if events[k].type_ == "Pitch"]
+            out.append(
+                bar_facts(
+                    [int(e.time) for e in ev],
+                    [
+                        int(e.desc) if isinstance(e.desc, int | np.integer) else int(e.time)
+                        for e in ev
+                    ],
+                    [int(e.value) for e in ev],
+                    tpb,
+                )
+            )
+        return out
+
+    def _with_controls(self, score: Score, seq: Any, ids: NDArray[np.int32], bars: int) -> Symbols:
+        """The piece's control tokens first, each Bar token followed by its bar's ones."""
+        from cadenza.tokenize.controls import bar_values
+
+        ctl = self.controls
+        assert ctl is not None
+        piece = _piece_values(score)
+        out: list[int] = [ctl.slot_id(s, piece[s.control]) for s in ctl.piece_slots]
+        if not ctl.bar_slots:
+            out += [int(i) for i in ids]
+            return Symbols(np.asarray(out, np.int32), np.zeros(1, np.int32), bars)
+        facts = iter(self._bar_facts(score, seq))
+        for tok in ids:
+            out.append(int(tok))
+            if int(tok) != self._bar_id:
+                continue
+            vals = bar_values(next(facts))
+            for s in ctl.bar_slots:
+                v = vals[s.control]
+                value = v[0 if s.part == "low" else 1] if isinstance(v, tuple) else v
+                out.append(ctl.slot_id(s, value))
+        return Symbols(np.asarray(out, np.int32), np.zeros(1, np.int32), bars)
 
     def fit(self, train: Sequence[Symbols]) -> None:
         if self.spec.bpe is None:
@@ -176,7 +272,7 @@ class MidiTokTokenizer(Tokenizer):
         """Final ids → base ids without specials (MMM's track delimiters kept) or
         out-of-range ids."""
         base = self.subword.decode(ids) if self.subword else [int(i) for i in ids]
-        n = self.base_vocab_size
+        n = len(self.miditok.vocab)  # control and tag ids are not MidiTok's: never decoded
         return [i for i in base if 0 <= i < n and i not in self._dropped]
 
     def _decode_base(self, base: list[int]) -> Score:
@@ -224,7 +320,7 @@ class MidiTokTokenizer(Tokenizer):
         """Which token type may follow which: MidiTok's own graph (the one its
         ``tokens_errors`` checks), completed where its encoder writes more than the graph
         says, or for PerTok (no graph in MidiTok) one from the shape of its notes."""
-        names = [str(self.miditok[i]) for i in range(self.base_vocab_size)]
+        names = [str(self.miditok[i]) for i in range(len(self.miditok.vocab))]
         excluded = self.grammar_excluded()
         types = {token_type(n) for i, n in enumerate(names) if i not in excluded}
         if self.name == "PerTok":
@@ -255,6 +351,11 @@ class MidiTokTokenizer(Tokenizer):
                 start = frozenset(types)
         return TypeGraph(succ, start)
 
+    def grammar_transparent(self) -> list[int]:
+        """Control and tag ids: the steer (`cadenza.sample.steer`) places them, so the grammar
+        lets them through anywhere in a piece, leaving its state as it was."""
+        return list(range(len(self.miditok.vocab), self.base_vocab_size))
+
     def grammar_rules(self) -> Rules:
         """MidiTok's token-type successions (a pitch is followed by its velocity and duration,
         a Bar by its TimeSig, …) and, where the vocabulary has Bar and Position tokens,
@@ -262,7 +363,7 @@ class MidiTokTokenizer(Tokenizer):
         bar's time signature, a NoteOff without its NoteOn)."""
         excluded = self.grammar_excluded()
         names: list[str | None] = [
-            None if i in excluded else str(self.miditok[i]) for i in range(self.base_vocab_size)
+            None if i in excluded else str(self.miditok[i]) for i in range(len(self.miditok.vocab))
         ]
         graph = self.type_graph()
         types = set(graph.succ)
@@ -285,6 +386,7 @@ class MidiTokTokenizer(Tokenizer):
             "miditok": json.dumps(d, default=list),
             "base_vocab": self.miditok.vocab,
             "subword": self.subword.state() if self.subword else None,
+            **({"tags": self.controls.tags} if self.controls and self.spec.learn_tags else {}),
         }
 
     @classmethod
@@ -297,7 +399,9 @@ class MidiTokTokenizer(Tokenizer):
             )
         sub = state.get("subword")
         subword = SubwordModel.from_state(sub, len(obj.vocab)) if sub else None
-        return cls(spec, subword=subword, miditok_obj=obj)
+        tok = cls(spec, subword=subword, miditok_obj=obj)
+        tok.set_tags(state.get("tags") or [])
+        return tok
 
 
 class MidiTokCompoundTokenizer(MidiTokTokenizer):
@@ -334,6 +438,7 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
         self.miditok = miditok_obj
         Tokenizer.__init__(self, spec)
         self.subword = None
+        self.controls = None  # the spec refuses controls for tuple tokens
         self._specials = frozenset(int(i) for i in self._special_field_ids[0])
         self._pad = int(vocabs[0]["PAD_None"])
         self._bos = int(vocabs[0]["BOS_None"])
@@ -540,6 +645,36 @@ class MidiTokCompoundTokenizer(MidiTokTokenizer):
                 except Exception:  # noqa: BLE001
                     hi = mid
             return self._decode_steps(steps[:lo]) if lo else self.empty_score()
+
+
+def _piece_values(score: Score) -> dict[str, str]:
+    """Token values of a (prepared) score's per-piece controls: its first tempo, time
+    signature and key signature (estimated from the notes when it has none) and the program
+    of its first pitched track."""
+    from cadenza.tokenize.base import pitched_notes
+    from cadenza.tokenize.controls import (
+        estimate_key,
+        key_value,
+        tempo_value,
+        time_signature_value,
+    )
+
+    qpm = float(score.tempos[0].qpm) if len(score.tempos) else 120.0
+    ts = score.time_signatures[0] if len(score.time_signatures) else None
+    if len(score.key_signatures):
+        ks = score.key_signatures[0]
+        key = key_value(int(ks.key), bool(ks.tonality))
+    else:
+        notes = pitched_notes(score)
+        hist = np.bincount(notes["pitch"] % 12, weights=notes["duration"] + 1, minlength=12)
+        key = estimate_key([float(x) for x in hist])
+    pitched = [t for t in score.tracks if not t.is_drum and len(t.notes)]
+    return {
+        "tempo": tempo_value(qpm),
+        "time_signature": time_signature_value(ts.numerator, ts.denominator) if ts else "4/4",
+        "key": key,
+        "program": str(int(pitched[0].program)) if pitched else "0",
+    }
 
 
 def _miditok_from_dict(name: str, params: dict[str, Any]) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cadenza.limits.lists import check_nested_lists
+from cadenza.tokenize.controls import ControlName
 from cadenza.tokenize.spec import AugmentSpec, TokenizerSpec
 from cadenza.validation import InvalidParams
 
@@ -91,6 +92,17 @@ class CorpusRequest(BaseModel):
     clean: CleanParams = Field(default_factory=CleanParams)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    controls: list[ControlName] = Field(
+        default_factory=list,
+        max_length=8,
+        description="attribute controls to learn as conditioning tokens: per piece tempo, "
+        "time_signature, key, program; per bar (REMI) note_density, polyphony, pitch_range, "
+        "duration. A sample request then sets them (see the model's capabilities)",
+    )
+    learn_tags: bool = Field(
+        default=False,
+        description="learn each file's style tags (its own and its dataset's) as tokens",
+    )
     shards: int | None = Field(
         default=None,
         ge=1,
@@ -154,6 +166,23 @@ class TokenizeParams(CorpusRequest):
             raise InvalidParams.from_validation("tokenizer", exc) from exc
         except ValueError as exc:
             raise InvalidParams(str(exc), code="invalid_tokenizer") from exc
+        if request.controls or request.learn_tags:
+            try:
+                spec = TokenizerSpec.model_validate(
+                    {
+                        **spec.model_dump(mode="json"),
+                        "controls": request.controls,
+                        "learn_tags": request.learn_tags,
+                    }
+                )
+            except ValidationError as exc:
+                msg = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+                field = "controls" if request.controls else "learn_tags"
+                raise InvalidParams(
+                    msg,
+                    code="invalid_controls",
+                    details=[{"field": field, "message": msg}],
+                ) from exc
         try:
             augment = AugmentSpec.model_validate(request.augment) if request.augment else None
         except ValidationError as exc:

@@ -11,8 +11,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
+from cadenza.tokenize.controls import CONTROL_ORDER, ControlName, check_controls_spec
 from cadenza.tokenize.miditok_options import (
     MIDITOK_OPTION_TYPES,
     import_miditok,
@@ -152,9 +161,24 @@ class TokenizerSpec(BaseModel):
     name: TokenizerName
     config: dict[str, Any] = Field(default_factory=dict)
     bpe: BPESpec | None = None
+    # Conditioning tokens the corpus carries (`cadenza.tokenize.controls`). Left out of the
+    # dump when unset, so that tokenizers built before they existed keep their hash.
+    controls: list[ControlName] = Field(default_factory=list, max_length=len(CONTROL_ORDER))
+    learn_tags: bool = False
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_controls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if not out.get("controls"):
+            out.pop("controls", None)
+        if not out.get("learn_tags"):
+            out.pop("learn_tags", None)
+        return out
 
     @model_validator(mode="after")
     def _validate_config(self) -> TokenizerSpec:
+        check_controls_spec(self.name, self.controls, self.learn_tags, self.bpe is not None)
+        object.__setattr__(self, "controls", [c for c in CONTROL_ORDER if c in self.controls])
         if self.name in MIDITOK_MULTI_VOCAB and self.bpe is not None:
             raise ValueError(
                 f"bpe: {self.name} tokens are tuples (one id per sub-vocabulary), flattened into "

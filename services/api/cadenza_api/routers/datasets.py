@@ -44,6 +44,7 @@ from cadenza_api.schemas import (
     FileList,
     FileOut,
     JobOut,
+    TagsPatch,
 )
 from cadenza_api.upload import parse_upload
 
@@ -62,7 +63,7 @@ def _dataset_out(ds: Dataset, file_count: int) -> DatasetOut:
 )
 def create_dataset(body: DatasetCreate, session: SessionDep, owner: CurrentOwner) -> DatasetOut:
     """An empty, named collection of your MIDI and audio files; upload into it next."""
-    ds = Dataset(owner_id=owner.id, name=body.name, description=body.description)
+    ds = Dataset(owner_id=owner.id, name=body.name, description=body.description, tags=body.tags)
     session.add(ds)
     session.commit()
     return _dataset_out(ds, 0)
@@ -85,6 +86,24 @@ def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> Da
     found = datasets_with_counts(session, owner.id, dataset_id=dataset_id[:64], limit=1)
     if not found:
         raise NotFound("dataset", dataset_id)
+    return _dataset_out(*found[0])
+
+
+@router.patch(
+    "/{dataset_id}",
+    response_model=DatasetOut,
+    **describe("datasets_patch", "Set a dataset's style tags", 404, 422),
+)
+def patch_dataset(
+    dataset_id: str, body: TagsPatch, session: SessionDep, owner: CurrentOwner
+) -> DatasetOut:
+    """Replace the dataset's style tags (`{"tags": ["baroque"]}`). A corpus made with
+    `learn_tags` learns every file's tags together with its dataset's; corpora already built
+    keep the tags they learned."""
+    ds = get_owned(session, Dataset, dataset_id[:64], owner.id)
+    ds.tags = body.tags
+    session.commit()
+    found = datasets_with_counts(session, owner.id, dataset_id=ds.id, limit=1)
     return _dataset_out(*found[0])
 
 

@@ -26,7 +26,7 @@ from cadenza_api.openapi import (
     describe,
 )
 from cadenza_api.rendered import rendered
-from cadenza_api.schemas import DeletedOut, FileOut
+from cadenza_api.schemas import DeletedOut, FileOut, TagsPatch
 from cadenza_api.streams import stream_object
 
 router = v1_router("/v1/files", "files")
@@ -40,6 +40,20 @@ def get_file(file_id: str, session: SessionDep, owner: CurrentOwner) -> FileOut:
     notes, tracks, programs and duration of MIDI; codec, sample rate, channels and duration of
     audio)."""
     return FileOut.model_validate(get_owned(session, File, file_id, owner.id))
+
+
+@router.patch(
+    "/{file_id}",
+    response_model=FileOut,
+    **describe("files_patch", "Set a file's style tags", 404, 422),
+)
+def patch_file(file_id: str, body: TagsPatch, session: SessionDep, owner: CurrentOwner) -> FileOut:
+    """Replace the file's style tags (`{"tags": ["mine-2019"]}`), learned with its dataset's by
+    a corpus made with `learn_tags`."""
+    row = get_owned(session, File, file_id, owner.id)
+    row.tags = body.tags
+    session.commit()
+    return FileOut.model_validate(row)
 
 
 @router.get(

@@ -80,6 +80,8 @@ NOT_IN_QUERY = (
     "infill",
     "accompany",
 )
+# Fields that are objects or lists: they go in the JSON of POST /v1/models/{id}/samples.
+JSON_ONLY = ("controls", "tags")
 POLL_S = 0.2
 DEFAULT_WAIT_S = 60.0
 MAX_WAIT_S = 600.0
@@ -91,7 +93,7 @@ def _query_options() -> list[dict[str, Any]]:
     schema = SampleRequest.model_json_schema()
     out = []
     for name, prop in schema["properties"].items():
-        if name in NOT_IN_QUERY:
+        if name in NOT_IN_QUERY or name in JSON_ONLY:
             continue
         prop = {k: v for k, v in prop.items() if k not in ("title", "description")}
         out.append(
@@ -138,6 +140,15 @@ def sampling_options(
     query = {k: v for k, v in request.query_params.items() if k != "wait" and k not in own}
     if len(set(request.query_params.keys())) != len(request.query_params.multi_items()):
         raise ApiError(422, "invalid_request", "each query parameter may be given once")
+    steering = sorted(k for k in query if k in JSON_ONLY)
+    if steering:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{', '.join(steering)}: attribute controls and tags are not taken as query "
+            "parameters; upload the MIDI file and send them in the JSON of "
+            "POST /v1/models/{id}/samples",
+        )
     given = sorted(k for k in query if k in NOT_IN_QUERY)
     if given:
         raise ApiError(

@@ -12,7 +12,7 @@ from cadenza.db.models import Checkpoint, Corpus, File, Job, MetricRecord, Model
 from cadenza.db.repo import NotFound, get_owned, get_visible_model, list_owned, pick_checkpoint
 from cadenza.delete import adapters_of, delete_model
 from cadenza.jobs import submit
-from cadenza.sample.params import SampleParams, check_for_model
+from cadenza.sample.params import SampleParams, check_controls, check_for_model
 from cadenza.storage import ObjectNotFound, job_key
 from cadenza.train.params import ModelRequest, TrainParams, resolve_adapter_request, resolve_model
 from cadenza.validation import Conflict, InvalidParams
@@ -216,9 +216,9 @@ def list_models(
 
 @router.get("/{model_id}", response_model=ModelOut, **describe("models_get", "Get a model", 404))
 def get_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> ModelOut:
-    """Its state (`queued`, `training`, `ready`, `failed`, …), configs, checkpoints and losses.
-
-    Yours, or another owner's public model (its corpus, dataset, checkpoint files, weights
+    """Its state (`queued`, `training`, `ready`, `failed`, …), configs, checkpoints and losses,
+    and its `capabilities`: the modes, attribute controls and style tags a sample request may
+    use. Yours, or another owner's public model (its corpus, dataset, checkpoint files, weights
     and loss curve stay 404 to you)."""
     return _model_out(session, get_visible_model(session, model_id, owner.id))
 
@@ -326,7 +326,8 @@ def create_samples(
     unknown model, checkpoint, primer file or primer sample; 409 when the model has no
     checkpoint yet (wait for its training job to save one) or `primer_tokens` come from another
     tokenizer; 422 for an invalid option, more than one primer, a primer file that is not MIDI,
-    or tokens outside the model's vocabulary. `mode` `infill` rewrites `infill.bars` of a
+    or tokens outside the model's vocabulary, or `controls`/`tags` the model did not learn (see
+    its `capabilities`). `mode` `infill` rewrites `infill.bars` of a
     source piece (`source_file_id` or `source_sample_id`), `accompany` adds tracks with
     `accompany.programs`: 422 when the model cannot (see its `capabilities.modes`) or the
     source lacks those bars or tracks, 404 for a source that is not yours.
@@ -357,9 +358,10 @@ def create_samples(
         # tokenizer when the job builds the prompt, as a primer file's is.
         get_owned(session, Sample, body.primer_sample_id, owner.id)
     names: list[str] = []
+    corpus = session.get(Corpus, model.corpus_id)
     if body.force_tokens:
-        corpus = session.get(Corpus, model.corpus_id)
         names = list(corpus.stats.get("token_names", [])) if corpus else []
+    check_controls(body, corpus.stats.get("capabilities") if corpus else None)
     check_for_model(
         body, vocab_size=model.vocab_size, tokenizer_hash=model.tokenizer_hash, token_names=names
     )

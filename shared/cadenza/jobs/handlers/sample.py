@@ -69,8 +69,9 @@ def run(ctx: JobContext) -> Outcome:
         gen = _Generation(source, edited, cancelled)
     else:
         prompt = _prompt(ctx, p, tokenizer, rows.primer)
+        steer, prompt = _steering(p, tokenizer, prompt, device)
         index = _novelty_index(ctx, rows.corpus, tokenizer)
-        gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats, index)
+        gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats, index, steer)
     stored = [_store_variation(ctx, gen, v) for v in gen.variations]
     ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)
 
@@ -228,6 +229,7 @@ def _generate(
     prompt: list[int],
     corpus_stats: dict[str, Any],
     novelty_index: NoveltyIndex | None = None,
+    steer: Callable[[int], Any] | None = None,
 ) -> _Generation:
     """Sample `p.n` rows in one batch; stops early on cancel or when every row is long enough.
 
@@ -289,8 +291,32 @@ def _generate(
         should_stop=lambda: gen.cancelled,
         novelty_index=novelty_index,
         max_copied_fraction=p.max_copied_fraction,
+        steer=steer,
     )
     return gen
+
+
+def _steering(
+    p: SampleParams, tokenizer: Tokenizer, prompt: list[int], device: str
+) -> tuple[Callable[[int], Any] | None, list[int]]:
+    """A maker of attribute-control steers for the request (None for a model without
+    controls), and the prompt with a primer's per-piece controls and tags set as requested."""
+    from cadenza.sample.steer import build_steer
+
+    if getattr(tokenizer, "controls", None) is None:
+        return None, prompt
+
+    def make(rows: int) -> Any:
+        return build_steer(
+            tokenizer, prompt, controls=p.controls, tags=p.tags, rows=rows, device=device
+        )
+
+    try:
+        _, prompt_out = make(1)
+    except ValueError as exc:  # the API checked against the same capabilities; say so anyway
+        raise UserError(str(exc)) from exc
+
+    return lambda rows: make(rows)[0], prompt_out
 
 
 def _store_variation(ctx: JobContext, gen: _Generation, v: Variation) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any, overload
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cadenza.db.models import Corpus, File, Model, new_id
+from cadenza.db.models import Corpus, Dataset, File, Model, new_id
 from cadenza.jobs.context import JobCancelled, JobContext, Outcome, UserError
 from cadenza.jobs.transient import JobInterrupted, is_transient
 from cadenza.storage import ObjectStore, job_key
@@ -86,6 +86,10 @@ def run(ctx: JobContext) -> Outcome:
             )
         )
         files = [(r.id, r.object_key) for r in rows]
+        # a file's style tags with its dataset's, read once: the corpus learns this snapshot
+        ds = s.get(Dataset, p.dataset_id)
+        ds_tags = list(ds.tags or []) if ds is not None else []
+        tags = {r.id: sorted({*ds_tags, *(r.tags or [])}) for r in rows}
     if not files:
         raise UserError("the dataset has no MIDI files")
     keys = dict(files)
@@ -107,10 +111,11 @@ def run(ctx: JobContext) -> Outcome:
                 progress=progress,
                 should_stop=ctx.cancelled,
                 tokenizer=base_tokenizer,
+                tags=tags,
                 **build_options(p),
             )
         else:
-            build = _sharded(ctx, p, files, shards, progress, base_tokenizer)
+            build = _sharded(ctx, p, files, shards, progress, tags, base_tokenizer)
     except CorpusCancelled as exc:
         raise JobCancelled() from exc
     except CorpusEmpty as exc:
@@ -147,6 +152,7 @@ def run(ctx: JobContext) -> Outcome:
         train_keys = [keys[f] for f in build.file_splits.get("train", [])]
         stats["metrics"] = corpus_metrics(_StoredFiles(ctx.store, train_keys))
         stats["token_names"] = token_names(build.tokenizer)
+        stats["capabilities"] = build.tokenizer.capabilities()
         tok_hash = tokenizer_hash(build.tokenizer)
         vocab = vocab_size(build.tokenizer)
         tokens = build.tokens()
@@ -201,6 +207,7 @@ def _sharded(
     files: list[tuple[str, str]],
     shards: int,
     progress: Callable[[float, str], None],
+    tags: dict[str, list[str]],
     base_tokenizer: Any = None,
 ) -> Any:
     """Fan the files out over `shards` child jobs, wait for them, merge their spools."""
@@ -249,6 +256,7 @@ def _sharded(
                 progress=progress,
                 should_stop=ctx.cancelled,
                 tokenizer=base_tokenizer,
+                tags=tags,
             )
     except ChildFailed as exc:
         ctx.store.delete_prefix(prefix)
