@@ -436,3 +436,66 @@ def test_regenerate_bars_chosen_on_the_piano_roll(
         assert edited["params"]["source_file_id"] == files[1]["id"]
         assert edited["params"]["infill"]["bars"] == [3, 3]
         assert not studio.console.errors, studio.console.errors
+
+
+def test_steer_with_attribute_controls_and_style_tags(
+    studio: Studio, embedded_stack: Stack, chorales: list[Path]
+) -> None:
+    """A model of a corpus with controls and tags (REMI; trained a few steps: the music is not
+    the point here): the sample form grows a field per control, from the model's capabilities,
+    and what is set there is what the sample request carries."""
+    page = studio.page
+    with Client(embedded_stack.api_url, embedded_stack.api_key) as client:
+        ds = client.post("/v1/datasets", {"name": "studio steer", "tags": ["baroque"]})
+        client.upload(ds["id"], chorales[1:3])
+        corpus = client.wait(
+            client.create_corpus(
+                ds["id"],
+                tokenizer="REMI",
+                controls=["key", "note_density", "pitch_range"],
+                learn_tags=True,
+                seed=1,
+            )["id"],
+            timeout=600,
+        )
+        assert corpus["state"] == "succeeded", corpus
+        train = {"max_steps": 4, "eval_interval": 2, "batch_size": 2, "seq_len": 64}
+        trained = client.wait(
+            client.create_model(corpus["corpus_id"], architecture="gpt", train=train)["id"],
+            timeout=600,
+        )
+        assert trained["state"] == "succeeded", trained
+        model_id = trained["model_id"]
+        caps = client.get(f"/v1/models/{model_id}")["capabilities"]
+        assert set(caps["controls"]) == {"key", "note_density", "pitch_range"}
+
+        page.goto(f"{embedded_stack.api_url}/studio")
+        page.get_by_label("API key", exact=True).fill(embedded_stack.api_key)
+        page.keyboard.press("Enter")
+        expect(page.locator("#who")).to_contain_text("Signed in as")
+        studio.go(f"#/samples/{model_id}")
+        expect(page.locator("main")).to_contain_text("cannot rewrite bars")
+        form = page.locator("form", has=page.get_by_role("heading", name="Sample"))
+        steer = form.locator("fieldset.steer")
+        steer.get_by_label("key", exact=True).select_option(caps["controls"]["key"]["values"][1])
+        steer.get_by_label("note density", exact=True).fill("6")
+        steer.get_by_label("Lowest", exact=True).fill("55")
+        steer.get_by_label("Highest", exact=True).fill("79")
+        steer.get_by_label("baroque", exact=True).check()
+        form.get_by_label("Variations (n)", exact=True).fill("1")
+        form.get_by_label("Max tokens", exact=True).fill("16")
+        form.get_by_label("Constrained decoding", exact=True).uncheck()
+        studio.check("steer", phone=True)
+        form.get_by_role("button", name="Generate").click()
+        cards = page.locator("article.sample")
+        expect(cards).to_have_count(1, timeout=LONG)
+        sample = client.get(f"/v1/samples/{cards.first.get_attribute('data-sample-id')}")
+        assert sample["params"]["controls"] == {
+            "key": caps["controls"]["key"]["values"][1],
+            "note_density": 6,
+            "pitch_range": [55, 79],
+        }
+        assert sample["params"]["tags"] == ["baroque"]
+        assert sample["params"]["constrained"] is False
+        expect(cards.first).to_contain_text("invalid token")
+        assert not studio.console.errors, studio.console.errors

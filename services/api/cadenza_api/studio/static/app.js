@@ -890,9 +890,10 @@ function steerFields(capabilities) {
     return h(
       "fieldset",
       { class: "inline pair" },
-      h("legend", { text: `${f.label} (${f.hint})` }),
+      h("legend", { text: f.label }),
       field("Lowest", h("input", { name: `${f.name}.lo`, ...bound(f) })),
       field("Highest", h("input", { name: `${f.name}.hi`, ...bound(f) })),
+      h("small", { class: "hint", text: f.hint }),
     );
   });
   const tagBoxes = tags.map((t) => {
@@ -955,7 +956,7 @@ async function samplesPage(main, signal, modelId) {
       field("Max copied fraction", num("max_copied_fraction", { min: "0", max: "1", placeholder: "no limit" }), "re-sample a variation whose 8-note phrases are more copied from training than this"),
       h(
         "div",
-        { class: "field check" },
+        { class: "field check wide" },
         // The hidden "off" comes first: an unchecked box then still says so (the last value wins).
         h("input", { type: "hidden", name: "constrained", value: "off" }),
         h("input", { type: "checkbox", name: "constrained", id: "constrained", value: "on", checked: true, "aria-describedby": "constrained-hint" }),
