@@ -4,9 +4,10 @@ One walk through the story a musician takes, each step through the page as a per
 use it: sign in, create a dataset, upload chorales (file picker and drag-and-drop) and a
 recording, see a refused file's message from the server, convert the recording, tokenize,
 train a tiny model while the loss curve grows, sample, listen (<audio> has a duration), look
-at the piano roll, continue a variation, cancel a job on the Jobs page; then, with a model of a
-multitrack corpus, choose bars on a piano roll and regenerate them. Every page is checked
-with axe-core (no serious or critical violations), at 1280×800 and at phone width, and
+at the piano roll, continue a variation, cancel a job on the Jobs page. Then, with a model of
+a multitrack corpus: choose bars on a piano roll and regenerate them, add instruments, edit a
+dataset's file; with a model of a corpus with controls and tags: steer a sample. Every page is
+checked with axe-core (no serious or critical violations), at 1280×800 and at phone width, and
 screenshotted under the test's tmp folder; no page may log a console error.
 """
 
@@ -415,8 +416,20 @@ def test_regenerate_bars_chosen_on_the_piano_roll(
         assert got["params"]["mode"] == "infill"
         assert got["params"]["infill"] == {"bars": [2, 2], "tracks": [1]}
         assert got["params"]["seed"] == 5
-        expect(child.get_by_role("button", name="Add instruments")).to_be_visible()
         studio.check("edited", phone=True)
+
+        # Accompany the regenerated variation: a bass line (program 33) and drums.
+        child.get_by_label("Programs", exact=True).fill("33")
+        child.get_by_label("Drums", exact=True).check()
+        child.get_by_role("button", name="Add instruments").click()
+        grandchild = page.locator(
+            "article.sample", has=page.locator(".lineage", has_text=f"{child_id[:8]} → ")
+        )
+        expect(grandchild).to_have_count(1, timeout=LONG)
+        added = client.get(f"/v1/samples/{grandchild.get_attribute('data-sample-id')}")
+        assert added["params"]["mode"] == "accompany"
+        assert added["params"]["accompany"] == {"programs": [33], "drums": True}
+        expect(grandchild.locator(".lineage")).to_contain_text(f"{parent[:8]} → {child_id[:8]} → ")
 
         # A dataset's MIDI file is edited the same way, from the "Edit a file" card.
         before = page.locator("article.sample").count()
