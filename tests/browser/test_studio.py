@@ -4,8 +4,10 @@ One walk through the story a musician takes, each step through the page as a per
 use it: sign in, create a dataset, upload chorales (file picker and drag-and-drop) and a
 recording, see a refused file's message from the server, convert the recording, tokenize,
 train a tiny model while the loss curve grows, sample, listen (<audio> has a duration), look
-at the piano roll, continue a variation, cancel a job on the Jobs page. Every page is checked
-with axe-core (no serious or critical violations), at 1280×800 and at phone width, and
+at the piano roll, continue a variation, cancel a job on the Jobs page. Then, with a model of
+a multitrack corpus: choose bars on a piano roll and regenerate them, add instruments, edit a
+dataset's file; with a model of a corpus with controls and tags: steer a sample. Every page is
+checked with axe-core (no serious or critical violations), at 1280×800 and at phone width, and
 screenshotted under the test's tmp folder; no page may log a console error.
 """
 
@@ -24,7 +26,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from cadenza.client import Client
 from tests.browser.conftest import Console, axe_violations
+from tests.support.music import multitrack_chorale
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -314,3 +318,197 @@ def test_the_studio_story(studio: Studio, embedded_stack: Stack, chorales: list[
     expect(page.get_by_label("API key", exact=True)).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('cadenza.apiKey')") is None
     assert not studio.console.errors, studio.console.errors
+
+
+def test_regenerate_bars_chosen_on_the_piano_roll(
+    studio: Studio, embedded_stack: Stack, chorales: list[Path], tmp_path: Path
+) -> None:
+    """A model that can infill (a `multitrack` corpus, trained a few steps: cheap, the music
+    is not the point here); the bars are chosen by dragging across a sample's roll, then by
+    keyboard in the From/To fields, and the regenerated variation names its parent."""
+    page = studio.page
+    with Client(embedded_stack.api_url, embedded_stack.api_key) as client:
+        band = []
+        for p in chorales[1:3]:
+            path = tmp_path / p.name
+            path.write_bytes(multitrack_chorale(p.read_bytes()))
+            band.append(path)
+        ds = client.create_dataset("studio band")
+        files = client.upload(ds["id"], band)
+        corpus = client.wait(
+            client.create_corpus(ds["id"], preset="multitrack", seed=1)["id"], timeout=600
+        )
+        assert corpus["state"] == "succeeded", corpus
+        train = {"max_steps": 4, "eval_interval": 2, "batch_size": 2, "seq_len": 64}
+        trained = client.wait(
+            client.create_model(corpus["corpus_id"], architecture="gpt", train=train)["id"],
+            timeout=600,
+        )
+        assert trained["state"] == "succeeded", trained
+        model_id = trained["model_id"]
+        assert "infill" in client.get(f"/v1/models/{model_id}")["capabilities"]["modes"]
+        # The piece to edit: a chorale (all its bars) as a sample, through one infilled bar.
+        first = client.wait(
+            client.sample(
+                model_id,
+                mode="infill",
+                source_file_id=files[0]["id"],
+                infill={"bars": [1, 1], "tracks": [0]},
+                max_new_tokens=16,
+                seed=1,
+                n=1,
+            )["id"],
+            timeout=600,
+        )
+        assert first["state"] == "succeeded", first
+        parent = first["sample_ids"][0]
+
+        page.goto(f"{embedded_stack.api_url}/studio")
+        page.get_by_label("API key", exact=True).fill(embedded_stack.api_key)
+        page.keyboard.press("Enter")
+        expect(page.locator("#who")).to_contain_text("Signed in as")
+        studio.go(f"#/samples/{model_id}")
+        expect(page.locator("main")).to_contain_text("drag across a piano roll")
+        form = page.locator("form", has=page.get_by_role("heading", name="Sample"))
+        expect(form.get_by_label("Constrained decoding", exact=True)).to_be_checked()
+        form.get_by_label("Variations (n)", exact=True).fill("1")
+        form.get_by_label("Max tokens", exact=True).fill("16")
+        form.get_by_label("Seed", exact=True).fill("5")
+        card = page.locator(f"article[data-sample-id='{parent}']")
+        expect(card).to_contain_text("infill")
+        expect(card).to_contain_text("invalid token")
+        roll = card.locator("canvas.roll")
+        expect(roll).to_have_attribute("data-bars", re.compile(r"^\d+$"))
+        nbars = int(roll.get_attribute("data-bars") or 0)
+        assert nbars >= 4
+        expect(card.get_by_label("Track", exact=True).locator("option")).to_have_count(1 + 4)
+
+        # Drag from the middle of bar 2 to the middle of bar 3 (the chorales keep 4/4 and
+        # one tempo, so bars are equally wide on the roll).
+        roll.scroll_into_view_if_needed()
+        box = roll.bounding_box()
+        assert box
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] * 1.5 / nbars, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 2.5 / nbars, y, steps=4)
+        page.mouse.up()
+        expect(card.get_by_label("From bar", exact=True)).to_have_value("2")
+        expect(card.get_by_label("To bar", exact=True)).to_have_value("3")
+        expect(roll).to_have_attribute("data-selection", "2-3")
+        expect(roll).to_have_attribute("aria-label", re.compile("bars 2–3 selected"))
+        # The keyboard way: the fields move the selection on the roll.
+        card.get_by_label("To bar", exact=True).fill("2")
+        expect(roll).to_have_attribute("data-selection", "2-2")
+        card.get_by_label("Track", exact=True).select_option("1")
+        card.scroll_into_view_if_needed()
+        studio.check("editing")
+        card.screenshot(path=str(studio.shots / "editing-card.png"))
+
+        card.get_by_role("button", name="Regenerate bars").click()
+        child = page.locator(
+            "article.sample", has=page.locator(".lineage", has_text=f"{parent[:8]} → ")
+        )
+        expect(child).to_have_count(1, timeout=LONG)
+        child_id = child.get_attribute("data-sample-id")
+        got = client.get(f"/v1/samples/{child_id}")
+        assert got["parent_sample_id"] == parent
+        assert got["params"]["mode"] == "infill"
+        assert got["params"]["infill"] == {"bars": [2, 2], "tracks": [1]}
+        assert got["params"]["seed"] == 5
+        studio.check("edited", phone=True)
+
+        # Accompany the regenerated variation: a bass line (program 33) and drums.
+        child.get_by_label("Programs", exact=True).fill("33")
+        child.get_by_label("Drums", exact=True).check()
+        child.get_by_role("button", name="Add instruments").click()
+        grandchild = page.locator(
+            "article.sample", has=page.locator(".lineage", has_text=f"{child_id[:8]} → ")
+        )
+        expect(grandchild).to_have_count(1, timeout=LONG)
+        added = client.get(f"/v1/samples/{grandchild.get_attribute('data-sample-id')}")
+        assert added["params"]["mode"] == "accompany"
+        assert added["params"]["accompany"] == {"programs": [33], "drums": True}
+        expect(grandchild.locator(".lineage")).to_contain_text(f"{parent[:8]} → {child_id[:8]} → ")
+
+        # A dataset's MIDI file is edited the same way, from the "Edit a file" card.
+        before = page.locator("article.sample").count()
+        editor = page.locator("section", has=page.get_by_role("heading", name="Edit a file"))
+        editor.get_by_label("MIDI file", exact=True).select_option(
+            label=f"studio band / {band[1].name}"
+        )
+        expect(editor.locator("canvas.roll")).to_have_attribute("data-bars", re.compile(r"^\d+$"))
+        editor.get_by_label("From bar", exact=True).fill("3")
+        editor.get_by_label("To bar", exact=True).fill("3")
+        expect(editor.locator("canvas.roll")).to_have_attribute("data-selection", "3-3")
+        editor.get_by_role("button", name="Regenerate bars").click()
+        expect(page.locator("article.sample")).to_have_count(before + 1, timeout=LONG)
+        newest = page.locator("article.sample").first.get_attribute("data-sample-id")
+        edited = client.get(f"/v1/samples/{newest}")
+        assert edited["params"]["mode"] == "infill"
+        assert edited["params"]["source_file_id"] == files[1]["id"]
+        assert edited["params"]["infill"]["bars"] == [3, 3]
+        assert not studio.console.errors, studio.console.errors
+
+
+def test_steer_with_attribute_controls_and_style_tags(
+    studio: Studio, embedded_stack: Stack, chorales: list[Path]
+) -> None:
+    """A model of a corpus with controls and tags (REMI; trained a few steps: the music is not
+    the point here): the sample form grows a field per control, from the model's capabilities,
+    and what is set there is what the sample request carries."""
+    page = studio.page
+    with Client(embedded_stack.api_url, embedded_stack.api_key) as client:
+        ds = client.post("/v1/datasets", {"name": "studio steer", "tags": ["baroque"]})
+        client.upload(ds["id"], chorales[1:3])
+        corpus = client.wait(
+            client.create_corpus(
+                ds["id"],
+                tokenizer="REMI",
+                controls=["key", "note_density", "pitch_range"],
+                learn_tags=True,
+                seed=1,
+            )["id"],
+            timeout=600,
+        )
+        assert corpus["state"] == "succeeded", corpus
+        train = {"max_steps": 4, "eval_interval": 2, "batch_size": 2, "seq_len": 64}
+        trained = client.wait(
+            client.create_model(corpus["corpus_id"], architecture="gpt", train=train)["id"],
+            timeout=600,
+        )
+        assert trained["state"] == "succeeded", trained
+        model_id = trained["model_id"]
+        caps = client.get(f"/v1/models/{model_id}")["capabilities"]
+        assert set(caps["controls"]) == {"key", "note_density", "pitch_range"}
+
+        page.goto(f"{embedded_stack.api_url}/studio")
+        page.get_by_label("API key", exact=True).fill(embedded_stack.api_key)
+        page.keyboard.press("Enter")
+        expect(page.locator("#who")).to_contain_text("Signed in as")
+        studio.go(f"#/samples/{model_id}")
+        expect(page.locator("main")).to_contain_text("cannot rewrite bars")
+        form = page.locator("form", has=page.get_by_role("heading", name="Sample"))
+        steer = form.locator("fieldset.steer")
+        steer.get_by_label("key", exact=True).select_option(caps["controls"]["key"]["values"][1])
+        steer.get_by_label("note density", exact=True).fill("6")
+        steer.get_by_label("Lowest", exact=True).fill("55")
+        steer.get_by_label("Highest", exact=True).fill("79")
+        steer.get_by_label("baroque", exact=True).check()
+        form.get_by_label("Variations (n)", exact=True).fill("1")
+        form.get_by_label("Max tokens", exact=True).fill("16")
+        form.get_by_label("Constrained decoding", exact=True).uncheck()
+        studio.check("steer", phone=True)
+        form.get_by_role("button", name="Generate").click()
+        cards = page.locator("article.sample")
+        expect(cards).to_have_count(1, timeout=LONG)
+        sample = client.get(f"/v1/samples/{cards.first.get_attribute('data-sample-id')}")
+        assert sample["params"]["controls"] == {
+            "key": caps["controls"]["key"]["values"][1],
+            "note_density": 6,
+            "pitch_range": [55, 79],
+        }
+        assert sample["params"]["tags"] == ["baroque"]
+        assert sample["params"]["constrained"] is False
+        expect(cards.first).to_contain_text("invalid token")
+        assert not studio.console.errors, studio.console.errors

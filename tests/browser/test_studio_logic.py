@@ -288,3 +288,172 @@ def test_error_answers_become_messages_naming_the_fields(page: Page) -> None:
         "http_502",
         "the server answered 502",
     ]
+
+
+def _bars_score() -> symusic.Score:
+    """3/4 for three bars then 4/4; 120 bpm, then 60 bpm from bar 3; a bass track and drums."""
+    from symusic import Note, Score, Tempo, TimeSignature, Track
+
+    score = Score(480)
+    score.time_signatures.append(TimeSignature(0, 3, 4))
+    score.time_signatures.append(TimeSignature(4320, 4, 4))
+    score.tempos.append(Tempo(0, 120.0))
+    score.tempos.append(Tempo(2880, 60.0))
+    bass = Track("bass", 33, False)
+    bass.notes.append(Note(0, 480, 40, 90))
+    drums = Track("drums", 0, True)
+    drums.notes.append(Note(6240, 480, 36, 100))  # bar 5 (4/4 from tick 4320: 4320, 6240, …)
+    score.tracks.append(bass)
+    score.tracks.append(drums)
+    return score
+
+
+def test_bar_times_follow_time_signatures_and_tempo_and_count_as_the_api(page: Page) -> None:
+    from cadenza.tokenize.base import count_bars
+
+    score = _bars_score()
+    data = score.dumps_midi()
+    got = js(
+        page,
+        "const m = L.parseMidi(Uint8Array.from(arg)); const bars = L.barTimes(m);"
+        "return {bars, parts: m.parts.map(p => [p.program, p.drums]),"
+        " at: [-5, 10, 35, 139, 200].map(x => L.barAt(x, 140, 14, bars)),"
+        " span: L.barSpan(2, 3, 140, 14, bars), clamp: L.barSpan(4, 9, 140, 14, bars)};",
+        list(data),
+    )
+    # Bar starts in ticks 0, 1440, 2880 (3/4 at 0.5 s a quarter, then 1 s), 4320, 6240 (4/4).
+    assert got["bars"] == pytest.approx([0, 1.5, 3.0, 6.0, 10.0, 14.0])
+    assert len(got["bars"]) - 1 == count_bars(symusic.Score.from_midi(data)) == 5
+    assert got["parts"] == [[33, False], [0, True]]
+    assert got["at"] == [1, 1, 3, 5, 5]
+    assert got["span"] == pytest.approx([15, 60])
+    assert got["clamp"] == pytest.approx([60, 140])  # bars past the end stop at the last one
+    # No time signature: 4/4; a file without notes still has one bar to show.
+    plain = js(
+        page,
+        "return L.barTimes({ticksPerQuarter: 480, tempos: [], timeSigs: [],"
+        " endTick: 3840, duration: 4});",
+    )
+    assert plain == pytest.approx([0, 2, 4])
+    assert js(page, "return L.barTimes({ticksPerQuarter: 480, endTick: 0, duration: 0});") == [0, 2]
+
+
+def test_edit_requests_and_constrained_decoding(page: Page) -> None:
+    values = {
+        "primer_file_id": "f1",
+        "primer_bars": "2",
+        "n": "2",
+        "length": "bars",
+        "max_new_tokens": "64",
+        "max_bars": "8",
+        "temperature": "0.9",
+        "seed": "7",
+        "max_copied_fraction": "0.5",
+        "constrained": "on",
+    }
+    infill = js(
+        page,
+        "return L.editRequest(arg, 'infill', 's1', {from: '2', to: ' 3', tracks: '1'});",
+        values,
+    )
+    assert infill == {
+        "mode": "infill",
+        "source_sample_id": "s1",
+        "infill": {"bars": [2, 3], "tracks": [1]},
+        "n": 2,
+        "max_new_tokens": 64,
+        "temperature": 0.9,
+        "seed": 7,
+        "constrained": True,
+    }
+    every = js(page, "return L.editRequest(arg, 'infill', 's1', {from: 4, to: 4, tracks: ''});", {})
+    assert every == {"mode": "infill", "source_sample_id": "s1", "infill": {"bars": [4, 4]}}
+    acc = js(
+        page, "return L.editRequest(arg, 'accompany', 's2', {programs: '33, 0', drums: true});", {}
+    )
+    assert acc == {
+        "mode": "accompany",
+        "source_sample_id": "s2",
+        "accompany": {"programs": [33, 0], "drums": True},
+    }
+    from_file = js(
+        page, "return L.editRequest({}, 'infill', {source_file_id: 'f9'}, {from: 1, to: 2});"
+    )
+    assert from_file == {"mode": "infill", "source_file_id": "f9", "infill": {"bars": [1, 2]}}
+    # A malformed number goes as null, for the API to name the field.
+    bad = js(page, "return L.editRequest({}, 'accompany', 's2', {programs: 'bass'});")
+    assert bad["accompany"] == {"programs": [None], "drums": False}
+    assert js(page, "return L.sampleRequest({constrained: 'off'});") == {"constrained": False}
+    assert js(page, "return L.sampleRequest({constrained: 'on'});") == {"constrained": True}
+    assert js(page, "return L.sampleRequest({});") == {}
+    assert js(page, "return [L.programName(33), L.programName(0, true), L.programName(200)];") == [
+        "program 33 (bass)",
+        "drums",
+        "program 200",
+    ]
+
+
+def test_attribute_controls_and_tags_become_fields_and_request_values(page: Page) -> None:
+    caps = {
+        "modes": ["continue"],
+        "controls": {
+            "tempo": {"per": "piece", "range": [40, 240], "unit": "bpm"},
+            "key": {"per": "piece", "values": ["C", "Dm"]},
+            "time_signature": {"per": "piece", "values": ["3/4", "4/4"]},
+            "note_density": {"per": "bar", "range": [0, 32], "unit": "notes per bar"},
+            "pitch_range": {
+                "per": "bar",
+                "range": [0, 127],
+                "unit": "[lowest, highest] MIDI pitch",
+            },
+            "duration": {"per": "bar", "range": [0.125, 8], "unit": "mean note length in beats"},
+        },
+        "tags": ["baroque"],
+    }
+    fields = js(page, "return L.controlFields(arg);", caps)
+    assert [(f["name"], f["kind"]) for f in fields] == [
+        ("control.tempo", "number"),
+        ("control.key", "select"),
+        ("control.time_signature", "select"),
+        ("control.note_density", "number"),
+        ("control.pitch_range", "pair"),
+        ("control.duration", "number"),
+    ]
+    assert fields[0] | {} == {
+        "name": "control.tempo",
+        "label": "tempo",
+        "hint": "bpm, the piece",
+        "kind": "number",
+        "min": 40,
+        "max": 240,
+        "step": "1",
+    }
+    assert fields[1]["options"] == ["C", "Dm"] and fields[5]["step"] == "any"
+    assert fields[3]["hint"] == "notes per bar, every bar"
+    assert js(page, "return L.controlFields({modes: ['continue']});") == []
+    values = {
+        "control.tempo": "90",
+        "control.key": "Dm",
+        "control.time_signature": "3/4",
+        "control.note_density": "",
+        "control.pitch_range.lo": "55",
+        "control.pitch_range.hi": "79",
+        "control.duration": "0.5",
+        "tag.baroque": "on",
+    }
+    body = js(page, "return L.sampleRequest(arg);", values)
+    assert body == {
+        "controls": {
+            "tempo": 90,
+            "key": "Dm",
+            "time_signature": "3/4",
+            "pitch_range": [55, 79],
+            "duration": 0.5,
+        },
+        "tags": ["baroque"],
+    }
+    # Half a pitch range is left out (the model samples it); edits take no controls.
+    half = js(page, "return L.sampleRequest(arg);", {"control.pitch_range.lo": "55"})
+    assert half == {}
+    edit = js(page, "return L.editRequest(arg, 'infill', 's', {from: 1, to: 1});", values)
+    assert "controls" not in edit and "tags" not in edit

@@ -2,13 +2,19 @@
 // (streams, timers) on an AbortSignal that is aborted when the user leaves the page.
 import * as api from "./api.js";
 import {
+  barAt,
+  barSpan,
+  barTimes,
+  controlFields,
   corpusRequest,
+  editRequest,
   formatDuration,
   lineageChain,
   lossSeries,
   metricRows,
   noveltyText,
   parseMidi,
+  programName,
   rollGeometry,
   sampleRequest,
   TERMINAL_STATES,
@@ -112,24 +118,51 @@ async function busy(button, where, action) {
 // ---------------------------------------------------------------------------------------------
 // Piano rolls and audio
 
-/** A canvas piano roll of MIDI bytes, described for screen readers. */
-function drawRoll(canvas, midiBytes) {
-  const midi = parseMidi(midiBytes);
+/**
+ * Paint a parsed piece on a canvas piano roll, described for screen readers. With `bars`
+ * (barTimes) the roll spans whole bars and draws their lines; `selection` [first, last] shades
+ * those bars (the ones an infill would rewrite).
+ */
+function paintRoll(canvas, midi, bars = null, selection = null) {
   const ctx = canvas.getContext("2d");
   const { width, height } = canvas;
+  const span = bars ? Math.max(midi.duration, bars[bars.length - 1]) : midi.duration;
   ctx.fillStyle = "#10151f";
   ctx.fillRect(0, 0, width, height);
-  const { low, high, rects } = rollGeometry(midi.notes, width, height, midi.duration);
+  if (bars && selection) {
+    const [x0, x1] = barSpan(selection[0], selection[1], width, span, bars);
+    ctx.fillStyle = "rgba(240, 165, 0, 0.28)";
+    ctx.fillRect(x0, 0, x1 - x0, height);
+  }
+  const { low, high, rects } = rollGeometry(midi.notes, width, height, span);
   for (const r of rects) {
     ctx.fillStyle = `hsl(${200 - r.velocity}, 80%, ${45 + r.velocity / 8}%)`;
     ctx.fillRect(r.x, r.y, r.w, r.h);
   }
+  if (bars) {
+    ctx.fillStyle = "rgba(255, 255, 255, 0.35)";
+    for (const t of bars.slice(1, -1)) ctx.fillRect(Math.round((t / span) * width), 0, 1, height);
+  }
+  if (bars && selection) {
+    const [x0, x1] = barSpan(selection[0], selection[1], width, span, bars);
+    ctx.strokeStyle = "#f0a500";
+    ctx.lineWidth = 2;
+    ctx.strokeRect(x0 + 1, 1, Math.max(1, x1 - x0 - 2), height - 2);
+  }
+  const barText = bars ? `, ${bars.length - 1} bars` : "";
+  const selText = bars && selection ? `, bars ${selection[0]}–${selection[1]} selected` : "";
   canvas.setAttribute(
     "aria-label",
-    `Piano roll: ${midi.notes.length} notes over ${formatDuration(midi.duration)}, MIDI pitches ${low}–${high}`,
+    `Piano roll: ${midi.notes.length} notes over ${formatDuration(midi.duration)}${barText}, MIDI pitches ${low}–${high}${selText}`,
   );
   canvas.dataset.notes = String(midi.notes.length);
+  if (bars) canvas.dataset.bars = String(bars.length - 1);
   return midi;
+}
+
+/** A canvas piano roll of MIDI bytes. */
+function drawRoll(canvas, midiBytes) {
+  return paintRoll(canvas, parseMidi(midiBytes));
 }
 
 function rollCanvas(width, height) {
@@ -673,26 +706,147 @@ function ancestorLink(x) {
   return b;
 }
 
-function sampleCard(sample, signal, onContinue) {
+/**
+ * A sample's editing controls (what its model can do, `capabilities.modes`): choose bars on
+ * the roll (drag across it, or the From/To bar fields) and an optional track, then regenerate
+ * them (mode infill); or add instruments (mode accompany). `onEdit(mode, edit)` sends it.
+ */
+function editControls(sample, roll, modes, onEdit) {
+  const canInfill = modes.includes("infill");
+  const canAccompany = modes.includes("accompany");
+  if (!canInfill && !canAccompany) return null;
+  const box = h("div", { class: "edit" });
+  let midi = null;
+  let bars = null;
+  let sel = null;
+  const repaint = () => midi && paintRoll(roll, midi, bars, canInfill ? sel : null);
+  if (canInfill) {
+    const from = h("input", { name: "from_bar", type: "number", min: "1", step: "1", value: "1", inputmode: "numeric" });
+    const to = h("input", { name: "to_bar", type: "number", min: "1", step: "1", value: "1", inputmode: "numeric" });
+    const track = select("track", [["", "All tracks"]], "");
+    const regen = h("button", { type: "button", text: "Regenerate bars" });
+    const fromInputs = () => {
+      const n = bars ? bars.length - 1 : 1;
+      const clamp = (v) => Math.min(Math.max(Number.parseInt(v, 10) || 1, 1), n);
+      const a = clamp(from.value);
+      const b = clamp(to.value);
+      sel = [Math.min(a, b), Math.max(a, b)];
+      roll.dataset.selection = `${sel[0]}-${sel[1]}`;
+      repaint();
+    };
+    const setSel = (a, b) => {
+      from.value = String(Math.min(a, b));
+      to.value = String(Math.max(a, b));
+      fromInputs();
+    };
+    from.addEventListener("input", fromInputs);
+    to.addEventListener("input", fromInputs);
+    // Drag across the roll to choose bars (a click chooses one bar).
+    let anchor = null;
+    const barOf = (e) => {
+      const r = roll.getBoundingClientRect();
+      const x = ((e.clientX - r.left) * roll.width) / r.width;
+      const span = Math.max(midi.duration, bars[bars.length - 1]);
+      return barAt(x, roll.width, span, bars);
+    };
+    roll.addEventListener("pointerdown", (e) => {
+      if (!bars) return;
+      anchor = barOf(e);
+      roll.setPointerCapture?.(e.pointerId);
+      setSel(anchor, anchor);
+    });
+    roll.addEventListener("pointermove", (e) => {
+      if (anchor !== null && bars) setSel(anchor, barOf(e));
+    });
+    const release = () => {
+      if (anchor !== null) announce(`Bars ${from.value} to ${to.value} selected`);
+      anchor = null;
+    };
+    roll.addEventListener("pointerup", release);
+    roll.addEventListener("pointercancel", release);
+    regen.addEventListener("click", () =>
+      busy(regen, box, () => onEdit(sample, "infill", { from: from.value, to: to.value, tracks: track.value })),
+    );
+    box.append(
+      h(
+        "fieldset",
+        { class: "inline infill" },
+        h("legend", { text: "Regenerate bars" }),
+        h("span", { class: "hint", text: "Drag across the roll, or:" }),
+        field("From bar", from),
+        field("To bar", to),
+        field("Track", track),
+        regen,
+      ),
+    );
+    box.onMidi = (m) => {
+      midi = m;
+      bars = barTimes(m);
+      const n = bars.length - 1;
+      from.max = to.max = String(n);
+      track.replaceChildren(
+        h("option", { value: "", text: "All tracks" }),
+        ...m.parts.map((p, i) => h("option", { value: String(i), text: `${i}: ${programName(p.program, p.drums)}` })),
+      );
+      setSel(1, Math.min(2, n));
+    };
+  }
+  if (canAccompany) {
+    const programs = h("input", { name: "programs", value: "33", autocomplete: "off", inputmode: "numeric" });
+    const drums = h("input", { type: "checkbox", name: "drums" });
+    drums.id = `f${++uid}`;
+    const add = h("button", { type: "button", text: "Add instruments" });
+    add.addEventListener("click", () =>
+      busy(add, box, () => onEdit(sample, "accompany", { programs: programs.value, drums: drums.checked })),
+    );
+    box.append(
+      h(
+        "fieldset",
+        { class: "inline accompany" },
+        h("legend", { text: "Accompany" }),
+        field("Programs", programs, "General MIDI numbers, comma-separated: 0 piano, 33 bass, 40 violin, 73 flute"),
+        h("div", { class: "field check" }, drums, h("label", { for: drums.id, text: "Drums" })),
+        add,
+      ),
+    );
+  }
+  return box;
+}
+
+function sampleCard(sample, signal, onContinue, modes = ["continue"], onEdit = null) {
   const title = `Variation ${sample.index + 1} · ${short(sample.id)}`;
   const roll = rollCanvas(560, 120);
   const lineage = h("p", { class: "lineage" });
   // The buttons' names are short; the card (an article named by its title) gives the context.
   const download = h("button", { type: "button", text: "Download MIDI" });
   const cont = h("button", { type: "button", text: "Continue this one" });
+  const edit = onEdit ? editControls(sample, roll, modes, onEdit) : null;
+  const invalid = sample.meta && typeof sample.meta.invalid_tokens === "number" ? sample.meta.invalid_tokens : null;
+  const mode = sample.params && sample.params.mode && sample.params.mode !== "continue" ? ` · ${sample.params.mode}` : "";
   const card = h(
     "article",
     { class: "card sample", "data-sample-id": sample.id, "aria-label": title },
     h("h3", { text: title }),
-    h("p", { class: "hint", text: `${sample.num_notes} notes · ${formatDuration(sample.duration_s)} · ${sample.num_tokens} tokens${sample.partial ? " · partial" : ""}` }),
+    h("p", { class: "hint facts-line", text: `${sample.num_notes} notes · ${formatDuration(sample.duration_s)} · ${sample.num_tokens} tokens${mode}${invalid !== null ? ` · ${invalid} invalid token${invalid === 1 ? "" : "s"}` : ""}${sample.partial ? " · partial" : ""}` }),
     noveltyText(sample.meta) ? h("p", { class: "hint novelty", text: `Copy check: ${noveltyText(sample.meta)}` }) : null,
     lineage,
     audioPlayer(`/v1/samples/${sample.id}/audio`, `Play ${title}`, signal),
     roll,
+    edit,
     metricsTable(sample),
     h("div", { class: "row" }, download, cont),
   );
-  loadRoll(roll, `/v1/samples/${sample.id}/midi`, signal);
+  if (edit && edit.onMidi) {
+    api
+      .bytes(`/v1/samples/${sample.id}/midi`, signal)
+      .then((b) => edit.onMidi(parseMidi(b)))
+      .catch((err) => {
+        if (err.name === "AbortError") return;
+        roll.replaceWith(h("span", { class: "error", text: `no piano roll: ${err.message}` }));
+      });
+  } else {
+    loadRoll(roll, `/v1/samples/${sample.id}/midi`, signal);
+  }
   download.addEventListener("click", () =>
     busy(download, card, async () => {
       const url = await api.blobUrl(`/v1/samples/${sample.id}/midi`, signal);
@@ -722,6 +876,37 @@ function sampleCard(sample, signal, onContinue) {
   }
   card.id = `sample-${sample.id}`;
   return card;
+}
+
+/** The form's attribute controls and style tags, when the model learned any (its capabilities). */
+function steerFields(capabilities) {
+  const fields = controlFields(capabilities);
+  const tags = (capabilities && capabilities.tags) || [];
+  if (!fields.length && !tags.length) return null;
+  const bound = (f) => ({ type: "number", min: f.min !== undefined ? String(f.min) : undefined, max: f.max !== undefined ? String(f.max) : undefined, step: f.step, placeholder: "free" });
+  const controls = fields.map((f) => {
+    if (f.kind === "select") return field(f.label, select(f.name, [["", "(free)"], ...f.options.map((v) => [v, v])], ""), f.hint);
+    if (f.kind === "number") return field(f.label, h("input", { name: f.name, ...bound(f) }), f.hint);
+    return h(
+      "fieldset",
+      { class: "inline pair" },
+      h("legend", { text: f.label }),
+      field("Lowest", h("input", { name: `${f.name}.lo`, ...bound(f) })),
+      field("Highest", h("input", { name: `${f.name}.hi`, ...bound(f) })),
+      h("small", { class: "hint", text: f.hint }),
+    );
+  });
+  const tagBoxes = tags.map((t) => {
+    const id = `f${++uid}`;
+    return h("span", { class: "tag" }, h("input", { type: "checkbox", name: `tag.${t}`, id }), h("label", { for: id, text: t }));
+  });
+  return h(
+    "fieldset",
+    { class: "steer" },
+    h("legend", { text: "Steer (what the model learned)" }),
+    controls.length ? h("div", { class: "grid" }, controls) : null,
+    tagBoxes.length ? h("fieldset", { class: "inline" }, h("legend", { text: "Style tags" }), tagBoxes) : null,
+  );
 }
 
 async function samplesPage(main, signal, modelId) {
@@ -769,7 +954,17 @@ async function samplesPage(main, signal, modelId) {
       field("Min-p", num("min_p", { min: "0", max: "1", placeholder: "off" })),
       field("Seed", num("seed", { min: "0", step: "1", placeholder: "random" })),
       field("Max copied fraction", num("max_copied_fraction", { min: "0", max: "1", placeholder: "no limit" }), "re-sample a variation whose 8-note phrases are more copied from training than this"),
+      h(
+        "div",
+        { class: "field check wide" },
+        // The hidden "off" comes first: an unchecked box then still says so (the last value wins).
+        h("input", { type: "hidden", name: "constrained", value: "off" }),
+        h("input", { type: "checkbox", name: "constrained", id: "constrained", value: "on", checked: true, "aria-describedby": "constrained-hint" }),
+        h("label", { for: "constrained", text: "Constrained decoding" }),
+        h("small", { id: "constrained-hint", class: "hint", text: "sample only the tokens the grammar allows" }),
+      ),
     ),
+    steerFields(model.capabilities),
     h("button", { type: "submit", text: "Generate" }),
     panel,
   );
@@ -780,6 +975,10 @@ async function samplesPage(main, signal, modelId) {
       announce(`${final.sample_ids.length} variation(s) ready`);
       await showSamples(final.sample_ids[0]);
     }
+  };
+  const modes = (model.capabilities && model.capabilities.modes) || ["continue"];
+  const onEdit = async (sample, mode, edit) => {
+    await run(editRequest(formValues(form), mode, sample.fileId ? { source_file_id: sample.fileId } : sample.id, edit));
   };
   const onContinue = async (sample) => {
     const values = formValues(form);
@@ -793,14 +992,46 @@ async function samplesPage(main, signal, modelId) {
     const jobOrder = new Map();
     for (const x of samples) if (!jobOrder.has(x.job_id)) jobOrder.set(x.job_id, jobOrder.size);
     samples.sort((a, b) => jobOrder.get(a.job_id) - jobOrder.get(b.job_id) || a.index - b.index);
-    list.replaceChildren(...(samples.length ? samples.map((x) => sampleCard(x, signal, onContinue)) : [h("p", { text: "No samples yet." })]));
+    list.replaceChildren(...(samples.length ? samples.map((x) => sampleCard(x, signal, onContinue, modes, onEdit)) : [h("p", { text: "No samples yet." })]));
     if (focusId) document.getElementById(`sample-${focusId}`)?.scrollIntoView({ block: "nearest" });
   };
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     busy(form.querySelector("button[type=submit]"), form, () => run(sampleRequest(formValues(form))));
   });
-  main.replaceChildren(h("h1", { text: "Samples" }), form, h("h2", { text: "Variations" }), list);
+  const editHint = modes.includes("infill")
+    ? h("p", { class: "hint", text: "Regenerate bars: drag across a piano roll (or type the bars), then “Regenerate bars”." })
+    : h("p", { class: "hint" }, "This model cannot rewrite bars or add instruments: train one on a corpus with the ", h("code", { text: "multitrack" }), " preset (", h("a", { href: "#/models", text: "Corpora and models" }), ").");
+  // Edit a dataset's MIDI file the same way: its roll, bars, tracks; the result is a new sample.
+  let fileEdit = null;
+  if ((modes.includes("infill") || modes.includes("accompany")) && midiFiles.length) {
+    const fileSelect = select("edit_file", [["", "(choose a MIDI file)"], ...midiFiles], "");
+    const slot = h("div");
+    fileEdit = h("section", { class: "card file-edit", "aria-labelledby": "file-edit-h" }, h("h2", { id: "file-edit-h", text: "Edit a file" }), field("MIDI file", fileSelect), slot);
+    let fileSignal = null;
+    fileSelect.addEventListener("change", () => {
+      if (fileSignal) fileSignal.abort();
+      slot.replaceChildren();
+      const id = fileSelect.value;
+      if (!id) return;
+      fileSignal = new AbortController();
+      signal.addEventListener("abort", () => fileSignal.abort(), { once: true });
+      const roll = rollCanvas(560, 120);
+      const edit = editControls({ fileId: id }, roll, modes, onEdit);
+      slot.replaceChildren(roll, edit);
+      api
+        .bytes(`/v1/files/${id}/content`, fileSignal.signal)
+        .then((b) => {
+          const m = parseMidi(b);
+          if (edit.onMidi) edit.onMidi(m);
+          else paintRoll(roll, m);
+        })
+        .catch((err) => {
+          if (err.name !== "AbortError") slot.replaceChildren(errorBox(err));
+        });
+    });
+  }
+  main.replaceChildren(h("h1", { text: "Samples" }), form, ...(fileEdit ? [fileEdit] : []), h("h2", { text: "Variations" }), editHint, list);
   await showSamples();
 }
 

@@ -26,7 +26,9 @@ function ascii(bytes, pos, n) {
 /**
  * A Standard MIDI File's notes with times in seconds (tempo changes applied).
  * Returns {notes: [{pitch, start, end, velocity, channel, track}], duration, tracks,
- * ticksPerQuarter}; `tracks` counts the track chunks that hold notes.
+ * ticksPerQuarter, tempos, timeSigs, endTick, parts}; `tracks` counts the track chunks that
+ * hold notes, `parts` describes them in order ({chunk, program, drums}: the API's 0-based track
+ * numbers for editing count the same tracks), `timeSigs` are [tick, numerator, denominator].
  */
 export function parseMidi(input) {
   const bytes = input instanceof Uint8Array ? input : new Uint8Array(input);
@@ -43,6 +45,9 @@ export function parseMidi(input) {
   let pos = 8 + headerLen;
   const raw = []; // [tick, endTick, pitch, velocity, channel, track]
   const tempos = []; // [tick, microseconds per quarter]
+  const timeSigs = []; // [tick, numerator, denominator]
+  const parts = [];
+  let endTick = 0;
   let tracksWithNotes = 0;
   for (let t = 0; t < nTracks && pos + 8 <= bytes.length; t++) {
     const id = ascii(bytes, pos, 4);
@@ -55,6 +60,8 @@ export function parseMidi(input) {
     let tick = 0;
     let status = 0;
     let count = 0;
+    let program = null;
+    let drums = false;
     const open = new Map(); // channel*128+pitch → stack of started notes
     while (p < end) {
       let delta;
@@ -74,6 +81,8 @@ export function parseMidi(input) {
         [n, p] = readVarLen(bytes, p);
         if (type === 0x51 && n === 3) {
           tempos.push([tick, (bytes[p] << 16) | (bytes[p + 1] << 8) | bytes[p + 2]]);
+        } else if (type === 0x58 && n >= 2) {
+          timeSigs.push([tick, bytes[p], 2 ** bytes[p + 1]]);
         }
         p += n;
         status = 0; // meta events cancel running status
@@ -95,7 +104,9 @@ export function parseMidi(input) {
       p += dataLen;
       if (p > end) throw new MidiError("truncated event");
       const key = channel * 128 + a;
+      if (kind === 0xc0 && program === null) program = a;
       if (kind === 0x90 && v > 0) {
+        if (channel === 9) drums = true;
         if (!open.has(key)) open.set(key, []);
         open.get(key).push([tick, v]);
       } else if (kind === 0x80 || (kind === 0x90 && v === 0)) {
@@ -103,6 +114,7 @@ export function parseMidi(input) {
         if (stack && stack.length) {
           const [on, vel] = stack.shift();
           raw.push([on, tick, a, vel, channel, t]);
+          endTick = Math.max(endTick, tick);
           count++;
           if (raw.length > MAX_NOTES) throw new MidiError(`more than ${MAX_NOTES} notes`);
         }
@@ -112,10 +124,14 @@ export function parseMidi(input) {
     for (const [key, stack] of open) {
       for (const [on, vel] of stack) {
         raw.push([on, Math.max(on, tick), key % 128, vel, Math.floor(key / 128), t]);
+        endTick = Math.max(endTick, on, tick);
         count++;
       }
     }
-    if (count) tracksWithNotes++;
+    if (count) {
+      tracksWithNotes++;
+      parts.push({ chunk: t, program: program ?? 0, drums });
+    }
   }
   const toSeconds = smpte ? (tk) => tk / ticksPerSecond : tempoMap(tempos, tpq);
   const notes = raw
@@ -129,7 +145,73 @@ export function parseMidi(input) {
     }))
     .sort((x, y) => x.start - y.start || x.pitch - y.pitch);
   const duration = notes.reduce((m, n) => Math.max(m, n.end), 0);
-  return { notes, duration, tracks: tracksWithNotes, ticksPerQuarter: tpq };
+  return { notes, duration, tracks: tracksWithNotes, ticksPerQuarter: tpq, tempos, timeSigs, endTick, parts };
+}
+
+/**
+ * Where the bars of a parsed MIDI file start, in seconds: [0, t2, …, end], one more entry than
+ * there are bars (the last is where the last bar ends). A bar lasts numerator × 4/denominator
+ * quarters of the time signature in force (4/4 without one); a time signature change starts a
+ * new bar. Bars run until the last note ends, so bar k (1-based) spans [bars[k-1], bars[k]):
+ * the numbering of `infill.bars`.
+ */
+export function barTimes(midi) {
+  const tpq = midi.ticksPerQuarter;
+  if (!tpq) {
+    // SMPTE time has no quarters: show 2-second bars (4/4 at 120 bpm).
+    const out = [];
+    for (let t = 0; out.length < 1 || t < midi.duration + 2; t += 2) out.push(t);
+    return out.length > 1 ? out : [0, 2];
+  }
+  const sigs = [...(midi.timeSigs || [])].sort((a, b) => a[0] - b[0]);
+  const toSeconds = tempoMap(midi.tempos || [], tpq);
+  const end = Math.max(midi.endTick || 0, 1);
+  const ticks = [0];
+  let num = 4;
+  let den = 4;
+  let next = 0; // index into sigs
+  for (let guard = 0; guard < 100000; guard++) {
+    const last = ticks[ticks.length - 1];
+    while (next < sigs.length && sigs[next][0] <= last) [, num, den] = sigs[next++];
+    let barEnd = last + Math.max(1, Math.floor((tpq * 4 * num) / Math.max(den, 1)));
+    // A time signature change inside this bar cuts it short there and starts a new bar.
+    if (next < sigs.length && sigs[next][0] < barEnd) {
+      barEnd = sigs[next][0];
+    }
+    ticks.push(barEnd);
+    if (barEnd >= end) break;
+  }
+  return ticks.map(toSeconds);
+}
+
+/** The 1-based bar under x in a roll `width` wide drawn over [0, duration] seconds. */
+export function barAt(x, width, duration, bars) {
+  const n = bars.length - 1;
+  if (n < 1 || width <= 0) return 1;
+  const span = Math.max(duration || 0, bars[n] || 0);
+  const t = (Math.min(Math.max(x, 0), width) / width) * span;
+  let k = 1;
+  while (k < n && bars[k] <= t) k++;
+  return k;
+}
+
+const GM_FAMILIES = ["piano", "chromatic percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass", "reed", "pipe", "synth lead", "synth pad", "synth effects", "ethnic", "percussive", "sound effects"];
+
+/** "program 33 (bass)": a General MIDI program with its family; "drums" for a drum track. */
+export function programName(program, drums = false) {
+  if (drums) return "drums";
+  const p = Number(program);
+  if (!Number.isInteger(p) || p < 0 || p > 127) return `program ${program}`;
+  return `program ${p} (${GM_FAMILIES[p >> 3]})`;
+}
+
+/** An x range [x0, x1] of bars first..last (1-based, inclusive) in a roll like barAt's. */
+export function barSpan(first, last, width, duration, bars) {
+  const n = bars.length - 1;
+  const span = Math.max(duration || 0, bars[n] || 0) || 1;
+  const a = Math.min(Math.max(first, 1), n);
+  const b = Math.min(Math.max(last, a), n);
+  return [(bars[a - 1] / span) * width, (bars[b] / span) * width];
 }
 
 /** A tick → seconds function for tempo events [[tick, µs per quarter], ...] (default 120 bpm). */
@@ -298,7 +380,75 @@ export function sampleRequest(values) {
     delete body.primer_bars;
     delete body.primer_seconds;
   }
+  // Attribute controls (`control.NAME`, a pair as `control.NAME.lo` / `.hi`) and style tags
+  // (`tag.NAME` checkboxes): only those the form sets; a control left empty is sampled freely.
+  const controls = {};
+  const tags = [];
+  for (const [k, v] of Object.entries(values)) {
+    if (k.startsWith("tag.") && v) tags.push(k.slice(4));
+    if (!k.startsWith("control.") || v === undefined || v === "") continue;
+    const [, name, half] = k.split(".");
+    if (half) {
+      const lo = values[`control.${name}.lo`];
+      const hi = values[`control.${name}.hi`];
+      if (half === "lo" && lo !== "" && hi !== undefined && hi !== "") controls[name] = [num(lo, true), num(hi, true)];
+    } else {
+      const x = Number(v);
+      controls[name] = v.trim() !== "" && Number.isFinite(x) && !/[/a-z]/i.test(v) ? x : v;
+    }
+  }
+  if (Object.keys(controls).length) body.controls = controls;
+  if (tags.length) body.tags = tags.sort();
+  // The form's checkbox comes with a hidden "off" before it, so unchecked still says so.
+  if (values.constrained === "on" || values.constrained === "off") body.constrained = values.constrained === "on";
   return body;
+}
+
+/**
+ * The body of an edit (`mode` "infill" or "accompany") of a source (a sample's id, or
+ * {source_file_id} for a MIDI file of a dataset): the form's sampling options
+ * (sampleRequest's, less the primer and length fields an edit does not take) plus the edit.
+ * `edit` is {from, to, tracks} for infill (bar numbers and track numbers as strings or numbers;
+ * "" tracks = all) or {programs: "33, 0", drums} for accompany.
+ */
+export function editRequest(values, mode, source, edit) {
+  const body = sampleRequest({ ...values, primer_file_id: "", primer_sample_id: "" });
+  for (const f of ["max_bars", "max_copied_fraction", "controls", "tags"]) delete body[f];
+  body.mode = mode;
+  if (typeof source === "string") body.source_sample_id = source;
+  else body.source_file_id = source.source_file_id;
+  const int = (v) => {
+    const x = Number.parseInt(String(v).trim(), 10);
+    return Number.isFinite(x) ? x : null;
+  };
+  if (mode === "infill") {
+    body.infill = { bars: [int(edit.from), int(edit.to)] };
+    const tracks = String(edit.tracks ?? "").split(",").filter((t) => t.trim() !== "");
+    if (tracks.length) body.infill.tracks = tracks.map(int);
+  } else {
+    const programs = String(edit.programs ?? "").split(",").filter((t) => t.trim() !== "");
+    body.accompany = { programs: programs.map(int), drums: Boolean(edit.drums) };
+  }
+  return body;
+}
+
+/**
+ * The form fields for a model's attribute controls (`capabilities.controls`): a choice for a
+ * control with `values`, a number for one with a `range`, two numbers for `pitch_range`
+ * ([lowest, highest]). Each field is named as sampleRequest reads it; a per-bar control takes
+ * one value for every bar here.
+ */
+export function controlFields(capabilities) {
+  const controls = (capabilities && capabilities.controls) || {};
+  return Object.entries(controls).map(([name, c]) => {
+    const label = name.replaceAll("_", " ");
+    const hint = [c.unit, c.per === "bar" ? "every bar" : "the piece"].filter(Boolean).join(", ");
+    if (Array.isArray(c.values)) return { name: `control.${name}`, label, hint, kind: "select", options: c.values };
+    const [min, max] = Array.isArray(c.range) ? c.range : [undefined, undefined];
+    const step = Number.isInteger(min) && Number.isInteger(max) && name !== "duration" ? "1" : "any";
+    if (name === "pitch_range") return { name: `control.${name}`, label, hint, kind: "pair", min, max, step: "1" };
+    return { name: `control.${name}`, label, hint, kind: "number", min, max, step };
+  });
 }
 
 /** The body of `POST /v1/models`: a corpus, an architecture and preset, and training options. */
