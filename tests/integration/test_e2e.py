@@ -83,6 +83,7 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     assert client.get(f"/v1/datasets/{ds['id']}")["file_count"] == 6
 
     job = finished(client, client.create_corpus(ds["id"], preset="remi-colab", seed=1))
+    corpus_job_id = job["id"]
     corpus = client.get(f"/v1/corpora/{job['corpus_id']}")
     assert corpus["vocab_size"] > 200
     train_files = set(corpus["stats"]["file_splits"]["train"])
@@ -183,7 +184,8 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
 
     # A corpus made before the copy check gets its index on its first sample job; a limit
     # re-samples a copying variation a bounded number of times and says if it stayed over.
-    [index_key] = [k for k in store_keys(stack) if k.endswith(INDEX_NAME)]
+    # (this corpus's: its objects are under its tokenize job's key; the stack is shared)
+    [index_key] = [k for k in store_keys(stack) if k.endswith(INDEX_NAME) and corpus_job_id in k]
     stack_store(stack).delete(index_key)
     capped = finished(
         client, client.sample(model["id"], max_copied_fraction=0.0, max_new_tokens=64, seed=8)

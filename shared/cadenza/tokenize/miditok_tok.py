@@ -105,6 +105,12 @@ class MidiTokTokenizer(Tokenizer):
     def base_vocab_size(self) -> int:
         return len(self.miditok.vocab) + (self.controls.size if self.controls else 0)
 
+    @property
+    def own_vocab_size(self) -> int:
+        """MidiTok's own base ids (0..n-1), without the control and tag ids after them. Not
+        `len(self.miditok.vocab)`: a multi-vocabulary tokenizer's vocab is a list per field."""
+        return self.base_vocab_size - (self.controls.size if self.controls else 0)
+
     def set_tags(self, tags: Sequence[str]) -> None:
         """Give the style tags of the corpus their ids (after the control ids); the merge calls
         this with every used file's tags before encoding, so the vocabulary does not depend on
@@ -147,7 +153,7 @@ class MidiTokTokenizer(Tokenizer):
 
     def token_str(self, base_id: int) -> str:
         """MidiTok's name of a base id, e.g. ``"Pitch_60"`` (for debugging and tests)."""
-        n = len(self.miditok.vocab)
+        n = self.own_vocab_size
         if self.controls is not None and base_id >= n:
             return self.controls.names[int(base_id) - n]
         return str(self.miditok[int(base_id)])
@@ -272,7 +278,7 @@ class MidiTokTokenizer(Tokenizer):
         """Final ids → base ids without specials (MMM's track delimiters kept) or
         out-of-range ids."""
         base = self.subword.decode(ids) if self.subword else [int(i) for i in ids]
-        n = len(self.miditok.vocab)  # control and tag ids are not MidiTok's: never decoded
+        n = self.own_vocab_size  # control and tag ids are not MidiTok's: never decoded
         return [i for i in base if 0 <= i < n and i not in self._dropped]
 
     def _decode_base(self, base: list[int]) -> Score:
@@ -320,7 +326,7 @@ class MidiTokTokenizer(Tokenizer):
         """Which token type may follow which: MidiTok's own graph (the one its
         ``tokens_errors`` checks), completed where its encoder writes more than the graph
         says, or for PerTok (no graph in MidiTok) one from the shape of its notes."""
-        names = [str(self.miditok[i]) for i in range(len(self.miditok.vocab))]
+        names = [str(self.miditok[i]) for i in range(self.own_vocab_size)]
         excluded = self.grammar_excluded()
         types = {token_type(n) for i, n in enumerate(names) if i not in excluded}
         if self.name == "PerTok":
@@ -354,7 +360,7 @@ class MidiTokTokenizer(Tokenizer):
     def grammar_transparent(self) -> list[int]:
         """Control and tag ids: the steer (`cadenza.sample.steer`) places them, so the grammar
         lets them through anywhere in a piece, leaving its state as it was."""
-        return list(range(len(self.miditok.vocab), self.base_vocab_size))
+        return list(range(self.own_vocab_size, self.base_vocab_size))
 
     def grammar_rules(self) -> Rules:
         """MidiTok's token-type successions (a pitch is followed by its velocity and duration,
@@ -363,7 +369,7 @@ class MidiTokTokenizer(Tokenizer):
         bar's time signature, a NoteOff without its NoteOn)."""
         excluded = self.grammar_excluded()
         names: list[str | None] = [
-            None if i in excluded else str(self.miditok[i]) for i in range(len(self.miditok.vocab))
+            None if i in excluded else str(self.miditok[i]) for i in range(self.own_vocab_size)
         ]
         graph = self.type_graph()
         types = set(graph.succ)
