@@ -147,37 +147,33 @@ def sample_variations(
     def steering(rows: int) -> Steer | None:
         return steer(rows) if steer is not None else None
 
-    rows = generate(
-        model,
-        [prompt],
-        params,
-        n=n,
-        on_token=on_token,
-        device=device,
-        grammar=grammar,
-        steer=steering(n),
-    )
-    out = [make(i, new, 1) for i, new in enumerate(rows)]
     seed = params.seed
+
+    def draw(n_rows: int, offset: int) -> list[list[int]]:
+        """`n_rows` new tries; `offset` > 0 re-seeds them past the request's seed."""
+        tries = params
+        if offset:
+            tries = SamplingParams(
+                **{**dict(options), "seed": None if seed is None else seed + offset},
+                eos_id=params.eos_id,
+            )
+        return generate(
+            model,
+            [prompt],
+            tries,
+            n=n_rows,
+            on_token=on_token,
+            device=device,
+            grammar=grammar,
+            steer=steering(n_rows),
+        )
+
+    out = [make(i, new, 1) for i, new in enumerate(draw(n, 0))]
     for attempt in range(2, resample_empty + 2):
         short = [v.index for v in out if v.new_notes < min_notes]
         if not short or (should_stop is not None and should_stop()):
             break
-        retry = SamplingParams(
-            **{**dict(options), "seed": None if seed is None else seed + attempt - 1},
-            eos_id=params.eos_id,
-        )
-        again = generate(
-            model,
-            [prompt],
-            retry,
-            n=len(short),
-            on_token=on_token,
-            device=device,
-            grammar=grammar,
-            steer=steering(len(short)),
-        )
-        for i, new in zip(short, again, strict=True):
+        for i, new in zip(short, draw(len(short), attempt - 1), strict=True):
             candidate = make(i, new, attempt)
             if candidate.new_notes > out[i].new_notes:
                 out[i] = candidate
@@ -187,20 +183,7 @@ def sample_variations(
 
         def redraw(rows: list[int], k: int) -> list[Variation]:
             """Fresh tries for `rows`, seeded past every seed the empty guard may use."""
-            retry = SamplingParams(
-                **{**dict(options), "seed": None if seed is None else seed + resample_empty + k},
-                eos_id=params.eos_id,
-            )
-            again = generate(
-                model,
-                [prompt],
-                retry,
-                n=len(rows),
-                on_token=on_token,
-                device=device,
-                grammar=grammar,
-                steer=steering(len(rows)),
-            )
+            again = draw(len(rows), resample_empty + k)
             return [make(i, new, out[i].attempts + 1) for i, new in zip(rows, again, strict=True)]
 
         _resample_copies(out, redraw, max_copied_fraction, min_notes, should_stop)

@@ -17,7 +17,7 @@ import io
 import tempfile
 import zipfile
 from hashlib import sha256
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
@@ -85,6 +85,18 @@ JSON_ONLY = ("controls", "tags")
 POLL_S = 0.2
 DEFAULT_WAIT_S = 60.0
 MAX_WAIT_S = 600.0
+
+
+# What the MIDI routes share: how long they wait, and the errors they can answer.
+WaitQuery = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=MAX_WAIT_S,
+        description="seconds to wait for the music before answering 202 with the job",
+    ),
+]
+MIDI_STATUSES = (400, 404, 409, 413, 415, 422, 429)
 
 
 def _query_options() -> list[dict[str, Any]]:
@@ -222,13 +234,7 @@ def _requests_dataset(session: Session, owner_id: str) -> str:
     **describe(
         "models_continue_midi",
         "Continue a MIDI file (MIDI in, MIDI out)",
-        400,
-        404,
-        409,
-        413,
-        415,
-        422,
-        429,
+        *MIDI_STATUSES,
         ok=MIDI_ANSWERS,
     ),
 )
@@ -239,12 +245,7 @@ async def continue_midi(
     settings: SettingsDep,
     store: StoreDep,
     owner: CurrentOwner,
-    wait: float = Query(
-        DEFAULT_WAIT_S,
-        ge=0,
-        le=MAX_WAIT_S,
-        description="seconds to wait for the music before answering 202 with the job",
-    ),
+    wait: WaitQuery = DEFAULT_WAIT_S,
 ) -> Response:
     """Send a MIDI file as the body (`Content-Type: audio/midi`) and the sampling options of
     `POST /v1/models/{id}/samples` as query parameters (`?primer_bars=4&max_bars=8&seed=7`);
@@ -425,13 +426,7 @@ ACCOMPANY_PARAMS = [
     **describe(
         "models_infill_midi",
         "Rewrite bars of a MIDI file (MIDI in, MIDI out)",
-        400,
-        404,
-        409,
-        413,
-        415,
-        422,
-        429,
+        *MIDI_STATUSES,
         ok=MIDI_ANSWERS,
     ),
 )
@@ -442,12 +437,7 @@ async def infill_midi(
     settings: SettingsDep,
     store: StoreDep,
     owner: CurrentOwner,
-    wait: float = Query(
-        DEFAULT_WAIT_S,
-        ge=0,
-        le=MAX_WAIT_S,
-        description="seconds to wait for the music before answering 202 with the job",
-    ),
+    wait: WaitQuery = DEFAULT_WAIT_S,
 ) -> Response:
     """Send a MIDI file as the body and `?bars=3-4` (1-based, inclusive; `&tracks=0,2` to
     rewrite only those tracks, 0-based): get it back with those bars newly written and every
@@ -473,13 +463,7 @@ async def infill_midi(
     **describe(
         "models_accompany_midi",
         "Add tracks to a MIDI file (MIDI in, MIDI out)",
-        400,
-        404,
-        409,
-        413,
-        415,
-        422,
-        429,
+        *MIDI_STATUSES,
         ok=MIDI_ANSWERS,
     ),
 )
@@ -490,12 +474,7 @@ async def accompany_midi(
     settings: SettingsDep,
     store: StoreDep,
     owner: CurrentOwner,
-    wait: float = Query(
-        DEFAULT_WAIT_S,
-        ge=0,
-        le=MAX_WAIT_S,
-        description="seconds to wait for the music before answering 202 with the job",
-    ),
+    wait: WaitQuery = DEFAULT_WAIT_S,
 ) -> Response:
     """Send a MIDI file as the body and `?programs=33,0` (a new track per General MIDI
     program) and/or `&drums=true`: get it back with its tracks unchanged and the new ones
