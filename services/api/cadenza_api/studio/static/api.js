@@ -14,6 +14,15 @@ export class ApiError extends Error {
 }
 
 /** The message of an error body `{"error": {code, message, details}}`, fields named. */
+/** An answer's body as JSON, or null when it is empty or not JSON. */
+function parseJson(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
 export function errorFrom(status, body) {
   const err = body && body.error;
   if (!err) return new ApiError(status, "http_" + status, `the server answered ${status}`);
@@ -45,13 +54,7 @@ export async function call(method, path, body, options = {}) {
     init.headers["Content-Type"] = "application/json";
   }
   const res = await fetch(path, init);
-  const text = await res.text();
-  let data = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    data = null;
-  }
+  const data = parseJson(await res.text());
   if (!res.ok) throw errorFrom(res.status, data);
   return data;
 }
@@ -74,12 +77,7 @@ export function uploadFile(datasetId, file, onProgress) {
       if (e.lengthComputable) onProgress(e.loaded / e.total);
     };
     xhr.onload = () => {
-      let data = null;
-      try {
-        data = JSON.parse(xhr.responseText);
-      } catch {
-        data = null;
-      }
+      const data = parseJson(xhr.responseText);
       if (xhr.status >= 200 && xhr.status < 300) resolve(data.files);
       else reject(errorFrom(xhr.status, data));
     };
@@ -98,13 +96,7 @@ export function uploadFile(datasetId, file, onProgress) {
 export async function followJob(jobId, onEvent, signal) {
   const res = await fetch(`/v1/jobs/${encodeURIComponent(jobId)}/events`, { headers: headers(), signal });
   if (!res.ok) {
-    let data = null;
-    try {
-      data = await res.json();
-    } catch {
-      data = null;
-    }
-    throw errorFrom(res.status, data);
+    throw errorFrom(res.status, parseJson(await res.text()));
   }
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   const parser = new SSEParser();
@@ -160,13 +152,7 @@ export async function blobUrl(path, signal) {
       continue;
     }
     if (!res.ok) {
-      let data = null;
-      try {
-        data = await res.json();
-      } catch {
-        data = null;
-      }
-      throw errorFrom(res.status, data);
+      throw errorFrom(res.status, parseJson(await res.text()));
     }
     return URL.createObjectURL(await res.blob());
   }
@@ -177,13 +163,7 @@ export async function blobUrl(path, signal) {
 export async function bytes(path, signal) {
   const res = await fetch(path, { headers: headers(), signal });
   if (!res.ok) {
-    let data = null;
-    try {
-      data = await res.json();
-    } catch {
-      data = null;
-    }
-    throw errorFrom(res.status, data);
+    throw errorFrom(res.status, parseJson(await res.text()));
   }
   return new Uint8Array(await res.arrayBuffer());
 }
