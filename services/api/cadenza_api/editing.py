@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from cadenza.db.models import Corpus, File, Model, Sample
-from cadenza.db.repo import get_owned
+from cadenza.db.models import Checkpoint, Corpus, File, Model, Sample
+from cadenza.db.repo import get_owned, pick_checkpoint
 from cadenza.sample.modes import check_mode, model_modes
 from cadenza.sample.params import SampleRequest
 from cadenza.tokenize.controls import default_capabilities
@@ -30,6 +30,22 @@ def capabilities(session: Session, model: Model) -> dict[str, Any]:
     learned = corpus.stats.get("capabilities") if corpus is not None else None
     out = dict(learned) if learned else default_capabilities()
     return out | {"modes": model_modes(spec, model.train_config)}
+
+
+def sampling_checkpoint(session: Session, model: Model, which: str) -> Checkpoint:
+    """The checkpoint a sample request names (`best`, `latest` or an id): 404 for an unknown
+    id, 409 while the model has saved none yet. Shared by the JSON and the MIDI routes."""
+    ckpt = pick_checkpoint(session=session, model_id=model.id, which=which)
+    if ckpt is not None:
+        return ckpt
+    if which not in ("best", "latest"):
+        raise ApiError(404, "not_found", f"checkpoint {which} not found")
+    raise ApiError(
+        409,
+        "model_not_ready",
+        f"model {model.id} has no checkpoint yet (state: {model.state}); "
+        "wait for its training job to save one",
+    )
 
 
 def check_edit(session: Session, model: Model, body: SampleRequest, owner_id: str) -> None:
@@ -79,4 +95,4 @@ def check_source_file(
         )
 
 
-__all__ = ["capabilities", "check_edit", "check_source_file"]
+__all__ = ["capabilities", "check_edit", "check_source_file", "sampling_checkpoint"]

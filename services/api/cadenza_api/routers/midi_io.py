@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from cadenza.config import Settings
 from cadenza.db.models import Dataset, Job, Owner, Sample
-from cadenza.db.repo import get_visible_model, pick_checkpoint
+from cadenza.db.repo import get_visible_model
 from cadenza.ingest import (
     Incoming,
     Rejected,
@@ -53,7 +53,7 @@ from cadenza_api.deps import (
     UploadAllowed,
     v1_router,
 )
-from cadenza_api.editing import capabilities, check_source_file
+from cadenza_api.editing import capabilities, check_source_file, sampling_checkpoint
 from cadenza_api.errors import ApiError, error_body
 from cadenza_api.openapi import BINARY, describe
 from cadenza_api.schemas import JobOut
@@ -283,17 +283,7 @@ async def answer_midi(
         model = get_visible_model(s, model_id, owner.id)  # yours, or a public model
         if edit:
             check_mode(options.mode, capabilities(s, model)["modes"])
-        ckpt = pick_checkpoint(session=s, model_id=model.id, which=options.checkpoint)
-        if ckpt is None:
-            if options.checkpoint not in ("best", "latest"):
-                raise ApiError(404, "not_found", f"checkpoint {options.checkpoint} not found")
-            raise ApiError(
-                409,
-                "model_not_ready",
-                f"model {model.id} has no checkpoint yet (state: {model.state}); "
-                "wait for its training job to save one",
-            )
-        return ckpt.id
+        return sampling_checkpoint(s, model, options.checkpoint).id
 
     checkpoint_id = await anyio.to_thread.run_sync(_check_model, session)
     incoming = await _read_midi_body(request, settings.max_midi_bytes)

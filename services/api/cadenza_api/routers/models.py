@@ -27,7 +27,7 @@ from cadenza_api.deps import (
     StoreDep,
     v1_router,
 )
-from cadenza_api.editing import capabilities, check_edit
+from cadenza_api.editing import capabilities, check_edit, sampling_checkpoint
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import CHECKPOINT, PNG, SAFETENSORS, describe
 from cadenza_api.schemas import (
@@ -334,16 +334,7 @@ def create_samples(
     Yours, or a public model of another owner (the samples are yours).
     """
     model = get_visible_model(session, model_id, owner.id)
-    ckpt = pick_checkpoint(session=session, model_id=model.id, which=body.checkpoint)
-    if ckpt is None:
-        if body.checkpoint not in ("best", "latest"):
-            raise ApiError(404, "not_found", f"checkpoint {body.checkpoint} not found")
-        raise ApiError(
-            409,
-            "model_not_ready",
-            f"model {model.id} has no checkpoint yet (state: {model.state}); "
-            "wait for its training job to save one",
-        )
+    ckpt = sampling_checkpoint(session, model, body.checkpoint)
     if body.primer_file_id:
         primer = get_owned(session, File, body.primer_file_id, owner.id)
         if primer.kind != "midi":
