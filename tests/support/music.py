@@ -14,7 +14,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from symusic.core import ScoreSecond, ScoreTick, TempoTick, TimeSignatureTick, TrackTick
+from symusic.core import (
+    ControlChangeTick,
+    ScoreSecond,
+    ScoreTick,
+    TempoTick,
+    TimeSignatureTick,
+    TrackTick,
+)
 
 from cadenza.midi.clean import notes_from_arrays
 
@@ -72,10 +79,12 @@ def make_score(
     drum_notes: Iterable[Note] = (),
     ts: tuple[int, int] = (4, 4),
     tracks: int = 1,
+    pedals: Iterable[tuple[int, int]] = (),
 ) -> ScoreTick:
     """A score from (time, duration, pitch, velocity) in ticks: the notes on `tracks` piano
     tracks (programs `program`, `program + 1`, …) plus an optional drum track. A track with no
-    notes is left out."""
+    notes is left out. `pedals` are (down, up) ticks of the sustain pedal (CC64 127 / 0) on the
+    first track."""
     score = ScoreTick(tpq)
     score.tempos.append(TempoTick(0, qpm))
     score.time_signatures.append(TimeSignatureTick(0, ts[0], ts[1]))
@@ -88,6 +97,9 @@ def make_score(
         track = TrackTick(name, prog, drum)
         track.notes = notes_from_arrays(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
         score.tracks.append(track)
+    for down, up in pedals:
+        score.tracks[0].controls.append(ControlChangeTick(down, 64, 127))
+        score.tracks[0].controls.append(ControlChangeTick(up, 64, 0))
     return score
 
 
