@@ -8,6 +8,7 @@ symusic writes files is absorbed once.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import struct
 from collections.abc import Iterable, Sequence
@@ -169,3 +170,34 @@ def notes_in_seconds(score: ScoreTick) -> np.ndarray:
     ]
     arr = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
     return arr[np.lexsort((arr[:, 2], arr[:, 0]))] if arr.size else arr
+
+
+def note_scores(reference: bytes, estimate: bytes) -> dict[str, float]:
+    """mir_eval's note F1s (the MIREX measures: onsets within 50 ms; offsets within 20 % of the
+    note or 50 ms): ``onset``; ``offset``, notes as they sound (a note released while its
+    file's sustain pedal is down lasts until the pedal lifts, in reference and estimate alike);
+    ``offset_keys``, notes as the keys were held (pedal ignored)."""
+    import mir_eval
+
+    score = mir_eval.transcription.precision_recall_f1_overlap
+    ref, est = _notes(reference, sustain=True), _notes(estimate, sustain=True)
+    ref_keys, est_keys = _notes(reference), _notes(estimate)
+    return {
+        "onset": score(*ref, *est, offset_ratio=None)[2],
+        "offset": score(*ref, *est)[2],
+        "offset_keys": score(*ref_keys, *est_keys)[2],
+    }
+
+
+def _notes(midi: bytes, *, sustain: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(io.BytesIO(midi))
+    notes = [n for i in pm.instruments for n in i.notes]
+    pedal = [c for i in pm.instruments for c in i.control_changes if c.number == 64]
+    downs = [(d.time, u.time) for d, u in zip(pedal[::2], pedal[1::2], strict=True)]
+    intervals = np.array([[n.start, n.end] for n in notes]).reshape(-1, 2)
+    if sustain:
+        for row in intervals:
+            row[1] = max([row[1]] + [up for down, up in downs if down <= row[1] < up])
+    return intervals, np.array([440.0 * 2 ** ((n.pitch - 69) / 12) for n in notes])

@@ -6,11 +6,13 @@ from __future__ import annotations
 import importlib.util
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from cadenza.audio.transcribe import TranscribeParams
+from tests.support.music import note_scores
 
 needs_engines = pytest.mark.skipif(
     importlib.util.find_spec("transkun") is None or importlib.util.find_spec("basic_pitch") is None,
@@ -35,32 +37,6 @@ def piano_piece() -> bytes:
     return midi_bytes(notes, qpm=120.0, pedals=[PEDAL])
 
 
-def note_scores(reference: bytes, estimate: bytes) -> tuple[float, float]:
-    """mir_eval's note F1, onset only and with offsets (50 ms onsets; offsets within 20 % of
-    the note or 50 ms), the MIREX measures. As in MAESTRO's evaluation, a reference note
-    released while the sustain pedal is down sounds until the pedal is lifted."""
-    import mir_eval
-
-    ref, est = _notes(reference, sustain=True), _notes(estimate)
-    onset = mir_eval.transcription.precision_recall_f1_overlap(*ref, *est, offset_ratio=None)
-    offset = mir_eval.transcription.precision_recall_f1_overlap(*ref, *est)
-    return onset[2], offset[2]
-
-
-def _notes(midi: bytes, *, sustain: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    import pretty_midi
-
-    pm = pretty_midi.PrettyMIDI(io.BytesIO(midi))
-    notes = [n for i in pm.instruments for n in i.notes]
-    pedal = [c for i in pm.instruments for c in i.control_changes if c.number == 64]
-    downs = [(d.time, u.time) for d, u in zip(pedal[::2], pedal[1::2], strict=True)]
-    intervals = np.array([[n.start, n.end] for n in notes]).reshape(-1, 2)
-    if sustain:
-        for row in intervals:
-            row[1] = max([row[1]] + [up for down, up in downs if down <= row[1] < up])
-    return intervals, np.array([440.0 * 2 ** ((n.pitch - 69) / 12) for n in notes])
-
-
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """The piece, rendered by FluidSynth (symusic ignores the pedal), transcribed by each
@@ -71,24 +47,34 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     midi = piano_piece()
     wav = tmp_path_factory.mktemp("piano") / "piece.wav"
     wav.write_bytes(render_midi(midi, sample_rate=44100, engine="fluidsynth"))
-    out = {"reference": midi}
-    for engine in ("basic-pitch", "transkun"):
-        out[engine] = transcribe([wav], TranscribeParams(engine=engine))[0]
+    calls: list[tuple[float, str]] = []
+    out: dict[str, Any] = {"reference": midi, "progress": calls}
+    (out["basic-pitch"],) = transcribe([wav], TranscribeParams())
+    (out["transkun"],) = transcribe(
+        [wav], TranscribeParams(engine="transkun"), progress=lambda f, m: calls.append((f, m))
+    )
     return out
 
 
 @needs_engines
-def test_transkun_transcribes_piano_better_than_basic_pitch(both: dict[str, bytes]) -> None:
-    onset_bp, offset_bp = note_scores(both["reference"], both["basic-pitch"])
-    onset_tk, offset_tk = note_scores(both["reference"], both["transkun"])
-    scores = {"basic-pitch": (onset_bp, offset_bp), "transkun": (onset_tk, offset_tk)}
-    assert onset_tk >= 0.9, scores
-    assert offset_tk > offset_bp, scores
-    assert onset_tk >= onset_bp, scores
+def test_transkun_reports_progress_per_segment(both: dict[str, Any]) -> None:
+    assert both["progress"] == [
+        (0.0, "file 1/1: piano model"),
+        (1.0, "file 1/1: transcribed"),
+    ]
 
 
 @needs_engines
-def test_transkun_keeps_velocities_and_writes_the_sustain_pedal(both: dict[str, bytes]) -> None:
+def test_transkun_transcribes_piano_better_than_basic_pitch(both: dict[str, Any]) -> None:
+    scores = {e: note_scores(both["reference"], both[e]) for e in ("basic-pitch", "transkun")}
+    basic_pitch, transkun = scores["basic-pitch"], scores["transkun"]
+    assert transkun["onset"] >= 0.9, scores
+    assert transkun["onset"] >= basic_pitch["onset"], scores
+    assert transkun["offset"] > basic_pitch["offset"], scores
+
+
+@needs_engines
+def test_transkun_keeps_velocities_and_writes_the_sustain_pedal(both: dict[str, Any]) -> None:
     import pretty_midi
 
     pm = pretty_midi.PrettyMIDI(io.BytesIO(both["transkun"]))

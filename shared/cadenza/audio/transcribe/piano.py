@@ -32,7 +32,7 @@ import sys
 import threading
 import types
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import resources
@@ -78,22 +78,50 @@ class PianoModel:
             state = torch.load(weights, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)  # strict: every weight and buffer comes from the file
         self.model = model.to(self.device).eval()
+        # transkun's transcribe() runs one segment per transcribeFrames call: counting the
+        # calls gives progress (and a chance to cancel) in the middle of a long file.
+        self._run_segment = model.transcribeFrames
+        self._on_segment: Callable[[], None] | None = None
+        model.transcribeFrames = self._counted_segment
         self.segment_s: float = float(conf.segmentSizeInSecond)
         self.hop_size: int = int(conf.hopSize)
         self.window_size: int = int(conf.windowSize)
         if int(conf.fs) != PIANO_SAMPLE_RATE:
             raise RuntimeError(f"transkun checkpoint expects {conf.fs} Hz, not 44100 Hz")
         self.pid = os.getpid()
+        self._lock = threading.Lock()  # one file at a time: the segment hook is per call
 
-    def notes(self, audio: npt.NDArray[np.float32]) -> list[Any]:
-        """transkun ``Note`` events (pitch < 0: a pedal) for (frames, channels) 44.1 kHz audio."""
+    def segments(self, n_samples: int) -> int:
+        """How many model runs a file of ``n_samples`` takes: one up to a segment, else one
+        per hop over the file padded by (segment - hop) on both sides, as transkun does."""
+        if n_samples <= self.segment_s * PIANO_SAMPLE_RATE:
+            return 1
+        hop_s = float(self.model.segmentHopSizeInSecond)
+        pad = math.ceil((self.segment_s - hop_s) * PIANO_SAMPLE_RATE)
+        step = math.ceil(hop_s * PIANO_SAMPLE_RATE / self.hop_size) * self.hop_size
+        return math.ceil((n_samples + 2 * pad) / step)
+
+    def notes(
+        self, audio: npt.NDArray[np.float32], on_segment: Callable[[], None] | None = None
+    ) -> list[Any]:
+        """transkun ``Note`` events (pitch < 0: a pedal) for (frames, channels) 44.1 kHz audio;
+        ``on_segment`` is called before each model run (it may raise to stop)."""
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(audio)).to(self.device)
-        with _quiet(), torch.inference_mode():
-            if len(audio) > self.segment_s * PIANO_SAMPLE_RATE:
-                return list(self.model.transcribe(x))
-            return self._one_segment(x)
+        with self._lock, _quiet(), torch.inference_mode():
+            self._on_segment = on_segment
+            try:
+                if len(audio) > self.segment_s * PIANO_SAMPLE_RATE:
+                    return list(self.model.transcribe(x))
+                return self._one_segment(x)
+            finally:
+                self._on_segment = None
+
+    def _counted_segment(self, *args: Any, **kwargs: Any) -> Any:
+        if self._on_segment is not None:
+            self._on_segment()
+        return self._run_segment(*args, **kwargs)
 
     def _one_segment(self, x: torch.Tensor) -> list[Any]:
         """A file no longer than a segment, in one run from its first sample. As at the end of
@@ -159,8 +187,15 @@ def transcribe_piano(
                     audio = _result(decoded, i)
                     if i + 1 < n:
                         decoded = decode(paths[i + 1])
-                    report((i + 0.05) / n, f"file {i + 1}/{n}: piano model")
-                    events = model.notes(audio) if len(audio) else []
+                    total = model.segments(len(audio))
+                    done = 0
+
+                    def segment(i: int = i, total: int = total) -> None:
+                        nonlocal done
+                        report((i + 0.95 * done / total) / n, f"file {i + 1}/{n}: piano model")
+                        done += 1
+
+                    events = model.notes(audio, segment) if len(audio) else []
                     results.append(events_to_midi(events, params))
                     report((i + 1) / n, f"file {i + 1}/{n}: transcribed")
             except BaseException:
