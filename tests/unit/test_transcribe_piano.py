@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -163,13 +164,18 @@ def test_decoding_for_the_piano_model_keeps_channels(tmp_path: Path) -> None:
             expected = soxr.resample(stereo, rate, 44100, quality="soxr_hq")
             assert got.shape == (60_000, 2)
             np.testing.assert_allclose(got[: len(expected)], expected, atol=1e-6)
+    # Formats libsndfile does not read go through ffmpeg, channels kept the same way.
+    mp3 = tmp_path / "s.mp3"
+    wav = str(tmp_path / "s22050.wav")
+    subprocess.run(["ffmpeg", "-v", "error", "-i", wav, str(mp3)], check=True, timeout=60)
+    got = decode_for_model(mp3, rate=44100, mono=False)
+    assert got.ndim == 2 and got.shape[1] == 2 and abs(len(got) - 60_000) < 3000, got.shape
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transkun") is None, reason="transkun not installed")
 def test_the_model_loads_without_transkuns_training_dependencies() -> None:
     """transkun is installed --no-deps: loading its model must not need (or import) what it
     declares only for training and its CLI; the deploy test leaves these out of the image."""
-    import subprocess
     import sys
 
     from tests.deploy.test_deploy_image_deps import TRANSKUN_UNUSED
