@@ -63,6 +63,7 @@ def test_infill_and_accompany_through_a_worker(
     )
     model = client.get(f"/v1/models/{trained['model_id']}")
     assert model["train_config"]["infill_fraction"] == 0.5
+    assert model["train_config"]["infill_layout"] == "spm"  # edits are prompted in it
     assert model["capabilities"]["modes"] == ["continue", "infill", "accompany"]
 
     # infill bars 2-3 of track 1, twice: the other tracks and bars come back as they were

@@ -6,10 +6,13 @@ and encoded with the model's MMM tokenizer; its tracks and bars come out of the 
 model writes: the bars of an infill region, or every bar of each new accompaniment track.
 
 Holes are written chunk by chunk so each prompt fits the model's context: a chunk is a run of
-the region's bars, shown with as many bars around it as fit (`_plan`), its holes replaced by
-``Infill_Bar``; then for each hole, in placeholder order, ``FillBar_Start`` is appended and
-the model samples until ``FillBar_End`` (its stop token). Later chunks see the bars written
-for earlier ones. Each of the `n` variations is one row of the same batched generation.
+the region's bars, shown with as many bars around it as fit (`_plan`); holes not written yet
+are ``Infill_Bar`` placeholders. Prompts follow the layout the model was trained with
+(`cadenza.tokenize.mmm.InfillLayout`): ``spm`` writes the chunk track by track, each track's
+bars after the other tracks and the bars after the chunk, right after the track's own bars
+before it, each bar ended by the next ``Bar``; ``mmm`` appends ``FillBar_Start`` per hole, in
+placeholder order, and samples until ``FillBar_End``. Later holes see the bars written for
+earlier ones. Each of the `n` variations is one row of the same batched generation.
 
 Reassembly works on notes: a rewritten track keeps the source's notes outside the region
 exactly (as the tokenizer's grid has them) and takes the model's notes inside it, so nothing
@@ -24,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cadenza.tokenize.mmm import MMMIds, Track, fill_body, layout, n_bars, parse_tracks
+from cadenza.tokenize.mmm import (
+    InfillLayout,
+    MMMIds,
+    Track,
+    fill_body,
+    layout,
+    n_bars,
+    parse_tracks,
+    spm_layout,
+)
 
 if TYPE_CHECKING:
     from symusic.core import ScoreTick
@@ -202,15 +214,20 @@ def write_holes(
     options: Mapping[str, Any],
     *,
     n: int,
+    style: InfillLayout = "spm",
     device: str | None = None,
     should_stop: Callable[[int, int], bool] | None = None,
 ) -> tuple[list[EditedRow], bool]:
     """Sample every hole of ``edit`` for ``n`` variations; (rows, stopped early).
 
-    ``options`` are a request's `SamplingOptions` fields; ``max_new_tokens`` caps each bar.
-    Each bar is one `generate` call over the n rows, seeded ``seed + call`` so a seeded
-    request is reproducible. ``should_stop(done, total)`` is asked before each bar; True ends
-    the edit (the holes left keep the source's bars, or stay empty in new tracks).
+    ``style`` is the layout the model was trained with (`cadenza.tokenize.mmm.InfillLayout`):
+    ``spm`` writes a chunk's bars track by track, each right after its track's prefix and
+    ended by the next ``Bar``; ``mmm`` writes each after ``FillBar_Start`` at the end of the
+    piece with placeholders, until ``FillBar_End``. ``options`` are a request's
+    `SamplingOptions` fields; ``max_new_tokens`` caps each bar. Each bar is one `generate`
+    call over the n rows, seeded ``seed + call`` so a seeded request is reproducible.
+    ``should_stop(done, total)`` is asked before each bar; True ends the edit (the holes left
+    keep the source's bars, or stay empty in new tracks).
     """
     from cadenza.sample import SamplingParams, generate
 
@@ -222,37 +239,53 @@ def write_holes(
     rows = [EditedRow([_copy(tr) for tr in edit.tracks]) for _ in range(n)]
     seed = options.get("seed")
     base = {k: v for k, v in options.items() if k not in ("max_new_tokens", "seed", "stop_at_eos")}
+    # spm: a bar ends where the next one opens; mmm: at the fill's end marker
+    opener, stop = ([], t.bar) if style == "spm" else ([t.fill_start], t.fill_end)
+    pending = set(edit.holes)  # holes not written yet: placeholders in every prompt
     calls = 0
     total = len(edit.holes)
     for chunk, ctx in _plan(edit, budget):
         holes = [h for h in edit.holes if h[1] in chunk]
-        prompts = [layout(r.tracks, t, holes, bars=ctx) for r in rows]
-        if ctx.start == 0:
-            prompts = [[t.bos, *p] for p in prompts]
-        for hole in holes:
-            if should_stop is not None and should_stop(calls, total):
-                return rows, True
-            params = SamplingParams(
-                **base,
-                max_new_tokens=cap,
-                seed=None if seed is None else int(seed) + calls,
-                stop_at_eos=True,
-                eos_id=t.fill_end,
-            )
-            asked = [[*p, t.fill_start] for p in prompts]
-            if block is not None:
-                asked = [p[-int(block) :] for p in asked]
-            outs = generate(model, asked, params, n=1, device=device)
-            calls += 1
-            for i, (row, out) in enumerate(zip(rows, outs, strict=True)):
-                body = fill_body(out, t)
-                k, b = hole
-                track = row.tracks[k]
-                while len(track.bars) <= b:
-                    track.bars.append([])
-                track.bars[b] = body
-                row.new_ids += out
-                prompts[i] = [*prompts[i], t.fill_start, *body, t.fill_end]
+        lead = [t.bos] if ctx.start == 0 else []
+        if style == "spm":
+            run = range(chunk[0], chunk[-1] + 1)
+            groups = [[h for h in holes if h[0] == k] for k in dict.fromkeys(k for k, _ in holes)]
+        else:
+            groups = [holes]
+        for group in groups:
+            if style == "spm":
+                k, others = group[0][0], pending - set(group)
+                prompts = [
+                    [*lead, *spm_layout(r.tracks, t, k, run, bars=ctx, holes=others), t.bar]
+                    for r in rows
+                ]
+            else:
+                prompts = [[*lead, *layout(r.tracks, t, group, bars=ctx)] for r in rows]
+            for hole in group:
+                if should_stop is not None and should_stop(calls, total):
+                    return rows, True
+                params = SamplingParams(
+                    **base,
+                    max_new_tokens=cap,
+                    seed=None if seed is None else int(seed) + calls,
+                    stop_at_eos=True,
+                    eos_id=stop,
+                )
+                asked = [[*p, *opener] for p in prompts]
+                if block is not None:
+                    asked = [p[-int(block) :] for p in asked]
+                outs = generate(model, asked, params, n=1, device=device)
+                calls += 1
+                for i, (row, out) in enumerate(zip(rows, outs, strict=True)):
+                    body = fill_body(out, t, stop)
+                    k, b = hole
+                    track = row.tracks[k]
+                    while len(track.bars) <= b:
+                        track.bars.append([])
+                    track.bars[b] = body
+                    row.new_ids += out
+                    prompts[i] = [*prompts[i], *opener, *body, stop]
+                pending.discard(hole)
     return rows, False
 
 
@@ -348,17 +381,25 @@ def edit_variations(
     options: Mapping[str, Any],
     *,
     n: int,
+    style: InfillLayout = "spm",
     corpus_stats: Mapping[str, Any] | None = None,
     device: str | None = None,
     should_stop: Callable[[int, int], bool] | None = None,
 ) -> tuple[list[Variation], bool]:
     """``n`` edited versions of ``source``, decoded and measured like any variation;
-    (variations, stopped early)."""
+    (variations, stopped early). ``style``: the layout the model was trained with."""
     from cadenza.evaluate import compare, midi_metrics
     from cadenza.sample.variations import Variation
 
     rows, stopped = write_holes(
-        model, tokenizer, edit, options, n=n, device=device, should_stop=should_stop
+        model,
+        tokenizer,
+        edit,
+        options,
+        n=n,
+        style=style,
+        device=device,
+        should_stop=should_stop,
     )
     t = mmm_ids(tokenizer)
     out = []

@@ -65,7 +65,9 @@ def run(ctx: JobContext) -> Outcome:
     if p.mode != "continue":  # infill / accompany: cadenza.jobs.handlers.sample_edit
         from cadenza.jobs.handlers import sample_edit
 
-        source, edited, cancelled = sample_edit.edit(ctx, p, model, device, tokenizer, corpus_stats)
+        source, edited, cancelled = sample_edit.edit(
+            ctx, p, model, device, tokenizer, corpus_stats, rows.model.train_config
+        )
         gen = _Generation(source, edited, cancelled)
     else:
         prompt = _prompt(ctx, p, tokenizer, rows.primer)

@@ -40,10 +40,13 @@ def edit(
     device: str,
     tokenizer: Tokenizer,
     corpus_stats: dict[str, Any],
+    train_config: dict[str, Any] | None = None,
 ) -> tuple[list[int], list[Variation], bool]:
-    """(the source's ids, the variations, whether a cancel stopped it) for an edit request."""
+    """(the source's ids, the variations, whether a cancel stopped it) for an edit request;
+    `train_config` (the model's) says the layout its edits are prompted in."""
     from cadenza.midi.load import MidiRejected
     from cadenza.sample import edit as music
+    from cadenza.sample.modes import model_infill_layout
 
     try:
         ids = music.mmm_ids(tokenizer)
@@ -80,6 +83,7 @@ def edit(
         plan,
         options,
         n=p.n,
+        style=model_infill_layout(train_config),
         corpus_stats=corpus_stats,
         device=device,
         should_stop=should_stop,
