@@ -360,3 +360,17 @@ def test_a_multitrack_primer_keeps_its_tracks(
     ids = encode_primer(tok, files[1][1], bars=2)
     decoded = _score(decode_to_midi(tok, ids))
     assert [int(t.program) for t in decoded.tracks] == list(PART_PROGRAMS[:4])
+
+
+def test_the_grammar_accepts_multitrack_pieces(
+    files: list[tuple[str, bytes]], tok: Tokenizer, ids: mmm.MMMIds
+) -> None:
+    """Every track after the first is allowed to start (a constrained continuation of a
+    multitrack model, and an spm edit's prompt, need Track_End -> Track_Start)."""
+    from cadenza.tokenize.grammar import grammar_for
+
+    grammar = grammar_for(tok)
+    for _, data in files:
+        seq = [ids.bos, *tok.encode(_score(data)), ids.eos]
+        assert seq.count(ids.track_start) >= 4
+        assert grammar.first_violation(seq) is None

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from symusic.core import ScoreTick
 
     from cadenza.models.base import CadenzaModel
+    from cadenza.novelty import NoveltyIndex
     from cadenza.sample.variations import Variation
     from cadenza.tokenize.base import Tokenizer
 
@@ -205,6 +206,7 @@ class EditedRow:
 
     tracks: list[Track]
     new_ids: list[int] = field(default_factory=list)
+    invalid_tokens: int = 0  # written ids the tokenizer's grammar forbids (0 when constrained)
 
 
 def write_holes(
@@ -230,8 +232,13 @@ def write_holes(
     keep the source's bars, or stay empty in new tracks).
     """
     from cadenza.sample import SamplingParams, generate
+    from cadenza.tokenize.grammar import grammar_for
 
     t = mmm_ids(tokenizer)
+    # spm writes a bar where a continuation would, so the grammar that masks a continuation
+    # masks it too (the prompt's walk skips the fill markers and resets at Track_Start); an
+    # mmm fill starts after FillBar_Start, past the piece's end, where no grammar state fits
+    grammar = grammar_for(tokenizer) if style == "spm" else None
     block = model.block_size
     longest = max((len(b) for tr in edit.tracks for b in tr.bars), default=16)
     cap = max(1, min(int(options.get("max_new_tokens", 256)), max(48, 2 * longest + 8)))
@@ -274,9 +281,11 @@ def write_holes(
                 asked = [[*p, *opener] for p in prompts]
                 if block is not None:
                     asked = [p[-int(block) :] for p in asked]
-                outs = generate(model, asked, params, n=1, device=device)
+                outs = generate(model, asked, params, n=1, device=device, grammar=grammar)
                 calls += 1
                 for i, (row, out) in enumerate(zip(rows, outs, strict=True)):
+                    if grammar is not None:
+                        row.invalid_tokens += grammar.walk(out, grammar.walk(asked[i])[0])[1]
                     body = fill_body(out, t, stop)
                     k, b = hole
                     track = row.tracks[k]
@@ -320,11 +329,34 @@ def _all(track: Any) -> dict[str, np.ndarray]:
     }
 
 
+def _clip_overlaps(arr: dict[str, np.ndarray], written: np.ndarray) -> None:
+    """Shorten each ``written`` note (in place) so it ends by the next onset of its pitch in
+    the track: MIDI cannot hold two overlapping notes of one pitch on one channel, and a
+    written note held into a kept one would change that note's length in the file."""
+    by_pitch = np.lexsort((arr["time"], arr["pitch"]))
+    pitch, time = arr["pitch"][by_pitch], arr["time"][by_pitch]
+    room = np.full(by_pitch.size, np.iinfo(np.int64).max, dtype=np.int64)
+    same = pitch[1:] == pitch[:-1]
+    room[:-1][same] = time[1:][same] - time[:-1][same]
+    limit = np.empty_like(room)
+    limit[by_pitch] = room
+    clip = written & (arr["duration"] > limit)
+    arr["duration"][clip] = np.maximum(limit[clip], 1)
+
+
 def reassemble(
     tokenizer: Tokenizer, source: Source, edit: Edit, row: EditedRow
 ) -> tuple[ScoreTick, int]:
     """The edited piece as a score, and how many of its notes are new (in the region of a
     rewritten track, or in an added track)."""
+    score, written = _reassemble(tokenizer, source, edit, row)
+    return score, sum(len(tr.notes) for tr in written.tracks)
+
+
+def _reassemble(
+    tokenizer: Tokenizer, source: Source, edit: Edit, row: EditedRow
+) -> tuple[ScoreTick, ScoreTick]:
+    """(the edited piece, only the notes the model wrote, in the same tracks and time)."""
     from symusic.core import ScoreTick, TempoTick, TimeSignatureTick, TrackTick
 
     from cadenza.midi.clean import notes_from_arrays
@@ -343,7 +375,9 @@ def reassemble(
     lo = bar_end_tick(out, edit.region.start) if edit.region.start else 0
     hi = bar_end_tick(out, edit.region.stop)
     edited = {k for k, _ in edit.holes}
-    new_notes = 0
+    written = ScoreTick(int(original.ticks_per_quarter))
+    written.tempos = out.tempos.copy()
+    written.time_signatures = out.time_signatures.copy()
     for k, track in enumerate(row.tracks):
         head_prog = next((p for p, i in t.programs.items() if track.head and i == track.head[0]), 0)
         parts: list[dict[str, np.ndarray]] = []
@@ -360,17 +394,23 @@ def reassemble(
         arr = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
         order = np.lexsort((arr["pitch"], arr["time"]))
         arr = {key: v[order] for key, v in arr.items()}
+        inside = (arr["time"] >= lo) & (arr["time"] < hi)
         if k in edited or k in edit.new_tracks:
-            new_notes += int(((arr["time"] >= lo) & (arr["time"] < hi)).sum())
+            _clip_overlaps(arr, inside)
         drum = head_prog == DRUM_PROGRAM
-        out_track = TrackTick(
-            "drums" if drum else f"track {k}", 0 if drum else max(head_prog, 0), drum
-        )
+        name, program = "drums" if drum else f"track {k}", 0 if drum else max(head_prog, 0)
+        out_track = TrackTick(name, program, drum)
         out_track.notes = notes_from_arrays(
             arr["time"], arr["duration"], arr["pitch"], arr["velocity"]
         )
         out.tracks.append(out_track)
-    return out, new_notes
+        if (k in edited or k in edit.new_tracks) and inside.any():
+            new_track = TrackTick(name, program, drum)
+            new_track.notes = notes_from_arrays(
+                *(arr[key][inside] for key in ("time", "duration", "pitch", "velocity"))
+            )
+            written.tracks.append(new_track)
+    return out, written
 
 
 def edit_variations(
@@ -385,34 +425,79 @@ def edit_variations(
     corpus_stats: Mapping[str, Any] | None = None,
     device: str | None = None,
     should_stop: Callable[[int, int], bool] | None = None,
+    novelty_index: NoveltyIndex | None = None,
+    max_copied_fraction: float | None = None,
+    min_notes: int = 1,
 ) -> tuple[list[Variation], bool]:
     """``n`` edited versions of ``source``, decoded and measured like any variation;
-    (variations, stopped early). ``style``: the layout the model was trained with."""
-    from cadenza.evaluate import compare, midi_metrics
-    from cadenza.sample.variations import Variation
+    (variations, stopped early). ``style``: the layout the model was trained with.
 
-    rows, stopped = write_holes(
-        model,
-        tokenizer,
-        edit,
-        options,
-        n=n,
-        style=style,
-        device=device,
-        should_stop=should_stop,
-    )
+    With a ``novelty_index`` each variation's ``novelty`` is the copy check of the notes the
+    model wrote (the source's are the user's); with ``max_copied_fraction`` too, variations
+    over it are written again as a continuation's are (`variations.resample_copies`), each
+    try seeded past every seed the earlier ones used.
+    """
+    from cadenza.evaluate import compare, midi_metrics
+    from cadenza.sample.variations import Variation, resample_copies
+
     t = mmm_ids(tokenizer)
-    out = []
-    for i, row in enumerate(rows):
-        score, new_notes = reassemble(tokenizer, source, edit, row)
+    stopped = False
+
+    def draw(count: int, offset: int) -> list[EditedRow]:
+        nonlocal stopped
+        seed = options.get("seed")
+        tries = dict(options)
+        if offset and seed is not None:  # each bar takes seed + call: skip past them all
+            tries["seed"] = int(seed) + offset * max(len(edit.holes), 1)
+        rows, halted = write_holes(
+            model,
+            tokenizer,
+            edit,
+            tries,
+            n=count,
+            style=style,
+            device=device,
+            should_stop=should_stop,
+        )
+        stopped = stopped or halted
+        return rows
+
+    def make(i: int, row: EditedRow, attempt: int) -> Variation:
+        score, written = _reassemble(tokenizer, source, edit, row)
         midi = bytes(score.dumps_midi())
         notes = sum(len(tr.notes) for tr in score.tracks)
+        new_notes = sum(len(tr.notes) for tr in written.tracks)
         seconds = float(score.to("second").end()) if notes else 0.0  # type: ignore[attr-defined]
         metrics: dict[str, Any] = dict(midi_metrics(midi))
         if corpus_stats:
             metrics = dict(compare(metrics, corpus_stats))
+        novelty = novelty_index.check_score(written) if novelty_index is not None else None
         ids = layout(row.tracks, t, [])
-        out.append(Variation(i, row.new_ids, ids, midi, notes, new_notes, seconds, metrics))
+        return Variation(
+            i,
+            row.new_ids,
+            ids,
+            midi,
+            notes,
+            new_notes,
+            seconds,
+            metrics,
+            attempt,
+            novelty,
+            row.invalid_tokens,
+        )
+
+    out = [make(i, row, 1) for i, row in enumerate(draw(n, 0))]
+    if novelty_index is not None and max_copied_fraction is not None:
+
+        def redraw(rows: list[int], k: int) -> list[Variation]:
+            again = draw(len(rows), k)
+            return [make(i, r, out[i].attempts + 1) for i, r in zip(rows, again, strict=True)]
+
+        def cancelled() -> bool:
+            return stopped
+
+        resample_copies(out, redraw, max_copied_fraction, min_notes, cancelled)
     return out, stopped
 
 
