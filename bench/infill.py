@@ -5,17 +5,20 @@
 
 The experiment: ``--files`` Bach chorales from music21, each part on its own program
 (flute, clarinet, cello, bass: as tests/support/music.py's ``multitrack_chorale``), a corpus of
-the ``multitrack`` preset (MMM, tracks kept apart), a gpt of ``--preset`` size trained
-``--steps`` steps with ``train.infill_fraction`` 0.5, and ``--pieces`` held-out chorales
-(exported after the training ones). Reported:
+the ``multitrack`` preset (MMM, tracks kept apart), and for each of ``--layouts`` (the
+``train.infill_layout`` values, ``spm`` and ``mmm``) a gpt of ``--preset`` size trained
+``--steps`` steps with ``train.infill_fraction`` 0.5 in that layout (same seed, same windows),
+then ``--pieces`` held-out chorales (exported after the training ones). Reported per layout:
 
 * **infill vs continuation NLL** (nats per token of the true bars): for every 2-bar gap of
   one track of a held-out piece (bars b, b+1 of track k), with the same model and the same
   bars around the gap shown (as many as fit the block, as sampling shows them):
-  *infill* is the gap cut out (``Infill_Bar`` placeholders) and the true bars scored after
-  ``FillBar_Start``, so the model sees both sides and the other tracks; *continuation* is the
-  piece up to the gap and the true bars scored as what follows, left side only. Lower is
-  better; the infill figure must be lower for the training to have taught anything.
+  *infill* sees both sides and the other tracks, laid out as the model was trained (``spm``:
+  the other tracks and the track's bars after the gap first, then the track up to the gap,
+  and the true bars scored where it goes on; ``mmm``: the gap cut out as ``Infill_Bar``
+  placeholders and the true bars scored after ``FillBar_Start`` at the end); *continuation*
+  is the piece up to the gap and the true bars scored as what follows, left side only. Lower
+  is better; the infill figure must be lower for the training to have taught anything.
 * **survival**: the share of the held-out pieces' notes outside a rewritten 4-bar region (all
   tracks) that come back exactly (time, duration, pitch, velocity, on the tokenizer's grid).
 * **latency** on CPU (one thread): infill of a 4-bar region (all tracks) and an accompaniment
@@ -68,8 +71,9 @@ def chorales(n: int, start: int = 0) -> list[tuple[str, bytes]]:
     return [(p.stem, multitrack(p.read_bytes())) for p in paths]
 
 
-def train_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-    """The corpus and a model trained to edit; (model, tokenizer, figures)."""
+def train_model(args: argparse.Namespace, style: str) -> tuple[Any, Any, dict[str, Any]]:
+    """The corpus and a model trained to edit with examples in layout `style`; (model,
+    tokenizer, figures). The same seed draws the same windows for every layout."""
     from cadenza.midi.clean import CleanOptions
     from cadenza.models import resolve_config
     from cadenza.models.checkpoint import load_for_inference
@@ -103,6 +107,7 @@ def train_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
         precision="fp32",
         compile=False,
         infill_fraction=0.5,
+        infill_layout=style,
         seed=args.seed,
     )
     saved: dict[str, bytes] = {}
@@ -154,7 +159,7 @@ def _nll(
     return [float(-logp[p - 1, seq[p]]) for p in targets]
 
 
-def gap_nll(model: Any, tok: Any, pieces: list[bytes]) -> dict[str, Any]:
+def gap_nll(model: Any, tok: Any, pieces: list[bytes], style: str) -> dict[str, Any]:
     """Mean NLL of the true bars of every 2-bar single-track gap: infill vs continuation."""
     from cadenza.sample import edit as E
     from cadenza.tokenize import mmm
@@ -171,20 +176,28 @@ def gap_nll(model: Any, tok: Any, pieces: list[bytes]) -> dict[str, Any]:
                 region = (b + 1, b + 2)
                 plan = E.plan_infill(source, region, [k])
                 truth = [track.bars[b], track.bars[b + 1]]
-                ctx = _context(source, t, plan.holes, truth, int(model.block_size) - 4)
+                budget = int(model.block_size) - 4
+                ctx = _context(source, t, plan.holes, truth, budget, style)
                 if ctx is None:
                     skipped += 1
                     continue
                 lead = [t.bos] if ctx.start == 0 else []
-                # infill: the gap's placeholders, both sides, then each true bar as its fill
-                prompt = lead + mmm.layout(source.tracks, t, plan.holes, bars=ctx)
-                got = _nll(
-                    model,
-                    prompt,
-                    [[*truth[0], t.fill_end], [*truth[1], t.fill_end]],
-                    [[t.fill_start], [t.fill_start]],
-                )
-                infill += got[: len(truth[0])] + got[len(truth[0]) + 1 : -1]
+                if style == "spm":
+                    # infill: the other tracks and the bars after the gap first, then the
+                    # track up to the gap, and the true bars scored where it goes on
+                    run = range(b, b + 2)
+                    prompt = lead + mmm.spm_layout(source.tracks, t, k, run, bars=ctx)
+                    infill += _nll(model, [*prompt, t.bar], truth, [[], [t.bar]])
+                else:
+                    # infill: the gap's placeholders, both sides, then each true bar as its fill
+                    prompt = lead + mmm.layout(source.tracks, t, plan.holes, bars=ctx)
+                    got = _nll(
+                        model,
+                        prompt,
+                        [[*truth[0], t.fill_end], [*truth[1], t.fill_end]],
+                        [[t.fill_start], [t.fill_start]],
+                    )
+                    infill += got[: len(truth[0])] + got[len(truth[0]) + 1 : -1]
                 # continuation: the same bars shown, up to the gap, then the true bars
                 full = mmm.layout(source.tracks, t, [], bars=ctx)
                 cut = mmm.layout(source.tracks, t, [(k, b), (k, b + 1)], bars=ctx)
@@ -203,7 +216,12 @@ def gap_nll(model: Any, tok: Any, pieces: list[bytes]) -> dict[str, Any]:
 
 
 def _context(
-    source: Any, t: Any, holes: list[tuple[int, int]], truth: list[list[int]], budget: int
+    source: Any,
+    t: Any,
+    holes: list[tuple[int, int]],
+    truth: list[list[int]],
+    budget: int,
+    style: str,
 ) -> range | None:
     """The bars shown around a gap (both of its bars, then one more on each side in turn
     while the prompt and the true fills fit `budget`); None when the gap alone does not."""
@@ -212,8 +230,11 @@ def _context(
     fills = sum(len(x) + 2 for x in truth)
     count = mmm.n_bars(source.tracks)
     lo, hi = holes[0][1], holes[-1][1] + 1
+    k, run = holes[0][0], range(lo, hi)
 
     def size(a: int, b: int) -> int:
+        if style == "spm":
+            return len(mmm.spm_layout(source.tracks, t, k, run, bars=range(a, b))) + fills + 1
         return len(mmm.layout(source.tracks, t, holes, bars=range(a, b))) + fills + 1
 
     if size(lo, hi) > budget:
@@ -228,7 +249,7 @@ def _context(
     return range(lo, hi)
 
 
-def survival(model: Any, tok: Any, pieces: list[bytes], seed: int) -> dict[str, Any]:
+def survival(model: Any, tok: Any, pieces: list[bytes], seed: int, style: str) -> dict[str, Any]:
     """Share of notes outside a rewritten 4-bar region (all tracks) that come back exactly."""
     from cadenza.sample import edit as E
     from cadenza.tokenize import mmm
@@ -241,7 +262,7 @@ def survival(model: Any, tok: Any, pieces: list[bytes], seed: int) -> dict[str, 
         source = E.load_source(tok, data)
         region = (3, 6) if source.bars >= 6 else (1, min(4, source.bars))
         plan = E.plan_infill(source, region, None)
-        rows, _ = E.write_holes(model, tok, plan, options, n=1)
+        rows, _ = E.write_holes(model, tok, plan, options, n=1, style=style)
         score, _ = E.reassemble(tok, source, plan, rows[0])
         lo, hi = bar_end_tick(score, region[0] - 1), bar_end_tick(score, region[1])
         for k, tr in enumerate(score.tracks):
@@ -259,7 +280,9 @@ def _rows(track: Any) -> list[list[int]]:
     return [list(x) for x in zip(*cols, strict=True)]
 
 
-def latency(model: Any, tok: Any, piece: bytes, repeats: int, seed: int) -> dict[str, Any]:
+def latency(
+    model: Any, tok: Any, piece: bytes, repeats: int, seed: int, style: str
+) -> dict[str, Any]:
     """Seconds for a 4-bar infill (all tracks), a 4-bar accompaniment, and a continuation of
     as many tokens as the infill wrote (the reference)."""
     from symusic import Score
@@ -280,13 +303,13 @@ def latency(model: Any, tok: Any, piece: bytes, repeats: int, seed: int) -> dict
         source = E.load_source(tok, piece)
         plan = E.plan_infill(source, (3, 6), None)
         t0 = time.perf_counter()
-        rows, _ = E.write_holes(model, tok, plan, options, n=1)
+        rows, _ = E.write_holes(model, tok, plan, options, n=1, style=style)
         out["infill_4_bars_s"].append(time.perf_counter() - t0)
         written = len(rows[0].new_ids)
         short = E.load_source(tok, excerpt)
         plan = E.plan_accompany(short, E.mmm_ids(tok), [33], drums=False)
         t0 = time.perf_counter()
-        E.write_holes(model, tok, plan, options, n=1)
+        E.write_holes(model, tok, plan, options, n=1, style=style)
         out["accompany_4_bars_s"].append(time.perf_counter() - t0)
         prompt = [tok.bos_id, *tok.encode(short.score)][: int(model.block_size) // 2]
         params = SamplingParams(
@@ -315,11 +338,38 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--keep", help="folder to keep the trained model in, and reuse it from")
+    ap.add_argument(
+        "--layouts",
+        default="spm,mmm",
+        help="training/prompt layouts to compare (train.infill_layout), comma-separated",
+    )
+    ap.add_argument("--keep", help="folder to keep the trained models in, and reuse them from")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    keep = Path(args.keep) if args.keep else None
+    pieces = [data for _, data in chorales(args.pieces, start=args.files)]
+    report: dict[str, Any] = {
+        "command": "python bench/infill.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.threads} thread(s)",
+        "model": f"gpt {args.preset}, block {args.block}, {args.steps} steps, batch {args.batch}",
+    }
+    for style in args.layouts.split(","):
+        model, tok, figures = _model(args, style)
+        report[style] = {
+            "training": figures,
+            "load_average": os.getloadavg(),
+            "nll": gap_nll(model, tok, pieces, style),
+            "survival": survival(model, tok, pieces, args.seed, style),
+            "latency": latency(model, tok, pieces[0], args.repeats, args.seed, style),
+        }
+        print(json.dumps({style: report[style]}), flush=True)
+    print(json.dumps(report, indent=2))
+
+
+def _model(args: argparse.Namespace, style: str) -> tuple[Any, Any, dict[str, Any]]:
+    """A model trained with `style` examples, or the one kept under ``--keep``/style."""
+    keep = Path(args.keep) / style if args.keep else None
     if keep is not None and (keep / "model.pt").exists():
         from cadenza.models.checkpoint import load_for_inference
         from cadenza.tokenize import tokenizer_from_bytes
@@ -327,28 +377,18 @@ def main() -> None:
         model, _ = load_for_inference((keep / "model.pt").read_bytes(), "cpu")
         tok = tokenizer_from_bytes((keep / "tokenizer.bin").read_bytes())
         figures = json.loads((keep / "training.json").read_text())
-    else:
-        model, tok, figures = train_model(args)
-        if keep is not None:
-            from cadenza.tokenize import tokenizer_to_bytes
+        return model, tok, figures
+    torch.manual_seed(args.seed)
+    model, tok, figures = train_model(args, style)
+    payload = figures.pop("payload")
+    if keep is not None:
+        from cadenza.tokenize import tokenizer_to_bytes
 
-            keep.mkdir(parents=True, exist_ok=True)
-            (keep / "model.pt").write_bytes(figures.pop("payload"))
-            (keep / "tokenizer.bin").write_bytes(tokenizer_to_bytes(tok))
-            (keep / "training.json").write_text(json.dumps(figures))
-    figures.pop("payload", None)
-    pieces = [data for _, data in chorales(args.pieces, start=args.files)]
-    report = {
-        "command": "python bench/infill.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{args.threads} thread(s)",
-        "model": f"gpt {args.preset}, block {args.block}, {args.steps} steps, batch {args.batch}",
-        "training": figures,
-        "nll": gap_nll(model, tok, pieces),
-        "survival": survival(model, tok, pieces, args.seed),
-        "latency": latency(model, tok, pieces[0], args.repeats, args.seed),
-    }
-    print(json.dumps(report, indent=2))
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / "model.pt").write_bytes(payload)
+        (keep / "tokenizer.bin").write_bytes(tokenizer_to_bytes(tok))
+        (keep / "training.json").write_text(json.dumps(figures))
+    return model, tok, figures
 
 
 if __name__ == "__main__":

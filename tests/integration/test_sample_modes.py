@@ -1,8 +1,8 @@
 """Infill and accompaniment through a real worker on the embedded stack: a `multitrack` corpus
 of chorales with one program per part, a tiny model trained on it (infill_fraction defaults
-to 0.5 there), then an infill through the JSON route and an accompaniment through the MIDI
-route. Every note outside the region comes back; the accompaniment keeps the source's tracks.
-The music itself is checked on a better trained model in tests/unit/test_infill_edit.py."""
+to 0.5 there), then an infill through the JSON route and the CLI and an accompaniment through
+the MIDI route. Every note outside the region comes back; the accompaniment keeps the source's
+tracks. The music itself is checked on a better trained model in tests/unit/test_infill_edit.py."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import symusic
 
 from cadenza.client import Client
+from tests.integration.test_cli import cli
 from tests.support.music import PART_PROGRAMS, multitrack_chorale
 from tests.support.stack import Stack
 
@@ -48,7 +49,7 @@ def notes_by_track(midi: bytes) -> list[tuple[int, set[tuple[float, int, float]]
 
 
 def test_infill_and_accompany_through_a_worker(
-    client: Client, chorales: list[Path], tmp_path: Path
+    client: Client, embedded_stack: Stack, chorales: list[Path], tmp_path: Path
 ) -> None:
     band = []
     for p in chorales[1:4]:  # four parts each (the first chorale has five)
@@ -63,6 +64,7 @@ def test_infill_and_accompany_through_a_worker(
     )
     model = client.get(f"/v1/models/{trained['model_id']}")
     assert model["train_config"]["infill_fraction"] == 0.5
+    assert model["train_config"]["infill_layout"] == "spm"  # edits are prompted in it
     assert model["capabilities"]["modes"] == ["continue", "infill", "accompany"]
 
     # infill bars 2-3 of track 1, twice: the other tracks and bars come back as they were
@@ -91,6 +93,35 @@ def test_infill_and_accompany_through_a_worker(
             assert outside == {n for n in other if not bar <= n[0] < 3 * bar}
     sample = client.get(f"/v1/samples/{job['sample_ids'][0]}")
     assert sample["params"]["mode"] == "infill"
+    # copy-checked like a continuation, on the notes the model wrote
+    assert sample["meta"]["novelty"] is not None and sample["meta"]["novelty"]["ngram"] == 8
+
+    # the same edit from the command line: the untouched tracks come back as they were
+    out = tmp_path / "cli"
+    written = cli(
+        embedded_stack,
+        "sample",
+        model["id"],
+        "--source",
+        str(band[0]),
+        "--infill-bars",
+        "2-3",
+        "--infill-tracks",
+        "1",
+        "--max-copied-fraction",
+        "1",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "24",
+        "-o",
+        str(out),
+    ).stdout.split()
+    assert len(written) == 1
+    by_cli = notes_by_track(Path(written[0]).read_bytes())
+    assert [t for t in by_cli if t[0] != PART_PROGRAMS[1]] == [
+        t for t in first if t[0] != PART_PROGRAMS[1]
+    ]
 
     # accompany through MIDI in, MIDI out: the source's tracks come back, new ones are bass
     source = band[1].read_bytes()

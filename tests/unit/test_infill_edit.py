@@ -1,6 +1,7 @@
 """Infill and accompaniment with a real (tiny, briefly trained) model on real multi-track
 music: chorales with one program per part, a corpus of the `multitrack` preset, a model
-trained with `infill_fraction` 0.5, and a held-out chorale to edit. What must hold whatever
+trained with `infill_fraction` 0.5 (in each `train.infill_layout`), and a held-out chorale
+to edit. What must hold whatever
 the model writes: every note outside the region comes back (on the tokenizer's grid), the
 region gets notes, other tracks stay identical, an accompaniment adds its program's track.
 """
@@ -32,10 +33,11 @@ class Trained:
     model: Any
     tokenizer: Tokenizer
     source: bytes  # a held-out chorale's first 6 bars
+    style: mmm.InfillLayout  # the layout it was trained with, and its edits are prompted in
 
 
-@pytest.fixture(scope="module")
-def trained() -> Iterator[Trained]:
+@pytest.fixture(scope="module", params=mmm.INFILL_LAYOUTS)
+def trained(request: pytest.FixtureRequest) -> Iterator[Trained]:
     from cadenza.models import resolve_config
     from cadenza.models.checkpoint import load_for_inference
     from cadenza.tokenize.primer import crop_score
@@ -63,6 +65,7 @@ def trained() -> Iterator[Trained]:
         precision="fp32",
         compile=False,
         infill_fraction=0.5,
+        infill_layout=request.param,
     )
     saved: dict[str, bytes] = {}
 
@@ -91,7 +94,7 @@ def trained() -> Iterator[Trained]:
     from symusic import Score
 
     held_out = crop_score(Score.from_midi(files[5][1]), bars=6)
-    yield Trained(model, tok, bytes(held_out.dumps_midi()))
+    yield Trained(model, tok, bytes(held_out.dumps_midi()), request.param)
     build.close()
     torch.set_num_threads(before)
 
@@ -129,12 +132,17 @@ def test_infill_keeps_everything_outside_the_region(trained: Trained) -> None:
     assert len(source.tracks) == 4 and source.bars == 6
     plan = E.plan_infill(source, (3, 4), None)
     assert len(plan.holes) == 8  # 2 bars x 4 tracks
-    rows, stopped = E.write_holes(trained.model, trained.tokenizer, plan, OPTIONS, n=2)
+    rows, stopped = E.write_holes(
+        trained.model, trained.tokenizer, plan, OPTIONS, n=2, style=trained.style
+    )
     assert not stopped
     grid = _grid_tracks(trained, source)
     new_notes = 0
     for row in rows:
         score, made = E.reassemble(trained.tokenizer, source, plan, row)
+        # as the sample's MIDI file has it: a written note held into a kept one of its pitch
+        # would change that note's length there
+        score = _result(bytes(score.dumps_midi()))
         lo, hi = bar_end_tick(score, 2), bar_end_tick(score, 4)
         assert [int(tr.program) for tr in score.tracks] == list(PART_PROGRAMS[:4])
         for k, tr in enumerate(score.tracks):
@@ -145,8 +153,12 @@ def test_infill_keeps_everything_outside_the_region(trained: Trained) -> None:
     assert new_notes > 0  # the region was written
 
     # the whole job path: the same seed gives the same music, each variation has notes
-    first, _ = E.edit_variations(trained.model, trained.tokenizer, source, plan, OPTIONS, n=2)
-    again, _ = E.edit_variations(trained.model, trained.tokenizer, source, plan, OPTIONS, n=2)
+    first, _ = E.edit_variations(
+        trained.model, trained.tokenizer, source, plan, OPTIONS, n=2, style=trained.style
+    )
+    again, _ = E.edit_variations(
+        trained.model, trained.tokenizer, source, plan, OPTIONS, n=2, style=trained.style
+    )
     assert [v.midi for v in first] == [v.midi for v in again]
     assert all(v.notes > 0 for v in first)
 
@@ -157,7 +169,9 @@ def test_track_infill_leaves_the_other_tracks_identical(trained: Trained) -> Non
     source = E.load_source(trained.tokenizer, trained.source)
     plan = E.plan_infill(source, (2, 5), [1])
     assert {k for k, _ in plan.holes} == {1}
-    rows, _ = E.write_holes(trained.model, trained.tokenizer, plan, OPTIONS, n=1)
+    rows, _ = E.write_holes(
+        trained.model, trained.tokenizer, plan, OPTIONS, n=1, style=trained.style
+    )
     score, _ = E.reassemble(trained.tokenizer, source, plan, rows[0])
     grid = _grid_tracks(trained, source)
     lo, hi = bar_end_tick(score, 1), bar_end_tick(score, 5)
@@ -173,7 +187,9 @@ def test_accompaniment_keeps_the_piece_and_adds_a_track(trained: Trained) -> Non
     source = E.load_source(tok, trained.source)
     plan = E.plan_accompany(source, E.mmm_ids(tok), [33], drums=False)
     assert plan.new_tracks == [4] and len(plan.holes) == source.bars
-    variations, _ = E.edit_variations(trained.model, tok, source, plan, OPTIONS, n=2)
+    variations, _ = E.edit_variations(
+        trained.model, tok, source, plan, OPTIONS, n=2, style=trained.style
+    )
     grid = _grid_tracks(trained, source)
     added = 0
     for v in variations:
@@ -195,3 +211,32 @@ def test_edits_refuse_what_the_source_does_not_have(trained: Trained) -> None:
         E.plan_infill(source, (1, 2), [0, 4])
     with pytest.raises(E.EditError, match="accompany.programs"):
         E.plan_accompany(source, E.mmm_ids(trained.tokenizer), [128], drums=False)
+
+
+def test_edits_are_masked_by_the_grammar_and_copy_checked(trained: Trained) -> None:
+    from cadenza.novelty import NGRAM, NoveltyIndex, score_hashes
+
+    tok = trained.tokenizer
+    source = E.load_source(tok, trained.source)
+    plan = E.plan_accompany(source, E.mmm_ids(tok), [33], drums=False)
+    # an index of the source's own notes: what the model writes for a new track is checked
+    # alone (the source's notes are the user's), so its n-grams are the written notes'
+    index = NoveltyIndex.from_hashes([score_hashes(source.score)], 1)
+    variations, _ = E.edit_variations(
+        trained.model,
+        tok,
+        source,
+        plan,
+        OPTIONS,
+        n=2,
+        style=trained.style,
+        novelty_index=index,
+        max_copied_fraction=0.0,
+    )
+    for v in variations:
+        assert v.novelty is not None
+        assert v.novelty["ngrams"] == max(v.new_notes - NGRAM + 1, 0)
+        assert v.novelty["max_copied_fraction"] == 0.0
+        assert v.attempts == 1 + v.novelty["resampled"]
+        if trained.style == "spm":  # written where a continuation is: the grammar masks it
+            assert v.invalid_tokens == 0

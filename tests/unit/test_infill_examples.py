@@ -169,8 +169,9 @@ def _stream(tok: Tokenizer, files: list[tuple[str, bytes]]) -> np.ndarray:
     )
 
 
+@pytest.mark.parametrize("layout", mmm.INFILL_LAYOUTS)
 def test_training_stream_is_seeded_and_resumes_exactly(
-    files: list[tuple[str, bytes]], tok: Tokenizer, ids: mmm.MMMIds
+    files: list[tuple[str, bytes]], tok: Tokenizer, ids: mmm.MMMIds, layout: str
 ) -> None:
     import torch
 
@@ -183,7 +184,9 @@ def test_training_stream_is_seeded_and_resumes_exactly(
     batcher = Batcher(torch.device("cpu"))
 
     def batches(fraction: float, **kw: Any) -> TrainBatches:
-        cfg = TrainConfig(seq_len=128, batch_size=8, infill_fraction=fraction, **kw)
+        cfg = TrainConfig(
+            seq_len=128, batch_size=8, infill_fraction=fraction, infill_layout=layout, **kw
+        )
         return TrainBatches(arr, cfg, info, batcher, None, ids if fraction else None)
 
     def draw(b: TrainBatches, k: int) -> list[np.ndarray]:
@@ -230,7 +233,27 @@ def test_infill_fraction_defaults_by_corpus() -> None:
         resolve_model(bad, tokenizer="REMI", tokenizer_spec=remi)
 
 
-def test_layout_examples_look_like_sampling_prompts(
+def test_edits_are_prompted_in_the_layout_the_model_learned() -> None:
+    from cadenza.sample.modes import model_infill_layout
+    from cadenza.train.params import ModelRequest, resolve_model
+    from cadenza.validation import InvalidParams
+
+    multitrack = SPEC.model_dump(mode="json")
+    _, train = resolve_model(
+        ModelRequest(corpus_id="c", preset="tiny"), tokenizer="MMM", tokenizer_spec=multitrack
+    )
+    assert train["infill_layout"] == "spm" and model_infill_layout(train) == "spm"
+    old = ModelRequest(corpus_id="c", preset="tiny", train={"infill_layout": "mmm"})
+    _, train = resolve_model(old, tokenizer="MMM", tokenizer_spec=multitrack)
+    assert model_infill_layout(train) == "mmm"
+    # a model trained before the layout was a choice learned mmm's
+    assert model_infill_layout({"infill_fraction": 0.5}) == "mmm"
+    bad = ModelRequest(corpus_id="c", preset="tiny", train={"infill_layout": "psm"})
+    with pytest.raises(InvalidParams, match="infill_layout"):
+        resolve_model(bad, tokenizer="MMM", tokenizer_spec=multitrack)
+
+
+def test_mmm_layout_examples_look_like_sampling_prompts(
     files: list[tuple[str, bytes]], tok: Tokenizer, ids: mmm.MMMIds
 ) -> None:
     t = ids
@@ -239,7 +262,7 @@ def test_layout_examples_look_like_sampling_prompts(
     for _, data in files:
         tracks = mmm.parse_tracks(tok.encode(_score(data)), t)
         for _ in range(20):
-            ex = mmm.layout_example(tracks, t, rng, 384)
+            ex = mmm.layout_example(tracks, t, rng, 384, "mmm")
             assert ex is not None and len(ex) <= 384
             holes = ex.count(t.fill_bar)
             assert holes == ex.count(t.fill_start) == ex.count(t.fill_end) > 0
@@ -260,6 +283,75 @@ def test_layout_examples_look_like_sampling_prompts(
     assert mmm.layout_example(tracks, t, rng, 8) is None  # nothing fits
 
 
+def test_spm_layout_puts_the_hole_after_its_left_side(
+    files: list[tuple[str, bytes]], tok: Tokenizer, ids: mmm.MMMIds
+) -> None:
+    t = ids
+    tracks = mmm.parse_tracks(tok.encode(_score(files[1][1])), t)
+    ctx, run = range(1, 7), range(3, 5)
+    blank = {(0, 3), (0, 4), (1, 5)}  # other tracks' holes: placeholders
+    prompt = mmm.spm_layout(tracks, t, 2, run, bars=ctx, holes=blank)
+    # the other tracks over the context, the holes of theirs as placeholders
+    first = prompt.index(t.fill_start)
+    others = mmm.parse_tracks(prompt[:first], t)
+    assert [o.head for o in others] == [tracks[k].head for k in (0, 1, 3)]
+    assert others[0].bars[2:4] == [[t.fill_bar], [t.fill_bar]]
+    assert others[1].bars[4] == [t.fill_bar]
+    assert others[2].bars == tracks[3].bars[1:7]
+    # then the bars after the hole between the markers, then the track up to the hole: what
+    # a continuation of the prefix sees last
+    close = prompt.index(t.fill_end)
+    suffix = mmm.parse_tracks([t.track_start, *prompt[first + 1 : close], t.track_end], t)[0]
+    assert suffix.bars == tracks[2].bars[5:7]
+    tail = prompt[close + 1 :]
+    assert tail == [t.track_start, *tracks[2].head, t.bar, *tracks[2].bars[1], t.bar,
+                    *tracks[2].bars[2]]  # fmt: skip
+    # an accompaniment's track: every bar written, nothing after it
+    whole = mmm.spm_layout(tracks, t, 0, ctx, bars=ctx)
+    assert whole[-len(tracks[0].head) - 3 :] == [t.fill_start, t.fill_end, t.track_start,
+                                                *tracks[0].head]  # fmt: skip
+    # a bar ends where the next opens
+    body = tracks[2].bars[3]
+    assert mmm.fill_body([*body, t.bar, 99], t, t.bar) == body
+
+
+def test_spm_examples_put_the_track_back_together(
+    files: list[tuple[str, bytes]], tok: Tokenizer, ids: mmm.MMMIds
+) -> None:
+    t = ids
+    rng = np.random.default_rng(5)
+    seen_whole = seen_bars = seen_blank = 0
+    for _, data in files:
+        tracks = mmm.parse_tracks(tok.encode(_score(data)), t)
+        for _ in range(20):
+            ex = mmm.layout_example(tracks, t, rng, 384, "spm")
+            assert ex is not None and len(ex) <= 384
+            body = ex[1:] if ex[0] == t.bos else ex
+            assert body.count(t.fill_start) == 1 and body[-1] == t.fill_end
+            first = body.index(t.fill_start)
+            close = body.index(t.fill_end, first)
+            others = mmm.parse_tracks(body[:first], t)
+            assert len(others) == len(tracks) - 1
+            shown = {len(o.bars) for o in others}
+            assert len(shown) == 1
+            rest = body[close + 1 :]
+            assert rest[0] == t.track_start and rest[-2:] == [t.bar, t.fill_end]
+            own = mmm.parse_tracks([*rest[:-2], t.track_end], t)[0]
+            after = mmm.parse_tracks([t.track_start, *body[first + 1 : close], t.track_end], t)
+            k = next(j for j, tr in enumerate(tracks) if tr.head == own.head)
+            bars = [*own.bars, *after[0].bars]  # prefix, the written bars, the suffix
+            assert len(bars) == shown.pop()  # the edited track spans the others' bars
+            if ex[0] == t.bos:  # from the first bar: the track's own bars, in order
+                assert bars[: len(tracks[k].bars)] == tracks[k].bars[: len(bars)]
+                for o, j in zip(others, [j for j in range(len(tracks)) if j != k], strict=True):
+                    kept = [b for b in o.bars if b != [t.fill_bar]]
+                    assert all(b in tracks[j].bars for b in kept)
+            seen_whole += not after[0].bars and len(own.bars) > mmm.MAX_CUT_BARS
+            seen_bars += bool(after[0].bars)
+            seen_blank += body[:first].count(t.fill_bar) > 0
+    assert seen_whole and seen_bars and seen_blank
+
+
 def test_a_multitrack_primer_keeps_its_tracks(
     files: list[tuple[str, bytes]], tok: Tokenizer
 ) -> None:
@@ -268,3 +360,17 @@ def test_a_multitrack_primer_keeps_its_tracks(
     ids = encode_primer(tok, files[1][1], bars=2)
     decoded = _score(decode_to_midi(tok, ids))
     assert [int(t.program) for t in decoded.tracks] == list(PART_PROGRAMS[:4])
+
+
+def test_the_grammar_accepts_multitrack_pieces(
+    files: list[tuple[str, bytes]], tok: Tokenizer, ids: mmm.MMMIds
+) -> None:
+    """Every track after the first is allowed to start (a constrained continuation of a
+    multitrack model, and an spm edit's prompt, need Track_End -> Track_Start)."""
+    from cadenza.tokenize.grammar import grammar_for
+
+    grammar = grammar_for(tok)
+    for _, data in files:
+        seq = [ids.bos, *tok.encode(_score(data)), ids.eos]
+        assert seq.count(ids.track_start) >= 4
+        assert grammar.first_violation(seq) is None

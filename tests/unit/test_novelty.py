@@ -166,7 +166,7 @@ def test_index_round_trips_and_is_built_once_into_the_store(
 def test_resample_keeps_the_least_copied_try_that_is_not_near_empty(
     corpus: Any, index: NoveltyIndex
 ) -> None:
-    from cadenza.sample.variations import Variation, _resample_copies
+    from cadenza.sample.variations import Variation, resample_copies
 
     train, val = _pieces(corpus, "train")[0], _pieces(corpus, "val")[0]
 
@@ -183,7 +183,7 @@ def test_resample_keeps_the_least_copied_try_that_is_not_near_empty(
             variation(i, val, out[i].attempts + 1, new_notes=0 if k == 1 else 100) for i in rows
         ]
 
-    _resample_copies(out, redraw, 0.5, 10, None)
+    resample_copies(out, redraw, 0.5, 10, None)
     assert tries == [[0], [0]]  # only the copying row, until it got below the limit
     assert out[0].midi == val and out[0].attempts == 3
     assert out[0].novelty is not None and out[1].novelty is not None

@@ -6,10 +6,13 @@ and encoded with the model's MMM tokenizer; its tracks and bars come out of the 
 model writes: the bars of an infill region, or every bar of each new accompaniment track.
 
 Holes are written chunk by chunk so each prompt fits the model's context: a chunk is a run of
-the region's bars, shown with as many bars around it as fit (`_plan`), its holes replaced by
-``Infill_Bar``; then for each hole, in placeholder order, ``FillBar_Start`` is appended and
-the model samples until ``FillBar_End`` (its stop token). Later chunks see the bars written
-for earlier ones. Each of the `n` variations is one row of the same batched generation.
+the region's bars, shown with as many bars around it as fit (`_plan`); holes not written yet
+are ``Infill_Bar`` placeholders. Prompts follow the layout the model was trained with
+(`cadenza.tokenize.mmm.InfillLayout`): ``spm`` writes the chunk track by track, each track's
+bars after the other tracks and the bars after the chunk, right after the track's own bars
+before it, each bar ended by the next ``Bar``; ``mmm`` appends ``FillBar_Start`` per hole, in
+placeholder order, and samples until ``FillBar_End``. Later holes see the bars written for
+earlier ones. Each of the `n` variations is one row of the same batched generation.
 
 Reassembly works on notes: a rewritten track keeps the source's notes outside the region
 exactly (as the tokenizer's grid has them) and takes the model's notes inside it, so nothing
@@ -24,12 +27,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cadenza.tokenize.mmm import MMMIds, Track, fill_body, layout, n_bars, parse_tracks
+from cadenza.tokenize.mmm import (
+    InfillLayout,
+    MMMIds,
+    Track,
+    fill_body,
+    layout,
+    n_bars,
+    parse_tracks,
+    spm_layout,
+)
 
 if TYPE_CHECKING:
     from symusic.core import ScoreTick
 
     from cadenza.models.base import CadenzaModel
+    from cadenza.novelty import NoveltyIndex
     from cadenza.sample.variations import Variation
     from cadenza.tokenize.base import Tokenizer
 
@@ -193,6 +206,7 @@ class EditedRow:
 
     tracks: list[Track]
     new_ids: list[int] = field(default_factory=list)
+    invalid_tokens: int = 0  # written ids the tokenizer's grammar forbids (0 when constrained)
 
 
 def write_holes(
@@ -202,19 +216,29 @@ def write_holes(
     options: Mapping[str, Any],
     *,
     n: int,
+    style: InfillLayout = "spm",
     device: str | None = None,
     should_stop: Callable[[int, int], bool] | None = None,
 ) -> tuple[list[EditedRow], bool]:
     """Sample every hole of ``edit`` for ``n`` variations; (rows, stopped early).
 
-    ``options`` are a request's `SamplingOptions` fields; ``max_new_tokens`` caps each bar.
-    Each bar is one `generate` call over the n rows, seeded ``seed + call`` so a seeded
-    request is reproducible. ``should_stop(done, total)`` is asked before each bar; True ends
-    the edit (the holes left keep the source's bars, or stay empty in new tracks).
+    ``style`` is the layout the model was trained with (`cadenza.tokenize.mmm.InfillLayout`):
+    ``spm`` writes a chunk's bars track by track, each right after its track's prefix and
+    ended by the next ``Bar``; ``mmm`` writes each after ``FillBar_Start`` at the end of the
+    piece with placeholders, until ``FillBar_End``. ``options`` are a request's
+    `SamplingOptions` fields; ``max_new_tokens`` caps each bar. Each bar is one `generate`
+    call over the n rows, seeded ``seed + call`` so a seeded request is reproducible.
+    ``should_stop(done, total)`` is asked before each bar; True ends the edit (the holes left
+    keep the source's bars, or stay empty in new tracks).
     """
     from cadenza.sample import SamplingParams, generate
+    from cadenza.tokenize.grammar import grammar_for
 
     t = mmm_ids(tokenizer)
+    # spm writes a bar where a continuation would, so the grammar that masks a continuation
+    # masks it too (the prompt's walk skips the fill markers and resets at Track_Start); an
+    # mmm fill starts after FillBar_Start, past the piece's end, where no grammar state fits
+    grammar = grammar_for(tokenizer) if style == "spm" else None
     block = model.block_size
     longest = max((len(b) for tr in edit.tracks for b in tr.bars), default=16)
     cap = max(1, min(int(options.get("max_new_tokens", 256)), max(48, 2 * longest + 8)))
@@ -222,37 +246,55 @@ def write_holes(
     rows = [EditedRow([_copy(tr) for tr in edit.tracks]) for _ in range(n)]
     seed = options.get("seed")
     base = {k: v for k, v in options.items() if k not in ("max_new_tokens", "seed", "stop_at_eos")}
+    # spm: a bar ends where the next one opens; mmm: at the fill's end marker
+    opener, stop = ([], t.bar) if style == "spm" else ([t.fill_start], t.fill_end)
+    pending = set(edit.holes)  # holes not written yet: placeholders in every prompt
     calls = 0
     total = len(edit.holes)
     for chunk, ctx in _plan(edit, budget):
         holes = [h for h in edit.holes if h[1] in chunk]
-        prompts = [layout(r.tracks, t, holes, bars=ctx) for r in rows]
-        if ctx.start == 0:
-            prompts = [[t.bos, *p] for p in prompts]
-        for hole in holes:
-            if should_stop is not None and should_stop(calls, total):
-                return rows, True
-            params = SamplingParams(
-                **base,
-                max_new_tokens=cap,
-                seed=None if seed is None else int(seed) + calls,
-                stop_at_eos=True,
-                eos_id=t.fill_end,
-            )
-            asked = [[*p, t.fill_start] for p in prompts]
-            if block is not None:
-                asked = [p[-int(block) :] for p in asked]
-            outs = generate(model, asked, params, n=1, device=device)
-            calls += 1
-            for i, (row, out) in enumerate(zip(rows, outs, strict=True)):
-                body = fill_body(out, t)
-                k, b = hole
-                track = row.tracks[k]
-                while len(track.bars) <= b:
-                    track.bars.append([])
-                track.bars[b] = body
-                row.new_ids += out
-                prompts[i] = [*prompts[i], t.fill_start, *body, t.fill_end]
+        lead = [t.bos] if ctx.start == 0 else []
+        if style == "spm":
+            run = range(chunk[0], chunk[-1] + 1)
+            groups = [[h for h in holes if h[0] == k] for k in dict.fromkeys(k for k, _ in holes)]
+        else:
+            groups = [holes]
+        for group in groups:
+            if style == "spm":
+                k, others = group[0][0], pending - set(group)
+                prompts = [
+                    [*lead, *spm_layout(r.tracks, t, k, run, bars=ctx, holes=others), t.bar]
+                    for r in rows
+                ]
+            else:
+                prompts = [[*lead, *layout(r.tracks, t, group, bars=ctx)] for r in rows]
+            for hole in group:
+                if should_stop is not None and should_stop(calls, total):
+                    return rows, True
+                params = SamplingParams(
+                    **base,
+                    max_new_tokens=cap,
+                    seed=None if seed is None else int(seed) + calls,
+                    stop_at_eos=True,
+                    eos_id=stop,
+                )
+                asked = [[*p, *opener] for p in prompts]
+                if block is not None:
+                    asked = [p[-int(block) :] for p in asked]
+                outs = generate(model, asked, params, n=1, device=device, grammar=grammar)
+                calls += 1
+                for i, (row, out) in enumerate(zip(rows, outs, strict=True)):
+                    if grammar is not None:
+                        row.invalid_tokens += grammar.walk(out, grammar.walk(asked[i])[0])[1]
+                    body = fill_body(out, t, stop)
+                    k, b = hole
+                    track = row.tracks[k]
+                    while len(track.bars) <= b:
+                        track.bars.append([])
+                    track.bars[b] = body
+                    row.new_ids += out
+                    prompts[i] = [*prompts[i], *opener, *body, stop]
+                pending.discard(hole)
     return rows, False
 
 
@@ -287,11 +329,34 @@ def _all(track: Any) -> dict[str, np.ndarray]:
     }
 
 
+def _clip_overlaps(arr: dict[str, np.ndarray], written: np.ndarray) -> None:
+    """Shorten each ``written`` note (in place) so it ends by the next onset of its pitch in
+    the track: MIDI cannot hold two overlapping notes of one pitch on one channel, and a
+    written note held into a kept one would change that note's length in the file."""
+    by_pitch = np.lexsort((arr["time"], arr["pitch"]))
+    pitch, time = arr["pitch"][by_pitch], arr["time"][by_pitch]
+    room = np.full(by_pitch.size, np.iinfo(np.int64).max, dtype=np.int64)
+    same = pitch[1:] == pitch[:-1]
+    room[:-1][same] = time[1:][same] - time[:-1][same]
+    limit = np.empty_like(room)
+    limit[by_pitch] = room
+    clip = written & (arr["duration"] > limit)
+    arr["duration"][clip] = np.maximum(limit[clip], 1)
+
+
 def reassemble(
     tokenizer: Tokenizer, source: Source, edit: Edit, row: EditedRow
 ) -> tuple[ScoreTick, int]:
     """The edited piece as a score, and how many of its notes are new (in the region of a
     rewritten track, or in an added track)."""
+    score, written = _reassemble(tokenizer, source, edit, row)
+    return score, sum(len(tr.notes) for tr in written.tracks)
+
+
+def _reassemble(
+    tokenizer: Tokenizer, source: Source, edit: Edit, row: EditedRow
+) -> tuple[ScoreTick, ScoreTick]:
+    """(the edited piece, only the notes the model wrote, in the same tracks and time)."""
     from symusic.core import ScoreTick, TempoTick, TimeSignatureTick, TrackTick
 
     from cadenza.midi.clean import notes_from_arrays
@@ -310,7 +375,9 @@ def reassemble(
     lo = bar_end_tick(out, edit.region.start) if edit.region.start else 0
     hi = bar_end_tick(out, edit.region.stop)
     edited = {k for k, _ in edit.holes}
-    new_notes = 0
+    written = ScoreTick(int(original.ticks_per_quarter))
+    written.tempos = out.tempos.copy()
+    written.time_signatures = out.time_signatures.copy()
     for k, track in enumerate(row.tracks):
         head_prog = next((p for p, i in t.programs.items() if track.head and i == track.head[0]), 0)
         parts: list[dict[str, np.ndarray]] = []
@@ -327,17 +394,23 @@ def reassemble(
         arr = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
         order = np.lexsort((arr["pitch"], arr["time"]))
         arr = {key: v[order] for key, v in arr.items()}
+        inside = (arr["time"] >= lo) & (arr["time"] < hi)
         if k in edited or k in edit.new_tracks:
-            new_notes += int(((arr["time"] >= lo) & (arr["time"] < hi)).sum())
+            _clip_overlaps(arr, inside)
         drum = head_prog == DRUM_PROGRAM
-        out_track = TrackTick(
-            "drums" if drum else f"track {k}", 0 if drum else max(head_prog, 0), drum
-        )
+        name, program = "drums" if drum else f"track {k}", 0 if drum else max(head_prog, 0)
+        out_track = TrackTick(name, program, drum)
         out_track.notes = notes_from_arrays(
             arr["time"], arr["duration"], arr["pitch"], arr["velocity"]
         )
         out.tracks.append(out_track)
-    return out, new_notes
+        if (k in edited or k in edit.new_tracks) and inside.any():
+            new_track = TrackTick(name, program, drum)
+            new_track.notes = notes_from_arrays(
+                *(arr[key][inside] for key in ("time", "duration", "pitch", "velocity"))
+            )
+            written.tracks.append(new_track)
+    return out, written
 
 
 def edit_variations(
@@ -348,30 +421,83 @@ def edit_variations(
     options: Mapping[str, Any],
     *,
     n: int,
+    style: InfillLayout = "spm",
     corpus_stats: Mapping[str, Any] | None = None,
     device: str | None = None,
     should_stop: Callable[[int, int], bool] | None = None,
+    novelty_index: NoveltyIndex | None = None,
+    max_copied_fraction: float | None = None,
+    min_notes: int = 1,
 ) -> tuple[list[Variation], bool]:
     """``n`` edited versions of ``source``, decoded and measured like any variation;
-    (variations, stopped early)."""
-    from cadenza.evaluate import compare, midi_metrics
-    from cadenza.sample.variations import Variation
+    (variations, stopped early). ``style``: the layout the model was trained with.
 
-    rows, stopped = write_holes(
-        model, tokenizer, edit, options, n=n, device=device, should_stop=should_stop
-    )
+    With a ``novelty_index`` each variation's ``novelty`` is the copy check of the notes the
+    model wrote (the source's are the user's); with ``max_copied_fraction`` too, variations
+    over it are written again as a continuation's are (`variations.resample_copies`), each
+    try seeded past every seed the earlier ones used.
+    """
+    from cadenza.evaluate import compare, midi_metrics
+    from cadenza.sample.variations import Variation, resample_copies
+
     t = mmm_ids(tokenizer)
-    out = []
-    for i, row in enumerate(rows):
-        score, new_notes = reassemble(tokenizer, source, edit, row)
+    stopped = False
+
+    def draw(count: int, offset: int) -> list[EditedRow]:
+        nonlocal stopped
+        seed = options.get("seed")
+        tries = dict(options)
+        if offset and seed is not None:  # each bar takes seed + call: skip past them all
+            tries["seed"] = int(seed) + offset * max(len(edit.holes), 1)
+        rows, halted = write_holes(
+            model,
+            tokenizer,
+            edit,
+            tries,
+            n=count,
+            style=style,
+            device=device,
+            should_stop=should_stop,
+        )
+        stopped = stopped or halted
+        return rows
+
+    def make(i: int, row: EditedRow, attempt: int) -> Variation:
+        score, written = _reassemble(tokenizer, source, edit, row)
         midi = bytes(score.dumps_midi())
         notes = sum(len(tr.notes) for tr in score.tracks)
+        new_notes = sum(len(tr.notes) for tr in written.tracks)
         seconds = float(score.to("second").end()) if notes else 0.0  # type: ignore[attr-defined]
         metrics: dict[str, Any] = dict(midi_metrics(midi))
         if corpus_stats:
             metrics = dict(compare(metrics, corpus_stats))
+        novelty = novelty_index.check_score(written) if novelty_index is not None else None
         ids = layout(row.tracks, t, [])
-        out.append(Variation(i, row.new_ids, ids, midi, notes, new_notes, seconds, metrics))
+        return Variation(
+            i,
+            row.new_ids,
+            ids,
+            midi,
+            notes,
+            new_notes,
+            seconds,
+            metrics,
+            attempt,
+            novelty,
+            row.invalid_tokens,
+        )
+
+    out = [make(i, row, 1) for i, row in enumerate(draw(n, 0))]
+    if novelty_index is not None and max_copied_fraction is not None:
+
+        def redraw(rows: list[int], k: int) -> list[Variation]:
+            again = draw(len(rows), k)
+            return [make(i, r, out[i].attempts + 1) for i, r in zip(rows, again, strict=True)]
+
+        def cancelled() -> bool:
+            return stopped
+
+        resample_copies(out, redraw, max_copied_fraction, min_notes, cancelled)
     return out, stopped
 
 

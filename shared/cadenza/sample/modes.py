@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cadenza.tokenize.mmm import supports_editing
+from cadenza.tokenize.mmm import INFILL_LAYOUTS, InfillLayout, supports_editing
 
 Mode = Literal["continue", "infill", "accompany"]
 #: Every mode, in the order `capabilities.modes` lists them.
@@ -156,6 +156,17 @@ def model_modes(
     return modes
 
 
+def model_infill_layout(train_config: Mapping[str, Any] | None) -> InfillLayout:
+    """The layout a model's edits are prompted in: the one it was trained with
+    (``train.infill_layout``); a training config without one predates the ``spm`` layout, so
+    that model learned ``mmm``."""
+    got = (train_config or {}).get("infill_layout") or "mmm"
+    for style in INFILL_LAYOUTS:
+        if got == style:
+            return style
+    raise ValueError(f"train.infill_layout: unknown layout {got!r}")
+
+
 def check_mode(mode: str, modes: list[str]) -> None:
     """Refuse a mode the model does not have (InvalidParams naming `mode`), saying how to
     train one that has it."""
@@ -182,5 +193,6 @@ __all__ = [
     "InfillSpec",
     "Mode",
     "check_mode",
+    "model_infill_layout",
     "model_modes",
 ]

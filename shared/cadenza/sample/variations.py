@@ -186,11 +186,11 @@ def sample_variations(
             again = draw(len(rows), resample_empty + k)
             return [make(i, new, out[i].attempts + 1) for i, new in zip(rows, again, strict=True)]
 
-        _resample_copies(out, redraw, max_copied_fraction, min_notes, should_stop)
+        resample_copies(out, redraw, max_copied_fraction, min_notes, should_stop)
     return out
 
 
-def _resample_copies(
+def resample_copies(
     out: list[Variation],
     redraw: Callable[[list[int], int], list[Variation]],
     limit: float,
@@ -231,4 +231,4 @@ def _resample_copies(
             )
 
 
-__all__ = ["Variation", "decode_variation", "sample_variations"]
+__all__ = ["Variation", "decode_variation", "resample_copies", "sample_variations"]

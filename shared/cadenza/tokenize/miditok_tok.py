@@ -341,11 +341,15 @@ class MidiTokTokenizer(Tokenizer):
                 # MMM wraps each track of its base tokenizer in Track_Start, Program … Track_End;
                 # MidiTok's graph lumps both marks into "Track" and misses Program -> Bar.
                 base = set(graph_from_miditok(self.miditok.tokens_types_graph, types))
+                # (Track_End is left out of the "may end a track" entries: listed after its
+                # own entry, it replaced Track_End -> Track_Start and a second track could
+                # never start)
+                marks = ("Track_Start", "Program", "Track_End")
                 extra = {
+                    **{t: {"Track_End"} for t in base if t not in marks},
                     "Track_Start": {"Program"},
                     "Program": {"Bar", "TimeSig", "Position", "TimeShift", "Pitch", "Tempo"},
                     "Track_End": {"Track_Start"},
-                    **{t: {"Track_End"} for t in base if t not in ("Track_Start", "Program")},
                 }
             succ = graph_from_miditok(self.miditok.tokens_types_graph, types, extra=extra)
         if self.name == "MMM":

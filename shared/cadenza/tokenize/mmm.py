@@ -5,14 +5,21 @@ A piece in MidiTok's MMM encoding (REMI underneath) is one stream of tracks, eac
 *body* (positions, pitches, velocities, durations, a time signature) runs to the next ``Bar``
 or ``Track_End``. That structure is visible in the ids alone, so editing needs no MidiTok:
 
-* **training** (:func:`layout_example`, or :func:`infill_example` inside a window when a
-  piece is too wide): some bar bodies (a run of bars of one track, or all its bars in view)
-  are replaced by one ``Infill_Bar`` placeholder each and appended at the end, each between
-  ``FillBar_Start`` and ``FillBar_End`` (the bar-fill scheme of the Multi-Track Music
-  Machine), so the model learns to write a bar from both sides and from the other tracks;
+* **training** (:func:`layout_example`): a range of bars of every track of one piece, some
+  bar bodies of one track (a run of bars, or all its bars in view: an accompaniment) taken
+  out as holes and written by the model, in one of two layouts (:data:`InfillLayout`):
+  ``spm`` (the default; suffix, then prefix, then middle, as fill-in-the-middle for code
+  models does): the other tracks, the edited track's bars after the hole between
+  ``FillBar_Start`` and ``FillBar_End``, then the edited track up to the hole
+  (:func:`spm_layout`), and the hole's bars right there, where a continuation would write
+  them; ``mmm`` (the Multi-Track Music Machine's bar fill): one ``Infill_Bar`` placeholder
+  per hole in the piece and the bars appended after it, each between ``FillBar_Start`` and
+  ``FillBar_End`` (:func:`layout`; :func:`infill_example` does it inside a window when a
+  piece is too wide). ``spm`` measured lower infill NLL at the same size (BENCHMARKS.md):
+  the bars are written next to their left context, which a small model attends to best;
 * **sampling** (:mod:`cadenza.sample.edit`): the same layout is built for a region of a real
-  piece (:func:`layout`), the model writes each fill until ``FillBar_End``, and
-  :func:`fill_body` cleans each before it goes back in its bar.
+  piece, the model writes each bar until the token that ends it (``Bar`` or
+  ``FillBar_End``), and :func:`fill_body` cleans each before it goes back in its bar.
 
 Torch-free and MidiTok-free: the training data stream and the API's capability check use it.
 """
@@ -21,12 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 #: The special tokens a multi-track corpus adds to MidiTok's (PAD, BOS, EOS, MASK) for
-#: editing: a bar's placeholder, and the markers around the bar written for it at the end.
+#: editing: a bar's placeholder, and the markers around the bars written for the holes
+#: (``mmm``) or shown after them (``spm``).
 INFILL_SPECIALS = ("Infill_Bar", "FillBar_Start", "FillBar_End")
 #: MidiTok's own special tokens, in its order (the ids 0..3 every MidiTok vocabulary starts with).
 MIDITOK_SPECIALS = ("PAD", "BOS", "EOS", "MASK")
@@ -34,6 +42,20 @@ MIDITOK_SPECIALS = ("PAD", "BOS", "EOS", "MASK")
 TRACK_CUT_CHANCE = 0.25
 #: At most this many consecutive bars are cut from a track in one bar-infill example.
 MAX_CUT_BARS = 4
+#: Chance that a training example of the ``spm`` layout also leaves the same bars of some
+#: other tracks as placeholders (what an infill of several tracks shows while it writes one).
+OTHER_TRACKS_CUT_CHANCE = 0.25
+
+#: How a fill-in-the-middle example (and an edit's prompt) is laid out.
+#: ``spm`` (the default): the other tracks, then the edited track's bars after the hole
+#: (the suffix) between ``FillBar_Start`` and ``FillBar_End``, then the edited track from its
+#: ``Track_Start`` up to the hole (the prefix); the model writes the hole's bars right after
+#: their left context, as in a continuation, each ended by the next ``Bar``, and then
+#: ``FillBar_End``. ``mmm``: the bar-fill scheme of the Multi-Track Music Machine (the piece
+#: with an ``Infill_Bar`` placeholder per hole, the fills appended at the end, each between
+#: ``FillBar_Start`` and ``FillBar_End``); models trained before ``spm`` existed use it.
+InfillLayout = Literal["spm", "mmm"]
+INFILL_LAYOUTS: tuple[InfillLayout, ...] = ("spm", "mmm")
 
 
 def vocab_key(name: str) -> str:
@@ -195,14 +217,16 @@ def layout(
     return render(tracks, t, bars=bars, holes=set(holes))
 
 
-def fill_body(new: Sequence[int], t: MMMIds) -> list[int]:
-    """A generated fill as a bar body: up to ``FillBar_End``, structural tokens dropped (a fill
-    that opened a bar or a track would move every bar after it)."""
+def fill_body(new: Sequence[int], t: MMMIds, stop: int | None = None) -> list[int]:
+    """A generated fill as a bar body: up to ``stop`` (default ``FillBar_End``; the ``spm``
+    layout ends a bar at the next ``Bar``), structural tokens dropped (a fill that opened a
+    bar or a track would move every bar after it)."""
     body: list[int] = []
     skip = t.structural
+    end = t.fill_end if stop is None else stop
     for raw in new:
         i = int(raw)
-        if i == t.fill_end:
+        if i == end:
             break
         if i not in skip:
             body.append(i)
@@ -212,6 +236,39 @@ def fill_body(new: Sequence[int], t: MMMIds) -> list[int]:
 def hole_order(tracks: Sequence[int], bars: Sequence[int]) -> list[tuple[int, int]]:
     """(track, bar) holes in the order their placeholders appear in a rendered piece."""
     return [(k, b) for k in sorted(set(tracks)) for b in sorted(set(bars))]
+
+
+def spm_layout(
+    tracks: Sequence[Track],
+    t: MMMIds,
+    track: int,
+    run: range,
+    *,
+    bars: range,
+    holes: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset(),
+) -> list[int]:
+    """The ``spm`` prompt for writing bars ``run`` of ``tracks[track]``, over ``bars``: every
+    other track (its ``holes`` as ``Infill_Bar``), the track's bars after ``run`` between
+    ``FillBar_Start`` and ``FillBar_End`` (a hole there is an ``Infill_Bar`` too), then the
+    track's ``Track_Start``, head and bars before ``run``. The first bar written follows as
+    ``Bar`` and its body, exactly where a continuation of the prefix would put it."""
+    others = [tr for k, tr in enumerate(tracks) if k != track]
+    moved = {(k - (k > track), b) for k, b in holes if k != track}
+    out = render(others, t, bars=bars, holes=moved)
+    tr = tracks[track]
+
+    def bar(b: int) -> list[int]:
+        if (track, b) in holes:
+            return [t.bar, t.fill_bar]
+        return [t.bar, *(tr.bars[b] if b < len(tr.bars) else [])]
+
+    out.append(t.fill_start)
+    for b in range(run.stop, bars.stop):
+        out += bar(b)
+    out += [t.fill_end, t.track_start, *tr.head]
+    for b in range(bars.start, run.start):
+        out += bar(b)
+    return out
 
 
 # ------------------------------------------------------------------------ training examples
@@ -292,16 +349,23 @@ def infill_example(
 
 
 def layout_example(
-    tracks: Sequence[Track], t: MMMIds, rng: np.random.Generator, length: int
+    tracks: Sequence[Track],
+    t: MMMIds,
+    rng: np.random.Generator,
+    length: int,
+    style: InfillLayout = "spm",
 ) -> list[int] | None:
-    """A fill-in-the-middle example laid out as sampling lays out its prompts: a range of
-    bars of every track of one piece, with holes, then the holes' bars between fill markers.
+    """A fill-in-the-middle example laid out as sampling lays out its prompts, in ``style``:
+    a range of bars of every track of one piece with holes, and the holes' bars written
+    (``mmm``: between fill markers after the piece; ``spm``: after the edited track's
+    prefix, each opened by ``Bar``, then ``Bar FillBar_End``).
 
     The holes are (chance ``TRACK_CUT_CHANCE``) every bar of the range in one track, or a
     run of 1..``MAX_CUT_BARS`` bars of one track; the range grows from the holes' bars, one
     bar at a time on a random side, while the example fits ``length`` ids (a run that does
-    not fit is shortened first). BOS leads when the range starts at the piece's first bar.
-    None when not even one bar of every track fits.
+    not fit is shortened first). In ``spm``, with chance ``OTHER_TRACKS_CUT_CHANCE``, some
+    other tracks show the same bars as placeholders. BOS leads when the range starts at the
+    piece's first bar. None when not even one bar of every track fits.
     """
     count = n_bars(tracks)
     bodies = [tr for tr in tracks if tr.bars]
@@ -315,11 +379,20 @@ def layout_example(
     first = int(rng.integers(0, max(1, own - run + 1)))
     bars = list(range(first, min(own, first + run)))
     whole = rng.random() < TRACK_CUT_CHANCE
+    others: list[int] = []
+    if style == "spm" and not whole and rng.random() < OTHER_TRACKS_CUT_CHANCE:
+        others = [j for j in range(len(tracks)) if j != k and rng.random() < 0.5]
 
     def build(lo: int, hi: int) -> list[int]:
-        cut = range(lo, hi) if whole else bars
-        holes = [(k, b) for b in cut]
+        cut = range(lo, hi) if whole else range(bars[0], bars[-1] + 1)
         head = [t.bos] if lo == 0 else []
+        if style == "spm":
+            blank = {(j, b) for j in others for b in cut}
+            out = head + spm_layout(tracks, t, k, cut, bars=range(lo, hi), holes=blank)
+            for b in cut:
+                out += [t.bar, *(tracks[k].bars[b] if b < own else [])]
+            return [*out, t.bar, t.fill_end]
+        holes = [(k, b) for b in cut]
         out = head + layout(tracks, t, holes, bars=range(lo, hi))
         for _, b in holes:
             body = tracks[k].bars[b] if b < own else []
@@ -345,10 +418,13 @@ def layout_example(
 
 
 __all__ = [
+    "INFILL_LAYOUTS",
     "INFILL_SPECIALS",
     "MAX_CUT_BARS",
     "MIDITOK_SPECIALS",
     "MMMIds",
+    "OTHER_TRACKS_CUT_CHANCE",
+    "InfillLayout",
     "TRACK_CUT_CHANCE",
     "Track",
     "fill_body",
@@ -359,6 +435,7 @@ __all__ = [
     "n_bars",
     "parse_tracks",
     "render",
+    "spm_layout",
     "supports_editing",
     "vocab_key",
 ]

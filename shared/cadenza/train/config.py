@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cadenza.models.presets import PRESETS
+from cadenza.tokenize.mmm import InfillLayout
 from cadenza.train.presets import train_preset
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -48,9 +49,18 @@ class TrainConfig(BaseModel):
         ge=0.0,
         le=1.0,
         description="fraction of training windows turned into fill-in-the-middle examples "
-        "(bars or a whole track cut out, left as placeholders and written after the window "
-        "between fill markers), so the model learns to infill and accompany as well as to "
+        "(bars or a whole track of a piece cut out and written by the model, laid out as "
+        "`infill_layout` says), so the model learns to infill and accompany as well as to "
         "continue; needs a corpus built with the `multitrack` preset, where it defaults to 0.5",
+    )
+    infill_layout: InfillLayout = Field(
+        default="spm",
+        description="how a fill-in-the-middle example is laid out (and so how the model's "
+        "edits are prompted): spm (default) shows the other tracks and the bars after the "
+        "hole first, then writes the hole's bars right after the bars before it, as a "
+        "continuation would; mmm leaves placeholders in the piece and writes the bars after "
+        "its end (the Multi-Track Music Machine's scheme, and what models trained before spm "
+        "existed use). spm measured lower infill NLL on the same model: BENCHMARKS.md",
     )
     grad_accum_steps: int = Field(default=1, ge=1, le=1024)
     weight_decay: float = Field(default=0.1, ge=0.0, le=1.0)

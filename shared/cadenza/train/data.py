@@ -129,6 +129,7 @@ class TrainBatches:
     ) -> None:
         ga = cfg.grad_accum_steps
         self.infill_fraction = cfg.infill_fraction
+        self.infill_layout = cfg.infill_layout
         self.infill_ids = infill_ids
         self._file_starts: np.ndarray | None = None  # BOS positions, found on first use
         self._pieces: dict[int, list[Track]] = {}  # parsed files by their BOS position
@@ -190,10 +191,13 @@ class TrainBatches:
             if rng.random() >= self.infill_fraction:
                 continue
             # The piece the window starts in, laid out as sampling lays out a prompt (a range
-            # of bars of every track); a piece whose bars do not fit cuts the window itself.
-            example = layout_example(self._piece(int(starts[row])), t, rng, length)
+            # of bars of every track); a piece whose bars do not fit cuts the window itself
+            # (mmm) or stays a plain window (spm, whose prompts need every track's bars).
+            piece = self._piece(int(starts[row]))
+            example = layout_example(piece, t, rng, length, self.infill_layout)
             if example is None:
-                batch[row] = infill_example(batch[row], t, rng)
+                if self.infill_layout == "mmm":
+                    batch[row] = infill_example(batch[row], t, rng)
                 continue
             pad = length - len(example)  # the window's own first ids lead, as packed text
             batch[row, pad:] = example

@@ -62,15 +62,17 @@ def run(ctx: JobContext) -> Outcome:
     tokenizer = tokenizer_from_bytes(ctx.store.get(rows.corpus.tokenizer_key))
     model, device = _load_model(ctx, rows)
     corpus_stats = rows.corpus.stats.get("metrics") or {}
+    index = _novelty_index(ctx, rows.corpus, tokenizer)
     if p.mode != "continue":  # infill / accompany: cadenza.jobs.handlers.sample_edit
         from cadenza.jobs.handlers import sample_edit
 
-        source, edited, cancelled = sample_edit.edit(ctx, p, model, device, tokenizer, corpus_stats)
+        source, edited, cancelled = sample_edit.edit(
+            ctx, p, model, device, tokenizer, corpus_stats, rows.model.train_config, index
+        )
         gen = _Generation(source, edited, cancelled)
     else:
         prompt = _prompt(ctx, p, tokenizer, rows.primer)
         steer, prompt = _steering(p, tokenizer, prompt, device)
-        index = _novelty_index(ctx, rows.corpus, tokenizer)
         gen = _generate(ctx, p, model, device, tokenizer, prompt, corpus_stats, index, steer)
     stored = [_store_variation(ctx, gen, v) for v in gen.variations]
     ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)

@@ -15,6 +15,7 @@ from cadenza.sample.params import SampleParams, SamplingOptions
 
 if TYPE_CHECKING:
     from cadenza.models.base import CadenzaModel
+    from cadenza.novelty import NoveltyIndex
     from cadenza.sample.variations import Variation
     from cadenza.tokenize.base import Tokenizer
 
@@ -40,10 +41,15 @@ def edit(
     device: str,
     tokenizer: Tokenizer,
     corpus_stats: dict[str, Any],
+    train_config: dict[str, Any] | None = None,
+    novelty_index: NoveltyIndex | None = None,
 ) -> tuple[list[int], list[Variation], bool]:
-    """(the source's ids, the variations, whether a cancel stopped it) for an edit request."""
+    """(the source's ids, the variations, whether a cancel stopped it) for an edit request;
+    `train_config` (the model's) says the layout its edits are prompted in, and the copy
+    check (`novelty_index`, the request's `max_copied_fraction`) runs on what it writes."""
     from cadenza.midi.load import MidiRejected
     from cadenza.sample import edit as music
+    from cadenza.sample.modes import model_infill_layout
 
     try:
         ids = music.mmm_ids(tokenizer)
@@ -80,9 +86,13 @@ def edit(
         plan,
         options,
         n=p.n,
+        style=model_infill_layout(train_config),
         corpus_stats=corpus_stats,
         device=device,
         should_stop=should_stop,
+        novelty_index=novelty_index,
+        max_copied_fraction=p.max_copied_fraction,
+        min_notes=p.min_notes,
     )
     return music.layout(source.tracks, ids, []), variations, cancelled
 
