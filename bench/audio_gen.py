@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import time
@@ -258,11 +257,9 @@ def main() -> None:
         "ids_per_second_generated": round(len(v.new_ids) / v.seconds["generate"], 1),
     }
     out["load_after_generation"] = os.getloadavg()
-    out["audio_seconds_total"] = round(sum(w.size for w in [primer_full]) / 16000, 1)
     build.close()
     print(json.dumps(out["generation"], indent=1), flush=True)
     print("RESULT " + json.dumps(out), flush=True)
-    print(f"math check: {math.isfinite(float(out['prior']['val_loss'] or 0))}")
 
 
 if __name__ == "__main__":
