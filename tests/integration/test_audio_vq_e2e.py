@@ -96,6 +96,8 @@ def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack) -> None:
     val_file = corpus["stats"]["file_splits"]["val"][0]
     refused(lambda: client.sample(model["id"], primer_file_id=midi["id"]), 422, "primer_file_id")
     refused(lambda: client.sample(model["id"], primer_tokens=[1, 3]), 422, "primer_tokens")
+    refused(lambda: client.sample(model["id"], max_seconds=1, primer_bars=2), 422, "primer_bars")
+    refused(lambda: client.continue_midi(model["id"], bach_paths()[0].read_bytes()), 422)
 
     job = finished(
         client,
