@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from cadenza.client import ApiFailure, Client
+from tests.integration.test_cli import cli
 from tests.support.music import bach_paths, chorale_recordings
 from tests.support.stack import Stack
 
@@ -45,7 +46,7 @@ def wav_of(client: Client, sample_id: str) -> tuple[np.ndarray, int]:
     return wave, rate
 
 
-def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack) -> None:
+def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack, tmp_path: Path) -> None:
     client = Client(embedded_stack.api_url, embedded_stack.api_key)
     recordings: list[Path] = chorale_recordings()[:4]
     ds = client.create_dataset("chorale recordings")
@@ -147,3 +148,10 @@ def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack) -> None:
     assert wav_of(client, child["id"])[0].size / rate == pytest.approx(7.0, abs=0.13)
     job = finished(client, client.sample(model["id"], max_seconds=1.0, n=2, seed=3))
     assert len(job["sample_ids"]) == 2
+
+    # the CLI writes each audio sample's WAV and spectrogram
+    proc = cli(embedded_stack, "sample", model["id"], "--from-sample", child["id"],
+               "--primer-seconds", "2", "--max-seconds", "1", "-o", str(tmp_path))  # fmt: skip
+    written = sorted(p.suffix for p in tmp_path.iterdir())
+    assert written == [".png", ".wav"], proc.stdout
+    assert sf.info(str(next(tmp_path.glob("*.wav")))).duration == pytest.approx(3.0, abs=0.13)
