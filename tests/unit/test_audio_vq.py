@@ -104,3 +104,20 @@ def test_splice_leaves_no_click_or_jump() -> None:
     assert bad["rms_jump_db"] > 3 and bad["sample_step"] > 2 * bad["sample_step_p999"], bad
     noise = np.random.default_rng(0).standard_normal(sr).astype(np.float32) * 0.1
     assert spectral_flatness(noise) > 0.5 > 0.05 > spectral_flatness(recording)
+
+
+def test_compressed_recordings_decode_and_non_audio_is_refused() -> None:
+    from cadenza.render.audio import _to_mp3
+
+    tok = tok_of(SMALL)
+    wav = chorale_recordings()[0].read_bytes()
+    plain = tok.audio_symbols(wav).symbols.size
+    mp3 = tok.audio_symbols(_to_mp3(wav, 60.0)).symbols.size
+    import soundfile as sf
+
+    assert plain == sf.info(str(chorale_recordings()[0])).frames
+    assert abs(mp3 - plain) < 0.25 * 16000  # MP3 pads to whole frames
+    with pytest.raises(ValueError):
+        tok.audio_symbols(b"MThd not a recording at all")
+    with pytest.raises(ValueError, match="max_file_seconds"):
+        tok_of({**SMALL, "max_file_seconds": 5}).audio_symbols(wav)
