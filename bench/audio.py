@@ -20,6 +20,15 @@ second of wall time.
     .venv/bin/python bench/audio.py --quick       # ~1 min
     .venv/bin/python bench/audio.py --only render # the rendering table alone, ~30 s
     .venv/bin/python bench/audio.py --only transcription  # that table alone, ~40 s
+    .venv/bin/python bench/audio.py --only engines  # basic-pitch vs transkun, ~4 min on 2 cores
+
+``--only engines`` compares the two transcription engines (``transcribe.engine``) on the same
+pieces, with a sustain pedal every bar, rendered by libfluidsynth (which plays the pedal):
+note F1 against the source MIDI (mir_eval: onsets only; with offsets as the notes sound, a note
+released under a file's own sustain pedal lasting until the pedal lifts; with offsets as the
+keys were held), sustain-pedal messages written, and speed (seconds of audio per second of
+wall time, models loaded beforehand). One piece is shorter than transkun's
+16-second segment, the others longer (transkun's own overlapping segments).
 """
 
 from __future__ import annotations
@@ -47,7 +56,14 @@ from typing import TypeVar
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 import numpy as np  # noqa: E402
-from symusic.core import NoteTick, ScoreSecond, ScoreTick, TempoTick, TrackTick  # noqa: E402
+from symusic.core import (  # noqa: E402
+    ControlChangeTick,
+    NoteTick,
+    ScoreSecond,
+    ScoreTick,
+    TempoTick,
+    TrackTick,
+)
 
 from cadenza.audio.transcribe import transcribe  # noqa: E402
 from cadenza.audio.transcribe.session import shared_model  # noqa: E402
@@ -328,6 +344,75 @@ def main_transcription_only(args: argparse.Namespace) -> None:
     print(f"\ntranscription table written to {README}")
 
 
+def pedalled(midi: bytes) -> bytes:
+    """The piece with the sustain pedal down through every bar (changed on each downbeat)."""
+    score = ScoreTick.from_midi(midi)
+    end = score.end()
+    for bar_start in range(0, end, 1920):
+        score.tracks[0].controls.append(ControlChangeTick(bar_start + 40, 64, 127))
+        score.tracks[0].controls.append(ControlChangeTick(min(bar_start + 1900, end), 64, 0))
+    return score.dumps_midi()
+
+
+def main_engines(args: argparse.Namespace) -> None:
+    """``--only engines``: basic-pitch and transkun on the same rendered pieces."""
+    import pretty_midi
+
+    from cadenza.audio.transcribe import TranscribeParams
+    from cadenza.audio.transcribe.piano import shared_piano_model
+    from tests.support.music import note_scores
+
+    seconds = [12.0] + [args.seconds] * (args.files - 1)
+    midis = [pedalled(piano_piece(seed, s)) for seed, s in enumerate(seconds)]
+    durations = [audio_seconds(m) for m in midis]
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="cadenza-bench-") as tmp:
+        paths = []
+        for i, midi in enumerate(midis):
+            paths.append(Path(tmp) / f"piece-{i}.wav")
+            paths[-1].write_bytes(render_midi(midi, engine="fluidsynth"))
+        shared_model()
+        shared_piano_model()
+        rows = []
+        for engine in ("basic-pitch", "transkun"):
+            params = TranscribeParams(engine=engine)  # type: ignore[arg-type]
+            for path, midi, duration in zip(paths, midis, durations, strict=True):
+                wall, (out,) = timed(partial(transcribe, [path], params))
+                scores = note_scores(midi, out)
+                pm = pretty_midi.PrettyMIDI(io.BytesIO(out))
+                pedal = sum(c.number == 64 for inst in pm.instruments for c in inst.control_changes)
+                f1 = (scores["onset"], scores["offset"], scores["offset_keys"])
+                rows.append((engine, duration, *f1, pedal, duration / wall))
+                print(rows[-1], flush=True)
+    load_after = os.getloadavg()
+    cores = len(os.sched_getaffinity(0))
+    command = "python bench/audio.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    lines = [
+        f"Command: `{command.strip()}`  ",
+        f"Machine: {cpu_model()}, {cores} CPU cores usable; load average {load_before[0]:.1f} "
+        f"before, {load_after[0]:.1f} after.",
+        "",
+        "| engine | piece (s) | note F1, onsets | with offsets, as sounding | with offsets, "
+        "as keys | CC64 messages | speed (× real time) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for engine, duration, onset, offset, keys, pedal, speed in rows:
+        lines.append(
+            f"| {engine} | {duration:.1f} | {onset:.3f} | {offset:.3f} | {keys:.3f} | {pedal} "
+            f"| {speed:.2f} |"
+        )
+    for engine in ("basic-pitch", "transkun"):
+        mine = [r for r in rows if r[0] == engine]
+        audio = sum(r[1] for r in mine)
+        speed = audio / sum(r[1] / r[6] for r in mine)
+        means = " | ".join(f"{statistics.mean(r[k] for r in mine):.3f}" for k in (2, 3, 4))
+        lines.append(
+            f"| {engine}, mean / all | {audio:.1f} | {means} | {sum(r[5] for r in mine)} "
+            f"| {speed:.2f} |"
+        )
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=6)
@@ -337,7 +422,7 @@ def main() -> None:
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README_audio.md")
     parser.add_argument(
         "--only",
-        choices=["render", "transcription"],
+        choices=["render", "transcription", "engines"],
         help="run one section alone (render: README left as it is; transcription: only its "
         "table in README_audio.md is replaced)",
     )
@@ -349,6 +434,13 @@ def main() -> None:
         return
     if args.only == "transcription":
         main_transcription_only(args)
+        return
+    if args.only == "engines":
+        if "--files" not in sys.argv:
+            args.files = 2
+        if "--seconds" not in sys.argv:
+            args.seconds = 30.0
+        main_engines(args)
         return
 
     load_before = os.getloadavg()

@@ -36,6 +36,10 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # basic-pitch 0.4.0 declares TensorFlow as a dependency on Python 3.11; with onnxruntime it
 # runs its bundled ONNX model offline, so it is installed without its declared deps.
 "${PIP[@]}" install --no-deps "basic-pitch==0.4.0" 2>&1 | grep -v "^WARNING: Location" || true
+# transkun 2.0.1 (piano transcription with velocities and pedal; checkpoint inside the wheel)
+# declares torchaudio, tensorboard and other training-only packages; torchaudio would replace
+# the pinned torch. Inference needs only torch, numpy, pretty_midi and mir_eval (extras above).
+"${PIP[@]}" install --no-deps "transkun==2.0.1" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import cadenza, cadenza_api, cadenza_worker, torch, miditok" \
   || { echo "setup failed: the venv cannot import the project"; exit 1; }
 touch .venv/.setup-done

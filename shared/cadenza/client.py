@@ -133,6 +133,11 @@ class Client:
                 h.close()
         return list(self._check(r).json()["files"])
 
+    def audio_job(self, dataset_id: str, operation: str, **options: Any) -> dict[str, Any]:
+        """Queue convert / crop / transcribe over a dataset's audio files (all by default)."""
+        body = {"operation": operation, **options}
+        return dict(self.post(f"/v1/datasets/{dataset_id}/audio-jobs", body))
+
     def create_corpus(self, dataset_id: str, **options: Any) -> dict[str, Any]:
         return dict(self.post("/v1/corpora", {"dataset_id": dataset_id, **options}))
 

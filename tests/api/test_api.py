@@ -222,6 +222,15 @@ def test_audio_job_requests_are_checked_after_their_files_and_queue_nothing(
     bad_tail = {"operation": "crop", "crop": {"interval_s": 1, "min_tail_s": 2}}
     r = client.post(f"/v1/datasets/{ds}/audio-jobs", json=bad_tail)
     assert r.status_code == 422 and "min_tail_s" in r.json()["error"]["message"]
+    for transcribe, named in [
+        ({"engine": "onsets-and-frames"}, "transcribe.engine"),
+        ({"engine": "transkun", "onset_threshold": 0.4}, "onset_threshold"),
+    ]:
+        r = client.post(
+            f"/v1/datasets/{ds}/audio-jobs",
+            json={"operation": "transcribe", "transcribe": transcribe},
+        )
+        assert r.status_code == 422 and named in r.json()["error"]["message"], r.text
     assert client.get("/v1/jobs").json()["jobs"] == []
 
 

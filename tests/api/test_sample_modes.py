@@ -13,8 +13,9 @@ from fastapi.testclient import TestClient
 
 from cadenza.config import Settings
 from cadenza.db.migrate import upgrade
-from cadenza.db.models import Corpus, File, Model
+from cadenza.db.models import Corpus, File, Model, Sample
 from cadenza.db.session import session_scope
+from cadenza.storage import open_store
 from cadenza.tokenize.presets import resolve_spec
 from tests.api.test_delete import keyed_client, made_by_jobs, upload
 from tests.support.music import multitrack_pairs
@@ -122,6 +123,32 @@ def test_modes_and_edit_requests_are_checked_before_anything_is_queued(
     )
     assert r.status_code == 202, r.text
     client.post(f"/v1/jobs/{r.json()['id']}/cancel")
+    # a source sample's bars are measured from its MIDI, as an upload's are
+    with session_scope(settings.resolved_database_url) as s:
+        sample = s.get(Sample, made["sample"])
+        assert sample is not None
+        open_store(settings).put(sample.midi_key, data)  # the chorale: 22 bars
+    r = client.post(
+        route,
+        json={
+            **infill,
+            "infill": {"bars": [60, 62]},
+            "source_sample_id": made["sample"],
+            "source_file_id": None,
+        },
+    )
+    assert r.status_code == 422 and "the source has 22 bars" in r.text, r.text
+
+    # a file uploaded before bars were measured: measured once on request, kept in its row
+    with session_scope(settings.resolved_database_url) as s:
+        row = s.get(File, source["id"])
+        assert row is not None
+        row.meta = {k: v for k, v in row.meta.items() if k != "bars"}
+    r = client.post(route, json={**infill, "infill": {"bars": [3, 30]}})
+    assert r.status_code == 422 and "the source has 22 bars" in r.text, r.text
+    with session_scope(settings.resolved_database_url) as s:
+        row = s.get(File, source["id"])
+        assert row is not None and row.meta["bars"] == 22
 
     # the MIDI routes: their own query parameters, checked against the body
     for query, named in [

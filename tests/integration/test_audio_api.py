@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import struct
 import wave
@@ -121,3 +122,33 @@ def test_bad_audio_is_refused(stack: Stack) -> None:
         json={"operation": "crop", "crop": {"positions_text": "1,abc"}},
     )
     assert r.status_code == 409  # no audio files in this dataset yet
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("transkun") is None, reason="transkun is not installed"
+)
+def test_cli_transcribes_piano_with_transkun(stack: Stack, rendered: dict[str, Path]) -> None:
+    """`cadenza datasets transcribe --engine transkun`: the REST audio job, run by a worker,
+    writes a piano MIDI file with velocities into the dataset (~15 s of CPU for this 4 s WAV)."""
+    from tests.integration.test_cli import cli, cli_json
+
+    c = Client(stack.api_url, stack.api_key)
+    ds = cli_json(stack, "datasets", "create", "piano recordings")
+    (wav,) = c.upload(ds["id"], [rendered["wav"]])
+    bad = cli(stack, "datasets", "transcribe", ds["id"], "--engine", "nope", ok=False)
+    assert bad.returncode == 1 and "422" in bad.stdout + bad.stderr
+    listed = cli(stack, "datasets", "transcribe", ds["id"], "--engine", "transkun").stdout
+    (line,) = [row for row in listed.splitlines() if " midi " in row]
+    midi_file = c.get(f"/v1/files/{line.split()[0]}")
+    assert midi_file["source_file_id"] == wav["id"] and midi_file["name"].endswith(".mid")
+    jobs = [
+        j
+        for j in c.get("/v1/jobs")["jobs"]
+        if j["type"] == "audio" and j["params"]["dataset_id"] == ds["id"]
+    ]
+    assert [j["params"]["transcribe"]["engine"] for j in jobs] == ["transkun"]
+    assert jobs[0]["file_ids"] == [midi_file["id"]]
+    score = symusic.Score.from_midi(c.http.get(f"/v1/files/{midi_file['id']}/content").content)
+    notes = sorted((n for t in score.tracks for n in t.notes), key=lambda n: n.time)
+    assert [n.pitch for n in notes] == [60, 62, 64, 65, 67, 69, 71, 72]  # the scale, no more
+    assert all(1 <= n.velocity <= 127 for n in notes)

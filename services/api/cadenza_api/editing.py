@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session
 
 from cadenza.db.models import Checkpoint, Corpus, File, Model, Sample
 from cadenza.db.repo import get_owned, pick_checkpoint
+from cadenza.midi.load import inspect_midi
 from cadenza.sample.modes import check_mode, model_modes
 from cadenza.sample.params import SampleRequest
+from cadenza.storage import ObjectStore
 from cadenza.tokenize.controls import default_capabilities
 from cadenza.validation import InvalidParams
 from cadenza_api.errors import ApiError
@@ -48,18 +50,36 @@ def sampling_checkpoint(session: Session, model: Model, which: str) -> Checkpoin
     )
 
 
-def check_edit(session: Session, model: Model, body: SampleRequest, owner_id: str) -> None:
+def check_edit(
+    session: Session, store: ObjectStore, model: Model, body: SampleRequest, owner_id: str
+) -> None:
     """422 for a mode the model lacks; 404 for a source that is not the caller's; 422 for a
     source that is not MIDI or lacks the bars or tracks asked for."""
     check_mode(body.mode, capabilities(session, model)["modes"])
     if body.mode == "continue":
         return
     if body.source_sample_id:
-        get_owned(session, Sample, body.source_sample_id, owner_id)
+        sample = get_owned(session, Sample, body.source_sample_id, owner_id)
+        if body.infill is not None:
+            check_source_file(None, body, _measured(store, sample.midi_key))
         return
     assert body.source_file_id is not None
     source = get_owned(session, File, body.source_file_id, owner_id)
+    if source.kind == "midi" and body.infill is not None and "bars" not in (source.meta or {}):
+        # Files uploaded before bars were measured: measure them once, keep it in the row.
+        source.meta = {**(source.meta or {}), **_measured(store, source.object_key)}
+        session.commit()  # kept even when the check below refuses the request
     check_source_file(source, body)
+
+
+def _measured(store: ObjectStore, key: str) -> dict[str, Any]:
+    """Tracks and bars of a stored MIDI object, by the sandboxed parse uploads use (a sample's
+    or an older file's, whose row does not say); {} if it cannot be read, so the job decides."""
+    try:
+        info = inspect_midi(store.get(key))
+    except Exception:  # noqa: BLE001 - a missing or unreadable object: the job reports it
+        return {}
+    return {"bars": info.bars, "tracks": info.tracks}
 
 
 def check_source_file(

@@ -139,6 +139,40 @@ def datasets_files(dataset_id: str) -> None:
         print_json(c.get(f"/v1/datasets/{dataset_id}/files"))
 
 
+@datasets_app.command("transcribe")
+def datasets_transcribe(
+    dataset_id: str,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="basic-pitch (any instrument) or transkun (solo piano, with velocities and "
+            "sustain pedal)"
+        ),
+    ] = "basic-pitch",
+    files: Annotated[
+        str | None, typer.Option(help="audio file ids, comma-separated (default: all)")
+    ] = None,
+    options: Annotated[
+        str,
+        typer.Option(
+            help='JSON transcription options, e.g. \'{"onset_threshold": 0.4, "midi_tempo": 100}\''
+        ),
+    ] = "{}",
+    wait: bool = True,
+) -> None:
+    """Transcribe a dataset's audio files to MIDI files in the same dataset."""
+    with connect() as c:
+        knobs = {**_json_option("options", options), "engine": engine}
+        job = c.audio_job(dataset_id, "transcribe", file_ids=_list_option(files), transcribe=knobs)
+        if wait:
+            job = follow(c, job, "transcribe")
+            for file_id in job["file_ids"]:
+                f = c.get(f"/v1/files/{file_id}")
+                out.print(f"{f['id']}  {f['kind']:5} {f['format']:4} {f['size']:>9}  {f['name']}")
+        else:
+            print_json(job)
+
+
 @corpora_app.command("create")
 def corpora_create(
     dataset_id: str,

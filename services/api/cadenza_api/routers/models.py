@@ -358,6 +358,7 @@ def create_samples(
     body: SampleRequest,
     session: SessionDep,
     settings: SettingsDep,
+    store: StoreDep,
     owner: CurrentOwner,
 ) -> JobOut:
     """Queue `n` variations; the job's `sample_ids` name them when it succeeds.
@@ -392,7 +393,7 @@ def create_samples(
                 "primer_not_midi",
                 f"primer file {primer.id} is {primer.kind}; transcribe it to MIDI first",
             )
-    check_edit(session, model, body, owner.id)  # mode, source (cadenza_api.editing)
+    check_edit(session, store, model, body, owner.id)  # mode, source (cadenza_api.editing)
     if body.primer_sample_id and not audio:
         # Any of the caller's samples, of any model: its MIDI is re-encoded with this model's
         # tokenizer when the job builds the prompt, as a primer file's is.

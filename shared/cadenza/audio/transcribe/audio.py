@@ -60,11 +60,16 @@ class _PcmFormat:
     channels: int
 
 
-def decode_for_model(path: Path, *, timeout_s: float = 600.0) -> npt.NDArray[np.float32]:
+def decode_for_model(
+    path: Path, *, timeout_s: float = 600.0, rate: int = MODEL_SAMPLE_RATE, mono: bool = True
+) -> npt.NDArray[np.float32]:
     """Mono float32 samples at 22,050 Hz, equal to ``librosa.load(path, sr=22050)``: channels
     averaged in float32, resampled with soxr HQ. WAV and FLAC are read in-process with
     libsndfile (as librosa does; no process start for the common case), everything else is
-    decoded by ffmpeg. Both stream in blocks, so memory stays at the output size."""
+    decoded by ffmpeg. Both stream in blocks, so memory stays at the output size.
+
+    ``rate`` and ``mono=False`` serve models with other inputs (the piano model reads 44.1 kHz
+    and every channel): then the result is (frames, channels)."""
     kind = sniff_file(path)
     if kind in ("wav", "flac"):
         import soundfile as sf
@@ -76,11 +81,13 @@ def decode_for_model(path: Path, *, timeout_s: float = 600.0) -> npt.NDArray[np.
         else:
             with source:
                 blocks = source.blocks(blocksize=1 << 16, dtype="float32", always_2d=True)
-                return _to_model_rate(source.samplerate, blocks)
-    return _decode_with_ffmpeg(path, kind, timeout_s)
+                return _to_model_rate(source.samplerate, blocks, rate, mono)
+    return _decode_with_ffmpeg(path, kind, timeout_s, rate, mono)
 
 
-def _decode_with_ffmpeg(path: Path, kind: str, timeout_s: float) -> npt.NDArray[np.float32]:
+def _decode_with_ffmpeg(
+    path: Path, kind: str, timeout_s: float, rate: int, mono: bool
+) -> npt.NDArray[np.float32]:
     """ffmpeg decodes to float32 WAV on a pipe; we read its header for the rate and channels."""
     args = _ffmpeg.decode_args(str(path), kind)
     args += ["-bitexact", "-c:a", "pcm_f32le", "-f", "wav", "pipe:1"]
@@ -103,7 +110,8 @@ def _decode_with_ffmpeg(path: Path, kind: str, timeout_s: float) -> npt.NDArray[
             fmt = _read_wav_header(proc.stdout)
             audio = None
             if fmt is not None:
-                audio = _to_model_rate(fmt.rate, _pipe_blocks(proc.stdout, fmt.channels))
+                blocks = _pipe_blocks(proc.stdout, fmt.channels)
+                audio = _to_model_rate(fmt.rate, blocks, rate, mono)
             code = proc.wait()
         finally:
             timer.cancel()
@@ -130,30 +138,41 @@ def _pipe_blocks(stream: IO[bytes], channels: int) -> Iterator[npt.NDArray[np.fl
         yield np.frombuffer(data, dtype="<f4").reshape(-1, channels)
 
 
-def _to_model_rate(rate: int, blocks: Iterable[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
-    """Average channels (in float32, as librosa.to_mono does) and resample to 22,050 Hz with
-    soxr HQ block by block; soxr's stream mode yields the same samples as one call over the
-    whole signal (checked against librosa.load)."""
+def _to_model_rate(
+    rate: int,
+    blocks: Iterable[npt.NDArray[np.float32]],
+    target: int = MODEL_SAMPLE_RATE,
+    mono: bool = True,
+) -> npt.NDArray[np.float32]:
+    """Average channels (in float32, as librosa.to_mono does; unless ``mono`` is false) and
+    resample to ``target`` Hz with soxr HQ block by block; soxr's stream mode yields the same
+    samples as one call over the whole signal (checked against librosa.load)."""
     import soxr
 
     resampler = None
-    if rate != MODEL_SAMPLE_RATE:
-        resampler = soxr.ResampleStream(rate, MODEL_SAMPLE_RATE, 1, "float32", "soxr_hq")
-    parts: list[npt.NDArray[np.float32]] = [np.zeros(0, dtype=np.float32)]
+    parts: list[npt.NDArray[np.float32]] = []
     n_in = 0
     for block in blocks:
+        if resampler is None and rate != target:
+            channels = 1 if mono else block.shape[1]
+            resampler = soxr.ResampleStream(rate, target, channels, "float32", "soxr_hq")
+        if not parts:  # the empty start fixes the shape of a file without samples
+            parts.append(np.zeros((0,) if mono else (0, block.shape[1]), dtype=np.float32))
         n_in += len(block)
-        mono = _to_mono(block)
-        parts.append(resampler.resample_chunk(mono) if resampler is not None else mono)
+        samples = _to_mono(block) if mono else block
+        parts.append(resampler.resample_chunk(samples) if resampler is not None else samples)
+    if not parts:
+        return np.zeros(0, dtype=np.float32)
     if resampler is None:
         return np.concatenate(parts)
-    parts.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    parts.append(resampler.resample_chunk(parts[0], last=True))
     audio = np.concatenate(parts).astype(np.float32, copy=False)
     # librosa.resample(fix=True) then sets the length to ceil(n × ratio), zero-padding.
-    size = int(np.ceil(n_in * (float(MODEL_SAMPLE_RATE) / rate)))
+    size = int(np.ceil(n_in * (float(target) / rate)))
     if len(audio) >= size:
         return audio[:size]
-    return np.concatenate([audio, np.zeros(size - len(audio), dtype=np.float32)])
+    padding = np.zeros((size - len(audio), *audio.shape[1:]), dtype=np.float32)
+    return np.concatenate([audio, padding])
 
 
 def _to_mono(block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

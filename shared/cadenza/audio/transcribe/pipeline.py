@@ -47,10 +47,16 @@ def transcribe(
 ) -> list[bytes]:
     """Transcribe each audio file to a Standard MIDI File; returns one ``bytes`` per input, in
     order. ``threads`` (default: the CPUs this process may use, or
-    ``CADENZA_TRANSCRIBE_THREADS``) is how many windows run through the model at once."""
+    ``CADENZA_TRANSCRIBE_THREADS``) is how many windows run through the model at once.
+    ``params.engine`` picks the model; transkun's files go to
+    :func:`cadenza.audio.transcribe.piano.transcribe_piano`."""
     params = params or TranscribeParams()
     if not paths:
         return []
+    if params.engine == "transkun":
+        from cadenza.audio.transcribe.piano import transcribe_piano
+
+        return transcribe_piano(paths, params, progress=progress, threads=threads)
     workers = threads or _default_threads()
     report = progress or (lambda fraction, message: None)
     n = len(paths)

@@ -410,6 +410,7 @@ async function audioPage(main, signal) {
       "fieldset",
       {},
       h("legend", { text: "Transcribe options" }),
+      field("Engine", select("transcribe.engine", [["basic-pitch", "basic-pitch (any instrument)"], ["transkun", "transkun (solo piano: velocities, pedal)"]], "basic-pitch"), "transkun is slow on CPU; it takes no thresholds"),
       field("Onset threshold", h("input", { name: "transcribe.onset_threshold", type: "number", min: "0", max: "1", step: "0.05", value: "0.5" })),
       field("Frame threshold", h("input", { name: "transcribe.frame_threshold", type: "number", min: "0", max: "1", step: "0.05", value: "0.3" })),
       field("Shortest note (ms)", h("input", { name: "transcribe.minimum_note_length_ms", type: "number", min: "0", step: "any", value: "127.7" })),
@@ -433,7 +434,7 @@ async function audioPage(main, signal) {
     busy(form.querySelector("button[type=submit]"), form, async () => {
       const op = opSelect.value;
       const body = { operation: op, [op]: {} };
-      for (const el of opts[op].querySelectorAll("input")) {
+      for (const el of opts[op].querySelectorAll("input, select")) {
         const key = el.name.split(".")[1];
         if (el.type === "checkbox") body[op][key] = el.checked;
         else if (el.value !== "") body[op][key] = el.type === "number" ? Number(el.value) : el.value;
