@@ -172,6 +172,31 @@ def notes_in_seconds(score: ScoreTick) -> np.ndarray:
     return arr[np.lexsort((arr[:, 2], arr[:, 0]))] if arr.size else arr
 
 
+@functools.cache
+def chorale_recordings(seconds: float = 20.0, sample_rate: int = 16000) -> list[Path]:
+    """:func:`bach_paths` rendered with the project's renderer (General MIDI soundfont) to
+    16-bit WAV at ``sample_rate``, each cut to its first ``seconds``: "recordings" for the
+    audio tests (cached beside the MIDI, so rendered once per machine)."""
+    from symusic import Score
+
+    from cadenza.render.audio import render_midi
+
+    out_dir = CACHE / f"bach-wav-{int(seconds)}s-{sample_rate}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for src in bach_paths():
+        dst = out_dir / f"{src.stem}.wav"
+        if not dst.exists():
+            score = Score.from_midi(src.read_bytes())
+            cut = score.to("second").clip(0.0, seconds).to("tick")
+            wav = render_midi(cut.dumps_midi(), fmt="wav", sample_rate=sample_rate)
+            tmp = dst.with_suffix(".tmp")
+            tmp.write_bytes(wav)
+            tmp.replace(dst)
+        paths.append(dst)
+    return paths
+
+
 def note_scores(reference: bytes, estimate: bytes) -> dict[str, float]:
     """mir_eval's note F1s (the MIREX measures: onsets within 50 ms; offsets within 20 % of the
     note or 50 ms): ``onset``; ``offset``, notes as they sound (a note released while its

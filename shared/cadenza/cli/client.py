@@ -324,9 +324,12 @@ def models_publish(
 
 def sample(
     model_id: str,
-    primer: Annotated[Path | None, typer.Option(help="a MIDI file to continue")] = None,
+    primer: Annotated[
+        Path | None,
+        typer.Option(help="a MIDI file to continue (a recording for an audio-vq model)"),
+    ] = None,
     primer_file_id: Annotated[
-        str | None, typer.Option(help="a stored MIDI file to continue")
+        str | None, typer.Option(help="a stored MIDI file (or recording) to continue")
     ] = None,
     from_sample: Annotated[
         str | None,
@@ -346,6 +349,9 @@ def sample(
     seed: int | None = None,
     primer_seconds: float | None = None,
     max_bars: int | None = None,
+    max_seconds: Annotated[
+        float | None, typer.Option(help="stop once the output lasts this long (audio: its length)")
+    ] = None,
     max_copied_fraction: Annotated[
         float | None,
         typer.Option(
@@ -387,7 +393,8 @@ def sample(
         typer.Option(help="add tracks to the source: GM programs and/or drums, e.g. 33,drums"),
     ] = None,
 ) -> None:
-    """Generate N variations and write their MIDI files to OUTPUT.
+    """Generate N variations and write their MIDI files to OUTPUT (an audio-vq model's: a WAV
+    and a spectrogram PNG each).
 
     With --infill-bars or --accompany (and --source, --source-file-id or --source-sample) the
     model edits a piece instead of continuing one: it needs a model trained on a `multitrack`
@@ -425,6 +432,7 @@ def sample(
             "primer_bars": primer_bars,
             "primer_seconds": primer_seconds,
             "max_bars": max_bars,
+            "max_seconds": max_seconds,
             **edit,
             **(
                 {"max_copied_fraction": max_copied_fraction}
@@ -439,7 +447,12 @@ def sample(
             opts["tags"] = _list_option(tags)
         job = follow(c, c.sample(model_id, **opts), "sample")
         for sid in job["sample_ids"]:
-            path = c.download(f"/v1/samples/{sid}/midi", output / f"{sid}.mid")
+            if c.get(f"/v1/samples/{sid}")["meta"].get("kind") == "audio":  # an audio-vq model's
+                path = c.download(f"/v1/samples/{sid}/audio?format=wav", output / f"{sid}.wav")
+                out.print(str(path))
+                path = c.download(f"/v1/samples/{sid}/pianoroll.png", output / f"{sid}.png")
+            else:
+                path = c.download(f"/v1/samples/{sid}/midi", output / f"{sid}.mid")
             out.print(str(path))
 
 

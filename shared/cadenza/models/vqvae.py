@@ -197,10 +197,15 @@ def decode_codes(
 # ---- weights as deterministic bytes -----------------------------------------------------------
 
 
-def weights_state(model: QuarterVQVAE) -> dict[str, Any]:
-    """Parameters + codebook as JSON: names, shapes, base64 of little-endian float32 bytes."""
+def _is_ema(name: str) -> bool:
+    return name.rsplit(".", 1)[-1].startswith("ema_")
+
+
+def weights_state(model: nn.Module) -> dict[str, Any]:
+    """Parameters + codebook as JSON: names, shapes, base64 of little-endian float32 bytes
+    (EMA accumulators left out: they only matter while training)."""
     sd = model.state_dict()
-    names = sorted(k for k in sd if not k.startswith("ema_"))
+    names = sorted(k for k in sd if not _is_ema(k))
     blob = b"".join(sd[k].detach().cpu().numpy().astype("<f4").tobytes() for k in names)
     return {
         "dtype": "float32-le",
@@ -212,26 +217,32 @@ def weights_state(model: QuarterVQVAE) -> dict[str, Any]:
 
 def model_from_state(cfg: QuarterVQConfig, state: dict[str, Any]) -> QuarterVQVAE:
     """Rebuild a trained model from :func:`weights_state` (no training)."""
+    model = QuarterVQVAE(cfg)
+    load_weights(model, state, "quarter-vq")
+    return model
+
+
+def load_weights(model: nn.Module, state: dict[str, Any], label: str) -> None:
+    """Load :func:`weights_state` into ``model`` (built from the same spec) and set eval mode;
+    ValueError naming ``label`` when the bytes are corrupt or do not fit the network."""
     blob = base64.b64decode(state["data"])
     if hashlib.sha256(blob).hexdigest() != state["sha256"]:
-        raise ValueError("quarter-vq weights are corrupt (sha256 mismatch)")
-    model = QuarterVQVAE(cfg)
+        raise ValueError(f"{label} weights are corrupt (sha256 mismatch)")
     sd = model.state_dict()
     offset = 0
     loaded: dict[str, torch.Tensor] = {}
     for name, shape in state["tensors"]:
         if name not in sd or list(sd[name].shape) != list(shape):
-            raise ValueError(f"quarter-vq weights do not fit the spec's network ({name} {shape})")
+            raise ValueError(f"{label} weights do not fit the spec's network ({name} {shape})")
         size = int(np.prod(shape)) * 4
         arr = np.frombuffer(blob[offset : offset + size], dtype="<f4").reshape(shape)
         loaded[name] = torch.from_numpy(arr.astype(np.float32))
         offset += size
-    missing = [k for k in sd if not k.startswith("ema_") and k not in loaded]
+    missing = [k for k in sd if not _is_ema(k) and k not in loaded]
     if missing or offset != len(blob):
-        raise ValueError(f"quarter-vq weights are incomplete (missing {missing[:3]})")
+        raise ValueError(f"{label} weights are incomplete (missing {missing[:3]})")
     model.load_state_dict(loaded, strict=False)
     model.eval()
-    return model
 
 
 __all__ = [
@@ -241,6 +252,7 @@ __all__ = [
     "QuarterVQVAE",
     "decode_codes",
     "encode_rolls",
+    "load_weights",
     "model_from_state",
     "train_vqvae",
     "weights_state",

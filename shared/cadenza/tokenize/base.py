@@ -101,6 +101,9 @@ class Tokenizer(ABC):
 
     #: the ``TokenizerSpec.name`` values this class implements
     names: ClassVar[tuple[str, ...]] = ()
+    #: what a corpus of this tokenizer reads: "midi" files (``symbols(score)``) or "audio"
+    #: files (``audio_symbols(bytes)``, audio-vq)
+    input_kind: ClassVar[str] = "midi"
 
     def __init__(self, spec: TokenizerSpec) -> None:
         self.spec = spec
@@ -154,6 +157,10 @@ class Tokenizer(ABC):
     @abstractmethod
     def symbols(self, score: Score) -> Symbols:
         """Base encoding of a (cleaned) score; needs no learned state, so workers can run it."""
+
+    def audio_symbols(self, data: bytes) -> Symbols:
+        """Base encoding of an audio recording's bytes (tokenizers with ``input_kind`` audio)."""
+        raise ValueError(f"the {self.name} tokenizer reads MIDI, not audio")
 
     @abstractmethod
     def fit(self, train: Sequence[Symbols]) -> None:

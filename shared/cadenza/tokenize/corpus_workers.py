@@ -132,6 +132,8 @@ def _augmented(score: Any, aug: AugmentSpec) -> list[tuple[tuple[int, int, float
 
 def _process(ctx: _Context, index: int, file_id: str, data: bytes, is_train: bool) -> FileResult:
     """Load (with limits), clean, tokenize and augment one file; never raises for a bad file."""
+    if ctx.tok.input_kind == "audio":
+        return _process_audio(ctx, index, file_id, data)
     try:
         score = load_score(data, ctx.limits)
     except MidiRejected as e:
@@ -156,6 +158,17 @@ def _process(ctx: _Context, index: int, file_id: str, data: bytes, is_train: boo
         report = [*report, f"augmented: {len(variants) - 1} copies"]
     notes = sum(len(t.notes) for t in cleaned.tracks)
     return FileResult(index, file_id, variants, notes, report)
+
+
+def _process_audio(ctx: _Context, index: int, file_id: str, data: bytes) -> FileResult:
+    """Decode one recording (audio-vq); MIDI cleaning and augmentation do not apply."""
+    try:
+        sym = ctx.tok.audio_symbols(data)
+    except ValueError as e:  # not audio (AudioRejected), too long, or ffmpeg refused it
+        return FileResult(index, file_id, [], 0, [], f"audio: {e}")
+    if sym.symbols.size == 0:
+        return FileResult(index, file_id, [], 0, [], "audio: shorter than one coarse code")
+    return FileResult(index, file_id, [sym], 0, [f"audio: {sym.symbols.size} samples"])
 
 
 def _work(index: int, file_id: str, data: bytes, is_train: bool) -> FileResult:

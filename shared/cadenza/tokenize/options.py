@@ -123,8 +123,69 @@ class QuarterVQConfig(BaseModel):
         return v
 
 
+class AudioVQConfig(BaseModel):
+    """Options of the "audio-vq" tokenizer: a two-level VQ-VAE over log-mel frames of audio.
+
+    Audio is decoded to ``sample_rate`` mono; an STFT of ``n_fft`` points every ``hop``
+    samples gives ``n_mels`` log-mel bands per frame. The coarse level has one code per
+    ``coarse_frames`` frames (structure), the fine level ``fine_per_coarse`` codes per coarse
+    code, quantizing what the coarse level left out (detail). Each level has its own EMA
+    codebook with dead-code restarts. The defaults (16 kHz, hop 256, 8 frames per coarse code,
+    4 fine codes under each) give 7.8 coarse + 31.3 fine = 39 codes per second and train in
+    well under a minute on 2 CPU cores. Decoding inverts the mel with Griffin-Lim
+    (``griffin_lim_iters``): no trained vocoder, no downloaded weights.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_rate: int = Field(default=16000, ge=8000, le=48000)
+    n_fft: int = Field(default=1024, ge=128, le=8192)
+    hop: int = Field(default=256, ge=32, le=4096)
+    n_mels: int = Field(default=64, ge=16, le=256)
+    coarse_frames: int = Field(default=8, ge=2, le=64)  # mel frames per coarse code
+    fine_per_coarse: int = Field(default=4, ge=1, le=16)  # fine codes under each coarse code
+    coarse_codebook: int = Field(default=256, ge=2, le=4096)
+    fine_codebook: int = Field(default=256, ge=2, le=4096)
+    code_dim: int = Field(default=64, ge=4, le=512)
+    channels: int = Field(default=128, ge=8, le=1024)  # conv width of encoder and decoder
+    decay: float = Field(default=0.99, gt=0.0, lt=1.0)  # EMA codebook decay
+    commitment: float = Field(default=0.25, ge=0.0, le=10.0)
+    coarse_weight: float = Field(default=0.5, ge=0.0, le=10.0)  # loss of the coarse-only decode
+    lr: float = Field(default=2e-3, gt=0.0, le=1.0)  # Adam
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    segment_frames: int = Field(default=64, ge=8, le=4096)  # frames per training crop
+    steps: int = Field(default=600, ge=0, le=1_000_000)  # optimizer steps of fit()
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    holdout_fraction: float = Field(default=0.1, ge=0.0, le=0.5)  # each file's tail, not fit
+    griffin_lim_iters: int = Field(default=32, ge=1, le=1000)
+    max_file_seconds: float = Field(default=900.0, gt=0.0, le=7200.0)  # longer files: skipped
+
+    @model_validator(mode="after")
+    def _check(self) -> AudioVQConfig:
+        if self.hop > self.n_fft:
+            raise ValueError("hop must be ≤ n_fft")
+        if self.coarse_frames % self.fine_per_coarse:
+            raise ValueError("coarse_frames must be a multiple of fine_per_coarse")
+        if self.segment_frames % self.coarse_frames:
+            raise ValueError("segment_frames must be a multiple of coarse_frames")
+        if self.n_mels > self.n_fft // 2 + 1:
+            raise ValueError("n_mels must be ≤ n_fft / 2 + 1")
+        return self
+
+    @property
+    def group(self) -> int:
+        """Ids per coarse step in the flattened stream: the coarse code, then its fine codes."""
+        return 1 + self.fine_per_coarse
+
+    @property
+    def codes_per_second(self) -> float:
+        """Ids per second of audio, both levels."""
+        return self.sample_rate / self.hop / self.coarse_frames * self.group
+
+
 __all__ = [
     "CODES_PER_QUARTER",
+    "AudioVQConfig",
     "MAX_CHAR_SYMBOLS",
     "ChordDurationConfig",
     "MidiCharConfig",

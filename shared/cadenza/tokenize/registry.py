@@ -12,6 +12,7 @@ from cadenza.tokenize.spec import TokenizerSpec
 
 def _classes() -> dict[str, type[Tokenizer]]:
     """Spec name → class; imported lazily so that the API can use specs without MidiTok."""
+    from cadenza.tokenize.audio_vq import AudioVQTokenizer
     from cadenza.tokenize.chord_duration import ChordDurationTokenizer
     from cadenza.tokenize.midichar import MidiCharTokenizer
     from cadenza.tokenize.miditok_tok import MidiTokCompoundTokenizer, MidiTokTokenizer
@@ -24,6 +25,7 @@ def _classes() -> dict[str, type[Tokenizer]]:
         MidiCharTokenizer,
         ChordDurationTokenizer,
         QuarterVQTokenizer,
+        AudioVQTokenizer,
     )
     for cls in classes:
         for name in cls.names:

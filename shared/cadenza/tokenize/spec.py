@@ -33,6 +33,7 @@ from cadenza.tokenize.miditok_options import (
 from cadenza.tokenize.options import (
     CODES_PER_QUARTER,
     MAX_CHAR_SYMBOLS,
+    AudioVQConfig,
     ChordDurationConfig,
     MidiCharConfig,
     QuarterVQConfig,
@@ -55,7 +56,9 @@ MIDITOK_MULTI_VOCAB: tuple[str, ...] = ("CPWord", "Octuple", "MuMIDI")
 #: pairs on a 16th-note grid (chord-duration).
 OWN_TOKENIZERS: tuple[str, ...] = ("midichar", "chord-duration")
 #: Learned tokenizers whose ids are codes of a trained network (a VQ-VAE): no subwords.
-VQ_TOKENIZERS: tuple[str, ...] = ("quarter-vq",)
+VQ_TOKENIZERS: tuple[str, ...] = ("quarter-vq", "audio-vq")
+#: Tokenizers that read audio files (not MIDI): a corpus of them needs a dataset with audio.
+AUDIO_TOKENIZERS: tuple[str, ...] = ("audio-vq",)
 
 TokenizerName = Literal[
     "REMI",
@@ -71,6 +74,7 @@ TokenizerName = Literal[
     "midichar",
     "chord-duration",
     "quarter-vq",
+    "audio-vq",
 ]
 
 #: The option model of each tokenizer that is not MidiTok's.
@@ -78,6 +82,7 @@ _OPTION_MODELS: dict[str, type[BaseModel]] = {
     "midichar": MidiCharConfig,
     "chord-duration": ChordDurationConfig,
     "quarter-vq": QuarterVQConfig,
+    "audio-vq": AudioVQConfig,
 }
 
 
@@ -187,7 +192,7 @@ class TokenizerSpec(BaseModel):
             )
         if self.name in VQ_TOKENIZERS and self.bpe is not None:
             raise ValueError(
-                f"bpe: {self.name} ids are codes of a learned VQ-VAE, 16 per quarter note; "
+                f"bpe: {self.name} ids are codes of a learned VQ-VAE; "
                 "subword merges are not defined for them. Leave bpe empty."
             )
         if self.name in OWN_TOKENIZERS or self.name in VQ_TOKENIZERS:
@@ -212,7 +217,9 @@ class TokenizerSpec(BaseModel):
 
 
 __all__ = [
+    "AUDIO_TOKENIZERS",
     "CODES_PER_QUARTER",
+    "AudioVQConfig",
     "MAX_CHAR_SYMBOLS",
     "MIDITOK_MULTI_VOCAB",
     "MIDITOK_OPTION_TYPES",

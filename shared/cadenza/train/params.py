@@ -95,7 +95,8 @@ def resolve_model(
 
     `tokenizer` is the corpus's tokenizer name: a prior over quarter-vq codes learns from
     windows that start on a quarter (16 codes), so such a model gets `window_grid` 16 unless
-    the request says otherwise (`train.window_grid: null` turns it off). `tokenizer_spec` is
+    the request says otherwise (`train.window_grid: null` turns it off); an audio-vq prior's
+    windows start on a coarse code (`window_grid` = 1 + fine_per_coarse). `tokenizer_spec` is
     the corpus's whole spec: on a corpus that can carry infill examples (the `multitrack`
     preset) `train.infill_fraction` defaults to 0.5, and elsewhere it must stay 0.
     """
@@ -128,6 +129,13 @@ def resolve_model(
     train_json = train.model_dump(mode="json")
     if tokenizer == "quarter-vq" and "window_grid" not in request.train:
         train_json["window_grid"] = CODES_PER_QUARTER
+    if tokenizer == "audio-vq" and "window_grid" not in request.train:
+        # windows start on a coarse code, so the coarse/fine positions are the same in each
+        from cadenza.tokenize.options import AudioVQConfig
+
+        train_json["window_grid"] = AudioVQConfig.model_validate(
+            (tokenizer_spec or {}).get("config", {})
+        ).group
     editable = supports_editing(tokenizer_spec)
     if editable and "infill_fraction" not in request.train:
         train_json["infill_fraction"] = DEFAULT_INFILL_FRACTION

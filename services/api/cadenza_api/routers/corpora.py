@@ -10,6 +10,7 @@ from cadenza.db.repo import get_owned, get_visible_model, list_owned
 from cadenza.delete import delete_corpus
 from cadenza.jobs import submit
 from cadenza.tokenize.params import TokenizeParams
+from cadenza.tokenize.spec import AUDIO_TOKENIZERS
 from cadenza_api.deletes import finish_delete
 from cadenza_api.deps import (
     CurrentOwner,
@@ -37,11 +38,13 @@ router = v1_router("/v1/corpora", "corpora")
 def create_corpus(
     body: CorpusRequest, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
 ) -> JobOut:
-    """Queue tokenization of a dataset's MIDI files; the job's `corpus_id` names the result.
+    """Queue tokenization of a dataset's MIDI files (or, with `tokenizer` `audio-vq`, of its
+    audio recordings); the job's `corpus_id` names the result.
 
     Answers 202 with the job; poll it (`GET /v1/jobs/{id}`) until `succeeded`. 409 when the
-    dataset has no MIDI files yet (upload some, or transcribe audio, first); 422 names each
-    invalid tokenizer, preset, BPE, augmentation or split field.
+    dataset has no MIDI files yet (upload some, or transcribe audio, first); for `audio-vq`,
+    422 when it has no audio files; 422 names each invalid tokenizer, preset, BPE,
+    augmentation or split field.
 
     With `base_model_id` (yours or a public model; 404 otherwise) the files are tokenized with
     that model's saved tokenizer (BPE vocabulary included), so token ids mean what they mean
@@ -55,6 +58,24 @@ def create_corpus(
         if base_corpus is None:  # cannot happen while the base exists (its corpus refuses)
             raise ApiError(404, "not_found", f"model {base.id}'s tokenizer is gone")
         base_spec = base_corpus.params["tokenizer_spec"]
+    name = base_spec["name"] if base_spec is not None else body.tokenizer
+    if name in AUDIO_TOKENIZERS:
+        n_audio = session.scalar(
+            select(func.count(File.id)).where(
+                File.dataset_id == body.dataset_id, File.kind == "audio"
+            )
+        )
+        if not n_audio:
+            raise ApiError(
+                422,
+                "no_audio_files",
+                f"tokenizer: {name} learns from recordings, and the dataset has no audio "
+                "files: upload WAV, FLAC or MP3 recordings to it, or choose a MIDI tokenizer",
+                details=[{"field": "tokenizer", "message": "the dataset has no audio files"}],
+            )
+        params = TokenizeParams.from_request(body, base_spec=base_spec)
+        job = submit(session, settings, owner_id=owner.id, type="tokenize", params=params)
+        return JobOut.model_validate(job)
     n_midi = session.scalar(
         select(func.count(File.id)).where(File.dataset_id == body.dataset_id, File.kind == "midi")
     )

@@ -30,7 +30,7 @@ from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
 from cadenza.config import Settings
-from cadenza.db.models import Dataset, Job, Owner, Sample
+from cadenza.db.models import Corpus, Dataset, Job, Owner, Sample
 from cadenza.db.repo import get_visible_model
 from cadenza.ingest import (
     Incoming,
@@ -44,6 +44,7 @@ from cadenza.midi.load import MidiLimits, sniff_midi
 from cadenza.sample.modes import check_mode
 from cadenza.sample.params import SampleParams, SampleRequest
 from cadenza.storage import ObjectStore
+from cadenza.tokenize.spec import AUDIO_TOKENIZERS
 from cadenza_api.deps import (
     CurrentOwner,
     Database,
@@ -281,6 +282,16 @@ async def answer_midi(
 
     def _check_model(s: Session) -> str:
         model = get_visible_model(s, model_id, owner.id)  # yours, or a public model
+        corpus = s.get(Corpus, model.corpus_id)
+        if corpus is not None and corpus.params.get("tokenizer_spec", {}).get("name") in (
+            AUDIO_TOKENIZERS
+        ):
+            raise ApiError(
+                422,
+                "audio_model",
+                f"model {model.id} continues recordings, not MIDI: upload the recording to a "
+                "dataset and POST /v1/models/{id}/samples with its primer_file_id",
+            )
         if edit:
             check_mode(options.mode, capabilities(s, model)["modes"])
         return sampling_checkpoint(s, model, options.checkpoint).id

@@ -14,6 +14,7 @@ from cadenza.delete import adapters_of, delete_model
 from cadenza.jobs import submit
 from cadenza.sample.params import SampleParams, check_controls, check_for_model
 from cadenza.storage import ObjectNotFound, job_key
+from cadenza.tokenize.spec import AUDIO_TOKENIZERS
 from cadenza.train.params import ModelRequest, TrainParams, resolve_adapter_request, resolve_model
 from cadenza.validation import Conflict, InvalidParams
 from cadenza_api.deletes import finish_delete
@@ -305,6 +306,47 @@ def download_weights(
     )
 
 
+def check_audio_request(session: SessionDep, body: SampleRequest, owner_id: str) -> None:
+    """What an audio (audio-vq) model's sample request may say: a recording or an audio
+    sample as primer, no token-level or MIDI-only option (422 naming the field)."""
+    if body.primer_file_id:
+        primer = get_owned(session, File, body.primer_file_id, owner_id)
+        if primer.kind != "audio":
+            raise ApiError(
+                422,
+                "primer_not_audio",
+                f"primer_file_id: file {primer.id} is {primer.kind}; this model continues "
+                "recordings: upload a WAV, FLAC or MP3",
+                details=[{"field": "primer_file_id", "message": f"a {primer.kind} file"}],
+            )
+    if body.primer_sample_id:
+        parent = get_owned(session, Sample, body.primer_sample_id, owner_id)
+        if parent.meta.get("kind") != "audio":
+            raise ApiError(
+                422,
+                "primer_not_audio",
+                f"primer_sample_id: sample {parent.id} is MIDI; this model continues audio "
+                "samples and recordings",
+                details=[{"field": "primer_sample_id", "message": "a MIDI sample"}],
+            )
+    for name in ("primer_tokens", "force_tokens", "controls", "tags", "primer_bars"):
+        if getattr(body, name):
+            raise ApiError(
+                422,
+                "invalid_for_audio",
+                f"{name}: not for an audio model (it takes a recording as primer, cut by "
+                "primer_seconds, and max_seconds for the length)",
+                details=[{"field": name, "message": "not for an audio model"}],
+            )
+    if body.mode != "continue":
+        raise ApiError(
+            422,
+            "invalid_for_audio",
+            "mode: an audio model only continues (mode continue)",
+            details=[{"field": "mode", "message": "not for an audio model"}],
+        )
+
+
 @router.post(
     "/{model_id}/samples",
     status_code=202,
@@ -328,7 +370,10 @@ def create_samples(
     checkpoint yet (wait for its training job to save one) or `primer_tokens` come from another
     tokenizer; 422 for an invalid option, more than one primer, a primer file that is not MIDI,
     or tokens outside the model's vocabulary, or `controls`/`tags` the model did not learn (see
-    its `capabilities`). `mode` `infill` rewrites `infill.bars` of a
+    its `capabilities`). On an audio model (a corpus of `audio-vq`) the primer is a recording
+    (`primer_file_id`, an audio file) or an audio sample (`primer_sample_id`), cut by
+    `primer_seconds`; `max_seconds` sets the length; the samples are WAV (`/audio`, and a
+    spectrogram at `/pianoroll.png`). `mode` `infill` rewrites `infill.bars` of a
     source piece (`source_file_id` or `source_sample_id`), `accompany` adds tracks with
     `accompany.programs`: 422 when the model cannot (see its `capabilities.modes`) or the
     source lacks those bars or tracks, 404 for a source that is not yours.
@@ -336,7 +381,11 @@ def create_samples(
     """
     model = get_visible_model(session, model_id, owner.id)
     ckpt = sampling_checkpoint(session, model, body.checkpoint)
-    if body.primer_file_id:
+    corpus = session.get(Corpus, model.corpus_id)
+    audio = bool(corpus) and corpus.params.get("tokenizer_spec", {}).get("name") in AUDIO_TOKENIZERS
+    if audio:
+        check_audio_request(session, body, owner.id)
+    elif body.primer_file_id:
         primer = get_owned(session, File, body.primer_file_id, owner.id)
         if primer.kind != "midi":
             raise ApiError(
@@ -345,12 +394,18 @@ def create_samples(
                 f"primer file {primer.id} is {primer.kind}; transcribe it to MIDI first",
             )
     check_edit(session, store, model, body, owner.id)  # mode, source (cadenza_api.editing)
-    if body.primer_sample_id:
+    if body.primer_sample_id and not audio:
         # Any of the caller's samples, of any model: its MIDI is re-encoded with this model's
         # tokenizer when the job builds the prompt, as a primer file's is.
-        get_owned(session, Sample, body.primer_sample_id, owner.id)
+        parent = get_owned(session, Sample, body.primer_sample_id, owner.id)
+        if parent.meta.get("kind") == "audio":
+            raise ApiError(
+                422,
+                "primer_not_midi",
+                f"primer sample {parent.id} is audio; this model continues MIDI",
+                details=[{"field": "primer_sample_id", "message": "an audio sample"}],
+            )
     names: list[str] = []
-    corpus = session.get(Corpus, model.corpus_id)
     if body.force_tokens:
         names = list(corpus.stats.get("token_names", [])) if corpus else []
     check_controls(body, corpus.stats.get("capabilities") if corpus else None)

@@ -52,13 +52,19 @@ def get_lineage(sample_id: str, session: SessionDep, owner: CurrentOwner) -> Sam
 
 
 @router.get(
-    "/{sample_id}/midi", **describe("samples_get_midi", "Download a sample's MIDI", 404, ok=MIDI)
+    "/{sample_id}/midi",
+    **describe("samples_get_midi", "Download a sample's MIDI", 404, 409, ok=MIDI),
 )
 def sample_midi(
     sample_id: str, session: SessionDep, store: StoreDep, owner: CurrentOwner
 ) -> Response:
-    """The generated piece as a `.mid` file (primer included when it was asked for)."""
+    """The generated piece as a `.mid` file (primer included when it was asked for); 409 for
+    an audio sample (of an audio-vq model), which has no MIDI: get its `/audio`."""
     sample = get_owned(session, Sample, sample_id, owner.id)
+    if sample.meta.get("kind") == "audio":
+        raise ApiError(
+            409, "audio_sample", "this sample is audio, not MIDI: GET /v1/samples/{id}/audio"
+        )
     try:
         data = store.get(sample.midi_key)
     except ObjectNotFound as exc:
@@ -89,7 +95,8 @@ def sample_audio(
     owner: CurrentOwner,
     format: Literal["mp3", "wav"] = "mp3",
 ) -> Response:
-    """The sample rendered with the General MIDI soundfont (rendered by its sample job).
+    """The sample rendered with the General MIDI soundfont (rendered by its sample job); an
+    audio sample (of an audio-vq model) is its own generated WAV, or that as MP3.
 
     200 with the audio when it is rendered, else 202 with the render job: poll it, then retry.
     409 for a sample without a content hash (made before renderings were cached): sample again.
@@ -116,7 +123,7 @@ def sample_pianoroll(
     sample_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep, owner: CurrentOwner
 ) -> Response:
     """The sample's notes drawn as a piano roll: 200 with the PNG, or 202 with the job (409 as
-    for its audio)."""
+    for its audio). For an audio sample: its log-mel spectrogram, the seam marked."""
     sample = get_owned(session, Sample, sample_id, owner.id)
     return rendered(
         session,

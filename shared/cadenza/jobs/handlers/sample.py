@@ -61,6 +61,14 @@ def run(ctx: JobContext) -> Outcome:
     ctx.progress(0.0, "loading model", force=True)
     tokenizer = tokenizer_from_bytes(ctx.store.get(rows.corpus.tokenizer_key))
     model, device = _load_model(ctx, rows)
+    if (
+        tokenizer.input_kind == "audio"
+    ):  # recordings in, WAV out: cadenza.jobs.handlers.sample_audio
+        from cadenza.jobs.handlers import sample_audio
+        from cadenza.tokenize.audio_vq import AudioVQTokenizer
+
+        assert isinstance(tokenizer, AudioVQTokenizer)
+        return sample_audio.run(ctx, p, rows, tokenizer, model, device)
     corpus_stats = rows.corpus.stats.get("metrics") or {}
     index = _novelty_index(ctx, rows.corpus, tokenizer)
     if p.mode != "continue":  # infill / accompany: cadenza.jobs.handlers.sample_edit

@@ -75,13 +75,15 @@ def run(ctx: JobContext) -> Outcome:
         tokenizer_to_bytes,
         vocab_size,
     )
+    from cadenza.tokenize.spec import AUDIO_TOKENIZERS
 
     p = TokenizeParams.model_validate(ctx.params)
+    kind = "audio" if p.tokenizer_spec.name in AUDIO_TOKENIZERS else "midi"
     with ctx.session() as s:
         rows = list(
             s.scalars(
                 select(File)
-                .where(File.dataset_id == p.dataset_id, File.kind == "midi")
+                .where(File.dataset_id == p.dataset_id, File.kind == kind)
                 .order_by(File.created_at, File.id)
             )
         )
@@ -91,12 +93,13 @@ def run(ctx: JobContext) -> Outcome:
         ds_tags = list(ds.tags or []) if ds is not None else []
         tags = {r.id: sorted({*ds_tags, *(r.tags or [])}) for r in rows}
     if not files:
-        raise UserError("the dataset has no MIDI files")
+        raise UserError(f"the dataset has no {'audio' if kind == 'audio' else 'MIDI'} files")
     keys = dict(files)
     shards = shard_count(len(files), p.shards)
     base_tokenizer = _base_tokenizer(ctx, p)
 
-    ctx.progress(0.0, f"tokenizing {len(files)} MIDI files in {shards} part(s)", force=True)
+    what = "recordings" if kind == "audio" else "MIDI files"
+    ctx.progress(0.0, f"tokenizing {len(files)} {what} in {shards} part(s)", force=True)
 
     def progress(fraction: float, message: str) -> None:
         ctx.progress(0.05 + _P_BUILD * fraction, message)
@@ -138,19 +141,10 @@ def run(ctx: JobContext) -> Outcome:
         stats: dict[str, Any] = build.stats.to_dict()
         stats["file_splits"] = build.file_splits
         stats["shards"] = shards
-        # The copy check's index of the training notes (cadenza.novelty), beside the arrays.
-        ctx.progress(0.93, "indexing the training notes for the copy check", force=True)
-        from cadenza.novelty import build_and_store
-
-        stats["novelty_index"] = build_and_store(
-            ctx.store, prefix, build.tokenizer, build.splits["train"]
-        )
-        # The training data's music statistics, which every sample is later compared against.
-        ctx.progress(0.95, "measuring the corpus (pitch, scale, polyphony, groove)", force=True)
-        from cadenza.evaluate import corpus_metrics
-
-        train_keys = [keys[f] for f in build.file_splits.get("train", [])]
-        stats["metrics"] = corpus_metrics(_StoredFiles(ctx.store, train_keys))
+        if kind == "midi":  # notes to index and measure; a recording has none
+            _note_stats(ctx, stats, prefix, build, keys)
+        else:
+            stats["input_kind"] = "audio"
         stats["token_names"] = token_names(build.tokenizer)
         stats["capabilities"] = build.tokenizer.capabilities()
         tok_hash = tokenizer_hash(build.tokenizer)
@@ -178,6 +172,25 @@ def run(ctx: JobContext) -> Outcome:
         return {"corpus_id": corpus_id}
 
     return Outcome(finalize, message=f"{tokens} tokens")
+
+
+def _note_stats(
+    ctx: JobContext, stats: dict[str, Any], prefix: str, build: Any, keys: dict[str, str]
+) -> None:
+    """The copy check's index of the training notes and the training MIDI's statistics."""
+    # The copy check's index of the training notes (cadenza.novelty), beside the arrays.
+    ctx.progress(0.93, "indexing the training notes for the copy check", force=True)
+    from cadenza.novelty import build_and_store
+
+    stats["novelty_index"] = build_and_store(
+        ctx.store, prefix, build.tokenizer, build.splits["train"]
+    )
+    # The training data's music statistics, which every sample is later compared against.
+    ctx.progress(0.95, "measuring the corpus (pitch, scale, polyphony, groove)", force=True)
+    from cadenza.evaluate import corpus_metrics
+
+    train_keys = [keys[f] for f in build.file_splits.get("train", [])]
+    stats["metrics"] = corpus_metrics(_StoredFiles(ctx.store, train_keys))
 
 
 def _base_tokenizer(ctx: JobContext, p: TokenizeParams) -> Any:

@@ -1,0 +1,161 @@
+"""`sample` jobs on a model whose corpus is audio (audio-vq): recordings in, WAV out.
+
+Called by `cadenza.jobs.handlers.sample.run` once it has loaded the rows, the tokenizer and
+the model. The primer is an uploaded recording (`primer_file_id`) or an earlier audio sample
+(`primer_sample_id`: co-composition), cut to `primer_seconds`. Each variation is stored as a
+WAV (the sample's own object, `midi_key`, whose name predates audio samples) and, keyed by
+its content hash like every rendering, as WAV, MP3 and a spectrogram PNG: so
+`GET /v1/samples/{id}/audio` and `/pianoroll.png` serve them unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from cadenza.db.models import Sample
+from cadenza.jobs.context import JobContext, Outcome, UserError
+from cadenza.jobs.state import JobState
+from cadenza.sample.params import SampleParams, SamplingOptions
+from cadenza.storage import job_key, sha256_of
+
+if TYPE_CHECKING:
+    from cadenza.jobs.handlers.sample import _Rows
+    from cadenza.models.base import CadenzaModel
+    from cadenza.sample.audio import AudioVariation
+    from cadenza.tokenize.audio_vq import AudioVQTokenizer
+
+
+def run(
+    ctx: JobContext,
+    p: SampleParams,
+    rows: _Rows,
+    tok: AudioVQTokenizer,
+    model: CadenzaModel,
+    device: str,
+) -> Outcome:
+    from cadenza.sample.audio import primer_cut, sample_audio
+    from cadenza.tokenize.audio_vq import decode_audio_bytes
+
+    if p.mode != "continue":
+        raise UserError(f"mode {p.mode}: an audio model only continues (mode continue)")
+    if p.primer_tokens or p.force_tokens or p.controls or p.tags:
+        raise UserError(
+            "an audio model takes a recording as primer (primer_file_id or primer_sample_id), "
+            "not primer_tokens, force_tokens, controls or tags"
+        )
+    primer = None
+    if rows.primer is not None:
+        try:
+            wave = decode_audio_bytes(
+                ctx.store.get(rows.primer.key), tok.cfg.sample_rate, tok.cfg.max_file_seconds
+            )
+        except ValueError as exc:
+            raise UserError(f"{rows.primer.label}: {exc}") from exc
+        primer = primer_cut(tok, wave, p.primer_seconds)
+        if primer.size == 0:
+            raise UserError(f"{rows.primer.label} is shorter than one coarse code")
+    options = {name: getattr(p, name) for name in SamplingOptions.model_fields}
+    cancelled = False
+
+    def on_token(step: int, new: list[list[int]]) -> bool:
+        nonlocal cancelled
+        if ctx.cancelled():
+            cancelled = True
+            return True
+        if step % 32 == 0:
+            ctx.progress(0.8 * step / max(1, _planned(p, tok)), f"{step} codes", tokens=step)
+        return False
+
+    what = f"{primer.size / tok.cfg.sample_rate:.1f} s primer" if primer is not None else "scratch"
+    ctx.progress(0.0, f"generating {p.n} variation(s) from {what}", force=True)
+    variations = sample_audio(
+        model,
+        tok,
+        primer,
+        options,
+        n=p.n,
+        max_seconds=p.max_seconds,
+        include_primer=p.include_primer,
+        device=device,
+        on_token=on_token,
+    )
+    stored = [_store(ctx, tok, v, len(variations)) for v in variations]
+    prompt_tokens = 1 + (0 if primer is None else len(tok.wave_ids(primer)))
+
+    def finalize(s: Session) -> dict[str, Any]:
+        parent_id = p.primer_sample_id
+        parent = parent_id if parent_id and s.get(Sample, parent_id) else None
+        ids: list[str] = []
+        for v, o in zip(variations, stored, strict=True):
+            sample = Sample(
+                owner_id=ctx.owner_id,
+                model_id=rows.model.id,
+                job_id=ctx.job_id,
+                index=v.index,
+                params=p.model_dump(mode="json", exclude={"model_id"}),
+                midi_key=o["key"],
+                num_tokens=prompt_tokens - 1 + len(v.new_ids),
+                num_notes=0,
+                duration_s=round(v.wave.size / tok.cfg.sample_rate, 4),
+                partial=cancelled,
+                parent_sample_id=parent,
+                meta={
+                    "kind": "audio",
+                    "sample_rate": tok.cfg.sample_rate,
+                    "primer_tokens": prompt_tokens,
+                    "new_tokens": len(v.new_ids),
+                    "new_seconds": round(v.new_seconds, 4),
+                    "seam_s": v.seam_s,
+                    "seconds": v.seconds,
+                    "real_time_factor": round(v.real_time_factor, 4),
+                    "device": device,
+                    "audio": v.metrics,
+                    "sha256": o["sha256"],
+                    "render_errors": o["render_errors"],
+                },
+            )
+            s.add(sample)
+            s.flush()
+            ids.append(sample.id)
+        return {"sample_ids": ids, "sample_id": ids[0] if ids else None}
+
+    return Outcome(
+        finalize,
+        state=JobState.CANCELLED if cancelled else JobState.SUCCEEDED,
+        message="cancelled; partial samples kept" if cancelled else f"{len(stored)} sample(s)",
+    )
+
+
+def _planned(p: SampleParams, tok: AudioVQTokenizer) -> int:
+    import math
+
+    if p.max_seconds is not None:
+        steps = math.ceil(p.max_seconds * tok.cfg.sample_rate / tok.samples_per_step)
+        return steps * tok.cfg.group
+    return p.max_new_tokens
+
+
+def _store(ctx: JobContext, tok: AudioVQTokenizer, v: AudioVariation, n: int) -> dict[str, Any]:
+    """The WAV under the job, and its renderings (WAV, MP3, spectrogram) by content hash."""
+    from cadenza.render import render_key
+    from cadenza.render.audio import _to_mp3
+    from cadenza.sample.audio import spectrogram_png, wav_bytes
+
+    ctx.progress(0.8 + 0.2 * v.index / max(n, 1), f"writing variation {v.index + 1}", force=True)
+    wav = wav_bytes(v.wave, tok.cfg.sample_rate)
+    key = job_key(ctx.job_id, "samples", f"{v.index:03d}.wav")
+    ctx.store.put(key, wav)
+    sha = sha256_of([wav])
+    errors: dict[str, str] = {}
+    ctx.store.put(render_key(sha, "wav"), wav)
+    try:
+        ctx.store.put(render_key(sha, "mp3"), _to_mp3(wav, 600.0))
+    except Exception as exc:  # noqa: BLE001 - the WAV is the product; MP3 is a view of it
+        errors["mp3"] = f"{type(exc).__name__}: {exc}"[:500]
+    try:
+        ctx.store.put(render_key(sha, "png"), spectrogram_png(v.wave, tok, v.seam_s))
+    except Exception as exc:  # noqa: BLE001 - likewise for the picture
+        errors["png"] = f"{type(exc).__name__}: {exc}"[:500]
+    return {"key": key, "sha256": sha, "render_errors": errors}
