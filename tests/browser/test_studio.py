@@ -586,6 +586,7 @@ def test_audio_model_tokenize_sample_listen_continue(
         )
         assert trained["state"] == "succeeded", trained
         model_id = trained["model_id"]
+        assert client.get(f"/v1/models/{model_id}")["capabilities"]["output"] == "audio"
 
         studio.go(f"#/samples/{model_id}")
         form = page.locator("form", has=page.get_by_role("heading", name="Sample"))

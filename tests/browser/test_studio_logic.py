@@ -513,9 +513,9 @@ def test_audio_forms_become_audio_requests_and_corpora_say_their_kind(page: Page
         == {}
     )
     assert js(page, "return L.audioSampleRequest({seed: 'abc'});") == {"seed": None}
-    audio = {"params": {"tokenizer_spec": {"name": "audio-vq"}}}
-    midi = {"params": {"tokenizer_spec": {"name": "REMI"}}}
-    assert js(page, "return [arg.map(L.isAudioCorpus)];", [audio, midi, None, {}]) == [
+    audio = {"capabilities": {"modes": ["continue"], "output": "audio"}}
+    midi = {"capabilities": {"modes": ["continue"], "output": "midi"}}
+    assert js(page, "return [arg.map(L.isAudioModel)];", [audio, midi, None, {}]) == [
         [True, False, False, False]
     ]
     samples = [{"meta": {"kind": "audio"}}, {"meta": {}}, {}]

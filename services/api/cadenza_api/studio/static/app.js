@@ -12,7 +12,7 @@ import {
   lineageChain,
   AUDIO_TOKENIZER,
   audioSampleRequest,
-  isAudioCorpus,
+  isAudioModel,
   isAudioSample,
   lossSeries,
   metricRows,
@@ -1007,17 +1007,10 @@ async function samplesPage(main, signal, modelId) {
     return;
   }
   const model = models.find((m) => m.id === modelId) || models[0];
-  // The model's kind is its corpus's tokenizer (a public model's corpus may not be ours: MIDI).
-  const [datasets, corpus] = await Promise.all([
-    api.get("/v1/datasets", { signal }),
-    api.get(`/v1/corpora/${model.corpus_id}`, { signal }).catch((err) => {
-      if (err.name === "AbortError") throw err;
-      return null;
-    }),
-  ]);
+  const datasets = await api.get("/v1/datasets", { signal });
   const modelSelect = select("model", models.map((m) => [m.id, `${short(m.id)} · ${m.architecture} (${m.preset || "custom"})`]), model.id);
   modelSelect.addEventListener("change", () => (location.hash = `#/samples/${modelSelect.value}`));
-  if (isAudioCorpus(corpus)) {
+  if (isAudioModel(model)) {
     await audioSamples(main, signal, model, modelSelect, datasets);
     return;
   }

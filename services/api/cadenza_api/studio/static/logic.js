@@ -485,9 +485,12 @@ export function corpusRequest(values) {
 /** The tokenizer that learns from recordings: its corpora's models make audio, not MIDI. */
 export const AUDIO_TOKENIZER = "audio-vq";
 
-/** Whether a corpus (GET /v1/corpora/{id}) is of recordings: its models sample audio. */
-export function isAudioCorpus(corpus) {
-  return Boolean(corpus && corpus.params && corpus.params.tokenizer_spec && corpus.params.tokenizer_spec.name === AUDIO_TOKENIZER);
+/**
+ * Whether a model (GET /v1/models) samples audio: its `capabilities.output`, which the API
+ * takes from its corpus's tokenizer (so it holds for a public model whose corpus is not ours).
+ */
+export function isAudioModel(model) {
+  return Boolean(model && model.capabilities && model.capabilities.output === "audio");
 }
 
 /**
