@@ -6,7 +6,9 @@ recording, see a refused file's message from the server, convert the recording, 
 train a tiny model while the loss curve grows, sample, listen (<audio> has a duration), look
 at the piano roll, continue a variation, cancel a job on the Jobs page. Then, with a model of
 a multitrack corpus: choose bars on a piano roll and regenerate them, add instruments, edit a
-dataset's file; with a model of a corpus with controls and tags: steer a sample. Every page is
+dataset's file; with a model of a corpus with controls and tags: steer a sample; with a model
+of recordings (audio-vq): the corpus options, the audio sample form, listen, look at the
+spectrogram, download the WAV, continue a variation. Every page is
 checked with axe-core (no serious or critical violations), at 1280×800 and at phone width, and
 screenshotted under the test's tmp folder; no page may log a console error.
 """
