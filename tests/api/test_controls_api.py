@@ -65,7 +65,12 @@ def test_corpus_controls_are_checked_per_tokenizer(client: TestClient) -> None: 
     assert r.status_code == 202, r.text
 
 
-def _model(settings: Settings, dataset_id: str, caps: dict[str, Any] | None) -> str:  # noqa: F811
+def _model(
+    settings: Settings,  # noqa: F811
+    dataset_id: str,
+    caps: dict[str, Any] | None,
+    params: dict[str, Any] | None = None,
+) -> str:
     """A ready model with a checkpoint whose corpus learned `caps` (as the jobs leave them)."""
     with session_scope(settings.resolved_database_url) as s:
         owner = s.get(Dataset, dataset_id).owner_id  # type: ignore[union-attr]
@@ -78,6 +83,7 @@ def _model(settings: Settings, dataset_id: str, caps: dict[str, Any] | None) -> 
             vocab_size=900,
             object_prefix="p",
             stats={"capabilities": caps} if caps else {},
+            params=params or {},
         )
         s.add(corpus)
         s.flush()
@@ -108,7 +114,14 @@ def test_sample_controls_are_checked_against_the_model(
         "modes": ["continue"],
         "controls": {},
         "tags": [],
+        "output": "midi",
     }
+    # A model of an audio-vq corpus says so: its samples are audio (the studio's audio form).
+    audio = _model(settings, ds, None, {"tokenizer_spec": {"name": "audio-vq", "config": {}}})
+    assert client.get(f"/v1/models/{audio}").json()["capabilities"]["output"] == "audio"
+    listed = {m["id"]: m for m in client.get("/v1/models").json()}
+    assert listed[audio]["capabilities"]["output"] == "audio"
+    assert listed[plain]["capabilities"]["output"] == "midi"
     msg = _error(
         client.post(f"/v1/models/{plain}/samples", json={"controls": {"key": "C"}}), "controls.key"
     )

@@ -6,7 +6,9 @@ recording, see a refused file's message from the server, convert the recording, 
 train a tiny model while the loss curve grows, sample, listen (<audio> has a duration), look
 at the piano roll, continue a variation, cancel a job on the Jobs page. Then, with a model of
 a multitrack corpus: choose bars on a piano roll and regenerate them, add instruments, edit a
-dataset's file; with a model of a corpus with controls and tags: steer a sample. Every page is
+dataset's file; with a model of a corpus with controls and tags: steer a sample; with a model
+of recordings (audio-vq): the corpus options, the audio sample form, listen, look at the
+spectrogram, download the WAV, continue a variation. Every page is
 checked with axe-core (no serious or critical violations), at 1280×800 and at phone width, and
 screenshotted under the test's tmp folder; no page may log a console error.
 """
@@ -512,3 +514,139 @@ def test_steer_with_attribute_controls_and_style_tags(
         assert sample["params"]["constrained"] is False
         expect(cards.first).to_contain_text("invalid token")
         assert not studio.console.errors, studio.console.errors
+
+
+def melody_wav(seed: int, seconds: float = 6.0, rate: int = 16000) -> bytes:
+    """A plucked melody (random notes of a scale, decaying partials) as 16-bit mono WAV."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    note = int(0.25 * rate)
+    t = np.arange(note) / rate
+    scale = [0, 2, 4, 5, 7, 9, 11, 12]
+    out = []
+    for _ in range(int(seconds / 0.25)):
+        f = 220.0 * 2 ** (scale[int(rng.integers(len(scale)))] / 12)
+        tone = sum(np.sin(2 * np.pi * f * k * t) / k for k in (1, 2, 3))
+        out.append(0.3 * tone * np.exp(-6 * t))
+    buf = io.BytesIO()
+    sf.write(buf, np.concatenate(out).astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_audio_model_tokenize_sample_listen_continue(
+    studio: Studio, embedded_stack: Stack, tmp_path: Path
+) -> None:
+    """A model of recordings, end to end in the page: the corpus form offers audio-vq and its
+    options (a VQ-VAE of a few steps, a prior of two: the sound is not the point here), and the
+    sample form of its model asks for a recording and seconds, not bars or tokens; each
+    variation plays, shows its spectrogram, downloads as WAV and continues (co-composition)."""
+    page = studio.page
+    with Client(embedded_stack.api_url, embedded_stack.api_key) as client:
+        ds = client.create_dataset("studio takes")
+        paths = []
+        for i in range(3):
+            path = tmp_path / f"take{i + 1}.wav"
+            path.write_bytes(melody_wav(i))
+            paths.append(path)
+        files = client.upload(ds["id"], paths)
+        assert {f["kind"] for f in files} == {"audio"}
+
+        page.goto(f"{embedded_stack.api_url}/studio")
+        page.get_by_label("API key", exact=True).fill(embedded_stack.api_key)
+        page.keyboard.press("Enter")
+        expect(page.locator("#who")).to_contain_text("Signed in as")
+        studio.go("#/models")
+        form = page.locator(
+            "form", has=page.get_by_role("heading", name="New corpus (tokenize a dataset)")
+        )
+        options = form.locator("fieldset.audio-vq")
+        expect(options).to_be_hidden()
+        form.get_by_label("Dataset", exact=True).select_option(label="studio takes")
+        form.get_by_label("Tokenizer", exact=True).select_option("audio-vq")
+        # audio-vq takes no preset: choosing it clears the preset and shows its options.
+        expect(form.get_by_label("Tokenizer preset", exact=True)).to_have_value("")
+        expect(options).to_be_visible()
+        options.get_by_label("VQ-VAE steps", exact=True).fill("10")
+        options.get_by_label("Channels", exact=True).fill("16")
+        options.get_by_label("Coarse codebook", exact=True).fill("16")
+        options.get_by_label("Fine codebook", exact=True).fill("16")
+        studio.check("audio-corpus")
+        form.get_by_role("button", name="Tokenize").click()
+        expect(page.get_by_role("table", name="Corpora")).to_contain_text("audio-vq", timeout=LONG)
+        corpus = next(
+            c
+            for c in client.get("/v1/corpora")
+            if c["params"]["tokenizer_spec"]["name"] == "audio-vq"
+        )
+        assert corpus["vocab_size"] == 3 + 16 + 16
+        assert corpus["params"]["tokenizer_spec"]["config"]["steps"] == 10
+        train = {"max_steps": 2, "eval_interval": 2, "batch_size": 2, "seq_len": 40}
+        trained = client.wait(
+            client.create_model(corpus["id"], architecture="gpt", train=train)["id"], timeout=600
+        )
+        assert trained["state"] == "succeeded", trained
+        model_id = trained["model_id"]
+        assert client.get(f"/v1/models/{model_id}")["capabilities"]["output"] == "audio"
+
+        studio.go(f"#/samples/{model_id}")
+        form = page.locator("form", has=page.get_by_role("heading", name="Sample"))
+        # The audio form: a recording and seconds; nothing MIDI-only.
+        for midi_only in ("Primer bars", "Max tokens", "Constrained decoding", "Min-p"):
+            expect(form.get_by_label(midi_only, exact=True)).to_have_count(0)
+        form.get_by_label("Primer recording", exact=True).select_option(
+            label="studio takes / take1.wav"
+        )
+        form.get_by_label("Primer seconds", exact=True).fill("2")
+        form.get_by_label("Max seconds", exact=True).fill("1")
+        form.get_by_label("Variations (n)", exact=True).fill("1")
+        form.get_by_label("Temperature", exact=True).fill("0.9")
+        form.get_by_label("Top-k", exact=True).fill("8")
+        form.get_by_label("Top-p", exact=True).fill("0.95")
+        form.get_by_label("Seed", exact=True).fill("3")
+        form.get_by_role("button", name="Generate").click()
+        cards = page.locator("article.sample")
+        expect(cards).to_have_count(1, timeout=LONG)
+        card = cards.first
+        sample_id = card.get_attribute("data-sample-id")
+        sample = client.get(f"/v1/samples/{sample_id}")
+        assert sample["meta"]["kind"] == "audio"
+        assert sample["params"]["primer_file_id"] == files[0]["id"]
+        assert sample["params"]["primer_seconds"] == 2
+        assert sample["params"]["max_seconds"] == 1
+        assert (sample["params"]["top_k"], sample["params"]["top_p"]) == (8, 0.95)
+        assert sample["params"]["seed"] == 3
+        # Listen (a blob: URL of /audio), look (the spectrogram), no piano roll or MIDI.
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('article.sample audio')]"
+            ".every(a => a.src.startsWith('blob:') && a.duration > 2.5)",
+            timeout=LONG,
+        )
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('article.sample img.spectrogram')]"
+            ".every(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)"
+        )
+        expect(card.locator("img.spectrogram")).to_have_attribute(
+            "alt", re.compile("^Spectrogram of Variation 1")
+        )
+        expect(card.locator("canvas.roll")).to_have_count(0)
+        expect(card.get_by_role("button", name="Download MIDI")).to_have_count(0)
+        with page.expect_download() as dl:
+            card.get_by_role("button", name="Download WAV").click()
+        assert dl.value.suggested_filename == f"sample-{sample_id}.wav"
+        wav = Path(dl.value.path()).read_bytes()
+        assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
+        # Co-composition: continue it; the new variation names its parent.
+        card.get_by_role("button", name="Continue this one").click()
+        expect(cards).to_have_count(2, timeout=LONG)
+        child = page.locator(
+            "article.sample", has=page.locator(".lineage", has_text=f"{sample_id[:8]} → ")
+        )
+        expect(child).to_have_count(1)
+        got = client.get(f"/v1/samples/{child.get_attribute('data-sample-id')}")
+        assert got["parent_sample_id"] == sample_id
+        assert got["params"]["primer_sample_id"] == sample_id
+        assert got["meta"]["kind"] == "audio"
+        child.scroll_into_view_if_needed()
+        studio.check("audio-samples", phone=True)

@@ -457,3 +457,66 @@ def test_attribute_controls_and_tags_become_fields_and_request_values(page: Page
     assert half == {}
     edit = js(page, "return L.editRequest(arg, 'infill', 's', {from: 1, to: 1});", values)
     assert "controls" not in edit and "tags" not in edit
+
+
+def test_audio_forms_become_audio_requests_and_corpora_say_their_kind(page: Page) -> None:
+    # audio-vq: its options (`vq.*`, only those set) go as tokenizer_config; a preset wins.
+    values = {"dataset_id": "d", "preset": "", "tokenizer": "audio-vq", "seed": "1"}
+    vq = {"vq.steps": "20", "vq.channels": "16", "vq.sample_rate": "", "vq.lr": "x"}
+    assert js(page, "return L.corpusRequest(arg);", values | vq) == {
+        "dataset_id": "d",
+        "tokenizer": "audio-vq",
+        "seed": 1,
+        "tokenizer_config": {"steps": 20, "channels": 16, "lr": None},
+    }
+    assert js(page, "return L.corpusRequest(arg);", values) == {
+        "dataset_id": "d",
+        "tokenizer": "audio-vq",
+        "seed": 1,
+    }
+    # The vq fields mean nothing to a MIDI tokenizer and are not sent.
+    assert "tokenizer_config" not in js(
+        page, "return L.corpusRequest(arg);", values | vq | {"tokenizer": "REMI"}
+    )
+    form = {
+        "primer_file_id": "f1",
+        "primer_seconds": "4",
+        "n": "2",
+        "max_seconds": "3.5",
+        "temperature": "0.9",
+        "top_k": "32",
+        "top_p": "",
+        "seed": "7",
+        # MIDI-only fields, should a form carry them, are never sent to an audio model.
+        "primer_bars": "2",
+        "max_new_tokens": "64",
+        "constrained": "on",
+    }
+    assert js(page, "return L.audioSampleRequest(arg);", form) == {
+        "primer_file_id": "f1",
+        "primer_seconds": 4,
+        "n": 2,
+        "max_seconds": 3.5,
+        "temperature": 0.9,
+        "top_k": 32,
+        "seed": 7,
+    }
+    cont = js(
+        page,
+        "return L.audioSampleRequest(arg);",
+        {"primer_sample_id": "s1", "max_seconds": "2", "primer_file_id": "f1"},
+    )
+    assert cont == {"primer_sample_id": "s1", "max_seconds": 2}
+    # No primer: primer_seconds has nothing to cut, so it is left out.
+    assert (
+        js(page, "return L.audioSampleRequest(arg);", {"primer_file_id": "", "primer_seconds": "4"})
+        == {}
+    )
+    assert js(page, "return L.audioSampleRequest({seed: 'abc'});") == {"seed": None}
+    audio = {"capabilities": {"modes": ["continue"], "output": "audio"}}
+    midi = {"capabilities": {"modes": ["continue"], "output": "midi"}}
+    assert js(page, "return [arg.map(L.isAudioModel)];", [audio, midi, None, {}]) == [
+        [True, False, False, False]
+    ]
+    samples = [{"meta": {"kind": "audio"}}, {"meta": {}}, {}]
+    assert js(page, "return [arg.map(L.isAudioSample)];", samples) == [[True, False, False]]

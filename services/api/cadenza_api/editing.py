@@ -19,6 +19,7 @@ from cadenza.sample.modes import check_mode, model_modes
 from cadenza.sample.params import SampleRequest
 from cadenza.storage import ObjectStore
 from cadenza.tokenize.controls import default_capabilities
+from cadenza.tokenize.spec import AUDIO_TOKENIZERS
 from cadenza.validation import InvalidParams
 from cadenza_api.errors import ApiError
 
@@ -26,12 +27,15 @@ from cadenza_api.errors import ApiError
 def capabilities(session: Session, model: Model) -> dict[str, Any]:
     """What a sample request may use with this model: the attribute controls and style tags
     its corpus learned (`cadenza.tokenize.controls.capabilities`, kept in the corpus stats)
-    and the `modes` its corpus and training allow (`cadenza.sample.modes.model_modes`)."""
+    and the `modes` its corpus and training allow (`cadenza.sample.modes.model_modes`), and
+    its `output` (`audio` for an audio-vq corpus's model, else `midi`): a client of a public
+    model cannot read its corpus, yet must know which sampling options and results to expect."""
     corpus = session.get(Corpus, model.corpus_id)
     spec = corpus.params.get("tokenizer_spec") if corpus is not None else None
     learned = corpus.stats.get("capabilities") if corpus is not None else None
     out = dict(learned) if learned else default_capabilities()
-    return out | {"modes": model_modes(spec, model.train_config)}
+    output = "audio" if spec and spec.get("name") in AUDIO_TOKENIZERS else "midi"
+    return out | {"modes": model_modes(spec, model.train_config), "output": output}
 
 
 def sampling_checkpoint(session: Session, model: Model, which: str) -> Checkpoint:

@@ -243,7 +243,8 @@ class ModelOut(Out):
         default_factory=default_capabilities,
         description="what a sample request may use: `modes` (continue, and infill and "
         "accompany for a model trained to edit on a `multitrack` corpus), `controls` (name → "
-        "`per`, `range` or `values`, `unit`) and `tags` (cadenza.tokenize.controls)",
+        "`per`, `range` or `values`, `unit`), `tags` (cadenza.tokenize.controls) and `output` "
+        "(`midi`, or `audio` for a model of an `audio-vq` corpus: WAV samples, primers in seconds)",
     )
 
 

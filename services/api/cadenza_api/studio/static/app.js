@@ -10,6 +10,10 @@ import {
   editRequest,
   formatDuration,
   lineageChain,
+  AUDIO_TOKENIZER,
+  audioSampleRequest,
+  isAudioModel,
+  isAudioSample,
   lossSeries,
   metricRows,
   noveltyText,
@@ -471,7 +475,7 @@ async function audioPage(main, signal) {
 }
 
 const PRESETS = ["remi-chords-tempos", "remi-colab", "midichar-sentencepiece", "chord-duration-16th", "quarter-vq-large", "multitrack"];
-const TOKENIZERS = ["REMI", "TSD", "MIDILike", "Structured", "PerTok", "MMM", "BEAT", "CPWord", "Octuple", "MuMIDI", "midichar", "chord-duration", "quarter-vq"];
+const TOKENIZERS = ["REMI", "TSD", "MIDILike", "Structured", "PerTok", "MMM", "BEAT", "CPWord", "Octuple", "MuMIDI", "midichar", "chord-duration", "quarter-vq", AUDIO_TOKENIZER];
 const ARCHITECTURES = ["music-transformer", "gpt", "gru", "lstm"];
 
 async function modelsPage(main, signal) {
@@ -482,17 +486,48 @@ async function modelsPage(main, signal) {
   ]);
   const dsName = new Map(datasets.map((d) => [d.id, d.name]));
   const corpusPanel = h("div", { class: "job-panel" });
+  const vq = (name, attrs) => h("input", { name: `vq.${name}`, type: "number", ...attrs });
+  const audioOptions = h(
+    "fieldset",
+    { class: "audio-vq" },
+    h("legend", { text: "audio-vq options (recordings)" }),
+    h(
+      "div",
+      { class: "grid" },
+      field("VQ-VAE steps", vq("steps", { min: "0", step: "1", placeholder: "600" })),
+      field("Sample rate (Hz)", vq("sample_rate", { min: "8000", max: "48000", step: "1", placeholder: "16000" })),
+      field("Coarse codebook", vq("coarse_codebook", { min: "2", max: "4096", step: "1", placeholder: "256" })),
+      field("Fine codebook", vq("fine_codebook", { min: "2", max: "4096", step: "1", placeholder: "256" })),
+      field("Channels", vq("channels", { min: "8", max: "1024", step: "1", placeholder: "128" })),
+      field("Max seconds per file", vq("max_file_seconds", { min: "1", max: "7200", step: "any", placeholder: "900" })),
+    ),
+  );
   const corpusForm = h(
     "form",
     { class: "card", "aria-labelledby": "corpus-h" },
     h("h2", { id: "corpus-h", text: "New corpus (tokenize a dataset)" }),
     field("Dataset", select("dataset_id", datasets.map((d) => [d.id, d.name]))),
     field("Tokenizer preset", select("preset", [["", "(none: use the tokenizer below)"], ...PRESETS.map((p) => [p, p])], "remi-chords-tempos")),
-    field("Tokenizer", select("tokenizer", TOKENIZERS.map((t) => [t, t]), "REMI"), "Used when no preset is chosen"),
+    field("Tokenizer", select("tokenizer", TOKENIZERS.map((t) => [t, t]), "REMI"), "Used when no preset is chosen; audio-vq learns from the dataset's recordings"),
     field("Seed", h("input", { name: "seed", type: "number", min: "0", value: "0" })),
+    audioOptions,
     h("button", { type: "submit", text: "Tokenize" }),
     corpusPanel,
   );
+  // audio-vq takes no preset; its options show only while it is the tokenizer.
+  const presetSelect = corpusForm.querySelector("select[name=preset]");
+  const tokenizerSelect = corpusForm.querySelector("select[name=tokenizer]");
+  const syncAudio = () => {
+    const audio = !presetSelect.value && tokenizerSelect.value === AUDIO_TOKENIZER;
+    audioOptions.hidden = !audio;
+    audioOptions.disabled = !audio;
+  };
+  tokenizerSelect.addEventListener("change", () => {
+    if (tokenizerSelect.value === AUDIO_TOKENIZER) presetSelect.value = "";
+    syncAudio();
+  });
+  presetSelect.addEventListener("change", syncAudio);
+  syncAudio();
   corpusForm.addEventListener("submit", (e) => {
     e.preventDefault();
     busy(corpusForm.querySelector("button"), corpusForm, async () => {
@@ -819,7 +854,7 @@ function sampleCard(sample, signal, onContinue, modes = ["continue"], onEdit = n
   const roll = rollCanvas(560, 120);
   const lineage = h("p", { class: "lineage" });
   // The buttons' names are short; the card (an article named by its title) gives the context.
-  const download = h("button", { type: "button", text: "Download MIDI" });
+  const dl = h("button", { type: "button", text: "Download MIDI" });
   const cont = h("button", { type: "button", text: "Continue this one" });
   const edit = onEdit ? editControls(sample, roll, modes, onEdit) : null;
   const invalid = sample.meta && typeof sample.meta.invalid_tokens === "number" ? sample.meta.invalid_tokens : null;
@@ -835,7 +870,7 @@ function sampleCard(sample, signal, onContinue, modes = ["continue"], onEdit = n
     roll,
     edit,
     metricsTable(sample),
-    h("div", { class: "row" }, download, cont),
+    h("div", { class: "row" }, dl, cont),
   );
   if (edit && edit.onMidi) {
     api
@@ -848,35 +883,90 @@ function sampleCard(sample, signal, onContinue, modes = ["continue"], onEdit = n
   } else {
     loadRoll(roll, `/v1/samples/${sample.id}/midi`, signal);
   }
-  download.addEventListener("click", () =>
-    busy(download, card, async () => {
-      const url = await api.blobUrl(`/v1/samples/${sample.id}/midi`, signal);
-      const a = h("a", { href: url, download: `sample-${sample.id}.mid` });
-      document.body.append(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10000);
-    }),
-  );
+  dl.addEventListener("click", () => busy(dl, card, () => download(`/v1/samples/${sample.id}/midi`, `sample-${sample.id}.mid`, signal)));
   cont.addEventListener("click", () => busy(cont, card, () => onContinue(sample)));
-  if (sample.parent_sample_id) {
-    api
-      .get(`/v1/samples/${sample.id}/lineage`, { signal })
-      .then((answer) => {
-        // The answer lists the ancestors oldest first, then the sample itself.
-        const chain = lineageChain(answer.samples, sample);
-        lineage.replaceChildren(
-          h("span", { text: "Lineage: " }),
-          answer.truncated ? "… → " : "",
-          ...chain.flatMap((x, i) => [i ? " → " : "", x.id === sample.id ? h("strong", { text: short(x.id) }) : ancestorLink(x)]),
-        );
-      })
-      .catch((err) => {
-        if (err.name !== "AbortError") lineage.replaceChildren(errorBox(err));
-      });
-  }
+  showLineage(sample, lineage, signal);
   card.id = `sample-${sample.id}`;
   return card;
+}
+
+/** Save what an API path answers as a file named `name` (a blob: URL behind a download link). */
+async function download(path, name, signal) {
+  const url = await api.blobUrl(path, signal);
+  const a = h("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+/** An image from an API path (the key goes in a header, so through a blob: URL). */
+function apiImage(path, alt, signal) {
+  const img = h("img", { class: "spectrogram", alt, width: 640, height: 160 });
+  api
+    .blobUrl(path, signal)
+    .then((url) => {
+      img.src = url;
+      signal.addEventListener("abort", () => URL.revokeObjectURL(url), { once: true });
+    })
+    .catch((err) => {
+      if (err.name !== "AbortError") img.replaceWith(h("span", { class: "error", text: `no spectrogram: ${err.message}` }));
+    });
+  return img;
+}
+
+/**
+ * An audio model's variation: the player, its spectrogram (the seam with the primer marked),
+ * a WAV download and "Continue this one" (the co-composition loop); it has no MIDI to show.
+ */
+function audioSampleCard(sample, signal, onContinue) {
+  const title = `Variation ${sample.index + 1} · ${short(sample.id)}`;
+  const meta = sample.meta || {};
+  const lineage = h("p", { class: "lineage" });
+  const wav = h("button", { type: "button", text: "Download WAV" });
+  const cont = h("button", { type: "button", text: "Continue this one" });
+  const facts = [
+    formatDuration(sample.duration_s),
+    typeof meta.seam_s === "number" && meta.seam_s > 0 ? `primer ${meta.seam_s.toFixed(1)} s` : "no primer",
+    typeof meta.new_seconds === "number" ? `${meta.new_seconds.toFixed(1)} s new` : null,
+    typeof meta.real_time_factor === "number" ? `${meta.real_time_factor.toFixed(2)}× real time to make` : null,
+    meta.audio && typeof meta.audio.rms_dbfs === "number" ? `${meta.audio.rms_dbfs.toFixed(1)} dBFS` : null,
+    sample.partial ? "partial" : null,
+  ].filter(Boolean);
+  const card = h(
+    "article",
+    { class: "card sample audio-sample", "data-sample-id": sample.id, "aria-label": title },
+    h("h3", { text: title }),
+    h("p", { class: "hint facts-line", text: facts.join(" · ") }),
+    lineage,
+    audioPlayer(`/v1/samples/${sample.id}/audio`, `Play ${title}`, signal),
+    apiImage(`/v1/samples/${sample.id}/pianoroll.png`, `Spectrogram of ${title}${meta.seam_s ? `, the primer's end marked at ${meta.seam_s.toFixed(1)} s` : ""}`, signal),
+    h("div", { class: "row" }, wav, cont),
+  );
+  wav.addEventListener("click", () => busy(wav, card, () => download(`/v1/samples/${sample.id}/audio?format=wav`, `sample-${sample.id}.wav`, signal)));
+  cont.addEventListener("click", () => busy(cont, card, () => onContinue(sample)));
+  showLineage(sample, lineage, signal);
+  card.id = `sample-${sample.id}`;
+  return card;
+}
+
+/** Fill a card's lineage line (ancestors oldest first, each a link to its card) if it has any. */
+function showLineage(sample, lineage, signal) {
+  if (!sample.parent_sample_id) return;
+  api
+    .get(`/v1/samples/${sample.id}/lineage`, { signal })
+    .then((answer) => {
+      // The answer lists the ancestors oldest first, then the sample itself.
+      const chain = lineageChain(answer.samples, sample);
+      lineage.replaceChildren(
+        h("span", { text: "Lineage: " }),
+        answer.truncated ? "… → " : "",
+        ...chain.flatMap((x, i) => [i ? " → " : "", x.id === sample.id ? h("strong", { text: short(x.id) }) : ancestorLink(x)]),
+      );
+    })
+    .catch((err) => {
+      if (err.name !== "AbortError") lineage.replaceChildren(errorBox(err));
+    });
 }
 
 /** The form's attribute controls and style tags, when the model learned any (its capabilities). */
@@ -918,11 +1008,15 @@ async function samplesPage(main, signal, modelId) {
   }
   const model = models.find((m) => m.id === modelId) || models[0];
   const datasets = await api.get("/v1/datasets", { signal });
+  const modelSelect = select("model", models.map((m) => [m.id, `${short(m.id)} · ${m.architecture} (${m.preset || "custom"})`]), model.id);
+  modelSelect.addEventListener("change", () => (location.hash = `#/samples/${modelSelect.value}`));
+  if (isAudioModel(model)) {
+    await audioSamples(main, signal, model, modelSelect, datasets);
+    return;
+  }
   const midiFiles = (
     await Promise.all(datasets.slice(0, 20).map((d) => api.get(`/v1/datasets/${d.id}/files?kind=midi&limit=200`, { signal }).then((r) => r.files.map((f) => [f.id, `${d.name} / ${f.name}`]))))
   ).flat();
-  const modelSelect = select("model", models.map((m) => [m.id, `${short(m.id)} · ${m.architecture} (${m.preset || "custom"})`]), model.id);
-  modelSelect.addEventListener("change", () => (location.hash = `#/samples/${modelSelect.value}`));
   const panel = h("div", { class: "job-panel" });
   const list = h("div", { class: "samples" });
   const num = (name, attrs) => h("input", { name, type: "number", step: "any", ...attrs });
@@ -989,11 +1083,8 @@ async function samplesPage(main, signal, modelId) {
   };
   const showSamples = async (focusId) => {
     const { samples } = await api.get(`/v1/models/${model.id}/samples?limit=12`, { signal });
-    // Newest job first (the API's order), and a job's variations in their own order.
-    const jobOrder = new Map();
-    for (const x of samples) if (!jobOrder.has(x.job_id)) jobOrder.set(x.job_id, jobOrder.size);
-    samples.sort((a, b) => jobOrder.get(a.job_id) - jobOrder.get(b.job_id) || a.index - b.index);
-    list.replaceChildren(...(samples.length ? samples.map((x) => sampleCard(x, signal, onContinue, modes, onEdit)) : [h("p", { text: "No samples yet." })]));
+    sampleOrder(samples);
+    list.replaceChildren(...(samples.length ? samples.map((x) => (isAudioSample(x) ? audioSampleCard(x, signal, onContinue) : sampleCard(x, signal, onContinue, modes, onEdit))) : [h("p", { text: "No samples yet." })]));
     if (focusId) document.getElementById(`sample-${focusId}`)?.scrollIntoView({ block: "nearest" });
   };
   form.addEventListener("submit", (e) => {
@@ -1033,6 +1124,73 @@ async function samplesPage(main, signal, modelId) {
     });
   }
   main.replaceChildren(h("h1", { text: "Samples" }), form, ...(fileEdit ? [fileEdit] : []), h("h2", { text: "Variations" }), editHint, list);
+  await showSamples();
+}
+
+/** Newest job first (the API's order), and a job's variations in their own order. */
+function sampleOrder(samples) {
+  const jobOrder = new Map();
+  for (const x of samples) if (!jobOrder.has(x.job_id)) jobOrder.set(x.job_id, jobOrder.size);
+  return samples.sort((a, b) => jobOrder.get(a.job_id) - jobOrder.get(b.job_id) || a.index - b.index);
+}
+
+/**
+ * The samples page of an audio model (an audio-vq corpus's): continue a recording of your
+ * datasets, cut to its first seconds, or start fresh; each variation continues in turn.
+ */
+async function audioSamples(main, signal, model, modelSelect, datasets) {
+  const recordings = (
+    await Promise.all(datasets.slice(0, 20).map((d) => api.get(`/v1/datasets/${d.id}/files?kind=audio&limit=200`, { signal }).then((r) => r.files.map((f) => [f.id, `${d.name} / ${f.name}`]))))
+  ).flat();
+  const panel = h("div", { class: "job-panel" });
+  const list = h("div", { class: "samples" });
+  const num = (name, attrs) => h("input", { name, type: "number", step: "any", ...attrs });
+  const form = h(
+    "form",
+    { class: "card", "aria-labelledby": "sample-h" },
+    h("h2", { id: "sample-h", text: "Sample" }),
+    field("Model", modelSelect),
+    h("p", { class: "hint", text: "An audio model (audio-vq): it continues a recording, or a variation, by the seconds asked." }),
+    h(
+      "div",
+      { class: "grid" },
+      field("Primer recording", select("primer_file_id", [["", "(none: start from nothing)"], ...recordings])),
+      field("Primer seconds", num("primer_seconds", { min: "0.1", max: "3600", value: "4" }), "the recording's first seconds"),
+      field("Variations (n)", num("n", { min: "1", max: "64", step: "1", value: "2" })),
+      field("Max seconds", num("max_seconds", { min: "0.1", max: "7200", value: "4" }), "length of the new audio"),
+      field("Temperature", num("temperature", { min: "0", value: "1.0" }), "0 = greedy"),
+      field("Top-k", num("top_k", { min: "1", step: "1", placeholder: "off" })),
+      field("Top-p", num("top_p", { min: "0", max: "1", placeholder: "off" })),
+      field("Seed", num("seed", { min: "0", step: "1", placeholder: "random" })),
+    ),
+    h("button", { type: "submit", text: "Generate" }),
+    panel,
+  );
+  const run = async (body) => {
+    const job = await api.post(`/v1/models/${model.id}/samples`, body);
+    const final = await watchJob(job, panel, signal);
+    if (final.state === "succeeded") {
+      announce(`${final.sample_ids.length} variation(s) ready`);
+      await showSamples(final.sample_ids[0]);
+    }
+  };
+  // Co-composition: the whole variation is the primer; the form's length and sampling apply.
+  const onContinue = async (sample) => {
+    const values = formValues(form);
+    delete values.primer_file_id;
+    delete values.primer_seconds;
+    await run(audioSampleRequest({ ...values, primer_sample_id: sample.id }));
+  };
+  const showSamples = async (focusId) => {
+    const { samples } = await api.get(`/v1/models/${model.id}/samples?limit=12`, { signal });
+    list.replaceChildren(...(samples.length ? sampleOrder(samples).map((x) => audioSampleCard(x, signal, onContinue)) : [h("p", { text: "No samples yet." })]));
+    if (focusId) document.getElementById(`sample-${focusId}`)?.scrollIntoView({ block: "nearest" });
+  };
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    busy(form.querySelector("button[type=submit]"), form, () => run(audioSampleRequest(formValues(form))));
+  });
+  main.replaceChildren(h("h1", { text: "Samples" }), form, h("h2", { text: "Variations" }), list);
   await showSamples();
 }
 

@@ -469,7 +469,53 @@ export function corpusRequest(values) {
   if (values.preset) body.preset = values.preset;
   else if (values.tokenizer) body.tokenizer = values.tokenizer;
   if (values.seed) body.seed = Number.parseInt(values.seed, 10);
+  // The audio-vq options (`vq.NAME` fields) go as its tokenizer_config; only those set.
+  if (body.tokenizer === AUDIO_TOKENIZER) {
+    const config = {};
+    for (const [k, v] of Object.entries(values)) {
+      if (!k.startsWith("vq.") || v === undefined || v === "") continue;
+      const x = Number(v);
+      config[k.slice(3)] = Number.isFinite(x) ? x : null;
+    }
+    if (Object.keys(config).length) body.tokenizer_config = config;
+  }
   return body;
+}
+
+/** The tokenizer that learns from recordings: its corpora's models make audio, not MIDI. */
+export const AUDIO_TOKENIZER = "audio-vq";
+
+/**
+ * Whether a model (GET /v1/models) samples audio: its `capabilities.output`, which the API
+ * takes from its corpus's tokenizer (so it holds for a public model whose corpus is not ours).
+ */
+export function isAudioModel(model) {
+  return Boolean(model && model.capabilities && model.capabilities.output === "audio");
+}
+
+/**
+ * The body of `POST /v1/models/{id}/samples` for an audio model, from its form's values: a
+ * recording (cut to `primer_seconds`) or a sample (`primer_sample_id`, whole unless seconds
+ * are given) as primer, `max_seconds`, `n`, `seed`, temperature/top-k/top-p. The MIDI-only
+ * options (bars, tokens, controls, constrained decoding) are never sent: the API refuses them.
+ */
+export function audioSampleRequest(values) {
+  const body = {};
+  const num = (v, int) => {
+    const x = int ? Number.parseInt(v, 10) : Number.parseFloat(v);
+    return Number.isFinite(x) ? x : null;
+  };
+  for (const f of ["n", "top_k", "seed"]) if (values[f] !== undefined && values[f] !== "") body[f] = num(values[f], true);
+  for (const f of ["temperature", "top_p", "primer_seconds", "max_seconds"]) if (values[f] !== undefined && values[f] !== "") body[f] = num(values[f], false);
+  if (values.primer_sample_id) body.primer_sample_id = values.primer_sample_id;
+  else if (values.primer_file_id) body.primer_file_id = values.primer_file_id;
+  else delete body.primer_seconds;
+  return body;
+}
+
+/** Whether a sample is audio (an audio-vq model's: WAV and spectrogram, no MIDI). */
+export function isAudioSample(sample) {
+  return Boolean(sample && sample.meta && sample.meta.kind === "audio");
 }
 
 /** Rows of a sample's metrics beside its corpus's: [{name, sample, mean, std, z}]. */
