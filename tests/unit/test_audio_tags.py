@@ -129,3 +129,35 @@ def test_sampling_grammar_spends_every_new_id_on_codes() -> None:
     live = g.table[: g.ended]
     assert (live[:, [tok.bos_id, tok.eos_id, *range(tok.tag_base, tok.vocab_size)]] < 0).all()
     assert (live[g.start, 3 : 3 + 64] >= 0).all()
+
+
+def test_long_tagged_generation_restates_the_prefix_in_every_chunk() -> None:
+    """Past the prior's context, each chunk is prompted by BOS, the tags and the last half
+    block of codes: the first chunk is exactly what one call from that prompt gives, and the
+    whole stays grammatical, as long as asked, seeded, and different per variation."""
+    from cadenza.models.registry import build_model, resolve_config
+    from cadenza.sample.audio import _tagged_chunks, fixed_length_grammar
+    from cadenza.sample.sampler import SamplingParams, generate
+
+    tok = tagged_tok()
+    torch.manual_seed(0)
+    model = build_model("gpt", resolve_config("gpt", "tiny", {"block_size": 40}), tok.vocab_size)
+    codes = tok.codes_to_ids(np.arange(10), np.arange(40) % 64).tolist()
+    prompt = [tok.bos_id, *tok.prefix_ids(["rock"]), *codes]
+    params = SamplingParams(max_new_tokens=60, stop_at_eos=False, eos_id=tok.eos_id, seed=5)
+    rows = _tagged_chunks(model, tok, prompt, params, 12, 2, 40, None, "cpu")
+    again = _tagged_chunks(model, tok, prompt, params, 12, 2, 40, None, "cpu")
+    assert rows == again and rows[0] != rows[1]
+    g = fixed_length_grammar(tok)
+    for r in rows:
+        assert len(r) == 12 * tok.cfg.group and g.walk(r)[1] == 0
+    # chunk 1: BOS, 3 tag ids, the last 15 code ids (3 steps): 4 steps of new codes
+    first = generate(
+        model,
+        [prompt[:4] + codes[-15:]],
+        SamplingParams(max_new_tokens=20, stop_at_eos=False, eos_id=tok.eos_id, seed=5),
+        n=2,
+        grammar=g,
+        device="cpu",
+    )
+    assert [r[:20] for r in rows] == first

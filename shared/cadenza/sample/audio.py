@@ -239,15 +239,19 @@ def sample_audio(
     opts = {**dict(options), "max_new_tokens": steps * group, "stop_at_eos": False}
     params = SamplingParams(**opts, eos_id=tok.eos_id)
     t0 = time.perf_counter()
-    rows = generate(
-        model,
-        [prompt],
-        params,
-        n=n,
-        on_token=on_token,
-        device=device,
-        grammar=fixed_length_grammar(tok),
-    )
+    block = model.block_size
+    if tok.tag_slots and block is not None and len(prompt) + steps * group > block:
+        rows = _tagged_chunks(model, tok, prompt, params, steps, n, block, on_token, device)
+    else:
+        rows = generate(
+            model,
+            [prompt],
+            params,
+            n=n,
+            on_token=on_token,
+            device=device,
+            grammar=fixed_length_grammar(tok),
+        )
     gen_s = (time.perf_counter() - t0) / max(len(rows), 1)
     out: list[AudioVariation] = []
     for i, new in enumerate(rows):
@@ -270,6 +274,52 @@ def sample_audio(
         var.metrics = audio_metrics(wave, sr, seam)
         out.append(var)
     return out
+
+
+def _tagged_chunks(
+    model: CadenzaModel,
+    tok: AudioVQTokenizer,
+    prompt: list[int],
+    params: Any,
+    steps: int,
+    n: int,
+    block: int,
+    on_token: Callable[[int, list[list[int]]], bool | None] | None,
+    device: str,
+) -> list[list[int]]:
+    """Generation longer than the prior's context, for a tagged prior: in chunks, each
+    prompted by BOS, the conditioning prefix and the last half block of whole steps, so every
+    code is sampled with the tags in context (a plain slide would drop them, as no training
+    window lacks them). A chunk's seed follows the request's, so the result stays seeded."""
+    from dataclasses import replace
+
+    from cadenza.sample.sampler import generate
+
+    group, head = tok.cfg.group, 1 + tok.tag_slots
+    ctx = max(0, (block // 2 - head) // group) * group  # ids of context kept per chunk
+    per = max(1, (block - head - ctx) // group)  # steps generated per chunk
+    codes = [list(prompt[head:]) for _ in range(n)]
+    new: list[list[int]] = [[] for _ in range(n)]
+    done, chunk = 0, 0
+    grammar = fixed_length_grammar(tok)
+    while done < steps:
+        take = min(per, steps - done)
+        seed = None if params.seed is None else params.seed + chunk
+        p = replace(params, max_new_tokens=take * group, seed=seed)
+        prompts = [prompt[:head] + (c[-ctx:] if ctx else []) for c in codes]
+        offset = done * group
+
+        def relay(step: int, rows: list[list[int]], offset: int = offset) -> bool | None:
+            return None if on_token is None else on_token(offset + step, rows)
+
+        got = generate(model, prompts, p, n=1, on_token=relay, device=device, grammar=grammar)
+        for r, g in enumerate(got):
+            codes[r] += g
+            new[r] += g
+        done, chunk = done + take, chunk + 1
+        if any(len(g) < take * group for g in got):
+            break  # cancelled
+    return new
 
 
 __all__ = [
