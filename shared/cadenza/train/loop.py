@@ -148,6 +148,7 @@ class _Run:
         cond_slots: int = 0,
     ) -> None:
         self.cfg, self.hooks, self.tokenizer_hash = cfg, hooks, tokenizer_hash
+        self.bos_id, self.cond_slots = bos_id, cond_slots
         self.adapter = dict(adapter) if adapter is not None else None
         self.info = current_dist_info(device)
         self.device = torch.device(device or self.info.device)
@@ -293,7 +294,14 @@ class _Run:
         """Evaluate one split and emit its row."""
         ts = self.train_step
         loss = evaluate(
-            ts.eval_model, self.splits[split], self.cfg, self.info, self.batcher, ts.autocast
+            ts.eval_model,
+            self.splits[split],
+            self.cfg,
+            self.info,
+            self.batcher,
+            ts.autocast,
+            self.bos_id,
+            self.cond_slots,
         )
         self.emit(
             {
