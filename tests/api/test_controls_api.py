@@ -71,7 +71,8 @@ def _model(
     caps: dict[str, Any] | None,
     params: dict[str, Any] | None = None,
 ) -> str:
-    """A ready model with a checkpoint whose corpus learned `caps` (as the jobs leave them)."""
+    """A ready model with a checkpoint whose corpus learned `caps` (as the jobs leave them)
+    and was made with `params`."""
     with session_scope(settings.resolved_database_url) as s:
         owner = s.get(Dataset, dataset_id).owner_id  # type: ignore[union-attr]
         corpus = Corpus(
@@ -154,3 +155,34 @@ def test_sample_controls_are_checked_against_the_model(
     }
     r = client.post(url, json=ok)
     assert r.status_code == 202, r.text
+
+
+def test_audio_model_tags_are_checked_against_its_learned_tags(
+    client: TestClient,  # noqa: F811
+    settings: Settings,  # noqa: F811
+) -> None:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    ds = dataset(client)
+    buf = io.BytesIO()
+    sf.write(buf, 0.1 * np.sin(np.arange(8000) * 0.05), 8000, format="WAV")
+    r = client.post(f"/v1/datasets/{ds}/files", files=[("files", ("a.wav", buf.getvalue()))])
+    assert r.status_code in (200, 201), r.text
+    body = {"dataset_id": ds, "tokenizer": "audio-vq", "controls": ["key"]}
+    assert "style tags" in _error(client.post("/v1/corpora", json=body), "controls")
+    body = {"dataset_id": ds, "tokenizer": "audio-vq", "learn_tags": True}
+    assert client.post("/v1/corpora", json=body).status_code == 202
+    spec = {"name": "audio-vq", "config": {}, "learn_tags": True}
+    audio = _model(settings, ds, capabilities([], ["rock"]), {"tokenizer_spec": spec})
+    assert client.get(f"/v1/models/{audio}").json()["capabilities"]["tags"] == ["rock"]
+    url = f"/v1/models/{audio}/samples"
+    assert "'pop'" in _error(client.post(url, json={"tags": ["pop"]}), "tags")
+    _error(client.post(url, json={"controls": {"key": "C"}}), "controls")
+    r = client.post(url, json={"tags": ["rock"], "max_seconds": 1})
+    assert r.status_code == 202, r.text
+    untagged = _model(settings, ds, None, {"tokenizer_spec": {"name": "audio-vq"}})
+    msg = _error(client.post(f"/v1/models/{untagged}/samples", json={"tags": ["rock"]}), "tags")
+    assert "learn_tags" in msg

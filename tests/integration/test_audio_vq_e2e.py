@@ -52,6 +52,8 @@ def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack, tmp_path:
     ds = client.create_dataset("chorale recordings")
     files = client.upload(ds["id"], recordings)
     assert {f["kind"] for f in files} == {"audio"}
+    for f in files[:2]:  # a per-file label the prior learns (Jukebox's artist/genre)
+        client.patch(f"/v1/files/{f['id']}", {"tags": ["choir"]})
     midi_ds = client.create_dataset("chorale MIDI")
     midi = client.upload(midi_ds["id"], bach_paths()[:1])[0]
 
@@ -70,11 +72,15 @@ def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack, tmp_path:
     job = finished(
         client,
         client.create_corpus(
-            ds["id"], tokenizer="audio-vq", tokenizer_config=SMALL_VQ, split=[0.75, 0.25, 0]
+            ds["id"],
+            tokenizer="audio-vq",
+            tokenizer_config=SMALL_VQ,
+            split=[0.75, 0.25, 0],
+            learn_tags=True,
         ),
     )
     corpus = client.get(f"/v1/corpora/{job['corpus_id']}")
-    assert corpus["vocab_size"] == 3 + 64 + 64
+    assert corpus["vocab_size"] == 3 + 64 + 64 + 2  # the codes, then "choir" and no-tag
     report = corpus["stats"]["tokenizer"]
     assert report["measured_on"] == "held_out" and report["codes_per_second"]["total"] > 39
     # the held-out log-mel comes back above 10 dB SNR with both levels, and the fine level
@@ -93,11 +99,13 @@ def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack, tmp_path:
     )
     model = client.get(f"/v1/models/{job['model_id']}")
     assert model["train_config"]["window_grid"] == 5  # windows start on a coarse code
+    assert model["capabilities"]["tags"] == ["choir"]
 
     val_file = corpus["stats"]["file_splits"]["val"][0]
     refused(lambda: client.sample(model["id"], primer_file_id=midi["id"]), 422, "primer_file_id")
     refused(lambda: client.sample(model["id"], primer_tokens=[1, 3]), 422, "primer_tokens")
     refused(lambda: client.sample(model["id"], max_seconds=1, primer_bars=2), 422, "primer_bars")
+    refused(lambda: client.sample(model["id"], max_seconds=1, tags=["rock"]), 422, "tags")
     refused(lambda: client.continue_midi(model["id"], bach_paths()[0].read_bytes()), 422)
 
     job = finished(
@@ -146,12 +154,15 @@ def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack, tmp_path:
     child = client.get(f"/v1/samples/{job['sample_ids'][0]}")
     assert child["parent_sample_id"] == sample["id"]
     assert wav_of(client, child["id"])[0].size / rate == pytest.approx(7.0, abs=0.13)
-    job = finished(client, client.sample(model["id"], max_seconds=1.0, n=2, seed=3))
+    job = finished(client, client.sample(model["id"], max_seconds=1.0, n=2, seed=3, tags=["choir"]))
     assert len(job["sample_ids"]) == 2
+    tagged = client.get(f"/v1/samples/{job['sample_ids'][0]}")
+    assert tagged["params"]["tags"] == ["choir"] and tagged["meta"]["primer_tokens"] == 2
 
-    # the CLI writes each audio sample's WAV and spectrogram
+    # the CLI writes each audio sample's WAV and spectrogram, here conditioned on a tag
     proc = cli(embedded_stack, "sample", model["id"], "--from-sample", child["id"],
-               "--primer-seconds", "2", "--max-seconds", "1", "-o", str(tmp_path))  # fmt: skip
+               "--primer-seconds", "2", "--max-seconds", "1", "--tags", "choir",
+               "-o", str(tmp_path))  # fmt: skip
     written = sorted(p.suffix for p in tmp_path.iterdir())
     assert written == [".png", ".wav"], proc.stdout
     assert sf.info(str(next(tmp_path.glob("*.wav")))).duration == pytest.approx(3.0, abs=0.13)

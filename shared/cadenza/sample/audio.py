@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -185,11 +185,15 @@ def spectrogram_png(
 
 
 def fixed_length_grammar(tok: AudioVQTokenizer) -> Any:
-    """The tokenizer's grammar without the end of piece: a variation lasts as long as asked."""
-    from cadenza.tokenize.grammar import Rules, build_grammar
+    """The tokenizer's grammar without the end of piece and without a new BOS: a variation
+    lasts as long as asked, and every id it spends is a code (a BOS sampled at a step
+    boundary, which a prior whose windows all open with BOS may well propose after its
+    context slides, would cost the last step its final code). The prompt's own BOS and tag
+    ids are skipped by the walk, which leaves the state at a step's start."""
+    from cadenza.tokenize.grammar import Grammar, Rules, build_grammar
 
     rules = tok.grammar_rules()
-    return build_grammar(
+    g = build_grammar(
         Rules(rules.start, rules.step, lambda key: False, rules.summary),
         base_size=tok.base_vocab_size,
         vocab_size=tok.vocab_size,
@@ -197,6 +201,9 @@ def fixed_length_grammar(tok: AudioVQTokenizer) -> Any:
         bos=tok.bos_id,
         eos=tok.eos_id,
     )
+    table = g.table.copy()
+    table[:, tok.bos_id] = -1
+    return Grammar(table, g.start, g.ended, g.summary)
 
 
 def sample_audio(
@@ -210,10 +217,14 @@ def sample_audio(
     include_primer: bool = True,
     device: str = "cpu",
     on_token: Callable[[int, list[list[int]]], bool | None] | None = None,
+    tags: Sequence[str] = (),
 ) -> list[AudioVariation]:
     """``n`` continuations of ``primer`` (whole coarse steps of mono audio at the tokenizer's
     rate; None starts fresh), each ``max_seconds`` long (else ``options['max_new_tokens']``
-    ids, rounded down to whole steps). ``options`` are :class:`SamplingOptions` fields."""
+    ids, rounded down to whole steps). ``options`` are :class:`SamplingOptions` fields.
+    ``tags`` (of a tokenizer that learned tags) fill the conditioning prefix after BOS, as
+    every training window had its file's; the grammar's walk skips them, so it starts on a
+    coarse code."""
     from cadenza.sample.sampler import SamplingParams, generate
 
     sr, group, sps = tok.cfg.sample_rate, tok.cfg.group, tok.samples_per_step
@@ -222,21 +233,25 @@ def sample_audio(
     else:
         steps = max(1, int(options.get("max_new_tokens", group)) // group)
     primer_wave = primer if primer is not None and primer.size >= sps else None
-    prompt = [tok.bos_id]
+    prompt = [tok.bos_id, *tok.prefix_ids(tags)]
     if primer_wave is not None:
         prompt += [int(i) for i in tok.wave_ids(primer_wave)]
     opts = {**dict(options), "max_new_tokens": steps * group, "stop_at_eos": False}
     params = SamplingParams(**opts, eos_id=tok.eos_id)
     t0 = time.perf_counter()
-    rows = generate(
-        model,
-        [prompt],
-        params,
-        n=n,
-        on_token=on_token,
-        device=device,
-        grammar=fixed_length_grammar(tok),
-    )
+    block = model.block_size
+    if tok.tag_slots and block is not None and len(prompt) + steps * group > block:
+        rows = _tagged_chunks(model, tok, prompt, params, steps, n, block, on_token, device)
+    else:
+        rows = generate(
+            model,
+            [prompt],
+            params,
+            n=n,
+            on_token=on_token,
+            device=device,
+            grammar=fixed_length_grammar(tok),
+        )
     gen_s = (time.perf_counter() - t0) / max(len(rows), 1)
     out: list[AudioVariation] = []
     for i, new in enumerate(rows):
@@ -259,6 +274,52 @@ def sample_audio(
         var.metrics = audio_metrics(wave, sr, seam)
         out.append(var)
     return out
+
+
+def _tagged_chunks(
+    model: CadenzaModel,
+    tok: AudioVQTokenizer,
+    prompt: list[int],
+    params: Any,
+    steps: int,
+    n: int,
+    block: int,
+    on_token: Callable[[int, list[list[int]]], bool | None] | None,
+    device: str,
+) -> list[list[int]]:
+    """Generation longer than the prior's context, for a tagged prior: in chunks, each
+    prompted by BOS, the conditioning prefix and the last half block of whole steps, so every
+    code is sampled with the tags in context (a plain slide would drop them, as no training
+    window lacks them). A chunk's seed follows the request's, so the result stays seeded."""
+    from dataclasses import replace
+
+    from cadenza.sample.sampler import generate
+
+    group, head = tok.cfg.group, 1 + tok.tag_slots
+    ctx = max(0, (block // 2 - head) // group) * group  # ids of context kept per chunk
+    per = max(1, (block - head - ctx) // group)  # steps generated per chunk
+    codes = [list(prompt[head:]) for _ in range(n)]
+    new: list[list[int]] = [[] for _ in range(n)]
+    done, chunk = 0, 0
+    grammar = fixed_length_grammar(tok)
+    while done < steps:
+        take = min(per, steps - done)
+        seed = None if params.seed is None else params.seed + chunk
+        p = replace(params, max_new_tokens=take * group, seed=seed)
+        prompts = [prompt[:head] + (c[-ctx:] if ctx else []) for c in codes]
+        offset = done * group
+
+        def relay(step: int, rows: list[list[int]], offset: int = offset) -> bool | None:
+            return None if on_token is None else on_token(offset + step, rows)
+
+        got = generate(model, prompts, p, n=1, on_token=relay, device=device, grammar=grammar)
+        for r, g in enumerate(got):
+            codes[r] += g
+            new[r] += g
+        done, chunk = done + take, chunk + 1
+        if any(len(g) < take * group for g in got):
+            break  # cancelled
+    return new
 
 
 __all__ = [

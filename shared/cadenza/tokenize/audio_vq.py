@@ -16,6 +16,13 @@ prior the trainer knows models the codes.
   unchanged, and each fine code is predicted with its coarse code (and all before it) in
   context: the prior plays the part of Jukebox's separate upsamplers, at the price of a
   ``1 + fine_per_coarse`` times longer sequence, which at 39 ids per second is still short.
+* Style tags (``learn_tags``): after the code ids, one id per tag the corpus's files carry
+  (sorted) and one "no tag" id. Each file's sequence starts with a conditioning prefix of
+  :attr:`AudioVQTokenizer.tag_slots` ids after BOS: its tags' ids (sorted), padded with the
+  no-tag id. The trainer puts that prefix at the start of *every* window it cuts from the file
+  (``cadenza.train.data.TrainBatches``), as Jukebox conditions every window on its artist and
+  genre, and the sampler writes the requested tags' prefix before the codes
+  (:meth:`AudioVQTokenizer.prefix_ids`). A fixed length keeps the codes' coarse-step grid.
 * ``decode_audio(ids)``: codes → log-mel → Griffin-Lim → waveform; ungrammatical or
   incomplete steps are skipped. ``decode`` (the MIDI interface) returns an empty score.
 
@@ -35,6 +42,7 @@ from numpy.typing import NDArray
 from symusic.core import ScoreTick as Score
 
 from cadenza.tokenize.base import OwnSpecials, Symbols, Tokenizer, empty_symbols
+from cadenza.tokenize.controls import MAX_TAGS
 from cadenza.tokenize.grammar import Key, Rules
 from cadenza.tokenize.options import AudioVQConfig
 from cadenza.tokenize.spec import TokenizerSpec
@@ -81,6 +89,7 @@ class AudioVQTokenizer(OwnSpecials, Tokenizer):
         self._weights: dict[str, Any] | None = None
         self._report: dict[str, Any] = {}
         self._fit_seconds: float | None = None
+        self.tags: list[str] = []
 
     # ---- vocabulary ---------------------------------------------------------------------------
     @property
@@ -94,8 +103,23 @@ class AudioVQTokenizer(OwnSpecials, Tokenizer):
         return N_SPECIALS + self.cfg.coarse_codebook
 
     @property
-    def vocab_size(self) -> int:
+    def tag_base(self) -> int:
+        """Id of the first learned tag (the no-tag id follows the last)."""
         return N_SPECIALS + self.cfg.coarse_codebook + self.cfg.fine_codebook
+
+    @property
+    def no_tag_id(self) -> int:
+        """Pads a file's conditioning prefix when it has fewer tags than the prefix holds."""
+        return self.tag_base + len(self.tags)
+
+    @property
+    def tag_slots(self) -> int:
+        """Length of the conditioning prefix after BOS: 0 without learned tags."""
+        return min(len(self.tags), MAX_TAGS)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tag_base + (len(self.tags) + 1 if self.tags else 0)
 
     @property
     def base_vocab_size(self) -> int:
@@ -121,6 +145,38 @@ class AudioVQTokenizer(OwnSpecials, Tokenizer):
             load_weights(model, self._weights, "audio-vq")
             self._model = model
         return self._model
+
+    # ---- style tags -------------------------------------------------------------------------
+    def set_tags(self, tags: Sequence[str]) -> None:
+        """The corpus's tags (every used file's); ids after the code ids. Only ``learn_tags``."""
+        if self.spec.learn_tags:
+            self.tags = sorted(set(tags))
+
+    def tag_id(self, tag: str) -> int | None:
+        return self.tag_base + self.tags.index(tag) if tag in self.tags else None
+
+    def prefix_ids(self, tags: Sequence[str]) -> list[int]:
+        """The conditioning prefix of ``tags``: their ids (sorted, unknown ones left out, the
+        first :attr:`tag_slots` kept), padded with the no-tag id; [] without learned tags."""
+        k = self.tag_slots
+        ids = sorted({i for t in tags if (i := self.tag_id(t)) is not None})[:k]
+        return ids + [self.no_tag_id] * (k - len(ids))
+
+    def with_tags(self, ids: NDArray[np.int32], tags: Sequence[str]) -> NDArray[np.int32]:
+        """A file's codes after its conditioning prefix (unchanged without learned tags); an
+        empty file gets the prefix too, so every BOS of the stream is followed by one."""
+        if not self.tag_slots:
+            return ids
+        return np.concatenate([np.asarray(self.prefix_ids(tags), np.int32), ids])
+
+    def capabilities(self) -> dict[str, Any]:
+        from cadenza.tokenize.controls import capabilities
+
+        return capabilities([], self.tags)
+
+    def grammar_transparent(self) -> list[int]:
+        """Tag and no-tag ids: a prompt's conditioning prefix passes the code grammar."""
+        return list(range(self.tag_base, self.vocab_size))
 
     # ---- encoding -----------------------------------------------------------------------------
     def symbols(self, score: Score) -> Symbols:
@@ -355,13 +411,17 @@ class AudioVQTokenizer(OwnSpecials, Tokenizer):
 
     # ---- persistence --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"weights": self._weights, "report": self._report}
+        out: dict[str, Any] = {"weights": self._weights, "report": self._report}
+        if self.tags:  # left out otherwise: tokenizers without tags keep their bytes and hash
+            out["tags"] = self.tags
+        return out
 
     @classmethod
     def from_state(cls, spec: TokenizerSpec, state: dict[str, Any]) -> AudioVQTokenizer:
         tok = cls(spec)
         tok._weights = state.get("weights")
         tok._report = dict(state.get("report") or {})
+        tok.set_tags(state.get("tags") or [])
         return tok
 
 

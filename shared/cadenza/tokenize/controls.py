@@ -55,6 +55,9 @@ BAR_CONTROLS = ("note_density", "polyphony", "pitch_range", "duration")
 
 #: Tokenizers that take per-piece controls and tags (a conditioning prefix after BOS).
 PIECE_CONTROL_TOKENIZERS = ("REMI", "TSD", "MIDILike", "Structured", "PerTok", "MMM", "BEAT")
+#: Tokenizers that take style tags only (no attribute controls): audio-vq, whose tags fill a
+#: fixed conditioning prefix that every training window starts with (``AudioVQTokenizer``).
+TAG_ONLY_TOKENIZERS = ("audio-vq",)
 #: Tokenizers that take per-bar controls: one ``Bar`` token opens every bar (empty ones too) of
 #: one stream and the note events carry their ends. MMM restarts bars in every track, PerTok,
 #: TSD, MIDILike and Structured have no bar token in their default vocabulary, BEAT's notes do
@@ -123,6 +126,15 @@ def check_controls_spec(name: str, controls: Sequence[str], learn_tags: bool, bp
     if not controls and not learn_tags:
         return
     field = "controls" if controls else "learn_tags"
+    if name in TAG_ONLY_TOKENIZERS and not controls:
+        if bpe:
+            raise ValueError("learn_tags: not with bpe; leave bpe empty")
+        return
+    if name in TAG_ONLY_TOKENIZERS:
+        raise ValueError(
+            f"controls: the {name} tokenizer takes style tags (learn_tags) but no attribute "
+            "controls; leave controls empty"
+        )
     if name not in PIECE_CONTROL_TOKENIZERS:
         raise ValueError(
             f"{field}: the {name} tokenizer cannot carry attribute controls or tags; use one "
@@ -428,6 +440,7 @@ __all__ = [
     "CONTROL_ORDER",
     "PIECE_CONTROLS",
     "PIECE_CONTROL_TOKENIZERS",
+    "TAG_ONLY_TOKENIZERS",
     "BarFacts",
     "ControlName",
     "ControlVocab",

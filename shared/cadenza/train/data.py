@@ -78,6 +78,45 @@ def grid_starts(arr: np.ndarray[Any, Any], bos_id: int, grid: int, high: int) ->
     return np.sort(np.concatenate(parts))
 
 
+def prefixed_windows(
+    arr: np.ndarray[Any, Any],
+    bos: np.ndarray[Any, Any],
+    starts: np.ndarray[Any, Any],
+    seq_len: int,
+    slots: int,
+) -> np.ndarray:
+    """(B, seq_len + 1) windows that each open with their file's BOS and ``slots`` conditioning
+    ids (the ``slots`` ids after the BOS at or before the start, in ``bos``), then the tokens
+    from ``starts`` on: every window sees its file's tags, wherever in the file it starts. A
+    start right after the prefix gives the file's own first window, unchanged."""
+    head = slots + 1
+    owner = bos[np.searchsorted(bos, starts, side="right") - 1]
+    index = np.concatenate(
+        [
+            owner[:, None] + np.arange(head)[None, :],
+            starts[:, None] + np.arange(seq_len + 1 - head)[None, :],
+        ],
+        axis=1,
+    )
+    return np.asarray(arr[index], dtype=np.int64)
+
+
+def prefixed_starts(
+    arr: np.ndarray[Any, Any], bos_id: int, slots: int, grid: int, high: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(BOS positions, window starts): each file's first token after its ``slots``-id prefix
+    and every ``grid`` tokens after it, before the file's EOS and below ``high`` (see
+    :func:`prefixed_windows`)."""
+    bos = np.flatnonzero(arr == bos_id).astype(np.int64)
+    ends = np.append(bos[1:], arr.shape[0])
+    parts = [
+        np.arange(b + 1 + slots, min(e - 1, high), grid, dtype=np.int64)
+        for b, e in zip(bos, ends, strict=True)
+    ]
+    starts = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return bos, starts
+
+
 def eval_starts(n_tokens: int, seq_len: int, max_windows: int) -> np.ndarray:
     """Evenly spaced, fixed window starts: every evaluation scores the same tokens.
 
@@ -126,6 +165,7 @@ class TrainBatches:
         batcher: Batcher,
         bos_id: int | None,
         infill_ids: MMMIds | None = None,
+        cond_slots: int = 0,
     ) -> None:
         ga = cfg.grad_accum_steps
         self.infill_fraction = cfg.infill_fraction
@@ -150,7 +190,26 @@ class TrainBatches:
         self.batcher = batcher
         self.high = train_arr.shape[0] - cfg.seq_len  # exclusive upper bound of window starts
         self.aligned: np.ndarray | None = None
-        if cfg.window_grid is not None:
+        # cond_slots > 0 (an audio-vq corpus with learned tags): windows open with their
+        # file's BOS and conditioning prefix (`prefixed_windows`)
+        self.cond_slots = cond_slots
+        self._bos = np.zeros(0, np.int64)
+        if cond_slots > 0:
+            if bos_id is None:
+                raise ValueError("a corpus with a conditioning prefix needs its BOS id")
+            if cond_slots + 2 > cfg.seq_len:
+                raise ValueError(
+                    f"seq_len {cfg.seq_len} leaves no room after the {cond_slots}-tag "
+                    "conditioning prefix; raise seq_len"
+                )
+            self._bos, self.aligned = prefixed_starts(
+                train_arr, bos_id, cond_slots, cfg.window_grid or 1, self.high
+            )
+            if self.aligned.size == 0:
+                raise ValueError(
+                    f"no training window of {cfg.seq_len} tokens fits the corpus; lower seq_len"
+                )
+        elif cfg.window_grid is not None:
             if bos_id is None:
                 raise ValueError("train.window_grid needs the corpus's BOS id to find file starts")
             self.aligned = grid_starts(train_arr, bos_id, cfg.window_grid, self.high)
@@ -168,7 +227,10 @@ class TrainBatches:
             else:
                 picks = torch.randint(0, self.aligned.size, (self.batch_size,), generator=gen)
                 starts = self.aligned[picks.numpy()]
-            batch = windows(self.arr, starts, self.seq_len)
+            if self.cond_slots:
+                batch = prefixed_windows(self.arr, self._bos, starts, self.seq_len, self.cond_slots)
+            else:
+                batch = windows(self.arr, starts, self.seq_len)
             if self.infill_fraction > 0:
                 batch = self._infill(batch, starts, gen)
             yield self.batcher(batch)

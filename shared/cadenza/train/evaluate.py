@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from cadenza.train.config import TrainConfig
-from cadenza.train.data import Batcher, eval_starts, windows
+from cadenza.train.data import (
+    Batcher,
+    eval_starts,
+    prefixed_starts,
+    prefixed_windows,
+    windows,
+)
 from cadenza.train.distributed import DistInfo, all_reduce_sum
 
 
@@ -32,16 +38,32 @@ def evaluate(
     info: DistInfo,
     batcher: Batcher,
     autocast: Callable[[], AbstractContextManager[Any]],
+    bos_id: int | None = None,
+    cond_slots: int = 0,
 ) -> float:
-    """Mean per-token loss over fixed windows of one split, shared out across ranks."""
+    """Mean per-token loss over fixed windows of one split, shared out across ranks. With
+    ``cond_slots`` (a tagged audio-vq corpus) the windows are cut as for training, each
+    opening with its file's BOS and conditioning prefix, at evenly spaced allowed starts."""
     starts = eval_starts(arr.shape[0], cfg.seq_len, cfg.eval_batches * cfg.batch_size)
+    bos = np.zeros(0, np.int64)
+    if cond_slots and bos_id is not None:
+        high = arr.shape[0] - cfg.seq_len
+        bos, allowed = prefixed_starts(arr, bos_id, cond_slots, cfg.window_grid or 1, high)
+        if allowed.size:
+            pick = np.linspace(0, allowed.size - 1, min(starts.size, allowed.size))
+            starts = allowed[np.unique(pick.round().astype(np.int64))]
+        else:
+            cond_slots = 0  # no window fits: score plain windows rather than none
     mine = starts[info.rank :: info.world_size]
     was_training = model.training
     model.eval()
     total, count = 0.0, 0.0
     for begin in range(0, mine.shape[0], cfg.batch_size):
         chunk = mine[begin : begin + cfg.batch_size]
-        x, y = batcher(windows(arr, chunk, cfg.seq_len))
+        if cond_slots:
+            x, y = batcher(prefixed_windows(arr, bos, chunk, cfg.seq_len, cond_slots))
+        else:
+            x, y = batcher(windows(arr, chunk, cfg.seq_len))
         with autocast():
             _, loss = model(x, y)
         total += float(loss.float().item()) * chunk.shape[0]

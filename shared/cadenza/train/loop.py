@@ -145,8 +145,10 @@ class _Run:
         infill_ids: MMMIds | None = None,
         adapter: Mapping[str, Any] | None = None,
         init_from: bytes | None = None,
+        cond_slots: int = 0,
     ) -> None:
         self.cfg, self.hooks, self.tokenizer_hash = cfg, hooks, tokenizer_hash
+        self.bos_id, self.cond_slots = bos_id, cond_slots
         self.adapter = dict(adapter) if adapter is not None else None
         self.info = current_dist_info(device)
         self.device = torch.device(device or self.info.device)
@@ -167,7 +169,7 @@ class _Run:
         self.train_step = TrainStep(raw_model, cfg, self.device)
         self.batcher = Batcher(self.device)
         self.batches = TrainBatches(
-            self.splits["train"], cfg, self.info, self.batcher, bos_id, infill_ids
+            self.splits["train"], cfg, self.info, self.batcher, bos_id, infill_ids, cond_slots
         )
         ckpt.seed_rngs(cfg.seed, self.info.rank)
         self.state = ckpt.TrainState()
@@ -292,7 +294,14 @@ class _Run:
         """Evaluate one split and emit its row."""
         ts = self.train_step
         loss = evaluate(
-            ts.eval_model, self.splits[split], self.cfg, self.info, self.batcher, ts.autocast
+            ts.eval_model,
+            self.splits[split],
+            self.cfg,
+            self.info,
+            self.batcher,
+            ts.autocast,
+            self.bos_id,
+            self.cond_slots,
         )
         self.emit(
             {
@@ -390,6 +399,7 @@ def train(
     bos_id: int | None = None,
     infill_ids: MMMIds | None = None,
     adapter: Mapping[str, Any] | None = None,
+    cond_slots: int = 0,
 ) -> TrainResult:
     """Train (or resume training) one model; return how it ended.
 
@@ -400,6 +410,8 @@ def train(
     Under torchrun (a process group already initialised) this is one rank of a DDP run.
     `bos_id` (the corpus tokenizer's) is needed only with `cfg.window_grid`, `infill_ids`
     (its MMM structure tokens, `cadenza.tokenize.mmm.MMMIds`) only with `cfg.infill_fraction`.
+    `cond_slots` > 0 (an audio-vq corpus with learned tags, needs `bos_id`): every training
+    window opens with its file's BOS and that many conditioning ids (`TrainBatches`).
     With `adapter` (resolved LoRA options), `init_from` is the base checkpoint: its weights are
     frozen and only the adapter trains, and every checkpoint holds only the adapter.
     """
@@ -414,6 +426,7 @@ def train(
         infill_ids=infill_ids,
         adapter=adapter,
         init_from=init_from,
+        cond_slots=cond_slots,
     )
     run.start(hooks.load_latest_checkpoint(), init_from)
     state = run.state

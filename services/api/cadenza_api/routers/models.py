@@ -308,7 +308,8 @@ def download_weights(
 
 def check_audio_request(session: SessionDep, body: SampleRequest, owner_id: str) -> None:
     """What an audio (audio-vq) model's sample request may say: a recording or an audio
-    sample as primer, no token-level or MIDI-only option (422 naming the field)."""
+    sample as primer, no token-level or MIDI-only option (422 naming the field); its `tags`
+    are checked against the model's learned tags with every model's (`check_controls`)."""
     if body.primer_file_id:
         primer = get_owned(session, File, body.primer_file_id, owner_id)
         if primer.kind != "audio":
@@ -329,13 +330,13 @@ def check_audio_request(session: SessionDep, body: SampleRequest, owner_id: str)
                 "samples and recordings",
                 details=[{"field": "primer_sample_id", "message": "a MIDI sample"}],
             )
-    for name in ("primer_tokens", "force_tokens", "controls", "tags", "primer_bars"):
+    for name in ("primer_tokens", "force_tokens", "controls", "primer_bars"):
         if getattr(body, name):
             raise ApiError(
                 422,
                 "invalid_for_audio",
                 f"{name}: not for an audio model (it takes a recording as primer, cut by "
-                "primer_seconds, and max_seconds for the length)",
+                "primer_seconds, max_seconds for the length, and the tags it learned)",
                 details=[{"field": name, "message": "not for an audio model"}],
             )
     if body.mode != "continue":
@@ -372,7 +373,8 @@ def create_samples(
     or tokens outside the model's vocabulary, or `controls`/`tags` the model did not learn (see
     its `capabilities`). On an audio model (a corpus of `audio-vq`) the primer is a recording
     (`primer_file_id`, an audio file) or an audio sample (`primer_sample_id`), cut by
-    `primer_seconds`; `max_seconds` sets the length; the samples are WAV (`/audio`, and a
+    `primer_seconds`; `max_seconds` sets the length; `tags` the model learned condition it;
+    the samples are WAV (`/audio`, and a
     spectrogram at `/pianoroll.png`). `mode` `infill` rewrites `infill.bars` of a
     source piece (`source_file_id` or `source_sample_id`), `accompany` adds tracks with
     `accompany.programs`: 422 when the model cannot (see its `capabilities.modes`) or the

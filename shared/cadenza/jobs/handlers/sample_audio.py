@@ -40,11 +40,18 @@ def run(
 
     if p.mode != "continue":
         raise UserError(f"mode {p.mode}: an audio model only continues (mode continue)")
-    if p.primer_tokens or p.force_tokens or p.controls or p.tags:
+    if p.primer_tokens or p.force_tokens or p.controls:
         raise UserError(
-            "an audio model takes a recording as primer (primer_file_id or primer_sample_id), "
-            "not primer_tokens, force_tokens, controls or tags"
+            "an audio model takes a recording as primer (primer_file_id or primer_sample_id) "
+            "and style tags, not primer_tokens, force_tokens or controls"
         )
+    if p.tags:
+        from cadenza.tokenize.controls import resolve_controls
+
+        try:
+            resolve_controls(None, p.tags, tok.capabilities())
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
     primer = None
     if rows.primer is not None:
         try:
@@ -80,9 +87,10 @@ def run(
         include_primer=p.include_primer,
         device=device,
         on_token=on_token,
+        tags=p.tags or (),
     )
     stored = [_store(ctx, tok, v, len(variations)) for v in variations]
-    prompt_tokens = 1 + (0 if primer is None else len(tok.wave_ids(primer)))
+    prompt_tokens = 1 + tok.tag_slots + (0 if primer is None else len(tok.wave_ids(primer)))
 
     def finalize(s: Session) -> dict[str, Any]:
         parent_id = p.primer_sample_id

@@ -218,6 +218,7 @@ def run(ctx: JobContext) -> Outcome:
         "config": model.config,
         "vocab_size": model.vocab_size,
     }
+    slots = _cond_slots(ctx, corpus)
     ctx.progress(0.0, "starting training", force=True)
     hooks = _Hooks(ctx, model, cfg)
     try:
@@ -228,7 +229,8 @@ def run(ctx: JobContext) -> Outcome:
             hooks,
             tokenizer_hash=model.tokenizer_hash,
             init_from=ctx.store.get(init_key) if init_key else None,
-            bos_id=_bos_id(ctx, corpus) if cfg.window_grid is not None else None,
+            bos_id=_bos_id(ctx, corpus) if cfg.window_grid is not None or slots else None,
+            cond_slots=slots,
             infill_ids=_infill_ids(ctx, corpus) if cfg.infill_fraction > 0 else None,
             adapter=model.adapter,  # a LoRA model: init_from is its base's checkpoint
         )
@@ -268,6 +270,17 @@ def run(ctx: JobContext) -> Outcome:
 def _raw(ctx: JobContext) -> Any:
     """The store without the claim check, for deleting this attempt's own objects."""
     return ctx.store.unfenced if isinstance(ctx.store, FencedStore) else ctx.store
+
+
+def _cond_slots(ctx: JobContext, corpus: Corpus) -> int:
+    """Length of the conditioning prefix every window opens with: an audio-vq corpus's learned
+    tags (`AudioVQTokenizer.tag_slots`), else 0 (the tokenizer is read only for those)."""
+    from cadenza.tokenize.registry import tokenizer_from_bytes
+
+    spec = (corpus.params or {}).get("tokenizer_spec") or {}
+    if spec.get("name") != "audio-vq" or not spec.get("learn_tags"):
+        return 0
+    return int(getattr(tokenizer_from_bytes(ctx.store.get(corpus.tokenizer_key)), "tag_slots", 0))
 
 
 def _bos_id(ctx: JobContext, corpus: Corpus) -> int:
