@@ -151,6 +151,48 @@ def sample_bars(
     return out
 
 
+def track_facts(tok: Any, score: Any) -> list[list[Any]]:
+    """Per track of a (multi-track) score, in order: its bars' facts, measured on that track
+    alone (what its per-track control tokens state in training)."""
+    out: list[list[Any]] = []
+    for track in score.tracks:
+        one = score.copy()
+        one.tracks = type(score.tracks)([track.copy()])
+        out.append(tok.bar_facts(one))
+    return out
+
+
+def sample_track_bars(
+    model: Any,
+    tok: Any,
+    controls: dict[str, Any] | None,
+    *,
+    n: int,
+    bars: int,
+    seed: int,
+    tokens: int,
+) -> list[list[Any]]:
+    """Per track index: the bar facts of that track in `n` steered multi-track samples (the
+    first `bars` bars of each track; a track's last bar is left out, it may be cut short)."""
+    from cadenza.sample import SamplingParams, generate
+    from cadenza.sample.steer import build_steer
+
+    steer, prompt = build_steer(
+        tok, [tok.bos_id], controls=controls, tags=None, rows=n, device="cpu"
+    )
+    params = SamplingParams(
+        max_new_tokens=tokens, seed=seed, eos_id=tok.eos_id, top_k=40, compile=False
+    )
+    rows = generate(model, [prompt], params, n=n, steer=steer)
+    out: list[list[Any]] = []
+    for new in rows:
+        for k, facts in enumerate(track_facts(tok, tok.decode([*prompt, *new]))):
+            while len(out) <= k:
+                out.append([])
+            out[k] += facts[: min(bars, max(len(facts) - 1, 0))]
+    return out
+
+
 def adherence(model: Any, tok: Any, *, n: int, bars: int, seed: int, tokens: int) -> dict[str, Any]:
     """Per control: correlation and high/low ratio of realised against requested values."""
     report: dict[str, Any] = {}
