@@ -143,7 +143,10 @@ def test_a_bpe_corpus_keeps_bars_and_controls_out_of_its_pieces(
     assert len(pieces) > 100 and max(len(p) for p in pieces) > 2
     assert not any(bar in p or any(b >= own for b in p) for p in pieces)
     plain = build_tokenizer(TokenizerSpec(name="REMI"))
-    grammar = grammar_for(tok)
+    back = tokenizer_from_bytes(tokenizer_to_bytes(tok))  # what a sample job loads
+    assert isinstance(back, MidiTokTokenizer) and back.vocab_size == tok.vocab_size
+    assert back.subword is not None and back.subword.pieces == pieces
+    grammar = grammar_for(back)
     slots = len(tok.controls.bar_slots)
     for _, data in pairs:
         score, _ = clean_score(load_score(data))
@@ -168,6 +171,7 @@ def test_a_bpe_corpus_keeps_bars_and_controls_out_of_its_pieces(
             for n in t.notes
         )
         assert got == want
+        assert [int(i) for i in back.with_tags(back.ids(back.symbols(score)), ["baroque"])] == ids
         assert grammar.first_violation([tok.bos_id, *ids, tok.eos_id]) is None
 
 

@@ -243,7 +243,10 @@ class ModelOut(Out):
         default_factory=default_capabilities,
         description="what a sample request may use: `modes` (continue, and infill and "
         "accompany for a model trained to edit on a `multitrack` corpus), `controls` (name → "
-        "`per`, `range` or `values`, `unit`) and `tags` (cadenza.tokenize.controls)",
+        "`per`, `range` or `values`, `unit`), `tags`, and for a multitrack (MMM) corpus with "
+        "per-bar controls `tracks` (`max` entries, the per-bar `controls` a request's "
+        "`controls.tracks` may set per track, `select` by index or program) "
+        "(cadenza.tokenize.controls)",
     )
 
 

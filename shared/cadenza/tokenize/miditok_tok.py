@@ -461,9 +461,10 @@ class MidiTokTokenizer(Tokenizer):
                 "builds from the same options; retokenize the corpus with this version"
             )
         sub = state.get("subword")
-        subword = SubwordModel.from_state(sub, len(obj.vocab)) if sub else None
-        tok = cls(spec, subword=subword, miditok_obj=obj)
+        tok = cls(spec, miditok_obj=obj)
         tok.set_tags(state.get("tags") or [])
+        # the pieces were learned over every base id, control and tag ids included
+        tok.subword = SubwordModel.from_state(sub, tok.base_vocab_size) if sub else None
         return tok
 
 
