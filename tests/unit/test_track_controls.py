@@ -161,7 +161,7 @@ def test_the_sampler_forces_each_tracks_controls_in_that_track(select: str) -> N
     bar, ts = v["Bar_None"], v["Track_Start"]
     progs = {v[f"Program_{p}"]: p for p in (33, 40)}
     model = _biased_model(
-        tok, {bar: 5.0, ts: 4.0, v["Track_End"]: 4.0, **dict.fromkeys(progs, 6.0)}
+        tok, {bar: 5.0, ts: 6.0, v["Track_End"]: 6.0, **dict.fromkeys(progs, 6.0)}
     )
     entries: list[dict[str, Any]] = [
         {"note_density": 4},
@@ -178,7 +178,7 @@ def test_the_sampler_forces_each_tracks_controls_in_that_track(select: str) -> N
     rows = generate(
         model,
         [prompt],
-        SamplingParams(max_new_tokens=160, seed=2, stop_at_eos=False, compile=False),
+        SamplingParams(max_new_tokens=200, seed=2, stop_at_eos=False, compile=False),
         n=3,
         steer=steer,
         grammar=grammar,
@@ -216,7 +216,7 @@ def test_the_sampler_forces_each_tracks_controls_in_that_track(select: str) -> N
                 assert slot[2:4] == ["Ctl_pitch_range_low_40", "Ctl_pitch_range_high_50"]
             checked[entry] += 1
             bar_in_track += 1
-    assert checked[0] > 0 and checked[1] > 0, checked
+    assert checked[0] > 0 and checked[1] > 0, checked  # both entries were exercised
 
 
 def _two_track_piece(seed: int, bars: int = 4) -> bytes:
