@@ -273,3 +273,18 @@ def test_a_briefly_trained_model_follows_each_tracks_note_density() -> None:
         assert means[(8, 1)][1] < means[(1, 8)][1], means
     finally:
         corpus.close()
+
+
+def test_a_primer_sets_where_the_steer_starts() -> None:
+    """After a primer of two tracks, the steer is in the second track, after its bars, on its
+    entry (by order, or by the program that opened it)."""
+    from cadenza.sample.steer import TrackMarks, replay
+
+    marks = TrackMarks(track_start=7, program_entry={33: 0, 34: 1})
+    bar = 5
+    ids = [1, 7, 34, bar, 60, bar, 8, 7, 33, bar, 61, bar, 62, bar]
+    by_order = replay(ids, bar, marks, False, 2)
+    assert (by_order.tracks, by_order.bars, by_order.entry) == (2, 3, 1)
+    by_program = replay(ids, bar, marks, True, 2)
+    assert (by_program.tracks, by_program.bars, by_program.entry) == (2, 3, 0)
+    assert replay([1, bar, bar], bar, None, False, 0).bars == 2  # one stream: bars of the piece
