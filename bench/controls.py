@@ -35,6 +35,10 @@ SWEEPS: dict[str, list[Any]] = {
 }
 
 
+#: Per track (one chorale part), the swept values: a part has 1-8 notes a bar, not a piece's 4-20.
+TRACK_SWEEPS: dict[str, list[Any]] = {**SWEEPS, "note_density": [1, 2, 4, 6, 8]}
+
+
 def realised(name: str, facts: Any) -> float | None:
     """The bar's value of control `name` (pitch_range: the middle of its range)."""
     if name == "note_density":
@@ -256,7 +260,7 @@ def track_adherence(
     track asked for each value of the sweep while the second is asked for the sweep's
     mirror (high when the first is low), through `controls.tracks`."""
     report: dict[str, Any] = {}
-    for name, sweep in SWEEPS.items():
+    for name, sweep in TRACK_SWEEPS.items():
         if name not in tok.controls.controls:
             continue
         xs: list[list[float]] = [[], []]
