@@ -246,7 +246,7 @@ def _two_track_piece(seed: int, bars: int = 4) -> bytes:
 
 @pytest.mark.slow
 def test_a_briefly_trained_model_follows_each_tracks_note_density() -> None:
-    """A nano GPT trained 300 steps on two-track music whose bars have 1 or 8 notes per track:
+    """A nano GPT trained 200 steps on two-track music whose bars have 1 or 8 notes per track:
     asked for (8, 1) notes a bar, its first track's bars are denser than asked for (1, 8),
     and its second track's sparser. Direction only, on the tokenizer's own measure."""
     from bench.controls import realised, sample_track_bars, train_model
@@ -257,7 +257,7 @@ def test_a_briefly_trained_model_follows_each_tracks_note_density() -> None:
         files, _spec(["note_density"]), split=(0.8, 0.1, 0.1), seed=0, workers=1, clean=KEEP_TRACKS
     )
     try:
-        model = train_model(corpus, 300, batch=8, seq_len=128, arch="gpt", preset="nano")
+        model = train_model(corpus, 200, batch=8, seq_len=128, arch="gpt", preset="nano")
         means: dict[tuple[int, int], list[float]] = {}
         for a, b in ((8, 1), (1, 8)):
             controls = {"tracks": [{"note_density": a}, {"note_density": b}]}
