@@ -35,6 +35,10 @@ SWEEPS: dict[str, list[Any]] = {
 }
 
 
+#: Per track (one chorale part), the swept values: a part has 1-8 notes a bar, not a piece's 4-20.
+TRACK_SWEEPS: dict[str, list[Any]] = {**SWEEPS, "note_density": [1, 2, 4, 6, 8]}
+
+
 def realised(name: str, facts: Any) -> float | None:
     """The bar's value of control `name` (pitch_range: the middle of its range)."""
     if name == "note_density":
@@ -64,13 +68,40 @@ def pearson(xs: list[float], ys: list[float]) -> float:
     )
 
 
-def build(files: list[tuple[str, bytes]], controls: list[str], seed: int = 0) -> Any:
-    """A REMI corpus with `controls` from (id, MIDI bytes) pairs (one process)."""
+def build(
+    files: list[tuple[str, bytes]], controls: list[str], seed: int = 0, multitrack: bool = False
+) -> Any:
+    """A REMI corpus with `controls` from (id, MIDI bytes) pairs (one process); with
+    `multitrack`, an MMM corpus (the `multitrack` preset: tracks kept apart, per-track bars)."""
+    from cadenza.midi.clean import CleanOptions
     from cadenza.tokenize import build_corpus
+    from cadenza.tokenize.presets import resolve_spec
     from cadenza.tokenize.spec import TokenizerSpec
 
-    spec = TokenizerSpec(name="REMI", controls=controls)  # type: ignore[arg-type]
-    return build_corpus(files, spec, split=(0.8, 0.1, 0.1), seed=seed, workers=1)
+    if not multitrack:
+        spec = TokenizerSpec(name="REMI", controls=controls)  # type: ignore[arg-type]
+        return build_corpus(files, spec, split=(0.8, 0.1, 0.1), seed=seed, workers=1)
+    base = resolve_spec(preset="multitrack").model_dump()
+    spec = TokenizerSpec.model_validate({**base, "controls": controls})
+    clean = CleanOptions(merge_tracks=False, drop_drums=False)
+    return build_corpus(files, spec, split=(0.8, 0.1, 0.1), seed=seed, workers=1, clean=clean)
+
+
+#: Programs given to a chorale's parts, in track order (flute, clarinet, cello, bass, piano).
+PART_PROGRAMS = (73, 71, 42, 33, 0)
+
+
+def as_band(data: bytes) -> bytes:
+    """A chorale with each part (track) on its own program and empty tracks dropped."""
+    from symusic import Score
+
+    score = Score.from_midi(data)
+    kept = [t for t in score.tracks if len(t.notes) > 0]
+    for k, track in enumerate(kept):
+        track.program = PART_PROGRAMS[k % len(PART_PROGRAMS)]
+    score.tracks = type(score.tracks)(kept)
+    out: bytes = score.dumps_midi()
+    return out
 
 
 def say(message: str) -> None:
@@ -151,6 +182,48 @@ def sample_bars(
     return out
 
 
+def track_facts(tok: Any, score: Any) -> list[list[Any]]:
+    """Per track of a (multi-track) score, in order: its bars' facts, measured on that track
+    alone (what its per-track control tokens state in training)."""
+    out: list[list[Any]] = []
+    for track in score.tracks:
+        one = score.copy()
+        one.tracks = type(score.tracks)([track.copy()])
+        out.append(tok.bar_facts(one))
+    return out
+
+
+def sample_track_bars(
+    model: Any,
+    tok: Any,
+    controls: dict[str, Any] | None,
+    *,
+    n: int,
+    bars: int,
+    seed: int,
+    tokens: int,
+) -> list[list[Any]]:
+    """Per track index: the bar facts of that track in `n` steered multi-track samples (the
+    first `bars` bars of each track; a track's last bar is left out, it may be cut short)."""
+    from cadenza.sample import SamplingParams, generate
+    from cadenza.sample.steer import build_steer
+
+    steer, prompt = build_steer(
+        tok, [tok.bos_id], controls=controls, tags=None, rows=n, device="cpu"
+    )
+    params = SamplingParams(
+        max_new_tokens=tokens, seed=seed, eos_id=tok.eos_id, top_k=40, compile=False
+    )
+    rows = generate(model, [prompt], params, n=n, steer=steer)
+    out: list[list[Any]] = []
+    for new in rows:
+        for k, facts in enumerate(track_facts(tok, tok.decode([*prompt, *new]))):
+            while len(out) <= k:
+                out.append([])
+            out[k] += facts[: min(bars, max(len(facts) - 1, 0))]
+    return out
+
+
 def adherence(model: Any, tok: Any, *, n: int, bars: int, seed: int, tokens: int) -> dict[str, Any]:
     """Per control: correlation and high/low ratio of realised against requested values."""
     report: dict[str, Any] = {}
@@ -180,6 +253,51 @@ def adherence(model: Any, tok: Any, *, n: int, bars: int, seed: int, tokens: int
     return report
 
 
+def track_adherence(
+    model: Any, tok: Any, *, n: int, bars: int, seed: int, tokens: int
+) -> dict[str, Any]:
+    """Per control and per track (first two): requested against realised, with the first
+    track asked for each value of the sweep while the second is asked for the sweep's
+    mirror (high when the first is low), through `controls.tracks`."""
+    report: dict[str, Any] = {}
+    for name, sweep in TRACK_SWEEPS.items():
+        if name not in tok.controls.controls:
+            continue
+        xs: list[list[float]] = [[], []]
+        ys: list[list[float]] = [[], []]
+        means: list[list[float]] = [[], []]
+        for value, mirror in zip(sweep, reversed(sweep), strict=True):
+            say(f"{name}: track 0 = {value}, track 1 = {mirror}")
+            per_track = sample_track_bars(
+                model,
+                tok,
+                {"tracks": [{name: value}, {name: mirror}]},
+                n=n,
+                bars=bars,
+                seed=seed,
+                tokens=tokens,
+            )
+            for k, want in ((0, value), (1, mirror)):
+                facts = per_track[k] if k < len(per_track) else []
+                vals = [v for f in facts if (v := realised(name, f)) is not None]
+                xs[k] += [requested(name, want)] * len(vals)
+                ys[k] += vals
+                means[k].append(sum(vals) / len(vals) if vals else float("nan"))
+        report[name] = {
+            f"track_{k}": {
+                "requested": [requested(name, v) for v in (sweep if k == 0 else sweep[::-1])],
+                "realised_mean": [round(m, 3) for m in means[k]],
+                "pearson": round(pearson(xs[k], ys[k]), 3),
+                "bars": len(ys[k]),
+            }
+            for k in (0, 1)
+        }
+        for k in (0, 1):
+            hi, lo = (means[k][-1], means[k][0]) if k == 0 else (means[k][0], means[k][-1])
+            report[name][f"track_{k}"]["high_low_ratio"] = round(hi / lo, 3) if lo else None
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -196,6 +314,13 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--data-dir", type=Path, default=Path(".cache/bench-controls"))
     ap.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    ap.add_argument(
+        "--multitrack",
+        action="store_true",
+        help="per-track controls: an MMM corpus of the chorales with one program per part, "
+        "the first two tracks asked for opposite values (controls.tracks)",
+    )
+    ap.add_argument("--controls", default=None, help="comma-separated subset of the swept controls")
     args = ap.parse_args()
 
     import torch
@@ -205,7 +330,11 @@ def main() -> None:
     t0 = time.perf_counter()
     torch.set_num_threads(2)
     paths = export_bach_chorales(args.data_dir, args.files)
-    corpus = build([(p.stem, p.read_bytes()) for p in paths], list(SWEEPS))
+    names = args.controls.split(",") if args.controls else list(SWEEPS)
+    files = [
+        (p.stem, as_band(p.read_bytes()) if args.multitrack else p.read_bytes()) for p in paths
+    ]
+    corpus = build(files, names, multitrack=args.multitrack)
     t1 = time.perf_counter()
     say(f"corpus: {corpus.stats['tokens_per_split']} tokens; training {args.steps} steps")
     model = train_model(
@@ -219,7 +348,7 @@ def main() -> None:
         "2 threads; shared with other jobs (heavy load)",
         "corpus_s": round(t1 - t0, 1),
         "train_s": round(t2 - t1, 1),
-        "controls": adherence(
+        "controls": (track_adherence if args.multitrack else adherence)(
             model, corpus.tokenizer, n=args.n, bars=args.bars, seed=args.seed, tokens=args.tokens
         ),
     }

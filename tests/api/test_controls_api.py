@@ -54,7 +54,7 @@ def test_corpus_controls_are_checked_per_tokenizer(client: TestClient) -> None: 
     body = {"dataset_id": ds, "tokenizer": "REMI", "controls": ["loudness"]}
     _error(client.post("/v1/corpora", json=body), "controls")
     body = {"dataset_id": ds, "tokenizer": "REMI", "bpe": {"vocab_size": 600}, "learn_tags": True}
-    _error(client.post("/v1/corpora", json=body), "learn_tags")
+    assert client.post("/v1/corpora", json=body).status_code == 202  # controls and BPE go together
     body = {
         "dataset_id": ds,
         "tokenizer": "REMI",
@@ -186,3 +186,38 @@ def test_audio_model_tags_are_checked_against_its_learned_tags(
     untagged = _model(settings, ds, None, {"tokenizer_spec": {"name": "audio-vq"}})
     msg = _error(client.post(f"/v1/models/{untagged}/samples", json={"tags": ["rock"]}), "tags")
     assert "learn_tags" in msg
+
+
+def test_per_track_controls_are_checked_against_the_model(
+    client: TestClient,  # noqa: F811
+    settings: Settings,  # noqa: F811
+) -> None:
+    """A multitrack model's capabilities show `tracks`; each bad per-track value is a 422
+    naming its place (`controls.tracks[1].note_density`) and the allowed range."""
+    ds = dataset(client)
+    band = _model(settings, ds, capabilities(["key", "note_density"], [], per_track=True))
+    got = client.get(f"/v1/models/{band}").json()["capabilities"]
+    assert got["tracks"] == {
+        "max": 64,
+        "controls": ["note_density"],
+        "select": ["index", "program"],
+    }
+    url = f"/v1/models/{band}/samples"
+    msg = _error(
+        client.post(url, json={"controls": {"tracks": [{}, {"note_density": 99}]}}),
+        "controls.tracks[1].note_density",
+    )
+    assert "[0, 32]" in msg
+    _error(
+        client.post(url, json={"controls": {"tracks": [{"key": "C"}]}}), "controls.tracks[0].key"
+    )
+    _error(client.post(url, json={"controls": {"tracks": [{"program": 300}]}}), "program")
+    _error(client.post(url, json={"controls": {"tracks": {"0": {}}}}), "tracks")
+    single = _model(settings, ds, capabilities(["note_density"], []))
+    assert "per-track" in _error(
+        client.post(f"/v1/models/{single}/samples", json={"controls": {"tracks": [{}]}}),
+        "controls.tracks",
+    )
+    ok = {"controls": {"key": "Dm", "tracks": [{"note_density": 4}, {"note_density": [12, None]}]}}
+    r = client.post(url, json=ok)
+    assert r.status_code == 202, r.text

@@ -11,7 +11,13 @@ import torch
 
 from cadenza.midi.clean import clean_score
 from cadenza.midi.load import load_score
-from cadenza.tokenize import TokenizerSpec, build_corpus, tokenizer_from_bytes, tokenizer_to_bytes
+from cadenza.tokenize import (
+    BPESpec,
+    TokenizerSpec,
+    build_corpus,
+    tokenizer_from_bytes,
+    tokenizer_to_bytes,
+)
 from cadenza.tokenize.controls import CONTROL_ORDER, ControlVocab, capabilities, resolve_controls
 from cadenza.tokenize.corpus import merge_spools, tokenize_to_spool
 from cadenza.tokenize.grammar import grammar_for
@@ -30,6 +36,18 @@ def pairs() -> list[tuple[str, bytes]]:
     return bach_pairs()
 
 
+@pytest.fixture(scope="module")
+def bpe_tok(pairs: list[tuple[str, bytes]]) -> MidiTokTokenizer:
+    """The fitted tokenizer of a REMI + BPE corpus of chorales with every control and tags."""
+    spec = TokenizerSpec.model_validate({**ALL.model_dump(), "bpe": {"vocab_size": 1200}})
+    assert isinstance(spec.bpe, BPESpec)
+    corpus = build_corpus(pairs, spec, seed=0, workers=1, tags=_tags(pairs))
+    tok = corpus.tokenizer
+    corpus.close()
+    assert isinstance(tok, MidiTokTokenizer) and tok.subword is not None
+    return tok
+
+
 def _tags(pairs: list[tuple[str, bytes]]) -> dict[str, list[str]]:
     return {f: TAGS["bwv"] if i % 2 else TAGS["other"] for i, (f, _) in enumerate(pairs)}
 
@@ -39,12 +57,12 @@ def test_specs_refuse_controls_a_tokenizer_cannot_carry() -> None:
         ({"name": "TSD", "controls": ["note_density"]}, "per bar"),
         ({"name": "midichar", "controls": ["key"]}, "cannot carry"),
         ({"name": "Octuple", "learn_tags": True}, "cannot carry"),
-        ({"name": "REMI", "controls": ["key"], "bpe": {"vocab_size": 600}}, "bpe"),
     ]:
         with pytest.raises(ValueError, match=word):
             TokenizerSpec.model_validate(bad)
     # piece controls work beyond REMI; a spec without controls keeps its old dump (and hash)
     TokenizerSpec(name="TSD", controls=["key", "tempo"], learn_tags=True)  # type: ignore[list-item]
+    TokenizerSpec.model_validate({"name": "REMI", "controls": ["key"], "bpe": {"vocab_size": 900}})
     assert TokenizerSpec(name="REMI").model_dump() == {"name": "REMI", "config": {}, "bpe": None}
 
 
@@ -112,9 +130,54 @@ def test_sharded_build_with_tags_equals_the_single_one(
     merged.close()
 
 
+def test_a_bpe_corpus_keeps_bars_and_controls_out_of_its_pieces(
+    pairs: list[tuple[str, bytes]], bpe_tok: MidiTokTokenizer
+) -> None:
+    """Controls with subwords: no learned piece holds a Bar or a control id, so every bar opens
+    with the plain Bar id followed by its single control ids; the ids decode to the same music
+    as plain REMI's, and the grammar (over pieces too) accepts them."""
+    tok = bpe_tok
+    assert tok.controls is not None and tok.subword is not None
+    bar, own = tok.miditok.vocab["Bar_None"], tok.own_vocab_size
+    pieces = tok.subword.pieces
+    assert len(pieces) > 100 and max(len(p) for p in pieces) > 2
+    assert not any(bar in p or any(b >= own for b in p) for p in pieces)
+    plain = build_tokenizer(TokenizerSpec(name="REMI"))
+    back = tokenizer_from_bytes(tokenizer_to_bytes(tok))  # what a sample job loads
+    assert isinstance(back, MidiTokTokenizer) and back.vocab_size == tok.vocab_size
+    assert back.subword is not None and back.subword.pieces == pieces
+    grammar = grammar_for(back)
+    slots = len(tok.controls.bar_slots)
+    for _, data in pairs:
+        score, _ = clean_score(load_score(data))
+        assert score is not None
+        ids = [int(i) for i in tok.with_tags(tok.ids(tok.symbols(score)), ["baroque"])]
+        assert any(i >= tok.base_vocab_size for i in ids)  # pieces were applied
+        names = [tok.token_str(i) if own <= i < tok.base_vocab_size else "" for i in ids]
+        assert [n.split("_")[1] for n in names[:4]] == ["tempo", "time", "key", "program"]
+        assert names[4] == "Tag_baroque"
+        at = [k for k, i in enumerate(ids) if i == bar]
+        assert len(at) == len(tok.bar_facts(score)) > 0
+        for k in at:
+            assert all(n.startswith("Ctl_") for n in names[k + 1 : k + 1 + slots])
+        want = sorted(
+            (int(n.time), int(n.pitch), int(n.duration))
+            for t in plain.decode(plain.encode(score)).tracks
+            for n in t.notes
+        )
+        got = sorted(
+            (int(n.time), int(n.pitch), int(n.duration))
+            for t in tok.decode(ids).tracks
+            for n in t.notes
+        )
+        assert got == want
+        assert [int(i) for i in back.with_tags(back.ids(back.symbols(score)), ["baroque"])] == ids
+        assert grammar.first_violation([tok.bos_id, *ids, tok.eos_id]) is None
+
+
 def test_requests_resolve_to_token_values_or_name_the_field() -> None:
     caps = capabilities(list(CONTROL_ORDER), ["baroque"])
-    piece, bars, tags = resolve_controls(
+    piece, bars, tags, tracks = resolve_controls(
         {
             "tempo": 97,
             "key": "Dm",
@@ -125,7 +188,7 @@ def test_requests_resolve_to_token_values_or_name_the_field() -> None:
         ["baroque"],
         caps,
     )
-    assert piece == {"tempo": "100", "key": "Dm"} and tags == ["baroque"]
+    assert piece == {"tempo": "100", "key": "Dm"} and tags == ["baroque"] and tracks is None
     assert bars["note_density"] == (["4", None], False)
     assert bars["pitch_range"] == ([("55", "79")], True) and bars["duration"] == (["0.5"], True)
     for controls, field in [
@@ -158,14 +221,21 @@ def test_the_grammar_accepts_sequences_with_controls_and_tags(
         assert grammar.first_violation([tok.bos_id, *ids, tok.eos_id]) is None
 
 
-def test_the_sampler_forces_requested_controls_where_the_model_learned_them() -> None:
-    """A random model: every requested piece value, tag and bar value appears at its place."""
+@pytest.mark.parametrize("subwords", [False, True], ids=["plain", "bpe"])
+def test_the_sampler_forces_requested_controls_where_the_model_learned_them(
+    subwords: bool, request: pytest.FixtureRequest
+) -> None:
+    """A random model: every requested piece value, tag and bar value appears at its place,
+    with BPE too (a bar still opens with the plain Bar id, which the steer watches for)."""
     from cadenza.models import build_model, resolve_config
     from cadenza.sample import SamplingParams, generate
     from cadenza.sample.steer import build_steer
 
-    tok = build_tokenizer(ALL)
-    tok.set_tags(["baroque", "mine-2019"])
+    if subwords:
+        tok = request.getfixturevalue("bpe_tok")
+    else:
+        tok = build_tokenizer(ALL)
+        tok.set_tags(["baroque", "mine-2019"])
     vocab = tok.controls
     assert isinstance(vocab, ControlVocab)
     bar = tok.miditok.vocab["Bar_None"]
@@ -195,7 +265,8 @@ def test_the_sampler_forces_requested_controls_where_the_model_learned_them() ->
     )
     for new in rows:
         assert grammar.first_violation([*prompt, *new]) is None
-        names = [tok.token_str(i) if i >= len(tok.miditok.vocab) else "" for i in new]
+        own = tok.own_vocab_size
+        names = [tok.token_str(i) if own <= i < tok.base_vocab_size else "" for i in new]
         assert names[2] == "Ctl_key_Dm" and names[4] == "Tag_mine-2019"
         assert names[0].startswith("Ctl_tempo_") and names[3].startswith("Ctl_program_")
         k = 0

@@ -243,8 +243,11 @@ class ModelOut(Out):
         default_factory=default_capabilities,
         description="what a sample request may use: `modes` (continue, and infill and "
         "accompany for a model trained to edit on a `multitrack` corpus), `controls` (name → "
-        "`per`, `range` or `values`, `unit`), `tags` (cadenza.tokenize.controls) and `output` "
-        "(`midi`, or `audio` for a model of an `audio-vq` corpus: WAV samples, primers in seconds)",
+        "`per`, `range` or `values`, `unit`), `tags`, for a multitrack (MMM) corpus with "
+        "per-bar controls `tracks` (`max` entries, the per-bar `controls` a request's "
+        "`controls.tracks` may set per track, `select` by index or program) "
+        "(cadenza.tokenize.controls), and `output` (`midi`, or `audio` for a model of an "
+        "`audio-vq` corpus: WAV samples, primers in seconds)",
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cadenza.sample.modes import EditFields
-from cadenza.tokenize.controls import CONTROL_ORDER, check_tags
+from cadenza.tokenize.controls import CONTROL_ORDER, MAX_TRACK_ENTRIES, check_tags
 
 
 class SamplingOptions(BaseModel):
@@ -120,7 +120,11 @@ class SampleRequest(SamplingOptions, EditFields):
         'with controls (see its capabilities): per piece {"key": "Dm", "tempo": 90, '
         '"time_signature": "3/4", "program": 0}; per bar one value for every bar '
         '{"note_density": 6} or a list indexed by bar (null = free) {"polyphony": [2, 4, null]}; '
-        '"pitch_range": [lowest, highest] MIDI pitches; "duration": mean note length in beats',
+        '"pitch_range": [lowest, highest] MIDI pitches; "duration": mean note length in beats; '
+        "per track (a model whose capabilities have `tracks`: multitrack MMM) "
+        '"tracks": [{"note_density": 4}, {"note_density": 12, "polyphony": [null, 1]}], one '
+        "object of per-bar controls per track in the order the tracks are written (bars "
+        'counted within the track), or chosen by program: [{"program": 33, "note_density": 4}]',
     )
     tags: list[str] | None = Field(
         default=None, max_length=16, description='style tags the model learned, e.g. ["baroque"]'
@@ -159,8 +163,14 @@ class SampleRequest(SamplingOptions, EditFields):
     @classmethod
     def _controls(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         for name, value in (v or {}).items():
+            if name == "tracks":
+                if not isinstance(value, list) or len(value) > MAX_TRACK_ENTRIES:
+                    raise ValueError(f"tracks: a list of at most {MAX_TRACK_ENTRIES} objects")
+                continue
             if name not in CONTROL_ORDER:
-                raise ValueError(f"{name!r} is not a control; known: {', '.join(CONTROL_ORDER)}")
+                raise ValueError(
+                    f"{name!r} is not a control; known: {', '.join(CONTROL_ORDER)} and tracks"
+                )
             if isinstance(value, list) and len(value) > 4096:
                 raise ValueError(f"{name}: a per-bar list has at most 4096 entries")
         return v

@@ -9,7 +9,11 @@ per per-bar control slot. :class:`Steer` replays that grammar while sampling:
   tags are forced;
 * whenever a row samples ``Bar``, its next steps are that bar's slots, forced to the request's
   value for that bar (bar 0 is the piece's first, primer bars included) or free within the
-  control's ids when the request leaves the bar free.
+  control's ids when the request leaves the bar free;
+* in a multi-track stream (MMM), each ``Track_Start`` opens a track: bars count from its
+  first again, and the track follows its own entry of ``controls.tracks`` (the k-th track
+  the k-th entry, or the entry whose program the track's ``Program`` id names), falling back
+  to the piece-wide per-bar values for a control the entry leaves out.
 
 Forcing is a mask on the logits (every id but the allowed ones at -inf), so it costs one
 comparison per step and needs no host read: the sampler's loop stays tensor-only.
@@ -18,12 +22,55 @@ comparison per step and needs no host read: the sampler's loop stays tensor-only
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from cadenza.tokenize.controls import ControlVocab
+from cadenza.tokenize.controls import ControlVocab, TrackRequest
+
+
+@dataclass(frozen=True)
+class TrackMarks:
+    """How the steer tells tracks apart in an MMM stream: the ``Track_Start`` id, and which
+    entry of ``controls.tracks`` each ``Program`` id selects (when chosen by program)."""
+
+    track_start: int
+    program_entry: Mapping[int, int]  # Program id -> entry index (by program only)
+
+
+@dataclass
+class Position:
+    """Where a stream stands for the steer: tracks opened, bars opened in the current track
+    (in the piece for a single stream), the ``controls.tracks`` entry it follows (``-1`` =
+    the piece-wide values), and whether the last id opened a track."""
+
+    tracks: int = 0
+    bars: int = 0
+    entry: int = -1
+    after_track_start: bool = False
+
+
+def replay(
+    ids: Sequence[int], bar_id: int | None, marks: TrackMarks | None, by_program: bool, n: int
+) -> Position:
+    """The steer's position after ``ids`` (a primer), by the rules of :meth:`Steer.advance`;
+    ``n`` entries in ``controls.tracks``."""
+    p = Position()
+    for raw in ids:
+        t = int(raw)
+        if marks is not None and p.after_track_start and by_program:
+            p.entry = marks.program_entry.get(t, -1)
+        p.after_track_start = False
+        if marks is not None and t == marks.track_start:
+            p.entry = -1 if by_program or p.tracks >= n else p.tracks
+            p.tracks += 1
+            p.bars = 0
+            p.after_track_start = True
+        elif bar_id is not None and t == bar_id:
+            p.bars += 1
+    return p
 
 
 class Steer:
@@ -41,6 +88,9 @@ class Steer:
         bars_in_prompt: int,
         rows: int,
         device: torch.device | str,
+        tracks: TrackRequest | None = None,
+        marks: TrackMarks | None = None,
+        start: Position | None = None,
     ) -> None:
         dev = torch.device(device)
         ranges: list[tuple[int, int]] = []
@@ -58,24 +108,48 @@ class Steer:
         slots = vocab.bar_slots if bar_id is not None else []
         self.n_slots = len(slots)
         self.bar_id = -1 if bar_id is None else bar_id
-        # table[b, k] = (lo, hi) of slot k in bar b; the last row serves every later bar
-        n_bars = max([len(vals) for vals, every in bars.values() if not every] + [0]) + 1
-        table = torch.zeros(n_bars, max(self.n_slots, 1), 2, dtype=torch.long)
-        for k, s in enumerate(slots):
-            table[:, k, 0], table[:, k, 1] = s.lo, s.hi
-            req = bars.get(s.control)
-            if req is None:
-                continue
-            vals, every = req
-            for b in range(n_bars):
-                v = vals[0] if every else (vals[b] if b < len(vals) else None)
-                if v is None:
+        # One request per table row: the entries of controls.tracks, each over the piece-wide
+        # per-bar values, then (last row) the piece-wide values alone.
+        entries = tracks.entries if tracks is not None else []
+        requests = [{**bars, **e} for e in entries] + [dict(bars)]
+        self.default_entry = len(entries)
+        # table[e, b, k] = (lo, hi) of slot k in bar b of a track following request e; the
+        # last bar row serves every later bar
+        n_bars = (
+            max([len(vals) for r in requests for vals, every in r.values() if not every] + [0]) + 1
+        )
+        table = torch.zeros(len(requests), n_bars, max(self.n_slots, 1), 2, dtype=torch.long)
+        for e, req_e in enumerate(requests):
+            for k, s in enumerate(slots):
+                table[e, :, k, 0], table[e, :, k, 1] = s.lo, s.hi
+                req = req_e.get(s.control)
+                if req is None:
                     continue
-                value = v[0 if s.part == "low" else 1] if s.part else v
-                i = vocab.slot_id(s, value)
-                table[b, k, 0], table[b, k, 1] = i, i + 1
+                vals, every = req
+                for b in range(n_bars):
+                    v = vals[0] if every else (vals[b] if b < len(vals) else None)
+                    if v is None:
+                        continue
+                    value = v[0 if s.part == "low" else 1] if s.part else v
+                    i = vocab.slot_id(s, value)
+                    table[e, b, k, 0], table[e, b, k, 1] = i, i + 1
         self.table = table.to(dev)
-        self.bar = torch.full((rows,), bars_in_prompt, dtype=torch.long, device=dev)
+        # Tracks (MMM): a Track_Start restarts the bar count and picks the row's request.
+        self.track_start = marks.track_start if marks is not None and self.n_slots else -1
+        self.by_program = bool(tracks is not None and tracks.programs is not None)
+        size = max([*(marks.program_entry if marks else {}), 0]) + 1
+        lookup = torch.full((size,), self.default_entry, dtype=torch.long)
+        for pid, e in (marks.program_entry if marks and self.by_program else {}).items():
+            lookup[pid] = e
+        self.program_entry = lookup.to(dev)
+        p = start or Position(bars=bars_in_prompt)
+        entry = self.default_entry if p.entry < 0 else p.entry
+        self.bar = torch.full((rows,), p.bars, dtype=torch.long, device=dev)
+        self.tracks = torch.full((rows,), p.tracks, dtype=torch.long, device=dev)
+        self.entry = torch.full((rows,), entry, dtype=torch.long, device=dev)
+        self.after_track_start = torch.full(
+            (rows,), p.after_track_start, dtype=torch.bool, device=dev
+        )
         self.phase = torch.zeros(rows, dtype=torch.long, device=dev)  # 0 = no slot pending
         self.step = 0
 
@@ -89,15 +163,17 @@ class Steer:
             return logits.masked_fill(~keep, float("-inf"))
         if self.n_slots == 0:
             return logits
-        b = (self.bar - 1).clamp(min=0, max=self.table.size(0) - 1)
+        b = (self.bar - 1).clamp(min=0, max=self.table.size(1) - 1)
         k = (self.phase - 1).clamp(min=0)
-        rng = self.table[b, k]  # (B, 2)
+        rng = self.table[self.entry, b, k]  # (B, 2)
         keep = (ids >= rng[:, :1]) & (ids < rng[:, 1:])
         active = (self.phase > 0).unsqueeze(1)
         return logits.masked_fill(active & ~keep, float("-inf"))
 
     def advance(self, token: Tensor) -> None:
-        """Record the sampled tokens (B,): a Bar opens a bar's slots."""
+        """Record the sampled tokens (B,): a Bar opens a bar's slots; a Track_Start opens a
+        track (bars count from 0 again, and the track's entry of ``controls.tracks`` applies:
+        the next by order, or the one of the Program id that follows)."""
         self.step += 1
         if self.step <= self.prefix_len or self.n_slots == 0:
             return
@@ -106,14 +182,36 @@ class Steer:
             self.phase + 1,
             torch.zeros_like(self.phase),
         )
-        is_bar = (token == self.bar_id) & (self.phase == 0)
+        free = self.phase == 0
+        is_bar = (token == self.bar_id) & free
         self.phase = torch.where(is_bar, torch.ones_like(nxt), nxt)
         self.bar = self.bar + is_bar.long()
+        if self.track_start < 0:
+            return
+        if self.by_program:
+            size = self.program_entry.size(0)
+            chosen = self.program_entry[token.clamp(min=0, max=size - 1)]
+            chosen = torch.where(token < size, chosen, torch.full_like(chosen, self.default_entry))
+            self.entry = torch.where(self.after_track_start, chosen, self.entry)
+        is_track = (token == self.track_start) & free
+        by_order = torch.where(
+            self.tracks < self.default_entry,
+            self.tracks,
+            torch.full_like(self.tracks, self.default_entry),
+        )
+        opened = torch.full_like(self.entry, self.default_entry) if self.by_program else by_order
+        self.entry = torch.where(is_track, opened, self.entry)
+        self.tracks = self.tracks + is_track.long()
+        self.bar = torch.where(is_track, torch.zeros_like(self.bar), self.bar)
+        self.after_track_start = is_track
 
     def select(self, rows: Tensor) -> None:
         """Keep the state of the live rows only (the sampler dropped finished ones)."""
         self.bar = self.bar.index_select(0, rows)
         self.phase = self.phase.index_select(0, rows)
+        self.tracks = self.tracks.index_select(0, rows)
+        self.entry = self.entry.index_select(0, rows)
+        self.after_track_start = self.after_track_start.index_select(0, rows)
 
 
 def build_steer(
@@ -133,15 +231,27 @@ def build_steer(
     vocab: ControlVocab | None = getattr(tokenizer, "controls", None)
     if vocab is None:
         return None, list(prompt)
-    piece, bars, wanted = resolve_controls(controls, tags, vocab.capabilities())
+    piece, bars, wanted, tracks = resolve_controls(controls, tags, vocab.capabilities())
     miditok_vocab = getattr(getattr(tokenizer, "miditok", None), "vocab", {})
     bar_id = miditok_vocab.get("Bar_None") if vocab.bar_slots else None
+    marks: TrackMarks | None = None
+    if vocab.per_track and bar_id is not None and "Track_Start" in miditok_vocab:
+        want = {p: e for e, p in enumerate(tracks.programs or [])} if tracks else {}
+        marks = TrackMarks(
+            int(miditok_vocab["Track_Start"]),
+            {
+                int(i): want[p]
+                for name, i in miditok_vocab.items()
+                if name.startswith("Program_") and (p := int(name.split("_", 1)[1])) in want
+            },
+        )
     bos = tokenizer.bos_id
     prompt = list(prompt)
     unprimed = len(prompt) <= 1
     if not unprimed:
         prompt = _rewrite_prefix(vocab, prompt, bos, piece, wanted)
-    n_bars = sum(1 for t in prompt if t == bar_id) if bar_id is not None else 0
+    n = len(tracks.entries) if tracks else 0
+    start = replay(prompt, bar_id, marks, bool(tracks and tracks.programs), n)
     steer = Steer(
         vocab,
         bar_id,
@@ -149,9 +259,12 @@ def build_steer(
         bars=bars,
         tags=wanted,
         prefix=unprimed,
-        bars_in_prompt=n_bars,
+        bars_in_prompt=start.bars,
         rows=rows,
         device=device,
+        tracks=tracks,
+        marks=marks,
+        start=start,
     )
     return steer, prompt
 
@@ -181,4 +294,4 @@ def _rewrite_prefix(
     return [*prompt[:start], *new_head, *rest]
 
 
-__all__ = ["Steer", "build_steer"]
+__all__ = ["Position", "Steer", "TrackMarks", "build_steer", "replay"]

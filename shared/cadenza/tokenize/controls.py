@@ -58,11 +58,16 @@ PIECE_CONTROL_TOKENIZERS = ("REMI", "TSD", "MIDILike", "Structured", "PerTok", "
 #: Tokenizers that take style tags only (no attribute controls): audio-vq, whose tags fill a
 #: fixed conditioning prefix that every training window starts with (``AudioVQTokenizer``).
 TAG_ONLY_TOKENIZERS = ("audio-vq",)
-#: Tokenizers that take per-bar controls: one ``Bar`` token opens every bar (empty ones too) of
-#: one stream and the note events carry their ends. MMM restarts bars in every track, PerTok,
+#: Tokenizers that take per-bar controls: one ``Bar`` token opens every bar (empty ones too) and
+#: the note events carry their ends. REMI has one stream; MMM (over REMI) restarts bars in every
+#: track, so its per-bar controls are per track too (measured on that track's notes). PerTok,
 #: TSD, MIDILike and Structured have no bar token in their default vocabulary, BEAT's notes do
 #: not carry ends: per-bar controls are refused for them.
-BAR_CONTROL_TOKENIZERS = ("REMI",)
+BAR_CONTROL_TOKENIZERS = ("REMI", "MMM")
+#: Tokenizers whose per-bar controls a request may set track by track (``controls.tracks``).
+PER_TRACK_TOKENIZERS = ("MMM",)
+#: At most this many entries in a request's ``controls.tracks``.
+MAX_TRACK_ENTRIES = 64
 
 NOTE_DENSITY_MAX = 32  # notes per bar; a denser bar states 32
 POLYPHONY_MAX = 12  # notes sounding at once; more states 12
@@ -121,8 +126,16 @@ def _values(name: str) -> list[str]:
     raise ValueError(f"unknown control {name!r}")
 
 
-def check_controls_spec(name: str, controls: Sequence[str], learn_tags: bool, bpe: bool) -> None:
-    """ValueError naming ``controls`` when tokenizer ``name`` cannot carry them."""
+def check_controls_spec(
+    name: str,
+    controls: Sequence[str],
+    learn_tags: bool,
+    bpe: bool,
+    config: Mapping[str, Any] | None = None,
+) -> None:
+    """ValueError naming ``controls`` when tokenizer ``name`` (with options ``config``) cannot
+    carry them. Subwords (``bpe``) are fine: control ids and ``Bar`` ids (and MMM's track
+    marks and programs) are words of their own, never merged."""
     if not controls and not learn_tags:
         return
     field = "controls" if controls else "learn_tags"
@@ -140,11 +153,6 @@ def check_controls_spec(name: str, controls: Sequence[str], learn_tags: bool, bp
             f"{field}: the {name} tokenizer cannot carry attribute controls or tags; use one "
             f"of {', '.join(PIECE_CONTROL_TOKENIZERS)} (per-bar controls: REMI)"
         )
-    if bpe:
-        raise ValueError(
-            f"{field}: not with bpe (a learned piece could swallow a bar's control tokens, "
-            "which the sampler must place itself); leave bpe empty"
-        )
     unknown = [c for c in controls if c not in CONTROL_ORDER]
     if unknown:
         raise ValueError(f"controls: unknown {unknown}; known: {', '.join(CONTROL_ORDER)}")
@@ -152,8 +160,14 @@ def check_controls_spec(name: str, controls: Sequence[str], learn_tags: bool, bp
     if bar and name not in BAR_CONTROL_TOKENIZERS:
         raise ValueError(
             f"controls: {bar} are per bar, which only {', '.join(BAR_CONTROL_TOKENIZERS)} "
-            f"carries (its Bar token opens every bar); {name} takes "
+            f"carry (a Bar token opens every bar); {name} takes "
             f"{', '.join(PIECE_CONTROLS)} and tags"
+        )
+    base = (config or {}).get("base_tokenizer", "REMI")
+    if bar and name == "MMM" and base != "REMI":
+        raise ValueError(
+            f"controls: {bar} are per bar, which MMM carries over REMI only (its Bar token); "
+            f"this MMM is over {base}: set base_tokenizer to REMI or drop them"
         )
 
 
@@ -174,8 +188,11 @@ class Slot:
 class ControlVocab:
     """Ids and names of the conditioning tokens placed after a tokenizer's own ``offset`` ids."""
 
-    def __init__(self, controls: Sequence[str], tags: Sequence[str], offset: int) -> None:
+    def __init__(
+        self, controls: Sequence[str], tags: Sequence[str], offset: int, *, per_track: bool = False
+    ) -> None:
         self.controls = [c for c in CONTROL_ORDER if c in set(controls)]
+        self.per_track = per_track
         self.tags = sorted(set(tags))
         self.offset = offset
         self.names: list[str] = []
@@ -208,11 +225,15 @@ class ControlVocab:
 
     def capabilities(self) -> dict[str, Any]:
         """What ``GET /v1/models/{id}`` shows: each control's unit, scope and allowed values."""
-        return capabilities(self.controls, self.tags)
+        return capabilities(self.controls, self.tags, per_track=self.per_track)
 
 
-def capabilities(controls: Sequence[str], tags: Sequence[str]) -> dict[str, Any]:
-    """``{"modes": ["continue"], "controls": {name: {...}}, "tags": [...]}``."""
+def capabilities(
+    controls: Sequence[str], tags: Sequence[str], *, per_track: bool = False
+) -> dict[str, Any]:
+    """``{"modes": ["continue"], "controls": {name: {...}}, "tags": [...]}``, plus, when the
+    per-bar controls are per track (MMM), ``"tracks": {"max": 64, "controls": [...],
+    "select": [...]}``: what ``controls.tracks`` of a request may set."""
     out: dict[str, Any] = {}
     for c in CONTROL_ORDER:
         if c not in controls:
@@ -238,7 +259,11 @@ def capabilities(controls: Sequence[str], tags: Sequence[str]) -> dict[str, Any]
                 "range": [DURATION_BINS[0], DURATION_BINS[-1]],
                 "unit": "mean note length in beats",
             }
-    return {"modes": ["continue"], "controls": out, "tags": sorted(tags)}
+    caps: dict[str, Any] = {"modes": ["continue"], "controls": out, "tags": sorted(tags)}
+    bar = [c for c in CONTROL_ORDER if c in controls and c in BAR_CONTROLS]
+    if per_track and bar:
+        caps["tracks"] = {"max": MAX_TRACK_ENTRIES, "controls": bar, "select": ["index", "program"]}
+    return caps
 
 
 def default_capabilities() -> dict[str, Any]:
@@ -372,22 +397,107 @@ def _bar_value(name: str, v: Any, field: str, cap: Mapping[str, Any]) -> Any:
     return str(int(x))
 
 
+BarRequest = dict[str, tuple[list[Any], bool]]
+
+
+@dataclass(frozen=True)
+class TrackRequest:
+    """A request's ``controls.tracks``: per-bar values for single tracks, over the piece-wide
+    ones. ``entries[k]`` applies to the k-th track written (``programs`` None) or to every
+    track whose program is ``programs[k]``; a control an entry leaves out keeps its
+    piece-wide value."""
+
+    entries: list[BarRequest]
+    programs: list[int] | None = None
+
+
+def _per_bar(name: str, v: Any, field: str, cap: Mapping[str, Any]) -> tuple[list[Any], bool]:
+    """One per-bar control's request: (values, every_bar), see :func:`resolve_controls`."""
+    per_bar = isinstance(v, list) and (
+        name != "pitch_range" or any(isinstance(x, list | tuple) or x is None for x in v)
+    )
+    if not per_bar:
+        return ([_bar_value(name, v, field, cap)], True)
+    if not 1 <= len(v) <= 4096:
+        raise ValueError(f"{field}: a per-bar list needs 1 to 4096 entries")
+    values = [
+        None if x is None else _bar_value(name, x, f"{field}[{i}]", cap) for i, x in enumerate(v)
+    ]
+    return (values, False)
+
+
+def _tracks(v: Any, known: Mapping[str, Any], caps: Mapping[str, Any]) -> TrackRequest:
+    """Check ``controls.tracks`` (a list of per-track objects) against the capabilities."""
+    field = "controls.tracks"
+    spec = caps.get("tracks")
+    if not spec:
+        raise ValueError(
+            f"{field}: this model has no per-track controls (a multitrack MMM corpus with "
+            "per-bar controls has them)"
+        )
+    allowed = list(spec["controls"])
+    if not isinstance(v, list) or not 1 <= len(v) <= spec["max"]:
+        raise ValueError(
+            f"{field}: must be a list of 1 to {spec['max']} objects, one per track in the order "
+            f'the tracks are written (e.g. [{{"note_density": 4}}, {{"note_density": 12}}])'
+        )
+    entries: list[BarRequest] = []
+    programs: list[int] = []
+    for k, entry in enumerate(v):
+        where = f"{field}[{k}]"
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: must be an object of per-bar controls or null")
+        bars: BarRequest = {}
+        for name, value in entry.items():
+            if name == "program":
+                if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= 127:
+                    raise ValueError(
+                        f"{where}.program: a General MIDI program 0-127 (-1 = drums) selects "
+                        f"the tracks this entry applies to (got {value!r})"
+                    )
+                programs.append(value)
+                continue
+            if name not in allowed:
+                raise ValueError(
+                    f"{where}.{name}: not a per-track control of this model; per track: "
+                    f"{', '.join(allowed)} (and program, to select tracks by program)"
+                )
+            bars[name] = _per_bar(name, value, f"{where}.{name}", known[name])
+        entries.append(bars)
+    if programs and len(programs) != len(entries):
+        raise ValueError(
+            f"{field}: give a program in every entry (tracks chosen by program) or in none "
+            "(tracks chosen by their order)"
+        )
+    if len(set(programs)) != len(programs):
+        raise ValueError(f"{field}: each program at most once (got {programs})")
+    return TrackRequest(entries, programs or None)
+
+
 def resolve_controls(
     controls: Mapping[str, Any] | None,
     tags: Sequence[str] | None,
     caps: Mapping[str, Any],
-) -> tuple[dict[str, str], dict[str, tuple[list[Any], bool]], list[str]]:
+) -> tuple[dict[str, str], BarRequest, list[str], TrackRequest | None]:
     """A request's ``controls`` and ``tags`` checked against a model's capabilities.
 
     Returns (per-piece token values; per-bar token values by control as (values, every_bar):
-    one value for every bar, or one entry per bar from the piece's first, None = free; tags).
-    ValueError names the field (``controls.note_density[2]``) and the allowed range or values.
+    one value for every bar, or one entry per bar from the piece's first, None = free; tags;
+    per-track values from ``controls.tracks``, None when not given). ValueError names the
+    field (``controls.note_density[2]``, ``controls.tracks[1].polyphony``) and the allowed
+    range or values.
     """
     known: Mapping[str, Any] = caps.get("controls") or {}
     piece: dict[str, str] = {}
-    bars: dict[str, tuple[list[Any], bool]] = {}
+    bars: BarRequest = {}
+    tracks: TrackRequest | None = None
     for name, v in (controls or {}).items():
         field = f"controls.{name}"
+        if name == "tracks":
+            tracks = _tracks(v, known, caps)
+            continue
         cap = known.get(name)
         if cap is None:
             have = ", ".join(known) or "none: it was trained without controls"
@@ -408,19 +518,7 @@ def resolve_controls(
                         raise ValueError(f"{field}: must be a whole number (got {v!r})")
                     piece[name] = str(int(x))
             continue
-        per_bar = isinstance(v, list) and (
-            name != "pitch_range" or any(isinstance(x, list | tuple) or x is None for x in v)
-        )
-        if not per_bar:
-            bars[name] = ([_bar_value(name, v, field, cap)], True)
-            continue
-        if not 1 <= len(v) <= 4096:
-            raise ValueError(f"{field}: a per-bar list needs 1 to 4096 entries")
-        values = [
-            None if x is None else _bar_value(name, x, f"{field}[{i}]", cap)
-            for i, x in enumerate(v)
-        ]
-        bars[name] = (values, False)
+        bars[name] = _per_bar(name, v, field, cap)
     wanted: list[str] = []
     if tags:
         wanted = check_tags(list(tags))
@@ -431,20 +529,24 @@ def resolve_controls(
             raise ValueError(
                 f"tags: {unknown[0]!r} is not a tag this model knows (it knows: {have})"
             )
-    return piece, bars, wanted
+    return piece, bars, wanted, tracks
 
 
 __all__ = [
     "BAR_CONTROLS",
     "BAR_CONTROL_TOKENIZERS",
     "CONTROL_ORDER",
+    "MAX_TRACK_ENTRIES",
+    "PER_TRACK_TOKENIZERS",
     "PIECE_CONTROLS",
     "PIECE_CONTROL_TOKENIZERS",
     "TAG_ONLY_TOKENIZERS",
     "BarFacts",
+    "BarRequest",
     "ControlName",
     "ControlVocab",
     "Slot",
+    "TrackRequest",
     "bar_facts",
     "bar_values",
     "capabilities",

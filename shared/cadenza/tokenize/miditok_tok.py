@@ -94,7 +94,9 @@ class MidiTokTokenizer(Tokenizer):
         self._single = bool(self.miditok.one_token_stream)
         self.controls: ControlVocab | None = None
         if spec.controls or spec.learn_tags:
-            self.controls = ControlVocab(spec.controls, [], len(self.miditok.vocab))
+            self.controls = ControlVocab(
+                spec.controls, [], len(self.miditok.vocab), per_track=self._per_track
+            )
 
     # ---- vocabulary -------------------------------------------------------------------------
     @property
@@ -117,7 +119,16 @@ class MidiTokTokenizer(Tokenizer):
         how files were divided between shards."""
         if self.controls is None or not self.spec.learn_tags:
             return
-        self.controls = ControlVocab(self.spec.controls, tags, len(self.miditok.vocab))
+        self.controls = ControlVocab(
+            self.spec.controls, tags, len(self.miditok.vocab), per_track=self._per_track
+        )
+
+    @property
+    def _per_track(self) -> bool:
+        """Whether per-bar controls are per track: MMM restarts its bars in every track."""
+        from cadenza.tokenize.controls import PER_TRACK_TOKENIZERS
+
+        return self.name in PER_TRACK_TOKENIZERS
 
     def with_tags(self, ids: NDArray[np.int32], tags: Sequence[str]) -> NDArray[np.int32]:
         """A file's final ids with its tags' tokens after the per-piece control tokens."""
@@ -188,7 +199,7 @@ class MidiTokTokenizer(Tokenizer):
             cut = np.searchsorted(times, np.asarray(ticks[1:], dtype=np.int64), side="left")
             starts = np.unique(np.concatenate([[0], cut[cut < ids.size]])).astype(np.int32)
         if self.controls is not None:
-            return self._with_controls(score, seq, ids, bars)
+            return self._with_controls(score, seq, ids, bars, starts)
         return Symbols(ids, starts, bars)
 
     @property
@@ -231,28 +242,70 @@ class MidiTokTokenizer(Tokenizer):
             )
         return out
 
-    def _with_controls(self, score: Score, seq: Any, ids: NDArray[np.int32], bars: int) -> Symbols:
-        """The piece's control tokens first, each Bar token followed by its bar's ones."""
+    def _with_controls(
+        self,
+        score: Score,
+        seq: Any,
+        ids: NDArray[np.int32],
+        bars: int,
+        starts: NDArray[np.int32],
+    ) -> Symbols:
+        """The piece's control tokens first, each Bar token followed by its bar's ones.
+
+        Every control id, and with per-bar controls every ``Bar`` id (and MMM's track marks
+        and programs), is a word of its own, so no subword piece ever contains one: a
+        controlled corpus may use BPE, and the sampler still sees a bar (and a track) open
+        from the plain ids and forces single control ids after it. The music's own word
+        starts (bar or beat lines) are kept in between. In MMM, a bar's controls are measured
+        on its own track's notes (the events from its Bar to the next Bar or Track_End).
+        """
         from cadenza.tokenize.controls import bar_values
 
         ctl = self.controls
         assert ctl is not None
         piece = _piece_values(score)
-        out: list[int] = [ctl.slot_id(s, piece[s.control]) for s in ctl.piece_slots]
-        if not ctl.bar_slots:
-            out += [int(i) for i in ids]
-            return Symbols(np.asarray(out, np.int32), np.zeros(1, np.int32), bars)
-        facts = iter(self._bar_facts(score, seq))
-        for tok in ids:
-            out.append(int(tok))
-            if int(tok) != self._bar_id:
+        out: list[int] = []
+        cuts: list[int] = []
+
+        def alone(i: int) -> None:
+            cuts.append(len(out))
+            out.append(i)
+            cuts.append(len(out))
+
+        for s in ctl.piece_slots:
+            alone(ctl.slot_id(s, piece[s.control]))
+        music_starts = {int(c) for c in starts}
+        facts = iter(self._bar_facts(score, seq)) if ctl.bar_slots else None
+        bar_id = self._bar_id
+        marks = self._track_ids() if facts is not None else frozenset()
+        for j, raw in enumerate(ids):
+            tok = int(raw)
+            if j in music_starts:
+                cuts.append(len(out))
+            if tok in marks:
+                alone(tok)
                 continue
+            if facts is None or tok != bar_id:
+                out.append(tok)
+                continue
+            alone(tok)
             vals = bar_values(next(facts))
             for s in ctl.bar_slots:
                 v = vals[s.control]
                 value = v[0 if s.part == "low" else 1] if isinstance(v, tuple) else v
-                out.append(ctl.slot_id(s, value))
-        return Symbols(np.asarray(out, np.int32), np.zeros(1, np.int32), bars)
+                alone(ctl.slot_id(s, value))
+        word_starts = np.unique(np.asarray([0, *(c for c in cuts if c < len(out))], np.int32))
+        return Symbols(np.asarray(out, np.int32), word_starts.astype(np.int32), bars)
+
+    def _track_ids(self) -> frozenset[int]:
+        """MMM's Track_Start, Track_End and Program ids (none for other tokenizers)."""
+        if self.name != "MMM":
+            return frozenset()
+        return frozenset(
+            int(i)
+            for name, i in self.miditok.vocab.items()
+            if name in ("Track_Start", "Track_End") or name.startswith("Program_")
+        )
 
     def fit(self, train: Sequence[Symbols]) -> None:
         if self.spec.bpe is None:
@@ -408,9 +461,10 @@ class MidiTokTokenizer(Tokenizer):
                 "builds from the same options; retokenize the corpus with this version"
             )
         sub = state.get("subword")
-        subword = SubwordModel.from_state(sub, len(obj.vocab)) if sub else None
-        tok = cls(spec, subword=subword, miditok_obj=obj)
+        tok = cls(spec, miditok_obj=obj)
         tok.set_tags(state.get("tags") or [])
+        # the pieces were learned over every base id, control and tag ids included
+        tok.subword = SubwordModel.from_state(sub, tok.base_vocab_size) if sub else None
         return tok
 
 

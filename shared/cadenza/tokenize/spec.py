@@ -182,7 +182,9 @@ class TokenizerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _validate_config(self) -> TokenizerSpec:
-        check_controls_spec(self.name, self.controls, self.learn_tags, self.bpe is not None)
+        check_controls_spec(
+            self.name, self.controls, self.learn_tags, self.bpe is not None, self.config
+        )
         object.__setattr__(self, "controls", [c for c in CONTROL_ORDER if c in self.controls])
         if self.name in MIDITOK_MULTI_VOCAB and self.bpe is not None:
             raise ValueError(
