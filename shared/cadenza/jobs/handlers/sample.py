@@ -85,36 +85,58 @@ def run(ctx: JobContext) -> Outcome:
     stored = [_store_variation(ctx, gen, v) for v in gen.variations]
     ctx.progress(1.0, f"{len(stored)} variation(s) written", force=True)
 
+    rows_out = [
+        {
+            "index": o["index"],
+            "midi_key": o["key"],
+            "num_tokens": o["num_tokens"],
+            "num_notes": o["num_notes"],
+            "duration_s": o["duration_s"],
+            "meta": {
+                "primer_tokens": len(gen.prompt),
+                "new_tokens": o["num_new_tokens"],
+                "new_notes": o["new_notes"],
+                "attempts": o["attempts"],
+                "invalid_tokens": o["invalid_tokens"],
+                "metrics": o["metrics"],
+                "sha256": o["sha256"],
+                "render_errors": o["render_errors"],
+                "novelty": o["novelty"],
+            },
+        }
+        for o in stored
+    ]
+    # an edit's parent is its source
+    parent_id = p.primer_sample_id or p.source_sample_id
+    return samples_outcome(ctx, p, rows.model.id, parent_id, rows_out, gen.cancelled)
+
+
+def samples_outcome(
+    ctx: JobContext,
+    p: SampleParams,
+    model_id: str,
+    parent_id: str | None,
+    rows: list[dict[str, Any]],
+    cancelled: bool,
+) -> Outcome:
+    """The job's end for MIDI and audio samples alike: one `Sample` row per stored variation
+    (`rows`: its own columns), written with the job's finish, linked to `parent_id` if that
+    sample still exists. Deleting a sample waits for the jobs it primes, so the parent is
+    there; were it gone all the same, the children are kept without the link, as after a
+    delete."""
+
     def finalize(s: Session) -> dict[str, Any]:
-        # Deleting a sample waits for the jobs it primes, so the parent is there; were it
-        # gone all the same, the children would be kept without the link, as after a delete.
-        parent_id = p.primer_sample_id or p.source_sample_id  # an edit's parent is its source
         parent = parent_id if parent_id and s.get(Sample, parent_id) else None
         ids: list[str] = []
-        for o in stored:
+        for row in rows:
             sample = Sample(
                 owner_id=ctx.owner_id,
-                model_id=rows.model.id,
+                model_id=model_id,
                 job_id=ctx.job_id,
-                index=o["index"],
                 params=p.model_dump(mode="json", exclude={"model_id"}),
-                midi_key=o["key"],
-                num_tokens=o["num_tokens"],
-                num_notes=o["num_notes"],
-                duration_s=o["duration_s"],
-                partial=gen.cancelled,
+                partial=cancelled,
                 parent_sample_id=parent,
-                meta={
-                    "primer_tokens": len(gen.prompt),
-                    "new_tokens": o["num_new_tokens"],
-                    "new_notes": o["new_notes"],
-                    "attempts": o["attempts"],
-                    "invalid_tokens": o["invalid_tokens"],
-                    "metrics": o["metrics"],
-                    "sha256": o["sha256"],
-                    "render_errors": o["render_errors"],
-                    "novelty": o["novelty"],
-                },
+                **row,
             )
             s.add(sample)
             s.flush()
@@ -123,8 +145,8 @@ def run(ctx: JobContext) -> Outcome:
 
     return Outcome(
         finalize,
-        state=JobState.CANCELLED if gen.cancelled else JobState.SUCCEEDED,
-        message="cancelled; partial samples kept" if gen.cancelled else f"{len(stored)} sample(s)",
+        state=JobState.CANCELLED if cancelled else JobState.SUCCEEDED,
+        message="cancelled; partial samples kept" if cancelled else f"{len(rows)} sample(s)",
     )
 
 

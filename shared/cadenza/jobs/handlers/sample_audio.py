@@ -12,11 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
-
-from cadenza.db.models import Sample
 from cadenza.jobs.context import JobContext, Outcome, UserError
-from cadenza.jobs.state import JobState
 from cadenza.sample.params import SampleParams, SamplingOptions
 from cadenza.storage import job_key, sha256_of
 
@@ -92,48 +88,33 @@ def run(
     stored = [_store(ctx, tok, v, len(variations)) for v in variations]
     prompt_tokens = 1 + tok.tag_slots + (0 if primer is None else len(tok.wave_ids(primer)))
 
-    def finalize(s: Session) -> dict[str, Any]:
-        parent_id = p.primer_sample_id
-        parent = parent_id if parent_id and s.get(Sample, parent_id) else None
-        ids: list[str] = []
-        for v, o in zip(variations, stored, strict=True):
-            sample = Sample(
-                owner_id=ctx.owner_id,
-                model_id=rows.model.id,
-                job_id=ctx.job_id,
-                index=v.index,
-                params=p.model_dump(mode="json", exclude={"model_id"}),
-                midi_key=o["key"],
-                num_tokens=prompt_tokens - 1 + len(v.new_ids),
-                num_notes=0,
-                duration_s=round(v.wave.size / tok.cfg.sample_rate, 4),
-                partial=cancelled,
-                parent_sample_id=parent,
-                meta={
-                    "kind": "audio",
-                    "sample_rate": tok.cfg.sample_rate,
-                    "primer_tokens": prompt_tokens,
-                    "new_tokens": len(v.new_ids),
-                    "new_seconds": round(v.new_seconds, 4),
-                    "seam_s": v.seam_s,
-                    "seconds": v.seconds,
-                    "real_time_factor": round(v.real_time_factor, 4),
-                    "device": device,
-                    "audio": v.metrics,
-                    "sha256": o["sha256"],
-                    "render_errors": o["render_errors"],
-                },
-            )
-            s.add(sample)
-            s.flush()
-            ids.append(sample.id)
-        return {"sample_ids": ids, "sample_id": ids[0] if ids else None}
+    from cadenza.jobs.handlers.sample import samples_outcome
 
-    return Outcome(
-        finalize,
-        state=JobState.CANCELLED if cancelled else JobState.SUCCEEDED,
-        message="cancelled; partial samples kept" if cancelled else f"{len(stored)} sample(s)",
-    )
+    out = [
+        {
+            "index": v.index,
+            "midi_key": o["key"],
+            "num_tokens": prompt_tokens - 1 + len(v.new_ids),
+            "num_notes": 0,
+            "duration_s": round(v.wave.size / tok.cfg.sample_rate, 4),
+            "meta": {
+                "kind": "audio",
+                "sample_rate": tok.cfg.sample_rate,
+                "primer_tokens": prompt_tokens,
+                "new_tokens": len(v.new_ids),
+                "new_seconds": round(v.new_seconds, 4),
+                "seam_s": v.seam_s,
+                "seconds": v.seconds,
+                "real_time_factor": round(v.real_time_factor, 4),
+                "device": device,
+                "audio": v.metrics,
+                "sha256": o["sha256"],
+                "render_errors": o["render_errors"],
+            },
+        }
+        for v, o in zip(variations, stored, strict=True)
+    ]
+    return samples_outcome(ctx, p, rows.model.id, p.primer_sample_id, out, cancelled)
 
 
 def _planned(p: SampleParams, tok: AudioVQTokenizer) -> int:
