@@ -199,6 +199,19 @@ function audioPlayer(path, label, signal) {
 }
 
 /** Follow a job live into a small panel (progress bar + message); resolves to its final row. */
+/** Submit a sample request for `model`, follow its job in `panel`, then show its variations
+ * (the MIDI and the audio sample forms both end this way). */
+function sampleJob(model, panel, signal, showSamples) {
+  return async (body) => {
+    const job = await api.post(`/v1/models/${model.id}/samples`, body);
+    const final = await watchJob(job, panel, signal);
+    if (final.state === "succeeded") {
+      announce(`${final.sample_ids.length} variation(s) ready`);
+      await showSamples(final.sample_ids[0]);
+    }
+  };
+}
+
 async function watchJob(job, panel, signal, onEvent) {
   const bar = progressBar(job.progress, `Progress of ${job.type} job ${short(job.id)}`);
   const msg = h("span", { class: "msg", text: job.message || job.state });
@@ -1063,14 +1076,7 @@ async function samplesPage(main, signal, modelId) {
     h("button", { type: "submit", text: "Generate" }),
     panel,
   );
-  const run = async (body) => {
-    const job = await api.post(`/v1/models/${model.id}/samples`, body);
-    const final = await watchJob(job, panel, signal);
-    if (final.state === "succeeded") {
-      announce(`${final.sample_ids.length} variation(s) ready`);
-      await showSamples(final.sample_ids[0]);
-    }
-  };
+  const run = sampleJob(model, panel, signal, (id) => showSamples(id));
   const modes = (model.capabilities && model.capabilities.modes) || ["continue"];
   const onEdit = async (sample, mode, edit) => {
     await run(editRequest(formValues(form), mode, sample.fileId ? { source_file_id: sample.fileId } : sample.id, edit));
@@ -1166,14 +1172,7 @@ async function audioSamples(main, signal, model, modelSelect, datasets) {
     h("button", { type: "submit", text: "Generate" }),
     panel,
   );
-  const run = async (body) => {
-    const job = await api.post(`/v1/models/${model.id}/samples`, body);
-    const final = await watchJob(job, panel, signal);
-    if (final.state === "succeeded") {
-      announce(`${final.sample_ids.length} variation(s) ready`);
-      await showSamples(final.sample_ids[0]);
-    }
-  };
+  const run = sampleJob(model, panel, signal, (id) => showSamples(id));
   // Co-composition: the whole variation is the primer; the form's length and sampling apply.
   const onContinue = async (sample) => {
     const values = formValues(form);
