@@ -459,6 +459,45 @@ def test_attribute_controls_and_tags_become_fields_and_request_values(page: Page
     assert "controls" not in edit and "tags" not in edit
 
 
+def test_per_track_controls_become_fields_and_controls_tracks(page: Page) -> None:
+    """A multitrack model's `capabilities.tracks`: its per-bar controls again for each track
+    (at most the model's `max`), read back as `controls.tracks`, {} for a track left free."""
+    caps = {
+        "controls": {
+            "key": {"per": "piece", "values": ["C", "Dm"]},
+            "note_density": {"per": "bar", "range": [0, 32], "unit": "notes per bar"},
+            "pitch_range": {"per": "bar", "range": [0, 127], "unit": "MIDI pitch"},
+        },
+        "tracks": {"max": 3, "controls": ["note_density", "pitch_range"], "select": ["index"]},
+    }
+    tracks = js(page, "return L.trackControlFields(arg);", caps)
+    assert [[(f["name"], f["kind"]) for f in t] for t in tracks] == [
+        [(f"track.{i}.note_density", "number"), (f"track.{i}.pitch_range", "pair")]
+        for i in range(3)
+    ]
+    assert tracks[1][0]["hint"] == "notes per bar, every bar of track 2"
+    assert js(page, "return L.trackControlFields(arg);", caps | {"tracks": None}) == []
+    values = {
+        "control.key": "Dm",
+        "track.0.note_density": "4",
+        "track.1.note_density": "",
+        "track.2.pitch_range.lo": "40",
+        "track.2.pitch_range.hi": "55",
+    }
+    body = js(page, "return L.sampleRequest(arg);", values)
+    assert body == {
+        "controls": {"key": "Dm", "tracks": [{"note_density": 4}, {}, {"pitch_range": [40, 55]}]}
+    }
+    # trailing tracks left free are not sent; nothing set per track sends no `tracks`
+    short = js(
+        page,
+        "return L.sampleRequest(arg);",
+        {"track.0.note_density": "9"} | {"track.3.pitch_range.lo": "40"},
+    )
+    assert short == {"controls": {"tracks": [{"note_density": 9}]}}
+    assert js(page, "return L.sampleRequest(arg);", {"track.1.note_density": ""}) == {}
+
+
 def test_audio_forms_become_audio_requests_and_corpora_say_their_kind(page: Page) -> None:
     # audio-vq: its options (`vq.*`, only those set) go as tokenizer_config; a preset wins.
     values = {"dataset_id": "d", "preset": "", "tokenizer": "audio-vq", "seed": "1"}

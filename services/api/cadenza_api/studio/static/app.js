@@ -6,6 +6,7 @@ import {
   barSpan,
   barTimes,
   controlFields,
+  trackControlFields,
   corpusRequest,
   editRequest,
   formatDuration,
@@ -988,7 +989,7 @@ function steerFields(capabilities) {
   const tags = (capabilities && capabilities.tags) || [];
   if (!fields.length && !tags.length) return null;
   const bound = (f) => ({ type: "number", min: f.min !== undefined ? String(f.min) : undefined, max: f.max !== undefined ? String(f.max) : undefined, step: f.step, placeholder: "free" });
-  const controls = fields.map((f) => {
+  const input = (f) => {
     if (f.kind === "select") return field(f.label, select(f.name, [["", "(free)"], ...f.options.map((v) => [v, v])], ""), f.hint);
     if (f.kind === "number") return field(f.label, h("input", { name: f.name, ...bound(f) }), f.hint);
     return h(
@@ -999,7 +1000,12 @@ function steerFields(capabilities) {
       field("Highest", h("input", { name: `${f.name}.hi`, ...bound(f) })),
       h("small", { class: "hint", text: f.hint }),
     );
-  });
+  };
+  const controls = fields.map(input);
+  // A multitrack model: the per-bar controls again, track by track (left empty: the piece's).
+  const perTrack = trackControlFields(capabilities).map((trackFields, i) =>
+    h("fieldset", { class: "track-controls" }, h("legend", { text: `Track ${i + 1}` }), h("div", { class: "grid" }, trackFields.map(input))),
+  );
   const tagBoxes = tags.map((t) => {
     const id = `f${++uid}`;
     return h("span", { class: "tag" }, h("input", { type: "checkbox", name: `tag.${t}`, id }), h("label", { for: id, text: t }));
@@ -1009,6 +1015,7 @@ function steerFields(capabilities) {
     { class: "steer" },
     h("legend", { text: "Steer (what the model learned)" }),
     controls.length ? h("div", { class: "grid" }, controls) : null,
+    perTrack.length ? h("details", {}, h("summary", { text: "Per track (multitrack model)" }), ...perTrack) : null,
     tagBoxes.length ? h("fieldset", { class: "inline" }, h("legend", { text: "Style tags" }), tagBoxes) : null,
   );
 }

@@ -382,26 +382,49 @@ export function sampleRequest(values) {
   }
   // Attribute controls (`control.NAME`, a pair as `control.NAME.lo` / `.hi`) and style tags
   // (`tag.NAME` checkboxes): only those the form sets; a control left empty is sampled freely.
+  // Per-track controls (`track.I.NAME`, a pair as `.lo` / `.hi`) become `controls.tracks`,
+  // one entry per track up to the last one set ({} leaves a track to the piece's values).
   const controls = {};
+  const tracks = [];
   const tags = [];
   for (const [k, v] of Object.entries(values)) {
     if (k.startsWith("tag.") && v) tags.push(k.slice(4));
-    if (!k.startsWith("control.") || v === undefined || v === "") continue;
-    const [, name, half] = k.split(".");
-    if (half) {
-      const lo = values[`control.${name}.lo`];
-      const hi = values[`control.${name}.hi`];
-      if (half === "lo" && lo !== "" && hi !== undefined && hi !== "") controls[name] = [num(lo, true), num(hi, true)];
-    } else {
-      const x = Number(v);
-      controls[name] = v.trim() !== "" && Number.isFinite(x) && !/[/a-z]/i.test(v) ? x : v;
+    if (v === undefined || v === "") continue;
+    if (k.startsWith("control.")) {
+      const [, name, half] = k.split(".");
+      setControl(controls, values, `control.${name}`, name, half, v);
+    } else if (k.startsWith("track.")) {
+      const [, index, name, half] = k.split(".");
+      const i = Number.parseInt(index, 10);
+      if (!Number.isInteger(i) || i < 0) continue;
+      while (tracks.length <= i) tracks.push({});
+      setControl(tracks[i], values, `track.${i}.${name}`, name, half, v);
     }
   }
+  while (tracks.length && !Object.keys(tracks[tracks.length - 1]).length) tracks.pop();
+  if (tracks.length) controls.tracks = tracks;
   if (Object.keys(controls).length) body.controls = controls;
   if (tags.length) body.tags = tags.sort();
   // The form's checkbox comes with a hidden "off" before it, so unchecked still says so.
   if (values.constrained === "on" || values.constrained === "off") body.constrained = values.constrained === "on";
   return body;
+}
+
+/** One control read from the form into `into`: a number (or a choice), or for a pair's `.lo`
+ * half both halves as [lowest, highest] when both are set (half a range is left free). */
+function setControl(into, values, prefix, name, half, v) {
+  const num = (x) => {
+    const n = Number.parseInt(String(x), 10);
+    return Number.isFinite(n) ? n : null;
+  };
+  if (half) {
+    const lo = values[`${prefix}.lo`];
+    const hi = values[`${prefix}.hi`];
+    if (half === "lo" && lo !== "" && hi !== undefined && hi !== "") into[name] = [num(lo), num(hi)];
+    return;
+  }
+  const x = Number(v);
+  into[name] = String(v).trim() !== "" && Number.isFinite(x) && !/[/a-z]/i.test(v) ? x : v;
 }
 
 /**
@@ -449,6 +472,23 @@ export function controlFields(capabilities) {
     if (name === "pitch_range") return { name: `control.${name}`, label, hint, kind: "pair", min, max, step: "1" };
     return { name: `control.${name}`, label, hint, kind: "number", min, max, step };
   });
+}
+
+/**
+ * The per-track form fields of a multitrack model (`capabilities.tracks`): for each of the
+ * first `count` tracks (at most the model's `max`), the per-bar controls a request may set
+ * for that track, named `track.I.NAME` as sampleRequest reads them.
+ */
+export function trackControlFields(capabilities, count = 4) {
+  const t = capabilities && capabilities.tracks;
+  const all = (capabilities && capabilities.controls) || {};
+  if (!t || !Array.isArray(t.controls)) return [];
+  const names = t.controls.filter((n) => all[n]);
+  if (!names.length) return [];
+  const own = controlFields({ controls: Object.fromEntries(names.map((n) => [n, all[n]])) });
+  return Array.from({ length: Math.min(count, t.max || count) }, (_, i) =>
+    own.map((f) => ({ ...f, name: f.name.replace(/^control\./, `track.${i}.`), hint: f.hint.replace("every bar", `every bar of track ${i + 1}`) })),
+  );
 }
 
 /** The body of `POST /v1/models`: a corpus, an architecture and preset, and training options. */
