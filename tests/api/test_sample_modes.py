@@ -63,7 +63,7 @@ def test_modes_and_edit_requests_are_checked_before_anything_is_queued(
     model = made["model"]
     route = f"/v1/models/{model}/samples"
     caps = client.get(f"/v1/models/{model}").json()["capabilities"]
-    assert caps == {"modes": ["continue"], "controls": {}, "tags": []}
+    assert caps == {"modes": ["continue"], "controls": {}, "tags": [], "output": "midi"}
     source, data = _upload_chorale(client)
     assert source["meta"]["tracks"] == 4 and source["meta"]["bars"] == 22  # type: ignore[index]
     infill = {"mode": "infill", "source_file_id": source["id"], "infill": {"bars": [3, 4]}}
@@ -90,6 +90,8 @@ def test_modes_and_edit_requests_are_checked_before_anything_is_queued(
         ({**infill, "mode": "accompany", "accompany": {"programs": [200]}}, "programs"),
         ({"infill": {"bars": [3, 4]}}, "infill"),
         ({"mode": "remix", "source_file_id": source["id"]}, "mode"),
+        ({**infill, "controls": {"key": "Dm"}}, "keeps the source's own controls"),
+        ({**infill, "tags": ["baroque"]}, "tags: mode infill"),
     ]:
         r = client.post(route, json=body)
         assert r.status_code == 422, (body, r.text)

@@ -124,6 +124,12 @@ class EditFields(BaseModel):
             raise ValueError(
                 f"{', '.join(primers)}: mode {self.mode} edits the source; it takes no primer"
             )
+        steering = [n for n in ("controls", "tags") if getattr(self, n, None)]
+        if steering:  # the edit writes bars inside the source's own conditioning
+            raise ValueError(
+                f"{', '.join(steering)}: mode {self.mode} keeps the source's own controls and "
+                "tags; steer a continuation (mode continue) instead"
+            )
         wanted, other = (
             ("infill", "accompany") if self.mode == "infill" else ("accompany", "infill")
         )
