@@ -374,3 +374,15 @@ def test_the_grammar_accepts_multitrack_pieces(
         seq = [ids.bos, *tok.encode(_score(data)), ids.eos]
         assert seq.count(ids.track_start) >= 4
         assert grammar.first_violation(seq) is None
+
+
+def test_the_training_option_names_the_same_layouts_as_the_editor() -> None:
+    """`TrainConfig.infill_layout` spells the layouts itself (training never imports the
+    tokenize package); they must be the ones `cadenza.tokenize.mmm` builds."""
+    from typing import get_args
+
+    from cadenza.tokenize import mmm
+    from cadenza.train import config
+
+    assert get_args(config.InfillLayout) == get_args(mmm.InfillLayout)
+    assert set(get_args(config.InfillLayout)) == set(mmm.INFILL_LAYOUTS)

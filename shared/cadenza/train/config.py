@@ -12,10 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cadenza.models.presets import PRESETS
-from cadenza.tokenize.mmm import InfillLayout
 from cadenza.train.presets import train_preset
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+#: `cadenza.tokenize.mmm.InfillLayout`, spelled here so that a training run (a GPU stage without
+#: the music libraries) never imports the tokenize package; a unit test keeps the two equal.
+InfillLayout = Literal["spm", "mmm"]
 
 
 class TrainConfig(BaseModel):
