@@ -71,3 +71,27 @@ def test_messages_keep_their_queue_and_order(channel: Any) -> None:
     channel._put("gpu", {"i": 9})
     assert [channel._get("cpu")["i"] for _ in range(3)] == [0, 1, 2]
     assert channel._get("gpu") == {"i": 9}
+
+
+def test_workers_declaring_queues_at_once_all_get_their_bindings(channel: Any) -> None:
+    """Two workers starting together both bind queues to the default exchange: the table is
+    changed under a lock file and replaced whole, so neither reads a half-written one (an
+    empty table, as a crashed writer leaves it, reads as no bindings)."""
+    import threading
+
+    table = channel._exchange_file("celery")
+    channel.control_folder.mkdir(exist_ok=True)
+    table.write_bytes(b"")  # what kombu's own writer shows between creating and writing
+    assert channel.get_table("celery") == []
+    queues = [f"q{i}" for i in range(24)]
+    threads = [
+        threading.Thread(target=channel._queue_bind, args=("celery", q, None, q)) for q in queues
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(b.queue for b in channel.get_table("celery")) == sorted(queues)
+    channel._queue_bind("celery", "q0", None, "q0")  # binding again changes nothing
+    assert len(channel.get_table("celery")) == len(queues)
+    assert not list(table.parent.glob("*.tmp"))
