@@ -258,7 +258,12 @@ def test_upload_tokenize_train_sample(stack: Stack, client: Client, chorales: li
     # Cancelling a running sample job keeps what was generated so far.
     long = client.sample(model["id"], max_new_tokens=60_000, seed=5, stop_at_eos=False)
     deadline = time.monotonic() + 120
-    while client.job(long["id"])["progress"] == 0 and time.monotonic() < deadline:
+    # A running job that has written tokens (progress counts them past the first 16; a job
+    # requeued after a transient error waits in the queue with its old progress).
+    while time.monotonic() < deadline:
+        seen = client.job(long["id"])
+        if seen["state"] == "running" and seen["progress"] > 0:
+            break
         time.sleep(0.2)
     client.cancel(long["id"])
     cancelled = client.wait(long["id"], timeout=120)
