@@ -26,8 +26,7 @@ from cadenza.db.models import utcnow
 from cadenza.db.repo import issue_api_key
 from cadenza.db.session import session_scope
 from cadenza.launch.stack import cadenza_command, create_key
-from tests.integration.test_e2e import finished
-from tests.support.stack import Stack
+from tests.support.stack import Stack, finished
 
 pytestmark = pytest.mark.integration
 

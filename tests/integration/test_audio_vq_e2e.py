@@ -15,7 +15,7 @@ import soundfile as sf
 from cadenza.client import ApiFailure, Client
 from tests.integration.test_cli import cli
 from tests.support.music import bach_paths, chorale_recordings
-from tests.support.stack import Stack
+from tests.support.stack import Stack, finished
 
 pytestmark = pytest.mark.integration
 
@@ -23,12 +23,6 @@ pytestmark = pytest.mark.integration
 SMALL_VQ = {"steps": 150, "channels": 48, "coarse_codebook": 64, "fine_codebook": 64}
 #: White noise has a spectral flatness near 0.56 with this measure; music far below.
 NOISE_FLATNESS = 0.56
-
-
-def finished(client: Client, job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
-    final = client.wait(job["id"], timeout=timeout)
-    assert final["state"] == "succeeded", final
-    return final
 
 
 def refused(call: Any, status: int, field: str | None = None) -> None:

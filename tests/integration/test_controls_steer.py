@@ -16,7 +16,7 @@ import symusic
 
 from cadenza.client import ApiFailure, Client
 from tests.support.music import multitrack_chorale
-from tests.support.stack import Stack
+from tests.support.stack import Stack, finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,12 +27,6 @@ TRAIN = {"max_steps": 6, "eval_interval": 3, "batch_size": 2, "seq_len": 64}
 def client(embedded_stack: Stack) -> Iterator[Client]:
     with Client(embedded_stack.api_url, embedded_stack.api_key) as c:
         yield c
-
-
-def finished(client: Client, job: dict[str, Any]) -> dict[str, Any]:
-    final = client.wait(job["id"], timeout=600)
-    assert final["state"] == "succeeded", final
-    return final
 
 
 def _trained(client: Client, files: list[Path], **corpus: Any) -> dict[str, Any]:

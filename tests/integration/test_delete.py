@@ -12,8 +12,8 @@ import pytest
 
 from cadenza.client import ApiFailure, Client
 from cadenza.novelty import INDEX_NAME
-from tests.integration.test_e2e import finished, store_keys
-from tests.support.stack import Stack
+from tests.integration.test_e2e import store_keys
+from tests.support.stack import Stack, finished
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ import io
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -22,7 +21,7 @@ from cadenza.client import ApiFailure, Client
 from cadenza.config import Settings
 from cadenza.novelty import COPY_RESAMPLES, INDEX_NAME, NGRAM
 from cadenza.storage import ObjectStore, open_store
-from tests.support.stack import Stack
+from tests.support.stack import Stack, finished
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +37,6 @@ def stack_store(stack: Stack) -> ObjectStore:
 
 def store_keys(stack: Stack) -> set[str]:
     return {o.key for o in stack_store(stack).list("")}
-
-
-def finished(client: Client, job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
-    final = client.wait(job["id"], timeout=timeout)
-    assert final["state"] == "succeeded", final
-    return final
 
 
 def primer_pitches(score: symusic.Score, bars: int) -> set[tuple[float, int]]:

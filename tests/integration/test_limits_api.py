@@ -14,8 +14,7 @@ import pytest
 
 from cadenza.client import Client
 from cadenza.launch.stack import create_key
-from tests.integration.test_e2e import finished
-from tests.support.stack import Stack
+from tests.support.stack import Stack, finished
 
 pytestmark = pytest.mark.integration
 

@@ -9,21 +9,14 @@ the same way.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import symusic
 
 from cadenza.client import ApiFailure, Client
-from tests.support.stack import Stack
+from tests.support.stack import Stack, finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def finished(client: Client, job: dict[str, Any]) -> dict[str, Any]:
-    final = client.wait(job["id"], timeout=600)
-    assert final["state"] == "succeeded", final
-    return final
 
 
 def test_a_public_base_is_adapted_and_sampled_by_another_owner(

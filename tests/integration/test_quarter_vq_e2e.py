@@ -5,13 +5,12 @@ sample decoded to MIDI."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import symusic
 
 from cadenza.client import Client
-from tests.support.stack import Stack
+from tests.support.stack import Stack, finished
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +24,6 @@ TINY_VQ = {
     "steps": 1000,
     "lr": 3e-3,
 }
-
-
-def finished(client: Client, job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
-    final = client.wait(job["id"], timeout=timeout)
-    assert final["state"] == "succeeded", final
-    return final
 
 
 def test_quarter_vq_corpus_prior_and_sample(stack: Stack, chorales: list[Path]) -> None:

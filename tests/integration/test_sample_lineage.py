@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import symusic
@@ -19,7 +18,7 @@ from cadenza.storage import job_key, open_store
 from cadenza.tokenize import decode_to_midi, encode_primer, tokenizer_from_bytes
 from cadenza.tokenize.base import Tokenizer
 from tests.integration.test_cli import cli
-from tests.support.stack import Stack
+from tests.support.stack import Stack, finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,12 +39,6 @@ class Trained:
 def client(embedded_stack: Stack) -> Iterator[Client]:
     with Client(embedded_stack.api_url, embedded_stack.api_key) as c:
         yield c
-
-
-def finished(client: Client, job: dict[str, Any]) -> dict[str, Any]:
-    final = client.wait(job["id"], timeout=600)
-    assert final["state"] == "succeeded", final
-    return final
 
 
 @dataclass

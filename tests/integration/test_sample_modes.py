@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import symusic
@@ -16,7 +15,7 @@ import symusic
 from cadenza.client import Client
 from tests.integration.test_cli import cli
 from tests.support.music import PART_PROGRAMS, multitrack_chorale
-from tests.support.stack import Stack
+from tests.support.stack import Stack, finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,12 +27,6 @@ SAMPLING = {"max_new_tokens": 24, "top_k": 20, "seed": 3}
 def client(embedded_stack: Stack) -> Iterator[Client]:
     with Client(embedded_stack.api_url, embedded_stack.api_key) as c:
         yield c
-
-
-def finished(client: Client, job: dict[str, Any]) -> dict[str, Any]:
-    final = client.wait(job["id"], timeout=600)
-    assert final["state"] == "succeeded", final
-    return final
 
 
 def notes_by_track(midi: bytes) -> list[tuple[int, set[tuple[float, int, float]]]]:

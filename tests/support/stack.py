@@ -13,9 +13,13 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cadenza.launch.processes import free_port
 from cadenza.launch.stack import Launched, create_key, launch, migrate
+
+if TYPE_CHECKING:
+    from cadenza.client import Client
 
 
 @dataclass
@@ -68,3 +72,10 @@ def print_logs(stack: Stack) -> None:
     for log in sorted(stack.logs.glob("*.log")):
         print(f"===== {log.name} =====")
         print(log.read_text(errors="replace")[-8000:])
+
+
+def finished(client: Client, job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    """Wait for `job` through the API and assert it succeeded (the job row says why if not)."""
+    final = client.wait(job["id"], timeout=timeout)
+    assert final["state"] == "succeeded", final
+    return final
