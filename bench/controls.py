@@ -154,6 +154,23 @@ def train_model(
     return model
 
 
+def steered_scores(
+    model: Any, tok: Any, controls: dict[str, Any] | None, *, n: int, seed: int, tokens: int
+) -> list[Any]:
+    """`n` samples of a new piece with `controls` forced where they go, decoded (top-k 40)."""
+    from cadenza.sample import SamplingParams, generate
+    from cadenza.sample.steer import build_steer
+
+    steer, prompt = build_steer(
+        tok, [tok.bos_id], controls=controls, tags=None, rows=n, device="cpu"
+    )
+    params = SamplingParams(
+        max_new_tokens=tokens, seed=seed, eos_id=tok.eos_id, top_k=40, compile=False
+    )
+    rows = generate(model, [prompt], params, n=n, steer=steer)
+    return [tok.decode([*prompt, *new]) for new in rows]
+
+
 def sample_bars(
     model: Any,
     tok: Any,
@@ -165,19 +182,9 @@ def sample_bars(
     tokens: int,
 ) -> list[Any]:
     """The bar facts of `n` steered samples (their first `bars` complete bars each)."""
-    from cadenza.sample import SamplingParams, generate
-    from cadenza.sample.steer import build_steer
-
-    steer, prompt = build_steer(
-        tok, [tok.bos_id], controls=controls, tags=None, rows=n, device="cpu"
-    )
-    params = SamplingParams(
-        max_new_tokens=tokens, seed=seed, eos_id=tok.eos_id, top_k=40, compile=False
-    )
-    rows = generate(model, [prompt], params, n=n, steer=steer)
     out: list[Any] = []
-    for new in rows:
-        facts = tok.bar_facts(tok.decode([*prompt, *new]))
+    for score in steered_scores(model, tok, controls, n=n, seed=seed, tokens=tokens):
+        facts = tok.bar_facts(score)
         out += facts[: min(bars, max(len(facts) - 1, 0))]  # the last bar may be cut short
     return out
 
@@ -205,19 +212,9 @@ def sample_track_bars(
 ) -> list[list[Any]]:
     """Per track index: the bar facts of that track in `n` steered multi-track samples (the
     first `bars` bars of each track; a track's last bar is left out, it may be cut short)."""
-    from cadenza.sample import SamplingParams, generate
-    from cadenza.sample.steer import build_steer
-
-    steer, prompt = build_steer(
-        tok, [tok.bos_id], controls=controls, tags=None, rows=n, device="cpu"
-    )
-    params = SamplingParams(
-        max_new_tokens=tokens, seed=seed, eos_id=tok.eos_id, top_k=40, compile=False
-    )
-    rows = generate(model, [prompt], params, n=n, steer=steer)
     out: list[list[Any]] = []
-    for new in rows:
-        for k, facts in enumerate(track_facts(tok, tok.decode([*prompt, *new]))):
+    for score in steered_scores(model, tok, controls, n=n, seed=seed, tokens=tokens):
+        for k, facts in enumerate(track_facts(tok, score)):
             while len(out) <= k:
                 out.append([])
             out[k] += facts[: min(bars, max(len(facts) - 1, 0))]
