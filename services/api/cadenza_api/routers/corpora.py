@@ -59,27 +59,21 @@ def create_corpus(
             raise ApiError(404, "not_found", f"model {base.id}'s tokenizer is gone")
         base_spec = base_corpus.params["tokenizer_spec"]
     name = base_spec["name"] if base_spec is not None else body.tokenizer
-    if name in AUDIO_TOKENIZERS:
-        n_audio = session.scalar(
-            select(func.count(File.id)).where(
-                File.dataset_id == body.dataset_id, File.kind == "audio"
-            )
+    audio = name in AUDIO_TOKENIZERS
+    n_files = session.scalar(
+        select(func.count(File.id)).where(
+            File.dataset_id == body.dataset_id, File.kind == ("audio" if audio else "midi")
         )
-        if not n_audio:
-            raise ApiError(
-                422,
-                "no_audio_files",
-                f"tokenizer: {name} learns from recordings, and the dataset has no audio "
-                "files: upload WAV, FLAC or MP3 recordings to it, or choose a MIDI tokenizer",
-                details=[{"field": "tokenizer", "message": "the dataset has no audio files"}],
-            )
-        params = TokenizeParams.from_request(body, base_spec=base_spec)
-        job = submit(session, settings, owner_id=owner.id, type="tokenize", params=params)
-        return JobOut.model_validate(job)
-    n_midi = session.scalar(
-        select(func.count(File.id)).where(File.dataset_id == body.dataset_id, File.kind == "midi")
     )
-    if not n_midi:
+    if not n_files and audio:
+        raise ApiError(
+            422,
+            "no_audio_files",
+            f"tokenizer: {name} learns from recordings, and the dataset has no audio "
+            "files: upload WAV, FLAC or MP3 recordings to it, or choose a MIDI tokenizer",
+            details=[{"field": "tokenizer", "message": "the dataset has no audio files"}],
+        )
+    if not n_files:
         raise ApiError(
             409,
             "no_midi_files",
