@@ -119,4 +119,52 @@ def check_source_file(
         )
 
 
-__all__ = ["capabilities", "check_edit", "check_source_file", "sampling_checkpoint"]
+def check_audio_request(session: Session, body: SampleRequest, owner_id: str) -> None:
+    """What an audio (audio-vq) model's sample request may say: a recording or an audio
+    sample as primer, no token-level or MIDI-only option (422 naming the field); its `tags`
+    are checked against the model's learned tags with every model's (`check_controls`)."""
+    if body.primer_file_id:
+        primer = get_owned(session, File, body.primer_file_id, owner_id)
+        if primer.kind != "audio":
+            raise ApiError(
+                422,
+                "primer_not_audio",
+                f"primer_file_id: file {primer.id} is {primer.kind}; this model continues "
+                "recordings: upload a WAV, FLAC or MP3",
+                details=[{"field": "primer_file_id", "message": f"a {primer.kind} file"}],
+            )
+    if body.primer_sample_id:
+        parent = get_owned(session, Sample, body.primer_sample_id, owner_id)
+        if parent.meta.get("kind") != "audio":
+            raise ApiError(
+                422,
+                "primer_not_audio",
+                f"primer_sample_id: sample {parent.id} is MIDI; this model continues audio "
+                "samples and recordings",
+                details=[{"field": "primer_sample_id", "message": "a MIDI sample"}],
+            )
+    for name in ("primer_tokens", "force_tokens", "controls", "primer_bars"):
+        if getattr(body, name):
+            raise ApiError(
+                422,
+                "invalid_for_audio",
+                f"{name}: not for an audio model (it takes a recording as primer, cut by "
+                "primer_seconds, max_seconds for the length, and the tags it learned)",
+                details=[{"field": name, "message": "not for an audio model"}],
+            )
+    if body.mode != "continue":
+        raise ApiError(
+            422,
+            "invalid_for_audio",
+            "mode: an audio model only continues (mode continue)",
+            details=[{"field": "mode", "message": "not for an audio model"}],
+        )
+
+
+__all__ = [
+    "capabilities",
+    "check_audio_request",
+    "check_edit",
+    "check_source_file",
+    "sampling_checkpoint",
+]

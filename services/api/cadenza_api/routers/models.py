@@ -14,7 +14,6 @@ from cadenza.delete import adapters_of, delete_model
 from cadenza.jobs import submit
 from cadenza.sample.params import SampleParams, check_controls, check_for_model
 from cadenza.storage import ObjectNotFound, job_key
-from cadenza.tokenize.spec import AUDIO_TOKENIZERS
 from cadenza.train.params import ModelRequest, TrainParams, resolve_adapter_request, resolve_model
 from cadenza.validation import Conflict, InvalidParams
 from cadenza_api.deletes import finish_delete
@@ -28,7 +27,12 @@ from cadenza_api.deps import (
     StoreDep,
     v1_router,
 )
-from cadenza_api.editing import capabilities, check_edit, sampling_checkpoint
+from cadenza_api.editing import (
+    capabilities,
+    check_audio_request,
+    check_edit,
+    sampling_checkpoint,
+)
 from cadenza_api.errors import ApiError
 from cadenza_api.openapi import CHECKPOINT, PNG, SAFETENSORS, describe
 from cadenza_api.schemas import (
@@ -306,48 +310,6 @@ def download_weights(
     )
 
 
-def check_audio_request(session: SessionDep, body: SampleRequest, owner_id: str) -> None:
-    """What an audio (audio-vq) model's sample request may say: a recording or an audio
-    sample as primer, no token-level or MIDI-only option (422 naming the field); its `tags`
-    are checked against the model's learned tags with every model's (`check_controls`)."""
-    if body.primer_file_id:
-        primer = get_owned(session, File, body.primer_file_id, owner_id)
-        if primer.kind != "audio":
-            raise ApiError(
-                422,
-                "primer_not_audio",
-                f"primer_file_id: file {primer.id} is {primer.kind}; this model continues "
-                "recordings: upload a WAV, FLAC or MP3",
-                details=[{"field": "primer_file_id", "message": f"a {primer.kind} file"}],
-            )
-    if body.primer_sample_id:
-        parent = get_owned(session, Sample, body.primer_sample_id, owner_id)
-        if parent.meta.get("kind") != "audio":
-            raise ApiError(
-                422,
-                "primer_not_audio",
-                f"primer_sample_id: sample {parent.id} is MIDI; this model continues audio "
-                "samples and recordings",
-                details=[{"field": "primer_sample_id", "message": "a MIDI sample"}],
-            )
-    for name in ("primer_tokens", "force_tokens", "controls", "primer_bars"):
-        if getattr(body, name):
-            raise ApiError(
-                422,
-                "invalid_for_audio",
-                f"{name}: not for an audio model (it takes a recording as primer, cut by "
-                "primer_seconds, max_seconds for the length, and the tags it learned)",
-                details=[{"field": name, "message": "not for an audio model"}],
-            )
-    if body.mode != "continue":
-        raise ApiError(
-            422,
-            "invalid_for_audio",
-            "mode: an audio model only continues (mode continue)",
-            details=[{"field": "mode", "message": "not for an audio model"}],
-        )
-
-
 @router.post(
     "/{model_id}/samples",
     status_code=202,
@@ -383,8 +345,7 @@ def create_samples(
     """
     model = get_visible_model(session, model_id, owner.id)
     ckpt = sampling_checkpoint(session, model, body.checkpoint)
-    corpus = session.get(Corpus, model.corpus_id)
-    audio = bool(corpus) and corpus.params.get("tokenizer_spec", {}).get("name") in AUDIO_TOKENIZERS
+    audio = capabilities(session, model)["output"] == "audio"
     if audio:
         check_audio_request(session, body, owner.id)
     elif body.primer_file_id:
@@ -407,6 +368,7 @@ def create_samples(
                 f"primer sample {parent.id} is audio; this model continues MIDI",
                 details=[{"field": "primer_sample_id", "message": "an audio sample"}],
             )
+    corpus = session.get(Corpus, model.corpus_id)
     names: list[str] = []
     if body.force_tokens:
         names = list(corpus.stats.get("token_names", [])) if corpus else []
