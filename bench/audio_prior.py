@@ -19,9 +19,12 @@ Data and tokenizer are ``bench/audio_gen.py``'s: the same chorales rendered to 1
   ``--cond-pad`` steps beyond each side, repeated ×4 with a learned per-phase vector): Jukebox's
   conditioner.
 * Budget: every model sees batches of 8 × 100 ids; the pair's two models share the flat prior's
-  optimizer steps (``--coarse-share`` of them for the coarse prior), and their widths are
-  chosen so the pair's parameters total about the flat prior's (all counts are printed). Wall
-  seconds are reported beside them.
+  optimizer steps (``--coarse-share`` of them for the coarse prior), and their widths
+  (``--pair-width``, 48 against the flat prior's 64) are chosen so the pair's parameters total
+  about the flat prior's (all counts are printed). Wall seconds are reported beside them.
+* Which weights: each model's last, or with ``--eval-every N`` the ones of its lowest
+  validation loss over evaluations every N steps (the trainer's best checkpoint, which is
+  what sampling uses by default; the upsampler's loop keeps its best likewise).
 * The figure: negative log-likelihood of every code of the validation split, in bits per second
   of audio, per level and in total (the pair's fine level is scored given the true coarse
   codes, which is what it adds to the coarse prior's bits). Each code is scored with the
