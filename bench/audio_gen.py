@@ -49,14 +49,18 @@ CACHE = Path(os.environ.get("CADENZA_TEST_CACHE", Path(__file__).parents[1] / ".
 
 
 class Last(NullHooks):
-    """Keeps the newest checkpoint payload."""
+    """Keeps the newest checkpoint payload (with ``best``, the one of the lowest val loss)."""
 
-    payload: bytes = b""
+    def __init__(self, best: bool = False) -> None:
+        self.best = best
+        self.payload = b""
+        self.step: int | None = None
 
     def save_checkpoint(
         self, step: int, payload: bytes, *, val_loss: float | None, is_best: bool
     ) -> None:
-        self.payload = payload
+        if is_best or not self.best:
+            self.payload, self.step = payload, step
 
 
 def recordings(n: int, seconds: float) -> list[tuple[str, bytes]]:
@@ -72,6 +76,29 @@ def recordings(n: int, seconds: float) -> list[tuple[str, bytes]]:
             dst.write_bytes(render_midi(cut.dumps_midi(), fmt="wav", sample_rate=16000))
         out.append((src.stem, dst.read_bytes()))
     return out
+
+
+def prior_train_config(
+    steps: int, window_grid: int | None, seed: int = 1337, eval_every: int | None = None
+) -> TrainConfig:
+    """The bench's prior training: batch 8 × 100 ids, fp32, one evaluation at the end (else
+    every ``eval_every`` steps, each a checkpoint), warm-up over the first quarter (the default
+    100 of 400 steps; shorter runs keep the proportion). ``bench/audio_prior.py`` trains its
+    priors with it too."""
+    return TrainConfig(
+        max_steps=steps,
+        eval_interval=eval_every or steps,
+        checkpoint_interval=eval_every or 1000,
+        warmup_steps=min(100, steps // 4),
+        batch_size=8,
+        seq_len=100,
+        precision="fp32",
+        compile=False,
+        log_interval=50,
+        keep_last_n=1,
+        window_grid=window_grid,
+        seed=seed,
+    )
 
 
 # ---- the waveform VQ-VAE it was measured against -----------------------------------------------
@@ -208,17 +235,7 @@ def main() -> None:
     data = {k: np.asarray(v, "int64") for k, v in build.splits.items() if v.size}
     cfg = resolve_config("gpt", "tiny", {}).model_dump(mode="json")
     model_spec = {"architecture": "gpt", "config": cfg, "vocab_size": tok.vocab_size}
-    tcfg = TrainConfig(
-        max_steps=args.prior_steps,
-        eval_interval=args.prior_steps,
-        batch_size=8,
-        seq_len=100,
-        precision="fp32",
-        compile=False,
-        log_interval=50,
-        keep_last_n=1,
-        window_grid=tok.cfg.group,
-    )
+    tcfg = prior_train_config(args.prior_steps, tok.cfg.group)
     hooks = Last()
     result = train(model_spec, data, tcfg, hooks, tokenizer_hash="bench", bos_id=tok.bos_id)
     out["prior"] = {

@@ -253,10 +253,27 @@ def sample_audio(
             grammar=fixed_length_grammar(tok),
         )
     gen_s = (time.perf_counter() - t0) / max(len(rows), 1)
+    return decode_variations(tok, prompt, rows, primer_wave, gen_s, include_primer=include_primer)
+
+
+def decode_variations(
+    tok: AudioVQTokenizer,
+    prompt: Sequence[int],
+    rows: Sequence[Sequence[int]],
+    primer_wave: NDArray[np.float32] | None,
+    generate_seconds: float,
+    *,
+    include_primer: bool = True,
+) -> list[AudioVariation]:
+    """Generated ids → variations: each row decoded after ``prompt`` (so the spectrogram runs on
+    across the seam), spliced onto ``primer_wave``, timed and measured. Any generator of
+    flattened ids feeds it (``bench/audio_prior.py`` decodes a coarse prior + upsampler's
+    output with it), so every figure is computed alike; ``generate_seconds`` is per row."""
+    sr = tok.cfg.sample_rate
     out: list[AudioVariation] = []
     for i, new in enumerate(rows):
         t1 = time.perf_counter()
-        decoded = tok.decode_audio(prompt + list(new), seed=i)
+        decoded = tok.decode_audio([*prompt, *new], seed=i)
         p = primer_wave.size if primer_wave is not None else 0
         if primer_wave is not None and include_primer:
             wave, seam = splice(primer_wave, decoded, sr), p / sr
@@ -269,7 +286,7 @@ def sample_audio(
             wave=wave,
             seam_s=seam,
             new_seconds=(decoded.size - p) / sr,
-            seconds={"generate": round(gen_s, 4), "decode": round(dec_s, 4)},
+            seconds={"generate": round(generate_seconds, 4), "decode": round(dec_s, 4)},
         )
         var.metrics = audio_metrics(wave, sr, seam)
         out.append(var)
@@ -326,6 +343,7 @@ __all__ = [
     "XFADE_S",
     "AudioVariation",
     "audio_metrics",
+    "decode_variations",
     "primer_cut",
     "sample_audio",
     "seam_report",

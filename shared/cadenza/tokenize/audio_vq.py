@@ -16,6 +16,14 @@ prior the trainer knows models the codes.
   unchanged, and each fine code is predicted with its coarse code (and all before it) in
   context: the prior plays the part of Jukebox's separate upsamplers, at the price of a
   ``1 + fine_per_coarse`` times longer sequence, which at 39 ids per second is still short.
+  What it does not see is the coarse codes *after* a fine code, which Jukebox's upsampler
+  does. Measured (``bench/audio_prior.py``; BENCHMARKS.md, "One flattened prior, or a coarse
+  prior + an upsampler"), a coarse prior plus such an upsampler, at the same parameters and
+  optimizer steps, describes validation audio in 6 % fewer bits per second at each model's
+  best checkpoint (7 % on the fine level; 12 % with twice the training audio), though 1.5 %
+  more at the bench's fixed 400 steps, and its continuations' seams are rougher. So the pair
+  is the better model and should become a training option; until it is, the one stream is
+  what every audio-vq corpus trains and samples.
 * Style tags (``learn_tags``): after the code ids, one id per tag the corpus's files carry
   (sorted) and one "no tag" id. Each file's sequence starts with a conditioning prefix of
   :attr:`AudioVQTokenizer.tag_slots` ids after BOS: its tags' ids (sorted), padded with the

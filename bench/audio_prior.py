@@ -1,0 +1,530 @@
+"""One flattened prior against a coarse prior + an upsampler, on the audio-vq codes.
+
+    PYTHONPATH=shared .venv/bin/python bench/audio_prior.py --files 6 --seconds 30 --threads 1
+
+The question (Jukebox's design against MusicGen's flattening): does modelling the coarse codes
+with one prior and the fine codes with a separate upsampler that sees the coarse codes on both
+sides describe the audio in fewer bits than one prior over the flattened stream?
+
+Data and tokenizer are ``bench/audio_gen.py``'s: the same chorales rendered to 16 kHz, the same
+``audio-vq`` fit and split. The fitted tokenizer and the corpus's ids are cached under
+``.cache/audio-prior-*`` (the fit is most of the run's time); ``--refit`` fits again.
+
+* flat: ``gpt`` ``tiny`` on the flattened stream (coarse id, then its 4 fine ids), trained as
+  ``audio_gen.py`` trains it (:func:`audio_gen.prior_train_config`, windows on step starts).
+* pair: the same architecture on the coarse ids alone (the same 100 ids per window are then
+  100 steps, 12.8 s, instead of 20), plus :class:`Upsampler`: a causal transformer over the fine
+  codes of a window of steps, whose every position's input adds the coarse codes around it,
+  past and future (embedded, a non-causal residual convolution stack over the window and
+  ``--cond-pad`` steps beyond each side, repeated ×4 with a learned per-phase vector): Jukebox's
+  conditioner.
+* Budget: every model sees batches of 8 × 100 ids; the pair's two models share the flat prior's
+  optimizer steps (``--coarse-share`` of them for the coarse prior), and their widths
+  (``--pair-width``, 48 against the flat prior's 64) are chosen so the pair's parameters total
+  about the flat prior's (all counts are printed). Wall seconds are reported beside them.
+* Which weights: each model's last, or with ``--eval-every N`` the ones of its lowest
+  validation loss over evaluations every N steps (the trainer's best checkpoint, which is
+  what sampling uses by default; the upsampler's loop keeps its best likewise).
+* The figure: negative log-likelihood of every code of the validation split, in bits per second
+  of audio, per level and in total (the pair's fine level is scored given the true coarse
+  codes, which is what it adds to the coarse prior's bits). Each code is scored with the
+  context its model trained with: windows as long as the training ones, every half window,
+  a code scored in the first window that holds it after the previous window's codes.
+* Generation: both continue the first ``--primer-seconds`` of a validation recording by
+  ``--gen-seconds`` (temperature 0.9, top-k 32), decoded and measured by
+  :func:`cadenza.sample.audio.decode_variations`, the sample job's own path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from audio_gen import CACHE, Last, prior_train_config, recordings
+from torch import Tensor, nn
+
+from cadenza.models.checkpoint import model_from_checkpoint
+from cadenza.models.configs import GPTConfig
+from cadenza.models.gpt import Block
+from cadenza.models.registry import resolve_config
+from cadenza.sample.audio import decode_variations, primer_cut
+from cadenza.sample.sampler import SamplingParams, generate, sample_next
+from cadenza.tokenize import build_corpus, tokenizer_from_bytes
+from cadenza.tokenize.audio_vq import AudioVQTokenizer, decode_audio_bytes
+from cadenza.tokenize.grammar import Grammar, Rules, build_grammar
+from cadenza.tokenize.spec import TokenizerSpec
+from cadenza.train import TrainConfig, train
+
+LN2 = math.log(2.0)
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+def fitted(
+    files: Sequence[tuple[str, bytes]], vq_steps: int, refit: bool, key: str
+) -> tuple[AudioVQTokenizer, dict[str, np.ndarray], dict[str, list[str]], float | None]:
+    """The audio-vq tokenizer fitted on ``files`` as audio_gen.py fits it, the splits' ids and
+    which file is in which split; cached, so a second run (another seed) skips the fit.
+    The fourth value is the fit's seconds (None when read from the cache)."""
+    where = CACHE / f"audio-prior-{key}"
+    if not refit and (where / "splits.npz").exists():
+        tok = tokenizer_from_bytes((where / "tokenizer.bin").read_bytes())
+        assert isinstance(tok, AudioVQTokenizer)
+        with np.load(where / "splits.npz") as z:
+            splits = {k: z[k] for k in z.files}
+        return tok, splits, json.loads((where / "file_splits.json").read_text()), None
+    spec = TokenizerSpec(name="audio-vq", config={"steps": vq_steps})
+    t0 = time.perf_counter()
+    build = build_corpus(list(files), spec, split=(0.75, 0.25, 0.0), workers=1)
+    seconds = time.perf_counter() - t0
+    tok = build.tokenizer
+    assert isinstance(tok, AudioVQTokenizer)
+    splits = {k: np.asarray(v, np.int64) for k, v in build.splits.items() if v.size}
+    file_splits = {k: list(v) for k, v in build.file_splits.items()}
+    build.close()
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "tokenizer.bin").write_bytes(tok.to_bytes())
+    np.savez(where / "splits.npz", **splits)
+    (where / "file_splits.json").write_text(json.dumps(file_splits))
+    return tok, splits, file_splits, seconds
+
+
+def segments(arr: np.ndarray, bos: int) -> list[np.ndarray]:
+    """A corpus stream cut at each BOS: one array per file (BOS, its ids, EOS)."""
+    starts = np.flatnonzero(arr == bos).tolist() + [arr.size]
+    return [arr[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+def coarse_stream(arr: np.ndarray, tok: AudioVQTokenizer) -> np.ndarray:
+    """The flattened stream without its fine ids: specials and coarse ids keep their ids, so
+    the coarse prior's vocabulary is the first ``fine_base`` ids."""
+    return arr[arr < tok.fine_base]
+
+
+def file_codes(arr: np.ndarray, tok: AudioVQTokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(coarse (steps,), fine (steps, fine_per_coarse)) codes of each file of a split."""
+    out = []
+    for seg in segments(arr, tok.bos_id):
+        c, f = tok.ids_to_codes(seg.tolist())
+        if c.size:
+            out.append((c, f.reshape(c.size, tok.cfg.fine_per_coarse)))
+    return out
+
+
+# ---- the upsampler -----------------------------------------------------------------------------
+
+
+class _ResConv(nn.Module):
+    """x + conv(gelu(conv(x))): a non-causal residual block over coarse steps."""
+
+    def __init__(self, dim: int, kernel: int) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
+        self.b = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.b(F.gelu(self.a(F.gelu(x))))
+
+
+class Upsampler(nn.Module):
+    """p(fine codes of a window of steps | the coarse codes of the window and ``pad`` steps on
+    each side). The fine codes are one causal stream (4 per step); position ``j`` adds to the
+    previous fine code's embedding (a learned start vector at 0) and its position the
+    conditioner's vector of its step and phase. The head is tied to the fine embedding."""
+
+    def __init__(
+        self,
+        n_coarse: int,
+        n_fine: int,
+        fpc: int,
+        window: int,
+        pad: int,
+        *,
+        n_embd: int,
+        n_layer: int,
+        n_head: int,
+        cond_blocks: int,
+        kernel: int = 3,
+    ) -> None:
+        super().__init__()
+        self.n_coarse, self.fpc, self.window, self.pad = n_coarse, fpc, window, pad
+        self.c_emb = nn.Embedding(n_coarse + 1, n_embd)  # the last: outside the file
+        self.cond = nn.Sequential(*[_ResConv(n_embd, kernel) for _ in range(cond_blocks)])
+        self.phase = nn.Parameter(torch.zeros(fpc, n_embd))
+        self.f_emb = nn.Embedding(n_fine, n_embd)
+        self.start = nn.Parameter(torch.zeros(n_embd))
+        self.pos = nn.Embedding(window * fpc, n_embd)
+        cfg = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                        block_size=window * fpc, dropout=0.0)  # fmt: skip
+        self.h = nn.ModuleList([Block(cfg, False, True) for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd)
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def conditioning(self, coarse: Tensor) -> Tensor:
+        """coarse (B, window + 2·pad) codes (``n_coarse`` outside the file) → (B, window·fpc, C)."""
+        x = self.cond(self.c_emb(coarse).transpose(1, 2)).transpose(1, 2)
+        x = x[:, self.pad : x.shape[1] - self.pad]
+        x = x.repeat_interleave(self.fpc, dim=1)
+        return x + self.phase.repeat(x.shape[1] // self.fpc, 1)
+
+    def forward(self, fine: Tensor, cond: Tensor) -> Tensor:
+        """fine (B, T) the window's fine codes so far (inputs: the codes before each position),
+        cond from :meth:`conditioning` → logits (B, T, n_fine) of fine[0..T-1]."""
+        B, T = fine.shape
+        prev = torch.cat([self.start.expand(B, 1, -1), self.f_emb(fine[:, :-1])], dim=1)
+        x = prev + self.pos(torch.arange(T, device=fine.device)) + cond[:, :T]
+        for block in self.h:
+            x = block(x)
+        return F.linear(self.ln_f(x), self.f_emb.weight)
+
+
+def coarse_window(c: np.ndarray, s: int, window: int, pad: int, outside: int) -> np.ndarray:
+    """Coarse codes of steps s - pad .. s + window + pad (``outside`` beyond the file)."""
+    out = np.full(window + 2 * pad, outside, np.int64)
+    lo, hi = max(0, s - pad), min(c.size, s + window + pad)
+    out[lo - (s - pad) : hi - (s - pad)] = c[lo:hi]
+    return out
+
+
+def train_upsampler(
+    model: Upsampler,
+    files: list[tuple[np.ndarray, np.ndarray]],
+    cfg: TrainConfig,
+    score: Callable[[], float] | None = None,
+) -> tuple[float, int]:
+    """``cfg.max_steps`` AdamW steps (the trainer's lr schedule, betas, decay on matrices,
+    clipping) on batches of ``cfg.batch_size`` windows. With ``score`` (val NLL), it is called
+    every ``cfg.eval_interval`` steps and at the end, and the weights of the lowest score are
+    kept, as the trainer keeps its best checkpoint. Returns (wall seconds, the kept step)."""
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    w, pad, outside = model.window, model.pad, model.n_coarse
+    starts = [(i, s) for i, (c, _) in enumerate(files) for s in range(max(1, c.size - w + 1))]
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
+    best: tuple[float, int, dict[str, Tensor] | None] = (math.inf, cfg.max_steps, None)
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(cfg.max_steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr_at(step)
+        picks = rng.integers(len(starts), size=cfg.batch_size)
+        fine, cond = [], []
+        for k in picks:
+            i, s = starts[int(k)]
+            c, f = files[i]
+            fine.append(f[s : s + w].reshape(-1))
+            cond.append(coarse_window(c, s, w, pad, outside))
+        n = min(x.size for x in fine)
+        y = torch.from_numpy(np.stack([x[:n] for x in fine]))
+        logits = model(y, model.conditioning(torch.from_numpy(np.stack(cond))))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        done = step + 1
+        if score is not None and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
+            model.eval()
+            got = score()
+            model.train()
+            if got < best[0]:
+                best = (got, done, {k: v.clone() for k, v in model.state_dict().items()})
+    model.eval()
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    return time.perf_counter() - t0, best[1]
+
+
+# ---- scoring -----------------------------------------------------------------------------------
+
+
+def window_starts(length: int, span: int, stride: int, off: int) -> list[tuple[int, int]]:
+    """(window start, first target scored in it) covering targets ``off .. length - 1``, where
+    a window starting at ``s`` predicts targets ``s + off .. s + off + span - 1``: the first
+    window at 0, the next ones at ``off + k·stride`` (for a stream, ``off`` = 1: on a step's
+    start after BOS, as training windows start), each target scored in the first window that
+    holds it after the previous window's targets (so with at least ``span - stride`` before it
+    once past the first window)."""
+    out, done, k = [], off, 0
+    while done < length:
+        s = off + k * stride if k else 0
+        end = min(length, s + off + span)
+        if end > done:
+            out.append((s, done))
+            done = end
+        k += 1
+    return out
+
+
+@torch.no_grad()
+def stream_nll(
+    model: nn.Module, seg: np.ndarray, ctx: int, stride: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """NLL (nats) of every id of a file's stream after its BOS, by a causal LM whose windows
+    hold ``ctx`` ids; windows start on BOS or ``stride`` ids after it. Returns (ids, nll)."""
+    nll = np.zeros(seg.size)
+    for s, first in window_starts(seg.size, ctx, stride, 1):
+        x = torch.from_numpy(seg[s : s + ctx])[None]
+        logits = model(x)[0][0]
+        lp = torch.log_softmax(logits.float(), -1)
+        tgt = torch.from_numpy(seg[s + 1 : s + ctx + 1])
+        got = -lp[torch.arange(tgt.numel()), tgt].numpy()
+        nll[first : s + 1 + tgt.numel()] = got[first - s - 1 :]
+    return seg[1:], nll[1:]
+
+
+def levels(
+    tok: AudioVQTokenizer, model: nn.Module, arr: np.ndarray, ctx: int, stride: int
+) -> tuple[float, float]:
+    """Total NLL (nats) of the coarse ids and of the fine ids of a split's stream (specials,
+    which the two kinds of stream place alike, are left out)."""
+    coarse, fine = 0.0, 0.0
+    for seg in segments(arr, tok.bos_id):
+        ids, nll = stream_nll(model, seg, ctx, stride)
+        is_c = (ids >= tok.coarse_base) & (ids < tok.fine_base)
+        is_f = (ids >= tok.fine_base) & (ids < tok.fine_base + tok.cfg.fine_codebook)
+        coarse += float(nll[is_c].sum())
+        fine += float(nll[is_f].sum())
+    return coarse, fine
+
+
+@torch.no_grad()
+def upsampler_nll(model: Upsampler, c: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """NLL (nats) of each fine code of a file given all its coarse codes (windows of steps
+    every half window, as :func:`stream_nll`)."""
+    w, fpc = model.window, model.fpc
+    nll = np.zeros(c.size * fpc)
+    for s, first in window_starts(c.size, w, max(1, w // 2), 0):
+        fine = torch.from_numpy(f[s : s + w].reshape(-1))[None]
+        cond = model.conditioning(
+            torch.from_numpy(coarse_window(c, s, w, model.pad, model.n_coarse))[None]
+        )
+        lp = torch.log_softmax(model(fine, cond)[0], -1)
+        got = -lp[torch.arange(fine.shape[1]), fine[0]].numpy()
+        nll[first * fpc : (s + w) * fpc] = got[(first - s) * fpc :]
+    return nll
+
+
+# ---- generation --------------------------------------------------------------------------------
+
+
+def coarse_grammar(tok: AudioVQTokenizer) -> Grammar:
+    """Coarse codes only, forever (the fixed-length sampling grammar of the coarse stream)."""
+    cb, kc = tok.coarse_base, tok.cfg.coarse_codebook
+    rules = Rules(0, lambda key, b: 0 if cb <= b < cb + kc else None, lambda key: False, "coarse")
+    g = build_grammar(rules, base_size=tok.fine_base, vocab_size=tok.fine_base,
+                      pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)  # fmt: skip
+    table = g.table.copy()
+    table[:, tok.bos_id] = -1
+    return Grammar(table, g.start, g.ended, g.summary)
+
+
+@torch.no_grad()
+def upsample(
+    model: Upsampler, c: np.ndarray, f_known: np.ndarray, params: SamplingParams
+) -> np.ndarray:
+    """Fine codes (steps, fpc) for every step of ``c``: the first ``len(f_known)`` steps given,
+    the rest sampled window by window (each keeping the last half window of steps before it as
+    context, and seeing the coarse codes of the whole window and beyond)."""
+    w, fpc = model.window, model.fpc
+    gen = torch.Generator().manual_seed(params.seed or 0)
+    fine = list(f_known.reshape(-1).tolist())
+    while len(fine) < c.size * fpc:
+        s = max(0, len(fine) // fpc - w // 2)
+        cond = model.conditioning(
+            torch.from_numpy(coarse_window(c, s, w, model.pad, model.n_coarse))[None]
+        )
+        while len(fine) < min(c.size, s + w) * fpc:
+            ctx = torch.tensor(fine[s * fpc :] + [0], dtype=torch.long)[None]
+            logits = model(ctx, cond)[:, -1]
+            fine.append(int(sample_next(logits, params, None, gen)[0]))
+    return np.asarray(fine, np.int64).reshape(c.size, fpc)
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def bits(nats: float, seconds: float) -> float:
+    return round(nats / LN2 / seconds, 1)
+
+
+def run(args: argparse.Namespace, seed: int, tok: AudioVQTokenizer,
+        splits: dict[str, np.ndarray], primer: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """Train the flat prior and the pair with ``seed``; score and generate."""
+    fpc, group, bos = tok.cfg.fine_per_coarse, tok.cfg.group, tok.bos_id
+    val_steps = sum(c.size for c, _ in file_codes(splits["val"], tok))
+    val_seconds = val_steps * tok.samples_per_step / tok.cfg.sample_rate
+    out: dict[str, Any] = {"seed": seed, "val_seconds": round(val_seconds, 2)}
+    base = resolve_config("gpt", "tiny", {}).model_dump(mode="json")
+    ctx = 100
+
+    # (a) flat
+    every = args.eval_every
+    hooks = Last(best=every is not None)
+    f_cfg = {**base, "n_embd": args.flat_width or base["n_embd"]}
+    spec = {"architecture": "gpt", "config": f_cfg, "vocab_size": tok.vocab_size}
+    res = train(spec, splits, prior_train_config(args.steps, group, seed, every), hooks,
+                tokenizer_hash="bench", bos_id=bos)  # fmt: skip
+    flat = model_from_checkpoint(hooks.payload).eval()
+    coarse_n, fine_n = levels(tok, flat, splits["val"], ctx, ctx // 2 // group * group)
+    out["flat"] = {
+        "params": res.num_params, "steps": res.steps, "kept_step": hooks.step,
+        "train_seconds": round(res.elapsed_s, 1),
+        "val_loss_trainer": res.final_val_loss,
+        "bits_per_s": {"coarse": bits(coarse_n, val_seconds), "fine": bits(fine_n, val_seconds),
+                       "total": bits(coarse_n + fine_n, val_seconds)},
+        "load": os.getloadavg(),
+    }  # fmt: skip
+    print(json.dumps(out["flat"]), flush=True)
+
+    # (b) coarse prior + upsampler
+    c_steps = max(1, round(args.steps * args.coarse_share))
+    u_steps = args.steps - c_steps
+    c_cfg = {**base, "n_embd": args.pair_width}
+    c_data = {k: coarse_stream(v, tok) for k, v in splits.items()}
+    hooks = Last(best=every is not None)
+    spec = {"architecture": "gpt", "config": c_cfg, "vocab_size": tok.fine_base}
+    c_res = train(spec, c_data, prior_train_config(c_steps, None, seed, every), hooks,
+                  tokenizer_hash="bench", bos_id=bos)  # fmt: skip
+    cprior = model_from_checkpoint(hooks.payload).eval()
+    up = Upsampler(tok.cfg.coarse_codebook, tok.cfg.fine_codebook, fpc, ctx // fpc, args.cond_pad,
+                   n_embd=args.pair_width, n_layer=args.up_layers, n_head=2,
+                   cond_blocks=args.cond_blocks)  # fmt: skip
+    u_cfg = prior_train_config(max(u_steps, 1), None, seed, every)
+    val_codes = file_codes(splits["val"], tok)
+
+    def up_val() -> float:
+        return sum(float(upsampler_nll(up, c, f).sum()) for c, f in val_codes)
+
+    u_seconds, u_kept = train_upsampler(up, file_codes(splits["train"], tok), u_cfg,
+                                        up_val if every else None)  # fmt: skip
+    coarse_n = levels(tok, cprior, c_data["val"], ctx, ctx // 2)[0]
+    fine_n = up_val()
+    out["pair"] = {
+        "params": {"coarse": c_res.num_params, "upsampler": up.num_params(),
+                   "total": c_res.num_params + up.num_params()},
+        "steps": {"coarse": c_res.steps, "upsampler": u_steps},
+        "kept_step": {"coarse": hooks.step, "upsampler": u_kept},
+        "train_seconds": {"coarse": round(c_res.elapsed_s, 1), "upsampler": round(u_seconds, 1),
+                          "total": round(c_res.elapsed_s + u_seconds, 1)},
+        "bits_per_s": {"coarse": bits(coarse_n, val_seconds), "fine": bits(fine_n, val_seconds),
+                       "total": bits(coarse_n + fine_n, val_seconds)},
+        "load": os.getloadavg(),
+    }  # fmt: skip
+    print(json.dumps(out["pair"]), flush=True)
+    a, b = out["flat"]["bits_per_s"]["total"], out["pair"]["bits_per_s"]["total"]
+    out["pair_saves_percent"] = round(100 * (a - b) / a, 1)
+
+    # generation: the same primer, options and seed for both
+    options = {"temperature": 0.9, "top_k": 32, "seed": 7}
+    steps = math.ceil(args.gen_seconds * tok.cfg.sample_rate / tok.samples_per_step)
+    pc, pf = tok.wave_codes(primer)
+    prompt = [bos, *[int(i) for i in tok.codes_to_ids(pc, pf)]]
+    params = SamplingParams(**options, max_new_tokens=steps, stop_at_eos=False)
+
+    def flat_gen() -> list[int]:
+        from cadenza.sample.audio import fixed_length_grammar
+
+        p = SamplingParams(**options, max_new_tokens=steps * group, stop_at_eos=False)
+        return generate(flat, [prompt], p, grammar=fixed_length_grammar(tok))[0]
+
+    def pair_gen() -> list[int]:
+        c_prompt = [bos, *[int(x) + tok.coarse_base for x in pc]]
+        new_c = generate(cprior, [c_prompt], params, grammar=coarse_grammar(tok))[0]
+        c = np.concatenate([pc, np.asarray(new_c, np.int64) - tok.coarse_base])
+        f = upsample(up, c, pf.reshape(-1, fpc), params)
+        return [int(i) for i in tok.codes_to_ids(c[pc.size :], f[pc.size :].reshape(-1))]
+
+    out["generation"] = {name: timed(tok, prompt, primer, fn)
+                         for name, fn in (("flat", flat_gen), ("pair", pair_gen))}  # fmt: skip
+    out["load_after"] = os.getloadavg()
+    print(json.dumps(out["generation"]), flush=True)
+    return out
+
+
+def timed(
+    tok: AudioVQTokenizer, prompt: list[int], primer: np.ndarray, fn: Callable[[], list[int]]
+) -> dict[str, Any]:
+    """Generate twice (the first run pays one-off costs), decode and measure the second."""
+    for _ in range(2):
+        t0 = time.perf_counter()
+        new = fn()
+        gen_s = time.perf_counter() - t0
+    v = decode_variations(tok, prompt, [new], primer, gen_s)[0]
+    return {
+        "new_seconds": round(v.new_seconds, 3),
+        "seconds": v.seconds,
+        "real_time_factor": round(v.real_time_factor, 3),
+        "spectral_flatness": v.metrics["spectral_flatness"],
+        "rms_dbfs": v.metrics["rms_dbfs"],
+        "seam": v.metrics["seam"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--files", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--vq-steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=400, help="optimizer steps of each side")
+    ap.add_argument("--coarse-share", type=float, default=0.25,
+                    help="the pair's steps spent on the coarse prior")  # fmt: skip
+    ap.add_argument("--pair-width", type=int, default=48, help="n_embd of both pair models")
+    ap.add_argument("--flat-width", type=int, default=None,
+                    help="n_embd of the flat prior (default: the tiny preset's, 64)")  # fmt: skip
+    ap.add_argument("--up-layers", type=int, default=1)
+    ap.add_argument("--cond-blocks", type=int, default=1)
+    ap.add_argument("--cond-pad", type=int, default=4, help="coarse steps seen beyond a window")
+    ap.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="score val every N steps, keep each model's best (else its last)",
+    )
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1337])
+    ap.add_argument("--primer-seconds", type=float, default=4.0)
+    ap.add_argument("--gen-seconds", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--refit", action="store_true", help="fit the tokenizer again")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                           "torch": torch.__version__, "args": vars(args)}  # fmt: skip
+    files = recordings(args.files, args.seconds)
+    key = f"{args.files}f-{int(args.seconds)}s-{args.vq_steps}"
+    tok, splits, file_splits, fit_s = fitted(files, args.vq_steps, args.refit, key)
+    out["tokenizer"] = {"fit_seconds": fit_s, "vocab": tok.vocab_size,
+                        "ids": {k: int(v.size) for k, v in splits.items()}}  # fmt: skip
+    val_id = file_splits["val"][0]
+    primer = primer_cut(tok, decode_audio_bytes(dict(files)[val_id], 16000, 3600),
+                        args.primer_seconds)  # fmt: skip
+    out["load_start"] = os.getloadavg()
+    print(json.dumps(out), flush=True)
+    out["runs"] = [run(args, seed, tok, splits, primer) for seed in args.seeds]
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
