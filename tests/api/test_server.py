@@ -4,6 +4,7 @@ supervises the server to restart it whole (no half-capacity server left running)
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from cadenza.launch.processes import free_port, http_status
+from cadenza_api import server as api_server
 
 
 def _children(pid: int) -> list[int]:
@@ -48,3 +50,14 @@ def test_two_processes_serve_and_one_dying_stops_the_server(tmp_path: Path) -> N
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_an_api_process_freezes_its_start_up_objects_and_collects_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        api_server.tune_gc()
+        assert gc.get_threshold() == api_server.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 10_000  # torch-free, but FastAPI, SQLAlchemy, pydantic
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
