@@ -13,7 +13,8 @@ Data and tokenizer are ``bench/audio_gen.py``'s: the same chorales rendered to 1
 * flat: ``gpt`` ``tiny`` on the flattened stream (coarse id, then its 4 fine ids), trained as
   ``audio_gen.py`` trains it (:func:`audio_gen.prior_train_config`, windows on step starts).
 * pair: the same architecture on the coarse ids alone (the same 100 ids per window are then
-  100 steps, 12.8 s, instead of 20), plus :class:`Upsampler`: a causal transformer over the fine
+  100 steps, 12.8 s, instead of 20), plus
+  :class:`cadenza.models.audio_upsampler.Upsampler`: a causal transformer over the fine
   codes of a window of steps, whose every position's input adds the coarse codes around it,
   past and future (embedded, a non-causal residual convolution stack over the window and
   ``--cond-pad`` steps beyond each side, repeated ×4 with a learned per-phase vector): Jukebox's
@@ -52,12 +53,17 @@ import torch.nn.functional as F
 from audio_gen import CACHE, Last, prior_train_config, recordings
 from torch import Tensor, nn
 
+from cadenza.models.audio_upsampler import (
+    Upsampler,
+    coarse_window,
+    upsample,
+    upsampler_nll,
+    window_starts,
+)
 from cadenza.models.checkpoint import model_from_checkpoint
-from cadenza.models.configs import GPTConfig
-from cadenza.models.gpt import Block
 from cadenza.models.registry import resolve_config
 from cadenza.sample.audio import decode_variations, primer_cut
-from cadenza.sample.sampler import SamplingParams, generate, sample_next
+from cadenza.sample.sampler import SamplingParams, generate
 from cadenza.tokenize import build_corpus, tokenizer_from_bytes
 from cadenza.tokenize.audio_vq import AudioVQTokenizer, decode_audio_bytes
 from cadenza.tokenize.grammar import Grammar, Rules, build_grammar
@@ -124,83 +130,6 @@ def file_codes(arr: np.ndarray, tok: AudioVQTokenizer) -> list[tuple[np.ndarray,
 # ---- the upsampler -----------------------------------------------------------------------------
 
 
-class _ResConv(nn.Module):
-    """x + conv(gelu(conv(x))): a non-causal residual block over coarse steps."""
-
-    def __init__(self, dim: int, kernel: int) -> None:
-        super().__init__()
-        self.a = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
-        self.b = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.b(F.gelu(self.a(F.gelu(x))))
-
-
-class Upsampler(nn.Module):
-    """p(fine codes of a window of steps | the coarse codes of the window and ``pad`` steps on
-    each side). The fine codes are one causal stream (4 per step); position ``j`` adds to the
-    previous fine code's embedding (a learned start vector at 0) and its position the
-    conditioner's vector of its step and phase. The head is tied to the fine embedding."""
-
-    def __init__(
-        self,
-        n_coarse: int,
-        n_fine: int,
-        fpc: int,
-        window: int,
-        pad: int,
-        *,
-        n_embd: int,
-        n_layer: int,
-        n_head: int,
-        cond_blocks: int,
-        kernel: int = 3,
-    ) -> None:
-        super().__init__()
-        self.n_coarse, self.fpc, self.window, self.pad = n_coarse, fpc, window, pad
-        self.c_emb = nn.Embedding(n_coarse + 1, n_embd)  # the last: outside the file
-        self.cond = nn.Sequential(*[_ResConv(n_embd, kernel) for _ in range(cond_blocks)])
-        self.phase = nn.Parameter(torch.zeros(fpc, n_embd))
-        self.f_emb = nn.Embedding(n_fine, n_embd)
-        self.start = nn.Parameter(torch.zeros(n_embd))
-        self.pos = nn.Embedding(window * fpc, n_embd)
-        cfg = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                        block_size=window * fpc, dropout=0.0)  # fmt: skip
-        self.h = nn.ModuleList([Block(cfg, False, True) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
-        for m in self.modules():
-            if isinstance(m, nn.Linear | nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def conditioning(self, coarse: Tensor) -> Tensor:
-        """coarse (B, window + 2·pad) codes (``n_coarse`` outside the file) → (B, window·fpc, C)."""
-        x = self.cond(self.c_emb(coarse).transpose(1, 2)).transpose(1, 2)
-        x = x[:, self.pad : x.shape[1] - self.pad]
-        x = x.repeat_interleave(self.fpc, dim=1)
-        return x + self.phase.repeat(x.shape[1] // self.fpc, 1)
-
-    def forward(self, fine: Tensor, cond: Tensor) -> Tensor:
-        """fine (B, T) the window's fine codes so far (inputs: the codes before each position),
-        cond from :meth:`conditioning` → logits (B, T, n_fine) of fine[0..T-1]."""
-        B, T = fine.shape
-        prev = torch.cat([self.start.expand(B, 1, -1), self.f_emb(fine[:, :-1])], dim=1)
-        x = prev + self.pos(torch.arange(T, device=fine.device)) + cond[:, :T]
-        for block in self.h:
-            x = block(x)
-        return F.linear(self.ln_f(x), self.f_emb.weight)
-
-
-def coarse_window(c: np.ndarray, s: int, window: int, pad: int, outside: int) -> np.ndarray:
-    """Coarse codes of steps s - pad .. s + window + pad (``outside`` beyond the file)."""
-    out = np.full(window + 2 * pad, outside, np.int64)
-    lo, hi = max(0, s - pad), min(c.size, s + window + pad)
-    out[lo - (s - pad) : hi - (s - pad)] = c[lo:hi]
-    return out
-
-
 def train_upsampler(
     model: Upsampler,
     files: list[tuple[np.ndarray, np.ndarray]],
@@ -260,24 +189,6 @@ def train_upsampler(
 # ---- scoring -----------------------------------------------------------------------------------
 
 
-def window_starts(length: int, span: int, stride: int, off: int) -> list[tuple[int, int]]:
-    """(window start, first target scored in it) covering targets ``off .. length - 1``, where
-    a window starting at ``s`` predicts targets ``s + off .. s + off + span - 1``: the first
-    window at 0, the next ones at ``off + k·stride`` (for a stream, ``off`` = 1: on a step's
-    start after BOS, as training windows start), each target scored in the first window that
-    holds it after the previous window's targets (so with at least ``span - stride`` before it
-    once past the first window)."""
-    out, done, k = [], off, 0
-    while done < length:
-        s = off + k * stride if k else 0
-        end = min(length, s + off + span)
-        if end > done:
-            out.append((s, done))
-            done = end
-        k += 1
-    return out
-
-
 @torch.no_grad()
 def stream_nll(
     model: nn.Module, seg: np.ndarray, ctx: int, stride: int
@@ -310,23 +221,6 @@ def levels(
     return coarse, fine
 
 
-@torch.no_grad()
-def upsampler_nll(model: Upsampler, c: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """NLL (nats) of each fine code of a file given all its coarse codes (windows of steps
-    every half window, as :func:`stream_nll`)."""
-    w, fpc = model.window, model.fpc
-    nll = np.zeros(c.size * fpc)
-    for s, first in window_starts(c.size, w, max(1, w // 2), 0):
-        fine = torch.from_numpy(f[s : s + w].reshape(-1))[None]
-        cond = model.conditioning(
-            torch.from_numpy(coarse_window(c, s, w, model.pad, model.n_coarse))[None]
-        )
-        lp = torch.log_softmax(model(fine, cond)[0], -1)
-        got = -lp[torch.arange(fine.shape[1]), fine[0]].numpy()
-        nll[first * fpc : (s + w) * fpc] = got[(first - s) * fpc :]
-    return nll
-
-
 # ---- generation --------------------------------------------------------------------------------
 
 
@@ -339,28 +233,6 @@ def coarse_grammar(tok: AudioVQTokenizer) -> Grammar:
     table = g.table.copy()
     table[:, tok.bos_id] = -1
     return Grammar(table, g.start, g.ended, g.summary)
-
-
-@torch.no_grad()
-def upsample(
-    model: Upsampler, c: np.ndarray, f_known: np.ndarray, params: SamplingParams
-) -> np.ndarray:
-    """Fine codes (steps, fpc) for every step of ``c``: the first ``len(f_known)`` steps given,
-    the rest sampled window by window (each keeping the last half window of steps before it as
-    context, and seeing the coarse codes of the whole window and beyond)."""
-    w, fpc = model.window, model.fpc
-    gen = torch.Generator().manual_seed(params.seed or 0)
-    fine = list(f_known.reshape(-1).tolist())
-    while len(fine) < c.size * fpc:
-        s = max(0, len(fine) // fpc - w // 2)
-        cond = model.conditioning(
-            torch.from_numpy(coarse_window(c, s, w, model.pad, model.n_coarse))[None]
-        )
-        while len(fine) < min(c.size, s + w) * fpc:
-            ctx = torch.tensor(fine[s * fpc :] + [0], dtype=torch.long)[None]
-            logits = model(ctx, cond)[:, -1]
-            fine.append(int(sample_next(logits, params, None, gen)[0]))
-    return np.asarray(fine, np.int64).reshape(c.size, fpc)
 
 
 # ---- the run -----------------------------------------------------------------------------------
