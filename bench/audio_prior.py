@@ -32,8 +32,10 @@ Data and tokenizer are ``bench/audio_gen.py``'s: the same chorales rendered to 1
   context its model trained with: windows as long as the training ones, every half window,
   a code scored in the first window that holds it after the previous window's codes.
 * Generation: both continue the first ``--primer-seconds`` of a validation recording by
-  ``--gen-seconds`` (temperature 0.9, top-k 32), decoded and measured by
-  :func:`cadenza.sample.audio.decode_variations`, the sample job's own path.
+  ``--gen-seconds`` (temperature 0.9, top-k 32): the flat prior by
+  :func:`cadenza.sample.audio.sample_audio` (the sample job's path), the pair by
+  :func:`cadenza.sample.audio.sample_audio_pair` (coarse codes, then the upsampler's fine
+  ones), both decoded and measured alike.
 """
 
 from __future__ import annotations
@@ -56,17 +58,14 @@ from torch import Tensor, nn
 from cadenza.models.audio_upsampler import (
     Upsampler,
     coarse_window,
-    upsample,
     upsampler_nll,
     window_starts,
 )
 from cadenza.models.checkpoint import model_from_checkpoint
 from cadenza.models.registry import resolve_config
-from cadenza.sample.audio import decode_variations, primer_cut
-from cadenza.sample.sampler import SamplingParams, generate
+from cadenza.sample.audio import AudioVariation, primer_cut, sample_audio, sample_audio_pair
 from cadenza.tokenize import build_corpus, tokenizer_from_bytes
 from cadenza.tokenize.audio_vq import AudioVQTokenizer, decode_audio_bytes
-from cadenza.tokenize.grammar import Grammar, Rules, build_grammar
 from cadenza.tokenize.spec import TokenizerSpec
 from cadenza.train import TrainConfig, train
 
@@ -221,20 +220,6 @@ def levels(
     return coarse, fine
 
 
-# ---- generation --------------------------------------------------------------------------------
-
-
-def coarse_grammar(tok: AudioVQTokenizer) -> Grammar:
-    """Coarse codes only, forever (the fixed-length sampling grammar of the coarse stream)."""
-    cb, kc = tok.coarse_base, tok.cfg.coarse_codebook
-    rules = Rules(0, lambda key, b: 0 if cb <= b < cb + kc else None, lambda key: False, "coarse")
-    g = build_grammar(rules, base_size=tok.fine_base, vocab_size=tok.fine_base,
-                      pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)  # fmt: skip
-    table = g.table.copy()
-    table[:, tok.bos_id] = -1
-    return Grammar(table, g.start, g.ended, g.summary)
-
-
 # ---- the run -----------------------------------------------------------------------------------
 
 
@@ -309,42 +294,24 @@ def run(args: argparse.Namespace, seed: int, tok: AudioVQTokenizer,
     a, b = out["flat"]["bits_per_s"]["total"], out["pair"]["bits_per_s"]["total"]
     out["pair_saves_percent"] = round(100 * (a - b) / a, 1)
 
-    # generation: the same primer, options and seed for both
+    # generation: the same primer, options and seed for both, through the product's paths
     options = {"temperature": 0.9, "top_k": 32, "seed": 7}
-    steps = math.ceil(args.gen_seconds * tok.cfg.sample_rate / tok.samples_per_step)
-    pc, pf = tok.wave_codes(primer)
-    prompt = [bos, *[int(i) for i in tok.codes_to_ids(pc, pf)]]
-    params = SamplingParams(**options, max_new_tokens=steps, stop_at_eos=False)
-
-    def flat_gen() -> list[int]:
-        from cadenza.sample.audio import fixed_length_grammar
-
-        p = SamplingParams(**options, max_new_tokens=steps * group, stop_at_eos=False)
-        return generate(flat, [prompt], p, grammar=fixed_length_grammar(tok))[0]
-
-    def pair_gen() -> list[int]:
-        c_prompt = [bos, *[int(x) + tok.coarse_base for x in pc]]
-        new_c = generate(cprior, [c_prompt], params, grammar=coarse_grammar(tok))[0]
-        c = np.concatenate([pc, np.asarray(new_c, np.int64) - tok.coarse_base])
-        f = upsample(up, c, pf.reshape(-1, fpc), params)
-        return [int(i) for i in tok.codes_to_ids(c[pc.size :], f[pc.size :].reshape(-1))]
-
-    out["generation"] = {name: timed(tok, prompt, primer, fn)
-                         for name, fn in (("flat", flat_gen), ("pair", pair_gen))}  # fmt: skip
+    gens: dict[str, Callable[[], AudioVariation]] = {
+        "flat": lambda: sample_audio(flat, tok, primer, options, max_seconds=args.gen_seconds)[0],
+        "pair": lambda: sample_audio_pair(
+            cprior, up, tok, primer, options, max_seconds=args.gen_seconds
+        )[0],
+    }
+    out["generation"] = {name: timed(fn) for name, fn in gens.items()}
     out["load_after"] = os.getloadavg()
     print(json.dumps(out["generation"]), flush=True)
     return out
 
 
-def timed(
-    tok: AudioVQTokenizer, prompt: list[int], primer: np.ndarray, fn: Callable[[], list[int]]
-) -> dict[str, Any]:
-    """Generate twice (the first run pays one-off costs), decode and measure the second."""
-    for _ in range(2):
-        t0 = time.perf_counter()
-        new = fn()
-        gen_s = time.perf_counter() - t0
-    v = decode_variations(tok, prompt, [new], primer, gen_s)[0]
+def timed(fn: Callable[[], AudioVariation]) -> dict[str, Any]:
+    """Generate twice (the first run pays one-off costs) and report the second."""
+    v = fn()
+    v = fn()
     return {
         "new_seconds": round(v.new_seconds, 3),
         "seconds": v.seconds,

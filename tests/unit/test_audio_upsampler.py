@@ -75,3 +75,41 @@ def test_nll_is_per_fine_code_and_upsample_keeps_the_known_steps() -> None:
     assert np.array_equal(out[:4], fine[:4])
     assert out.min() >= 0 and out.max() < 6
     assert np.array_equal(out, upsample(model, coarse, fine[:4], params))
+
+
+def test_pair_continues_the_primer_coarse_then_fine() -> None:
+    """A coarse prior + upsampler's continuation: whole steps after the primer's codes,
+    seeded per variation, decoded and spliced like the flattened prior's."""
+    from cadenza.models.configs import GPTConfig
+    from cadenza.models.gpt import GPT
+    from cadenza.sample.audio import sample_audio_pair
+    from cadenza.tokenize.audio_vq import AudioVQTokenizer
+    from cadenza.tokenize.registry import build_tokenizer
+    from cadenza.tokenize.spec import TokenizerSpec
+    from tests.support.music import chorale_recordings
+
+    config = {"steps": 5, "channels": 16, "coarse_codebook": 16, "fine_codebook": 16}
+    tok = build_tokenizer(TokenizerSpec(name="audio-vq", config=config))
+    assert isinstance(tok, AudioVQTokenizer)
+    data = chorale_recordings()[0].read_bytes()
+    tok.fit([tok.audio_symbols(data)])
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, dropout=0.0, bias=True)
+    coarse = GPT(cfg, tok.fine_base).eval()
+    up = Upsampler(16, 16, 4, window=8, pad=2, n_embd=16, n_layer=1, n_head=2, cond_blocks=1)
+    up.eval()
+    wave = tok.wave(tok.audio_symbols(data))
+    primer = wave[: tok.samples_per_step * 8]
+    options = {"temperature": 1.0, "top_k": 8, "seed": 5}
+
+    got = sample_audio_pair(coarse, up, tok, primer, options, n=2, max_seconds=1.0)
+    steps = int(np.ceil(1.0 * tok.cfg.sample_rate / tok.samples_per_step))
+    for v in got:
+        assert len(v.new_ids) == steps * tok.cfg.group
+        c, f = tok.ids_to_codes(v.new_ids)
+        assert c.size == steps and f.size == steps * 4  # every step whole and in order
+        assert v.seam_s == primer.size / tok.cfg.sample_rate
+        assert v.wave.size > primer.size and np.array_equal(v.wave[:100], primer[:100])
+    assert got[0].new_ids != got[1].new_ids
+    again = sample_audio_pair(coarse, up, tok, primer, options, n=2, max_seconds=1.0)
+    assert [v.new_ids for v in again] == [v.new_ids for v in got]

@@ -10,7 +10,8 @@ Paired with a prior over the coarse codes alone it described the benchmark's val
 in 6 % fewer bits than one flattened prior of the same size (BENCHMARKS.md, "One flattened
 prior, or a coarse prior + an upsampler"; ``bench/audio_prior.py`` trains and scores it).
 
-Not wired into training or sampling yet: nothing in the jobs or the API builds one.
+:func:`cadenza.sample.audio.sample_audio_pair` generates with a coarse prior and one. Not wired
+into training or the jobs yet: nothing in them builds one.
 """
 
 from __future__ import annotations
@@ -155,9 +156,13 @@ def upsample(
     """Fine codes (steps, fpc) for every step of ``coarse``: the first ``len(fine_known)``
     steps as given, the rest sampled window by window, each window keeping the last half
     window of steps before it as context and seeing the coarse codes of all of it and beyond.
-    Seeded by ``params.seed``."""
+    Seeded by ``params.seed`` (None: a fresh seed)."""
     w, fpc = model.window, model.fpc
-    gen = torch.Generator().manual_seed(params.seed or 0)
+    gen = torch.Generator()
+    if params.seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(params.seed)
     fine = [int(x) for x in fine_known.reshape(-1)]
     while len(fine) < coarse.size * fpc:
         s = max(0, len(fine) // fpc - w // 2)
