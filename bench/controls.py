@@ -116,9 +116,10 @@ def train_model(
     seq_len: int = 256,
     arch: str = "music-transformer",
     preset: str = "tiny",
+    config: dict[str, Any] | None = None,
 ) -> Any:
-    """A model (`arch`/`preset`, its context `seq_len`) trained `steps` steps on the corpus;
-    the trained module."""
+    """A model (`arch`/`preset`, its context `seq_len`, `config` overrides of the preset's
+    size) trained `steps` steps on the corpus; the trained module."""
     import torch
 
     from cadenza.models.checkpoint import load_for_inference
@@ -143,7 +144,9 @@ def train_model(
     )  # fmt: skip
     spec = {
         "architecture": arch,
-        "config": resolve_config(arch, preset, {"block_size": seq_len}).model_dump(),
+        "config": resolve_config(
+            arch, preset, {"block_size": seq_len, **(config or {})}
+        ).model_dump(),
         "vocab_size": corpus.tokenizer.vocab_size,
     }
     hooks = Keep()

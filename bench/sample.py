@@ -42,6 +42,7 @@ import shlex  # noqa: E402
 import sys
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from pathlib import Path
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
@@ -330,9 +331,14 @@ def run_reference(args: argparse.Namespace) -> None:
     modes = ["eager", "compiled" if not dev.startswith("cuda") else "cudagraph"]
     if args.no_compile:
         modes = ["eager"]
+    if args.quantize != "none":  # the same decoders over the model's int8 copy
+        modes += [f"{args.quantize} {m}" for m in modes]
 
     def ours(batch: int, mode: str, tokens: int = n) -> None:
-        params = SamplingParams(max_new_tokens=tokens, seed=0, compile=mode != "eager")
+        quantize = mode.split()[0] if " " in mode else "none"
+        params = SamplingParams(
+            max_new_tokens=tokens, seed=0, compile=not mode.endswith("eager"), quantize=quantize
+        )
         generate(model, [[0]], params, n=batch)
 
     # warm-up (kernels, allocator), then the first compiled/captured run, timed on the wall
@@ -340,7 +346,7 @@ def run_reference(args: argparse.Namespace) -> None:
     ours(1, "eager", 16)
     first: dict[tuple[int, str], float] = {}
     for batch in args.batches:
-        for mode in modes[1:]:
+        for mode in [m for m in modes if not m.endswith("eager")]:
             t0 = time.perf_counter()
             _sync(dev)
             ours(batch, mode)
@@ -376,16 +382,15 @@ def run_reference(args: argparse.Namespace) -> None:
     )
     print()
     head = "| batch | reference tok/s |" + "".join(f" {m} tok/s | {m} / reference |" for m in modes)
-    print(head + (" first run (wall) |" if len(modes) > 1 else ""))
-    print("|---:|---:|" + "---:|---:|" * len(modes) + ("---:|" if len(modes) > 1 else ""))
+    firsts = [m for m in modes if not m.endswith("eager")]
+    print(head + "".join(f" first {m} run (wall) |" for m in firsts))
+    print("|---:|---:|" + "---:|---:|" * len(modes) + "---:|" * len(firsts))
     for batch, best, first_run in rows:
         ref = batch * n / best["reference"]
         cells = "".join(
             f" {batch * n / best[m]:.0f} | {best['reference'] / best[m]:.2f}x |" for m in modes
         )
-        extra = ""
-        if len(modes) > 1:
-            extra = f" {first_run[(batch, modes[1])]:.1f} s |"
+        extra = "".join(f" {first_run[(batch, m)]:.1f} s |" for m in firsts)
         print(f"| {batch} | {ref:.0f} |{cells}{extra}")
     if dev.startswith("cuda"):
         bw = copy_bandwidth(dev)
@@ -419,6 +424,19 @@ def reference_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-compile", action="store_true", help="eager only")
     ap.add_argument("--gpu-quick", action="store_true", help="CUDA preset: < 90 s on an H200")
     ap.add_argument("--api", action="store_true", help="sample jobs through the embedded stack")
+    ap.add_argument(
+        "--quantize",
+        default="none",
+        choices=["none", "int8"],
+        help="also time the decoders over the model's int8 copy (the request's `quantize`); "
+        "--api: the jobs' variants are fp32, int8 and int8 compiled",
+    )
+    ap.add_argument(
+        "--quality",
+        action="store_true",
+        help="what int8 costs: a gpt trained on Bach chorales, held-out NLL and KL to float32",
+    )
+    ap.add_argument("--quality-steps", type=int, default=600)
     args = ap.parse_args(argv)
     if args.gpu_quick:
         args.device = "cuda" if args.device == "cpu" else args.device
@@ -435,6 +453,72 @@ def gpu_quick(args: argparse.Namespace) -> None:
     big = argparse.Namespace(**{**vars(args), "layers": 24, "embd": 1024, "heads": 16})
     big.new_tokens, big.batches = 255, [1, 8]
     run_reference(big)
+
+
+# ----------------------------------------------------------------------------- int8's cost
+
+
+def quality_mode(args: argparse.Namespace) -> None:
+    """What `quantize: "int8"` changes in the model's probabilities, on real music: a `gpt` of
+    the bench's size trained `--quality-steps` steps on 100 Bach chorales (REMI corpus, 80/10/10
+    split), then on every 256-token window of the validation split, teacher-forced: the NLL per
+    token of the float32 model and of its int8 copy, the KL divergence from the float32
+    distribution to the int8 one per token, and how often both rank the same token first.
+    """
+    from controls import build, train_model  # bench/controls.py: corpus and training helpers
+
+    from cadenza.datasets import export_bach_chorales
+    from cadenza.models.quantize import quantize_int8
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cache = Path(os.environ.get("CADENZA_TEST_CACHE", Path(__file__).parents[1] / ".cache"))
+    paths = export_bach_chorales(cache / "bach-midi", 100)
+    corpus = build([(p.stem, p.read_bytes()) for p in paths], controls=[])
+    size = {"n_layer": args.layers, "n_embd": args.embd, "n_head": args.heads, "dropout": 0.0}
+    t0 = time.perf_counter()
+    model = train_model(corpus, args.quality_steps, arch="gpt", preset="small", config=size)
+    train_s = time.perf_counter() - t0
+    q = quantize_int8(model)
+    val = torch.as_tensor(corpus.splits["val"].astype("int64"))
+    win = 256
+    windows = val[: (val.numel() - 1) // win * win + 1]
+    xs = windows[:-1].view(-1, win)
+    ys = windows[1:].view(-1, win)
+    nll32 = nll8 = kl = agree = 0.0
+    count = 0
+    with torch.no_grad():
+        for x, y in zip(xs.split(8), ys.split(8), strict=True):
+            lp32 = F.log_softmax(model(x)[0].float(), -1)
+            lp8 = F.log_softmax(q(x)[0].float(), -1)
+            nll32 += -lp32.gather(-1, y[..., None]).sum().item()
+            nll8 += -lp8.gather(-1, y[..., None]).sum().item()
+            kl += (lp32.exp() * (lp32 - lp8)).sum().item()
+            agree += (lp32.argmax(-1) == lp8.argmax(-1)).sum().item()
+            count += y.numel()
+    bytes32 = sum(p.numel() * p.element_size() for p in model.parameters())
+    bytes8 = sum(b.numel() * b.element_size() for b in q.buffers()) + sum(
+        p.numel() * p.element_size() for p in q.parameters()
+    )
+    load = os.getloadavg()
+    print(f"Command: `python bench/sample.py {' '.join(sys.argv[1:])}`  ")
+    print(
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}; load average "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}  "
+    )
+    print(
+        f"Model: gpt {args.layers}x{args.embd}, {model.num_params() / 1e6:.2f} M parameters, "
+        f"trained {args.quality_steps} steps ({train_s:.0f} s) on {len(paths)} chorales, "
+        f"vocabulary {corpus.tokenizer.vocab_size}; {count:,} held-out tokens  "
+    )
+    print()
+    print("| model | weights (MB) | held-out NLL (nats/token) | KL from float32 | same top token |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| float32 | {bytes32 / 1e6:.1f} | {nll32 / count:.4f} | | |")
+    print(
+        f"| int8 weights, bfloat16 activations | {bytes8 / 1e6:.1f} | {nll8 / count:.4f} | "
+        f"{kl / count:.5f} | {100 * agree / count:.1f} % |"
+    )
 
 
 # ----------------------------------------------------------------------------- through the API
@@ -457,7 +541,6 @@ def api_mode(args: argparse.Namespace) -> None:
     vocabulary, interleaved with the jobs; both use one thread.
     """
     import tempfile
-    from pathlib import Path
 
     from cadenza.client import Client
     from cadenza.datasets import export_bach_chorales
@@ -498,7 +581,7 @@ def api_mode(args: argparse.Namespace) -> None:
             model_id = job["model_id"]
             vocab = int(corpus["vocab_size"])
 
-            def sample_job(batch: int, tokens: int, compile: bool) -> float:
+            def sample_job(batch: int, tokens: int, compile: bool, quantize: str) -> float:
                 body = {
                     "n": batch,
                     "max_new_tokens": tokens,
@@ -507,6 +590,7 @@ def api_mode(args: argparse.Namespace) -> None:
                     "min_notes": 0,
                     "resample_empty": 0,
                     "compile": compile,
+                    "quantize": quantize,
                 }
                 done = c.wait(c.sample(model_id, **body)["id"])
                 if done["state"] != "succeeded":
@@ -517,16 +601,26 @@ def api_mode(args: argparse.Namespace) -> None:
             VOCAB = vocab
             ref_model = gpt_model(args.layers, args.embd, args.heads, args.block, "cpu", "float32")
             reference_generate(ref_model, 1, 16)
-            sample_job(1, 1, False)  # the worker loads torch and the model once
+            sample_job(1, 1, False, "none")  # the worker loads torch and the model once
+            variants = [("float32", False, "none")]
+            if args.quantize != "none":
+                variants += [(args.quantize, False, args.quantize)]
+                variants += [(f"{args.quantize} compiled", True, args.quantize)]
             rows = []
             for batch in args.batches:
-                ref, ours, one = [], [], []
-                for _ in range(args.repeats):
-                    ref.append(_timed(lambda b=batch: reference_generate(ref_model, b, n), "cpu"))  # type: ignore[misc]
-                    one.append(sample_job(batch, 1, False))
-                    ours.append(sample_job(batch, n, False) - one[-1])
-                rows.append((batch, min(ref), min(ours), min(one)))
-                print(f"# batch {batch}: ref {ref} ours {ours} one-token {one}", file=sys.stderr)
+                for name, compile, quantize in variants:
+                    ref, ours, one = [], [], []
+
+                    def reference(b: int = batch) -> None:
+                        reference_generate(ref_model, b, n)
+
+                    for _ in range(args.repeats):
+                        ref.append(_timed(reference, "cpu"))
+                        one.append(sample_job(batch, 1, compile, quantize))
+                        ours.append(sample_job(batch, n, compile, quantize) - one[-1])
+                    rows.append((batch, name, min(ref), min(ours), min(one)))
+                    say = f"# batch {batch} {name}: ref {ref} ours {ours} one-token {one}"
+                    print(say, file=sys.stderr)
     load = os.getloadavg()
     print(f"Command: `python bench/sample.py {' '.join(sys.argv[1:])}`  ")
     print(
@@ -538,11 +632,11 @@ def api_mode(args: argparse.Namespace) -> None:
         f"tokens, job time = started->finished minus a 1-token job; best of {args.repeats}  "
     )
     print()
-    print("| batch | reference tok/s | API job tok/s | job / reference | 1-token job |")
-    print("|---:|---:|---:|---:|---:|")
-    for batch, ref_s, ours_s, one_s in rows:
+    print("| batch | job | reference tok/s | API job tok/s | job / reference | 1-token job |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for batch, name, ref_s, ours_s, one_s in rows:
         print(
-            f"| {batch} | {batch * n / ref_s:.0f} | {batch * n / ours_s:.0f} | "
+            f"| {batch} | {name} | {batch * n / ref_s:.0f} | {batch * n / ours_s:.0f} | "
             f"{ref_s / ours_s:.2f}x | {one_s:.2f} s |"
         )
 
@@ -552,7 +646,9 @@ if __name__ == "__main__":
         recompute_main()
     else:
         ns = reference_args()
-        if ns.api:
+        if ns.quality:
+            quality_mode(ns)
+        elif ns.api:
             api_mode(ns)
         elif ns.gpu_quick:
             gpu_quick(ns)

@@ -386,6 +386,7 @@ def test_edit_requests_and_constrained_decoding(page: Page) -> None:
     assert js(page, "return L.sampleRequest({constrained: 'off'});") == {"constrained": False}
     assert js(page, "return L.sampleRequest({constrained: 'on'});") == {"constrained": True}
     assert js(page, "return L.sampleRequest({});") == {}
+    assert js(page, "return L.sampleRequest({quantize: 'on'});") == {"quantize": "int8"}
     assert js(page, "return [L.programName(33), L.programName(0, true), L.programName(200)];") == [
         "program 33 (bass)",
         "drums",

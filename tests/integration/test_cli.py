@@ -91,6 +91,8 @@ def test_cli_dataset_to_sample_audio_and_picture(
         "20",
         "--options",
         '{"repetition_penalty": 1.1}',
+        "--quantize",
+        "int8",
         "-o",
         str(out),
     ).stdout.split()
@@ -98,6 +100,8 @@ def test_cli_dataset_to_sample_audio_and_picture(
     assert len(mids) == 2 and sorted(map(str, mids)) == sorted(printed)
     for mid in mids:
         assert symusic.Score(str(mid)).note_num() > 0
+    # Decoded by the model's int8 copy, and the sample records that it was.
+    assert cli_json(stack, "samples", "show", mids[0].stem)["params"]["quantize"] == "int8"
 
     # MIDI in, MIDI out: one command, the continuation written beside the input (or -o).
     cont = tmp_path / "cont.mid"

@@ -367,6 +367,13 @@ def sample(
         ),
     ] = None,
     tags: Annotated[str | None, typer.Option(help="style tags, comma-separated")] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="int8: decode with the model's int8 copy (about 2x faster at batch 1 on CPU, "
+            "probabilities change slightly); none: as trained (the default)"
+        ),
+    ] = None,
     options: Annotated[
         str,
         typer.Option(
@@ -445,6 +452,8 @@ def sample(
             opts["controls"] = _controls_option(control)
         if tags:
             opts["tags"] = _list_option(tags)
+        if quantize is not None:
+            opts["quantize"] = quantize
         job = follow(c, c.sample(model_id, **opts), "sample")
         for sid in job["sample_ids"]:
             if c.get(f"/v1/samples/{sid}")["meta"].get("kind") == "audio":  # an audio-vq model's

@@ -8,7 +8,7 @@ decoding (argmax), and `min_p=0` (or null) turns the min-p filter off.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -48,6 +48,13 @@ class SamplingOptions(BaseModel):
         description="compile the model's decode step with torch.compile (CPU; CUDA replays a "
         "CUDA graph anyway): true, false, or null = only when the job is long enough to "
         "repay the one-off compile or the worker compiled the same shapes before",
+    )
+    quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description="int8 = decode with a copy of the model whose linear layers hold int8 "
+        "weights (one scale per output channel) and bfloat16 activations: about 2x the tokens "
+        "per second of float32 at batch 1 on CPU, at a small measured change of the "
+        "probabilities; none = the model as trained (float32 on CPU)",
     )
 
     constrained: bool = Field(

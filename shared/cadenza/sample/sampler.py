@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cadenza.models.base import CadenzaModel
+from cadenza.models.quantize import prepare_for_sampling
 from cadenza.sample.constrain import Constraint
 from cadenza.sample.decode import (
     Decoder,
@@ -62,6 +63,7 @@ class SamplingParams:
     stop_at_eos: bool = True  # a row ends at eos_id (which is kept as its last token)
     window_keep: int | None = None  # tokens kept when sliding past block_size; None = half
     compile: bool | None = None  # compile the decode step; None = when it pays (decode.py)
+    quantize: str = "none"  # "int8": decode with the model's int8 copy (models.quantize)
     constrained: bool = True  # mask what the grammar passed to generate() forbids
 
     def __post_init__(self) -> None:
@@ -95,6 +97,7 @@ _SHARED_FIELDS = (
     "seed",
     "stop_at_eos",
     "compile",
+    "quantize",
     "constrained",
 )
 
@@ -543,6 +546,7 @@ def generate(
     while `params.constrained` is true.
     """
     params = params or SamplingParams()
+    model = prepare_for_sampling(model, params.quantize)
     keep = _window_keep(model, params)
 
     def make(batch: int, dev: torch.device) -> _Stepper:
@@ -572,6 +576,7 @@ def generate_uncached(
     params = params or SamplingParams()
     if window not in ("slide", "same"):
         raise ValueError(f"window must be 'slide' or 'same', got {window!r}")
+    model = prepare_for_sampling(model, params.quantize)
     keep: int | None = _window_keep(model, params) if window == "same" else None
 
     def make(batch: int, dev: torch.device) -> _Stepper:

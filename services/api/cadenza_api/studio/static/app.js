@@ -1078,6 +1078,13 @@ async function samplesPage(main, signal, modelId) {
         h("label", { for: "constrained", text: "Constrained decoding" }),
         h("small", { id: "constrained-hint", class: "hint", text: "sample only the tokens the grammar allows" }),
       ),
+      h(
+        "div",
+        { class: "field check wide" },
+        h("input", { type: "checkbox", name: "quantize", id: "quantize", value: "on", "aria-describedby": "quantize-hint" }),
+        h("label", { for: "quantize", text: "Fast decoding (int8 weights)" }),
+        h("small", { id: "quantize-hint", class: "hint", text: "about twice the speed on a CPU; the probabilities change slightly" }),
+      ),
     ),
     steerFields(model.capabilities),
     h("button", { type: "submit", text: "Generate" }),

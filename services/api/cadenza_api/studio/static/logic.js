@@ -407,6 +407,8 @@ export function sampleRequest(values) {
   if (tags.length) body.tags = tags.sort();
   // The form's checkbox comes with a hidden "off" before it, so unchecked still says so.
   if (values.constrained === "on" || values.constrained === "off") body.constrained = values.constrained === "on";
+  // "Fast decoding": the model's int8 copy (the API's `quantize`); unchecked leaves the default.
+  if (values.quantize === "on") body.quantize = "int8";
   return body;
 }
 
