@@ -18,7 +18,8 @@ Data and tokenizer are ``bench/audio_gen.py``'s: the same chorales rendered to 1
   codes of a window of steps, whose every position's input adds the coarse codes around it,
   past and future (embedded, a non-causal residual convolution stack over the window and
   ``--cond-pad`` steps beyond each side, repeated ×4 with a learned per-phase vector): Jukebox's
-  conditioner.
+  conditioner. It trains by :func:`cadenza.train.upsampler.train_upsampler`, the `train`
+  job's loop for a pair model (``train.audio_prior`` pair).
 * Budget: every model sees batches of 8 × 100 ids; the pair's two models share the flat prior's
   optimizer steps (``--coarse-share`` of them for the coarse prior), and their widths
   (``--pair-width``, 48 against the flat prior's 64) are chosen so the pair's parameters total
@@ -51,13 +52,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from audio_gen import CACHE, Last, prior_train_config, recordings
-from torch import Tensor, nn
+from torch import nn
 
 from cadenza.models.audio_upsampler import (
     Upsampler,
-    coarse_window,
+    coarse_stream,
+    file_codes,
     upsampler_nll,
     window_starts,
 )
@@ -67,7 +68,8 @@ from cadenza.sample.audio import AudioVariation, primer_cut, sample_audio, sampl
 from cadenza.tokenize import build_corpus, tokenizer_from_bytes
 from cadenza.tokenize.audio_vq import AudioVQTokenizer, decode_audio_bytes
 from cadenza.tokenize.spec import TokenizerSpec
-from cadenza.train import TrainConfig, train
+from cadenza.train import train
+from cadenza.train.upsampler import train_upsampler
 
 LN2 = math.log(2.0)
 
@@ -108,81 +110,6 @@ def segments(arr: np.ndarray, bos: int) -> list[np.ndarray]:
     """A corpus stream cut at each BOS: one array per file (BOS, its ids, EOS)."""
     starts = np.flatnonzero(arr == bos).tolist() + [arr.size]
     return [arr[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
-
-
-def coarse_stream(arr: np.ndarray, tok: AudioVQTokenizer) -> np.ndarray:
-    """The flattened stream without its fine ids: specials and coarse ids keep their ids, so
-    the coarse prior's vocabulary is the first ``fine_base`` ids."""
-    return arr[arr < tok.fine_base]
-
-
-def file_codes(arr: np.ndarray, tok: AudioVQTokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(coarse (steps,), fine (steps, fine_per_coarse)) codes of each file of a split."""
-    out = []
-    for seg in segments(arr, tok.bos_id):
-        c, f = tok.ids_to_codes(seg.tolist())
-        if c.size:
-            out.append((c, f.reshape(c.size, tok.cfg.fine_per_coarse)))
-    return out
-
-
-# ---- the upsampler -----------------------------------------------------------------------------
-
-
-def train_upsampler(
-    model: Upsampler,
-    files: list[tuple[np.ndarray, np.ndarray]],
-    cfg: TrainConfig,
-    score: Callable[[], float] | None = None,
-) -> tuple[float, int]:
-    """``cfg.max_steps`` AdamW steps (the trainer's lr schedule, betas, decay on matrices,
-    clipping) on batches of ``cfg.batch_size`` windows. With ``score`` (val NLL), it is called
-    every ``cfg.eval_interval`` steps and at the end, and the weights of the lowest score are
-    kept, as the trainer keeps its best checkpoint. Returns (wall seconds, the kept step)."""
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    w, pad, outside = model.window, model.pad, model.n_coarse
-    starts = [(i, s) for i, (c, _) in enumerate(files) for s in range(max(1, c.size - w + 1))]
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
-        lr=cfg.lr,
-        betas=cfg.betas,
-    )
-    best: tuple[float, int, dict[str, Tensor] | None] = (math.inf, cfg.max_steps, None)
-    model.train()
-    t0 = time.perf_counter()
-    for step in range(cfg.max_steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr_at(step)
-        picks = rng.integers(len(starts), size=cfg.batch_size)
-        fine, cond = [], []
-        for k in picks:
-            i, s = starts[int(k)]
-            c, f = files[i]
-            fine.append(f[s : s + w].reshape(-1))
-            cond.append(coarse_window(c, s, w, pad, outside))
-        n = min(x.size for x in fine)
-        y = torch.from_numpy(np.stack([x[:n] for x in fine]))
-        logits = model(y, model.conditioning(torch.from_numpy(np.stack(cond))))
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        done = step + 1
-        if score is not None and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
-            model.eval()
-            got = score()
-            model.train()
-            if got < best[0]:
-                best = (got, done, {k: v.clone() for k, v in model.state_dict().items()})
-    model.eval()
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    return time.perf_counter() - t0, best[1]
 
 
 # ---- scoring -----------------------------------------------------------------------------------
@@ -275,8 +202,10 @@ def run(args: argparse.Namespace, seed: int, tok: AudioVQTokenizer,
     def up_val() -> float:
         return sum(float(upsampler_nll(up, c, f).sum()) for c, f in val_codes)
 
-    u_seconds, u_kept = train_upsampler(up, file_codes(splits["train"], tok), u_cfg,
-                                        up_val if every else None)  # fmt: skip
+    t0 = time.perf_counter()
+    u_kept = train_upsampler(up, file_codes(splits["train"], tok), u_cfg,
+                             up_val if every else None)[1]  # fmt: skip
+    u_seconds = time.perf_counter() - t0
     coarse_n = levels(tok, cprior, c_data["val"], ctx, ctx // 2)[0]
     fine_n = up_val()
     out["pair"] = {

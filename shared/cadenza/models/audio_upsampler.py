@@ -10,11 +10,16 @@ Paired with a prior over the coarse codes alone it described the benchmark's val
 in 6 % fewer bits than one flattened prior of the same size (BENCHMARKS.md, "One flattened
 prior, or a coarse prior + an upsampler"; ``bench/audio_prior.py`` trains and scores it).
 
-:func:`cadenza.sample.audio.sample_audio_pair` generates with a coarse prior and one. Not wired
-into training or the jobs yet: nothing in them builds one.
+:func:`cadenza.sample.audio.sample_audio_pair` generates with a coarse prior and one. A model
+trained with ``train.audio_prior = "pair"`` (:mod:`cadenza.train.upsampler`) carries one in each
+of its checkpoints under :data:`UPSAMPLER_KEY` (:func:`upsampler_entry`), beside the coarse
+prior's own weights, so `best` and `latest` are each a whole pair.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +30,12 @@ from torch import Tensor, nn
 from cadenza.models.configs import GPTConfig
 from cadenza.models.gpt import Block
 from cadenza.sample.sampler import SamplingParams, sample_next
+
+if TYPE_CHECKING:
+    from cadenza.tokenize.audio_vq import AudioVQTokenizer
+
+#: The checkpoint entry of a pair model's upsampler (absent from every other checkpoint).
+UPSAMPLER_KEY = "upsampler"
 
 
 class _ResConv(nn.Module):
@@ -76,6 +87,10 @@ class Upsampler(nn.Module):
             if isinstance(m, nn.Linear | nn.Embedding):
                 nn.init.normal_(m.weight, std=0.02)
 
+        self.arch = {"n_coarse": n_coarse, "n_fine": n_fine, "fine_per_coarse": fine_per_coarse,
+                     "window": window, "pad": pad, "n_embd": n_embd, "n_layer": n_layer,
+                     "n_head": n_head, "cond_blocks": cond_blocks, "kernel": kernel}  # fmt: skip
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -95,6 +110,45 @@ class Upsampler(nn.Module):
         for block in self.h:
             x = block(x)
         return F.linear(self.ln_f(x), self.f_emb.weight)
+
+
+def upsampler_entry(model: Upsampler) -> dict[str, Any]:
+    """The checkpoint entry of ``model``: its constructor's arguments (ints) and its weights
+    (CPU tensors), plain containers a weights-only load opens."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {"arch": dict(model.arch), "state": state}
+
+
+def upsampler_from_entry(entry: Mapping[str, Any]) -> Upsampler:
+    """The upsampler (eval mode, CPU) of a checkpoint's :data:`UPSAMPLER_KEY` entry."""
+    arch = {k: int(v) for k, v in dict(entry["arch"]).items()}
+    n_coarse, n_fine, fpc = arch.pop("n_coarse"), arch.pop("n_fine"), arch.pop("fine_per_coarse")
+    window, pad = arch.pop("window"), arch.pop("pad")
+    model = Upsampler(n_coarse, n_fine, fpc, window, pad, **arch)
+    model.load_state_dict(dict(entry["state"]))
+    return model.eval()
+
+
+def coarse_stream(ids: NDArray[np.int64], tok: AudioVQTokenizer) -> NDArray[np.int64]:
+    """A flattened corpus stream without its fine ids (and tag ids): specials and coarse ids
+    keep their ids, so a coarse prior's vocabulary is the first ``tok.fine_base`` ids."""
+    return ids[ids < tok.fine_base]
+
+
+def file_codes(
+    ids: NDArray[np.int64], tok: AudioVQTokenizer
+) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """(coarse (steps,), fine (steps, fine_per_coarse)) codes of each file of a flattened
+    corpus stream (files start at BOS)."""
+    starts = np.flatnonzero(ids == tok.bos_id).tolist() + [ids.size]
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    out = []
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        c, f = tok.ids_to_codes(ids[a:b].tolist())
+        if c.size:
+            out.append((c, f.reshape(c.size, tok.cfg.fine_per_coarse)))
+    return out
 
 
 def coarse_window(
@@ -176,4 +230,15 @@ def upsample(
     return np.asarray(fine, np.int64).reshape(coarse.size, fpc)
 
 
-__all__ = ["Upsampler", "coarse_window", "upsample", "upsampler_nll", "window_starts"]
+__all__ = [
+    "UPSAMPLER_KEY",
+    "Upsampler",
+    "coarse_stream",
+    "coarse_window",
+    "file_codes",
+    "upsample",
+    "upsampler_entry",
+    "upsampler_from_entry",
+    "upsampler_nll",
+    "window_starts",
+]

@@ -283,13 +283,15 @@ def sample_audio_pair(
     max_seconds: float | None = None,
     include_primer: bool = True,
     device: str = "cpu",
+    on_token: Callable[[int, list[list[int]]], bool | None] | None = None,
 ) -> list[AudioVariation]:
     """:func:`sample_audio` for Jukebox's layout: ``coarse_model`` (a prior over the coarse
     stream) continues the primer's coarse codes, then ``upsampler`` writes the fine codes of the
     new steps given all the coarse codes, the primer's true fine codes before them; the result
     is decoded and measured as :func:`sample_audio`'s is. Variation ``i`` upsamples with seed
-    ``seed + i``. No tags: the coarse stream has no conditioning prefix. The upsampler runs on
-    the CPU."""
+    ``seed + i``. No tags: the coarse stream has no conditioning prefix. ``on_token`` hears of
+    each coarse step (as :func:`cadenza.sample.sampler.generate` reports it; true cancels, and
+    the steps sampled so far are upsampled and returned). The upsampler runs on the CPU."""
     from dataclasses import replace
 
     from cadenza.models.audio_upsampler import upsample
@@ -310,7 +312,13 @@ def sample_audio_pair(
     t0 = time.perf_counter()
     c_prompt = [tok.bos_id, *[int(c) + tok.coarse_base for c in pc]]
     coarse_rows = generate(
-        coarse_model, [c_prompt], params, n=n, device=device, grammar=coarse_grammar(tok)
+        coarse_model,
+        [c_prompt],
+        params,
+        n=n,
+        on_token=on_token,
+        device=device,
+        grammar=coarse_grammar(tok),
     )
     rows: list[list[int]] = []
     for i, new in enumerate(coarse_rows):
