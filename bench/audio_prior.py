@@ -36,7 +36,9 @@ Data and tokenizer are ``bench/audio_gen.py``'s: the same chorales rendered to 1
   ``--gen-seconds`` (temperature 0.9, top-k 32): the flat prior by
   :func:`cadenza.sample.audio.sample_audio` (the sample job's path), the pair by
   :func:`cadenza.sample.audio.sample_audio_pair` (coarse codes, then the upsampler's fine
-  ones), both decoded and measured alike.
+  ones), both decoded and measured alike. ``--gen-seeds N`` repeats it with sampling seeds
+  7 .. 7+N-1 and counts, per prior, the seams whose |Δ RMS| (or flux) exceeds the output's own
+  95th percentile.
 """
 
 from __future__ import annotations
@@ -232,9 +234,39 @@ def run(args: argparse.Namespace, seed: int, tok: AudioVQTokenizer,
         )[0],
     }
     out["generation"] = {name: timed(fn) for name, fn in gens.items()}
+    if args.gen_seeds > 1:  # the seam over more sampling seeds: is one prior's rougher?
+        seams: dict[str, list[dict[str, float]]] = {"flat": [], "pair": []}
+        for k in range(args.gen_seeds):
+            opts = {**options, "seed": 7 + k}
+            seams["flat"].append(
+                sample_audio(flat, tok, primer, opts, max_seconds=args.gen_seconds)[0].metrics[
+                    "seam"
+                ]
+            )
+            seams["pair"].append(sample_audio_pair(cprior, up, tok, primer, opts,
+                                                   max_seconds=args.gen_seconds)[0]
+                                 .metrics["seam"])  # fmt: skip
+        out["seams"] = {name: seam_summary(got) for name, got in seams.items()}
     out["load_after"] = os.getloadavg()
     print(json.dumps(out["generation"]), flush=True)
     return out
+
+
+def seam_summary(seams: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """How often the seam's |Δ RMS| and spectral flux exceed the output's own 95th percentile,
+    and their medians beside the medians of those percentiles."""
+
+    def med(key: str) -> float:
+        return round(float(np.median([s[key] for s in seams])), 3)
+
+    return {
+        "n": len(seams),
+        "rms_over_p95": sum(s["rms_jump_db"] > s["rms_jump_db_p95"] for s in seams),
+        "flux_over_p95": sum(s["flux"] > s["flux_p95"] for s in seams),
+        "click": sum(s["sample_step"] > 2 * s["sample_step_p999"] + 1e-3 for s in seams),
+        "rms_jump_db": med("rms_jump_db"), "rms_jump_db_p95": med("rms_jump_db_p95"),
+        "flux": med("flux"), "flux_p95": med("flux_p95"),
+    }  # fmt: skip
 
 
 def timed(fn: Callable[[], AudioVariation]) -> dict[str, Any]:
@@ -274,6 +306,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1337])
     ap.add_argument("--primer-seconds", type=float, default=4.0)
     ap.add_argument("--gen-seconds", type=float, default=5.0)
+    ap.add_argument("--gen-seeds", type=int, default=1,
+                    help="also continue the primer with sampling seeds 7.. 7+N-1 and count "
+                    "the seams over the output's 95th percentile")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--refit", action="store_true", help="fit the tokenizer again")
     args = ap.parse_args()

@@ -232,7 +232,8 @@ def test_audio_vq_pair_model_trains_and_continues_a_recording(embedded_stack: St
         seam = meta["seam_s"]
         assert seam == pytest.approx(4.0, abs=0.13)
         assert wave.size / rate == pytest.approx(seam + 3.0, abs=0.13)
-        assert meta["primer_tokens"] == 1 + round(seam * rate / 2048) * 5  # BOS, no tag slots
+        # BOS and the primer's steps but the last, which the pair regenerates; no tag slots
+        assert meta["primer_tokens"] == 1 + (round(seam * rate / 2048) - 1) * 5
         new = wave[int(seam * rate) :]
         assert 20 * np.log10(np.sqrt(np.mean(new**2)) + 1e-9) > -45  # not silent
         assert meta["audio"]["spectral_flatness"] < NOISE_FLATNESS / 2, meta["audio"]

@@ -104,10 +104,11 @@ def test_pair_continues_the_primer_coarse_then_fine() -> None:
 
     got = sample_audio_pair(coarse, up, tok, primer, options, n=2, max_seconds=1.0)
     steps = int(np.ceil(1.0 * tok.cfg.sample_rate / tok.samples_per_step))
-    for v in got:
-        assert len(v.new_ids) == steps * tok.cfg.group
+    for v in got:  # the primer's last step is regenerated (pair_primer_codes)
+        assert len(v.new_ids) == (steps + 1) * tok.cfg.group
         c, f = tok.ids_to_codes(v.new_ids)
-        assert c.size == steps and f.size == steps * 4  # every step whole and in order
+        assert c.size == steps + 1 and f.size == (steps + 1) * 4  # every step whole, in order
+        assert v.new_seconds == steps * tok.samples_per_step / tok.cfg.sample_rate
         assert v.seam_s == primer.size / tok.cfg.sample_rate
         assert v.wave.size > primer.size and np.array_equal(v.wave[:100], primer[:100])
     assert got[0].new_ids != got[1].new_ids

@@ -36,7 +36,12 @@ def run(
     model: CadenzaModel,
     device: str,
 ) -> Outcome:
-    from cadenza.sample.audio import primer_cut, sample_audio, sample_audio_pair
+    from cadenza.sample.audio import (
+        pair_primer_codes,
+        primer_cut,
+        sample_audio,
+        sample_audio_pair,
+    )
     from cadenza.tokenize.audio_vq import decode_audio_bytes
 
     if p.mode != "continue":
@@ -108,8 +113,10 @@ def run(
             tags=p.tags or (),
         )
     stored = [_store(ctx, tok, v, len(variations)) for v in variations]
-    head = 1 if pair else 1 + tok.tag_slots
-    prompt_tokens = head + (0 if primer is None else len(tok.wave_ids(primer)))
+    if pair:  # the prior's prompt: BOS and the primer's steps but its last (regenerated)
+        prompt_tokens = 1 + pair_primer_codes(tok, primer)[0].size * tok.cfg.group
+    else:
+        prompt_tokens = 1 + tok.tag_slots + (0 if primer is None else len(tok.wave_ids(primer)))
 
     from cadenza.jobs.handlers.sample import samples_outcome
 
