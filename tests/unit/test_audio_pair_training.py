@@ -4,11 +4,14 @@ streams each half trains on, the upsampler's loop, and its entry in a checkpoint
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from cadenza.models.audio_upsampler import (
     UPSAMPLER_KEY,
@@ -127,3 +130,75 @@ def test_the_upsampler_travels_in_a_weights_only_checkpoint() -> None:
     fine = torch.from_numpy(rng.integers(0, 8, (1, 20)))
     with torch.no_grad():
         assert torch.equal(back(fine, back.conditioning(coarse)), up(fine, up.conditioning(coarse)))
+
+
+def stream(files: list[tuple[np.ndarray, np.ndarray]], tok: AudioVQTokenizer) -> np.ndarray:
+    """A corpus stream of ``files``: BOS, its flattened codes, EOS each."""
+    parts = [np.asarray([tok.bos_id, *tok.codes_to_ids(c, f), tok.eos_id]) for c, f in files]
+    return np.concatenate(parts).astype(np.int64)
+
+
+def test_the_train_job_writes_the_upsampler_into_every_checkpoint_and_again_on_resume(
+    tmp_path: Path,
+) -> None:
+    """The job's second phase adds the upsampler to `best` and `latest` alike, keeping their
+    rows and the prior's weights; a resumed attempt, whose loop may have re-saved the latest
+    without it, retrains it and writes it again, leaving no stray objects."""
+    from cadenza.db.models import Checkpoint, Owner
+    from cadenza.jobs.handlers.train import _Hooks, _train_upsampler
+    from cadenza.jobs.runner import claim_context
+    from cadenza.models.checkpoint import build_from_spec, model_checkpoint, model_from_checkpoint
+    from cadenza.models.configs import GPTConfig
+    from cadenza.storage import job_key, open_store
+    from tests.unit.test_jobs import embedded_with_owner, make_model, new_job
+
+    settings, factory, owner_id = embedded_with_owner(tmp_path, "dora")
+    with factory() as s:
+        owner = s.get(Owner, owner_id)
+        assert owner is not None
+        job_id = new_job(s, owner).id
+        model = make_model(s, owner, job_id)
+        s.expunge_all()
+    ctx = claim_context(job_id, settings)
+    assert ctx is not None
+    cfg = TrainConfig(audio_prior="pair", max_steps=20, upsampler_steps=20, warmup_steps=2,
+                      eval_interval=10, batch_size=4, seq_len=32, keep_last_n=1)  # fmt: skip
+    hooks = _Hooks(ctx, model, cfg, share=0.5)
+    tok = tokenizer()
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, dropout=0.0, bias=True)
+    spec = {"architecture": "gpt", "config": config.model_dump(mode="json"),
+            "vocab_size": tok.fine_base}  # fmt: skip
+    payloads = {}
+    for step, best in ((10, True), (20, False)):
+        prior = build_from_spec(spec)
+        ckpt = model_checkpoint(prior.state_dict(), spec, tokenizer_hash="h", step=step)
+        payloads[step] = dump_checkpoint(ckpt)
+        hooks.save_checkpoint(step, payloads[step], val_loss=1.0 if best else 2.0, is_best=best)
+    data = {"train": stream(learnable(3, 30, 0), tok), "val": stream(learnable(1, 20, 1), tok)}
+    store = open_store(settings)
+
+    def rows() -> list[tuple[int, bool, dict[str, Any]]]:
+        with factory() as s:
+            got = s.scalars(
+                select(Checkpoint).filter_by(model_id=model.id).order_by(Checkpoint.step)
+            )
+            return [(c.step, c.is_best, load_checkpoint(store.get(c.object_key))) for c in got]
+
+    for attempt in range(2):
+        summary = _train_upsampler(ctx, hooks, tok, data, cfg, spec, 0.5)
+        assert summary["steps"] == 20 and summary["kept_step"] in (10, 20)
+        assert summary["val_nll"] > 0 and summary["stopped"] is False
+        got = rows()
+        assert [(step, best) for step, best, _ in got] == [(10, True), (20, False)]
+        for step, _, payload in got:
+            prior = model_from_checkpoint(payload)  # the prior loads as any model's weights
+            saved = load_checkpoint(payloads[step])["model"]
+            assert all(torch.equal(v, saved[k]) for k, v in prior.state_dict().items())
+            up = upsampler_from_entry(payload[UPSAMPLER_KEY])
+            assert up.arch["n_embd"] == 16 and up.window == 8
+        with factory() as s:
+            named = set(s.scalars(select(Checkpoint.object_key).filter_by(model_id=model.id)))
+        assert {o.key for o in store.list(job_key(job_id, "checkpoints"))} == named
+        if attempt == 0:  # a resumed loop re-saves its last checkpoint as it trained it
+            hooks.save_checkpoint(20, payloads[20], val_loss=2.0, is_best=False)
+            assert UPSAMPLER_KEY not in rows()[1][2]
