@@ -221,11 +221,11 @@ def run(ctx: JobContext) -> Outcome:
         "vocab_size": model.vocab_size,
     }
     pair = _pair_tokenizer(ctx, corpus, model, cfg)
-    share = 1.0
+    share, full = 1.0, data
     if pair is not None:  # the prior reads the coarse codes alone; the upsampler the rest
         from cadenza.models.audio_upsampler import coarse_stream
 
-        full, data = data, {k: coarse_stream(v, pair) for k, v in data.items()}
+        data = {k: coarse_stream(v, pair) for k, v in data.items()}
         spec["vocab_size"] = pair.fine_base
         share = cfg.max_steps / (cfg.max_steps + (cfg.upsampler_steps or cfg.max_steps))
     slots = 0 if pair is not None else _cond_slots(ctx, corpus)
