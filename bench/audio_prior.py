@@ -13,11 +13,13 @@ Data and tokenizer are ``bench/audio_gen.py``'s: the same chorales rendered to 1
 * flat: ``gpt`` ``tiny`` on the flattened stream (coarse id, then its 4 fine ids), trained as
   ``audio_gen.py`` trains it (:func:`audio_gen.prior_train_config`, windows on step starts).
 * pair: the same architecture on the coarse ids alone (the same 100 ids per window are then
-  100 steps, 12.8 s, instead of 20), plus :class:`Upsampler`: a causal transformer over the fine
+  100 steps, 12.8 s, instead of 20), plus
+  :class:`cadenza.models.audio_upsampler.Upsampler`: a causal transformer over the fine
   codes of a window of steps, whose every position's input adds the coarse codes around it,
   past and future (embedded, a non-causal residual convolution stack over the window and
   ``--cond-pad`` steps beyond each side, repeated ×4 with a learned per-phase vector): Jukebox's
-  conditioner.
+  conditioner. It trains by :func:`cadenza.train.upsampler.train_upsampler`, the `train`
+  job's loop for a pair model (``train.audio_prior`` pair).
 * Budget: every model sees batches of 8 × 100 ids; the pair's two models share the flat prior's
   optimizer steps (``--coarse-share`` of them for the coarse prior), and their widths
   (``--pair-width``, 48 against the flat prior's 64) are chosen so the pair's parameters total
@@ -31,8 +33,12 @@ Data and tokenizer are ``bench/audio_gen.py``'s: the same chorales rendered to 1
   context its model trained with: windows as long as the training ones, every half window,
   a code scored in the first window that holds it after the previous window's codes.
 * Generation: both continue the first ``--primer-seconds`` of a validation recording by
-  ``--gen-seconds`` (temperature 0.9, top-k 32), decoded and measured by
-  :func:`cadenza.sample.audio.decode_variations`, the sample job's own path.
+  ``--gen-seconds`` (temperature 0.9, top-k 32): the flat prior by
+  :func:`cadenza.sample.audio.sample_audio` (the sample job's path), the pair by
+  :func:`cadenza.sample.audio.sample_audio_pair` (coarse codes, then the upsampler's fine
+  ones), both decoded and measured alike. ``--gen-seeds N`` repeats it with sampling seeds
+  7 .. 7+N-1 and counts, per prior, the seams whose |Δ RMS| (or flux) exceeds the output's own
+  95th percentile.
 """
 
 from __future__ import annotations
@@ -48,21 +54,24 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from audio_gen import CACHE, Last, prior_train_config, recordings
-from torch import Tensor, nn
+from torch import nn
 
+from cadenza.models.audio_upsampler import (
+    Upsampler,
+    coarse_stream,
+    file_codes,
+    upsampler_nll,
+    window_starts,
+)
 from cadenza.models.checkpoint import model_from_checkpoint
-from cadenza.models.configs import GPTConfig
-from cadenza.models.gpt import Block
 from cadenza.models.registry import resolve_config
-from cadenza.sample.audio import decode_variations, primer_cut
-from cadenza.sample.sampler import SamplingParams, generate, sample_next
+from cadenza.sample.audio import AudioVariation, primer_cut, sample_audio, sample_audio_pair
 from cadenza.tokenize import build_corpus, tokenizer_from_bytes
 from cadenza.tokenize.audio_vq import AudioVQTokenizer, decode_audio_bytes
-from cadenza.tokenize.grammar import Grammar, Rules, build_grammar
 from cadenza.tokenize.spec import TokenizerSpec
-from cadenza.train import TrainConfig, train
+from cadenza.train import train
+from cadenza.train.upsampler import train_upsampler
 
 LN2 = math.log(2.0)
 
@@ -105,177 +114,7 @@ def segments(arr: np.ndarray, bos: int) -> list[np.ndarray]:
     return [arr[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
 
-def coarse_stream(arr: np.ndarray, tok: AudioVQTokenizer) -> np.ndarray:
-    """The flattened stream without its fine ids: specials and coarse ids keep their ids, so
-    the coarse prior's vocabulary is the first ``fine_base`` ids."""
-    return arr[arr < tok.fine_base]
-
-
-def file_codes(arr: np.ndarray, tok: AudioVQTokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(coarse (steps,), fine (steps, fine_per_coarse)) codes of each file of a split."""
-    out = []
-    for seg in segments(arr, tok.bos_id):
-        c, f = tok.ids_to_codes(seg.tolist())
-        if c.size:
-            out.append((c, f.reshape(c.size, tok.cfg.fine_per_coarse)))
-    return out
-
-
-# ---- the upsampler -----------------------------------------------------------------------------
-
-
-class _ResConv(nn.Module):
-    """x + conv(gelu(conv(x))): a non-causal residual block over coarse steps."""
-
-    def __init__(self, dim: int, kernel: int) -> None:
-        super().__init__()
-        self.a = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
-        self.b = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.b(F.gelu(self.a(F.gelu(x))))
-
-
-class Upsampler(nn.Module):
-    """p(fine codes of a window of steps | the coarse codes of the window and ``pad`` steps on
-    each side). The fine codes are one causal stream (4 per step); position ``j`` adds to the
-    previous fine code's embedding (a learned start vector at 0) and its position the
-    conditioner's vector of its step and phase. The head is tied to the fine embedding."""
-
-    def __init__(
-        self,
-        n_coarse: int,
-        n_fine: int,
-        fpc: int,
-        window: int,
-        pad: int,
-        *,
-        n_embd: int,
-        n_layer: int,
-        n_head: int,
-        cond_blocks: int,
-        kernel: int = 3,
-    ) -> None:
-        super().__init__()
-        self.n_coarse, self.fpc, self.window, self.pad = n_coarse, fpc, window, pad
-        self.c_emb = nn.Embedding(n_coarse + 1, n_embd)  # the last: outside the file
-        self.cond = nn.Sequential(*[_ResConv(n_embd, kernel) for _ in range(cond_blocks)])
-        self.phase = nn.Parameter(torch.zeros(fpc, n_embd))
-        self.f_emb = nn.Embedding(n_fine, n_embd)
-        self.start = nn.Parameter(torch.zeros(n_embd))
-        self.pos = nn.Embedding(window * fpc, n_embd)
-        cfg = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                        block_size=window * fpc, dropout=0.0)  # fmt: skip
-        self.h = nn.ModuleList([Block(cfg, False, True) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
-        for m in self.modules():
-            if isinstance(m, nn.Linear | nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def conditioning(self, coarse: Tensor) -> Tensor:
-        """coarse (B, window + 2·pad) codes (``n_coarse`` outside the file) → (B, window·fpc, C)."""
-        x = self.cond(self.c_emb(coarse).transpose(1, 2)).transpose(1, 2)
-        x = x[:, self.pad : x.shape[1] - self.pad]
-        x = x.repeat_interleave(self.fpc, dim=1)
-        return x + self.phase.repeat(x.shape[1] // self.fpc, 1)
-
-    def forward(self, fine: Tensor, cond: Tensor) -> Tensor:
-        """fine (B, T) the window's fine codes so far (inputs: the codes before each position),
-        cond from :meth:`conditioning` → logits (B, T, n_fine) of fine[0..T-1]."""
-        B, T = fine.shape
-        prev = torch.cat([self.start.expand(B, 1, -1), self.f_emb(fine[:, :-1])], dim=1)
-        x = prev + self.pos(torch.arange(T, device=fine.device)) + cond[:, :T]
-        for block in self.h:
-            x = block(x)
-        return F.linear(self.ln_f(x), self.f_emb.weight)
-
-
-def coarse_window(c: np.ndarray, s: int, window: int, pad: int, outside: int) -> np.ndarray:
-    """Coarse codes of steps s - pad .. s + window + pad (``outside`` beyond the file)."""
-    out = np.full(window + 2 * pad, outside, np.int64)
-    lo, hi = max(0, s - pad), min(c.size, s + window + pad)
-    out[lo - (s - pad) : hi - (s - pad)] = c[lo:hi]
-    return out
-
-
-def train_upsampler(
-    model: Upsampler,
-    files: list[tuple[np.ndarray, np.ndarray]],
-    cfg: TrainConfig,
-    score: Callable[[], float] | None = None,
-) -> tuple[float, int]:
-    """``cfg.max_steps`` AdamW steps (the trainer's lr schedule, betas, decay on matrices,
-    clipping) on batches of ``cfg.batch_size`` windows. With ``score`` (val NLL), it is called
-    every ``cfg.eval_interval`` steps and at the end, and the weights of the lowest score are
-    kept, as the trainer keeps its best checkpoint. Returns (wall seconds, the kept step)."""
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    w, pad, outside = model.window, model.pad, model.n_coarse
-    starts = [(i, s) for i, (c, _) in enumerate(files) for s in range(max(1, c.size - w + 1))]
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
-        lr=cfg.lr,
-        betas=cfg.betas,
-    )
-    best: tuple[float, int, dict[str, Tensor] | None] = (math.inf, cfg.max_steps, None)
-    model.train()
-    t0 = time.perf_counter()
-    for step in range(cfg.max_steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr_at(step)
-        picks = rng.integers(len(starts), size=cfg.batch_size)
-        fine, cond = [], []
-        for k in picks:
-            i, s = starts[int(k)]
-            c, f = files[i]
-            fine.append(f[s : s + w].reshape(-1))
-            cond.append(coarse_window(c, s, w, pad, outside))
-        n = min(x.size for x in fine)
-        y = torch.from_numpy(np.stack([x[:n] for x in fine]))
-        logits = model(y, model.conditioning(torch.from_numpy(np.stack(cond))))
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        done = step + 1
-        if score is not None and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
-            model.eval()
-            got = score()
-            model.train()
-            if got < best[0]:
-                best = (got, done, {k: v.clone() for k, v in model.state_dict().items()})
-    model.eval()
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    return time.perf_counter() - t0, best[1]
-
-
 # ---- scoring -----------------------------------------------------------------------------------
-
-
-def window_starts(length: int, span: int, stride: int, off: int) -> list[tuple[int, int]]:
-    """(window start, first target scored in it) covering targets ``off .. length - 1``, where
-    a window starting at ``s`` predicts targets ``s + off .. s + off + span - 1``: the first
-    window at 0, the next ones at ``off + k·stride`` (for a stream, ``off`` = 1: on a step's
-    start after BOS, as training windows start), each target scored in the first window that
-    holds it after the previous window's targets (so with at least ``span - stride`` before it
-    once past the first window)."""
-    out, done, k = [], off, 0
-    while done < length:
-        s = off + k * stride if k else 0
-        end = min(length, s + off + span)
-        if end > done:
-            out.append((s, done))
-            done = end
-        k += 1
-    return out
 
 
 @torch.no_grad()
@@ -308,59 +147,6 @@ def levels(
         coarse += float(nll[is_c].sum())
         fine += float(nll[is_f].sum())
     return coarse, fine
-
-
-@torch.no_grad()
-def upsampler_nll(model: Upsampler, c: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """NLL (nats) of each fine code of a file given all its coarse codes (windows of steps
-    every half window, as :func:`stream_nll`)."""
-    w, fpc = model.window, model.fpc
-    nll = np.zeros(c.size * fpc)
-    for s, first in window_starts(c.size, w, max(1, w // 2), 0):
-        fine = torch.from_numpy(f[s : s + w].reshape(-1))[None]
-        cond = model.conditioning(
-            torch.from_numpy(coarse_window(c, s, w, model.pad, model.n_coarse))[None]
-        )
-        lp = torch.log_softmax(model(fine, cond)[0], -1)
-        got = -lp[torch.arange(fine.shape[1]), fine[0]].numpy()
-        nll[first * fpc : (s + w) * fpc] = got[(first - s) * fpc :]
-    return nll
-
-
-# ---- generation --------------------------------------------------------------------------------
-
-
-def coarse_grammar(tok: AudioVQTokenizer) -> Grammar:
-    """Coarse codes only, forever (the fixed-length sampling grammar of the coarse stream)."""
-    cb, kc = tok.coarse_base, tok.cfg.coarse_codebook
-    rules = Rules(0, lambda key, b: 0 if cb <= b < cb + kc else None, lambda key: False, "coarse")
-    g = build_grammar(rules, base_size=tok.fine_base, vocab_size=tok.fine_base,
-                      pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)  # fmt: skip
-    table = g.table.copy()
-    table[:, tok.bos_id] = -1
-    return Grammar(table, g.start, g.ended, g.summary)
-
-
-@torch.no_grad()
-def upsample(
-    model: Upsampler, c: np.ndarray, f_known: np.ndarray, params: SamplingParams
-) -> np.ndarray:
-    """Fine codes (steps, fpc) for every step of ``c``: the first ``len(f_known)`` steps given,
-    the rest sampled window by window (each keeping the last half window of steps before it as
-    context, and seeing the coarse codes of the whole window and beyond)."""
-    w, fpc = model.window, model.fpc
-    gen = torch.Generator().manual_seed(params.seed or 0)
-    fine = list(f_known.reshape(-1).tolist())
-    while len(fine) < c.size * fpc:
-        s = max(0, len(fine) // fpc - w // 2)
-        cond = model.conditioning(
-            torch.from_numpy(coarse_window(c, s, w, model.pad, model.n_coarse))[None]
-        )
-        while len(fine) < min(c.size, s + w) * fpc:
-            ctx = torch.tensor(fine[s * fpc :] + [0], dtype=torch.long)[None]
-            logits = model(ctx, cond)[:, -1]
-            fine.append(int(sample_next(logits, params, None, gen)[0]))
-    return np.asarray(fine, np.int64).reshape(c.size, fpc)
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -418,8 +204,10 @@ def run(args: argparse.Namespace, seed: int, tok: AudioVQTokenizer,
     def up_val() -> float:
         return sum(float(upsampler_nll(up, c, f).sum()) for c, f in val_codes)
 
-    u_seconds, u_kept = train_upsampler(up, file_codes(splits["train"], tok), u_cfg,
-                                        up_val if every else None)  # fmt: skip
+    t0 = time.perf_counter()
+    u_kept = train_upsampler(up, file_codes(splits["train"], tok), u_cfg,
+                             up_val if every else None)[1]  # fmt: skip
+    u_seconds = time.perf_counter() - t0
     coarse_n = levels(tok, cprior, c_data["val"], ctx, ctx // 2)[0]
     fine_n = up_val()
     out["pair"] = {
@@ -437,42 +225,54 @@ def run(args: argparse.Namespace, seed: int, tok: AudioVQTokenizer,
     a, b = out["flat"]["bits_per_s"]["total"], out["pair"]["bits_per_s"]["total"]
     out["pair_saves_percent"] = round(100 * (a - b) / a, 1)
 
-    # generation: the same primer, options and seed for both
+    # generation: the same primer, options and seed for both, through the product's paths
     options = {"temperature": 0.9, "top_k": 32, "seed": 7}
-    steps = math.ceil(args.gen_seconds * tok.cfg.sample_rate / tok.samples_per_step)
-    pc, pf = tok.wave_codes(primer)
-    prompt = [bos, *[int(i) for i in tok.codes_to_ids(pc, pf)]]
-    params = SamplingParams(**options, max_new_tokens=steps, stop_at_eos=False)
-
-    def flat_gen() -> list[int]:
-        from cadenza.sample.audio import fixed_length_grammar
-
-        p = SamplingParams(**options, max_new_tokens=steps * group, stop_at_eos=False)
-        return generate(flat, [prompt], p, grammar=fixed_length_grammar(tok))[0]
-
-    def pair_gen() -> list[int]:
-        c_prompt = [bos, *[int(x) + tok.coarse_base for x in pc]]
-        new_c = generate(cprior, [c_prompt], params, grammar=coarse_grammar(tok))[0]
-        c = np.concatenate([pc, np.asarray(new_c, np.int64) - tok.coarse_base])
-        f = upsample(up, c, pf.reshape(-1, fpc), params)
-        return [int(i) for i in tok.codes_to_ids(c[pc.size :], f[pc.size :].reshape(-1))]
-
-    out["generation"] = {name: timed(tok, prompt, primer, fn)
-                         for name, fn in (("flat", flat_gen), ("pair", pair_gen))}  # fmt: skip
+    gens: dict[str, Callable[[], AudioVariation]] = {
+        "flat": lambda: sample_audio(flat, tok, primer, options, max_seconds=args.gen_seconds)[0],
+        "pair": lambda: sample_audio_pair(
+            cprior, up, tok, primer, options, max_seconds=args.gen_seconds
+        )[0],
+    }
+    out["generation"] = {name: timed(fn) for name, fn in gens.items()}
+    if args.gen_seeds > 1:  # the seam over more sampling seeds: is one prior's rougher?
+        seams: dict[str, list[dict[str, float]]] = {"flat": [], "pair": []}
+        for k in range(args.gen_seeds):
+            opts = {**options, "seed": 7 + k}
+            seams["flat"].append(
+                sample_audio(flat, tok, primer, opts, max_seconds=args.gen_seconds)[0].metrics[
+                    "seam"
+                ]
+            )
+            seams["pair"].append(sample_audio_pair(cprior, up, tok, primer, opts,
+                                                   max_seconds=args.gen_seconds)[0]
+                                 .metrics["seam"])  # fmt: skip
+        out["seams"] = {name: seam_summary(got) for name, got in seams.items()}
     out["load_after"] = os.getloadavg()
     print(json.dumps(out["generation"]), flush=True)
     return out
 
 
-def timed(
-    tok: AudioVQTokenizer, prompt: list[int], primer: np.ndarray, fn: Callable[[], list[int]]
-) -> dict[str, Any]:
-    """Generate twice (the first run pays one-off costs), decode and measure the second."""
-    for _ in range(2):
-        t0 = time.perf_counter()
-        new = fn()
-        gen_s = time.perf_counter() - t0
-    v = decode_variations(tok, prompt, [new], primer, gen_s)[0]
+def seam_summary(seams: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """How often the seam's |Δ RMS| and spectral flux exceed the output's own 95th percentile,
+    and their medians beside the medians of those percentiles."""
+
+    def med(key: str) -> float:
+        return round(float(np.median([s[key] for s in seams])), 3)
+
+    return {
+        "n": len(seams),
+        "rms_over_p95": sum(s["rms_jump_db"] > s["rms_jump_db_p95"] for s in seams),
+        "flux_over_p95": sum(s["flux"] > s["flux_p95"] for s in seams),
+        "click": sum(s["sample_step"] > 2 * s["sample_step_p999"] + 1e-3 for s in seams),
+        "rms_jump_db": med("rms_jump_db"), "rms_jump_db_p95": med("rms_jump_db_p95"),
+        "flux": med("flux"), "flux_p95": med("flux_p95"),
+    }  # fmt: skip
+
+
+def timed(fn: Callable[[], AudioVariation]) -> dict[str, Any]:
+    """Generate twice (the first run pays one-off costs) and report the second."""
+    v = fn()
+    v = fn()
     return {
         "new_seconds": round(v.new_seconds, 3),
         "seconds": v.seconds,
@@ -506,6 +306,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1337])
     ap.add_argument("--primer-seconds", type=float, default=4.0)
     ap.add_argument("--gen-seconds", type=float, default=5.0)
+    ap.add_argument("--gen-seeds", type=int, default=1,
+                    help="also continue the primer with sampling seeds 7.. 7+N-1 and count "
+                    "the seams over the output's 95th percentile")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--refit", action="store_true", help="fit the tokenizer again")
     args = ap.parse_args()

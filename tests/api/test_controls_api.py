@@ -119,7 +119,8 @@ def test_sample_controls_are_checked_against_the_model(
     }
     # A model of an audio-vq corpus says so: its samples are audio (the studio's audio form).
     audio = _model(settings, ds, None, {"tokenizer_spec": {"name": "audio-vq", "config": {}}})
-    assert client.get(f"/v1/models/{audio}").json()["capabilities"]["output"] == "audio"
+    caps = client.get(f"/v1/models/{audio}").json()["capabilities"]
+    assert caps["output"] == "audio" and caps["prior"] == "flat"  # trained before the option
     listed = {m["id"]: m for m in client.get("/v1/models").json()}
     assert listed[audio]["capabilities"]["output"] == "audio"
     assert listed[plain]["capabilities"]["output"] == "midi"

@@ -94,6 +94,7 @@ def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack, tmp_path:
     model = client.get(f"/v1/models/{job['model_id']}")
     assert model["train_config"]["window_grid"] == 5  # windows start on a coarse code
     assert model["capabilities"]["tags"] == ["choir"]
+    assert model["capabilities"]["prior"] == "flat"
 
     val_file = corpus["stats"]["file_splits"]["val"][0]
     refused(lambda: client.sample(model["id"], primer_file_id=midi["id"]), 422, "primer_file_id")
@@ -164,3 +165,77 @@ def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack, tmp_path:
     written = sorted(p.suffix for p in tmp_path.iterdir())
     assert written == [".png", ".wav"], proc.stdout
     assert sf.info(str(next(tmp_path.glob("*.wav")))).duration == pytest.approx(3.0, abs=0.13)
+
+
+def test_audio_vq_pair_model_trains_and_continues_a_recording(embedded_stack: Stack) -> None:
+    """`train.audio_prior` pair: a coarse prior + upsampler trained by one job, sampled from
+    both its best and its latest checkpoint; tags and non-audio corpora refused with 422."""
+    client = Client(embedded_stack.api_url, embedded_stack.api_key)
+    ds = client.create_dataset("chorale recordings, pair")
+    files = client.upload(ds["id"], chorale_recordings()[:4])
+    client.patch(f"/v1/files/{files[0]['id']}", {"tags": ["choir"]})
+    midi_ds = client.create_dataset("chorale MIDI, pair")
+    client.upload(midi_ds["id"], bach_paths()[:2])
+    midi_corpus = finished(client, client.create_corpus(midi_ds["id"], tokenizer="REMI"))
+    pair = {"audio_prior": "pair", "max_steps": 150, "upsampler_steps": 150,
+            "eval_interval": 50, "batch_size": 8, "seq_len": 100}  # fmt: skip
+    refused(
+        lambda: client.create_model(midi_corpus["corpus_id"], architecture="gpt", train=pair),
+        422,
+        "audio_prior",
+    )
+    job = finished(
+        client,
+        client.create_corpus(
+            ds["id"],
+            tokenizer="audio-vq",
+            tokenizer_config=SMALL_VQ,
+            split=[0.75, 0.25, 0],
+            learn_tags=True,
+        ),
+    )
+    corpus = client.get(f"/v1/corpora/{job['corpus_id']}")
+    refused(
+        lambda: client.create_model(
+            corpus["id"], architecture="gpt", train={"upsampler_steps": 10}
+        ),
+        422,
+        "audio_prior",
+    )
+    job = finished(client, client.create_model(corpus["id"], architecture="gpt", train=pair))
+    model = client.get(f"/v1/models/{job['model_id']}")
+    assert model["capabilities"]["prior"] == "pair" and model["capabilities"]["tags"] == []
+    assert model["train_config"]["window_grid"] is None  # one id per step: no grid
+    up = model["summary"]["upsampler"]
+    assert up["steps"] == 150 and up["kept_step"] in (50, 100, 150) and up["val_nll"] > 0, up
+    assert up["stopped"] is False
+    refused(lambda: client.sample(model["id"], max_seconds=1, tags=["choir"]), 422, "tags")
+
+    val_file = corpus["stats"]["file_splits"]["val"][0]
+    for which in ("best", "latest"):
+        job = finished(
+            client,
+            client.sample(
+                model["id"],
+                checkpoint=which,
+                primer_file_id=val_file,
+                primer_seconds=4.0,
+                max_seconds=3.0,
+                seed=7,
+                temperature=0.9,
+                top_k=32,
+            ),
+        )
+        sample = client.get(f"/v1/samples/{job['sample_ids'][0]}")
+        meta = sample["meta"]
+        wave, rate = wav_of(client, sample["id"])
+        seam = meta["seam_s"]
+        assert seam == pytest.approx(4.0, abs=0.13)
+        assert wave.size / rate == pytest.approx(seam + 3.0, abs=0.13)
+        # BOS and the primer's steps but the last, which the pair regenerates; no tag slots
+        assert meta["primer_tokens"] == 1 + (round(seam * rate / 2048) - 1) * 5
+        new = wave[int(seam * rate) :]
+        assert 20 * np.log10(np.sqrt(np.mean(new**2)) + 1e-9) > -45  # not silent
+        assert meta["audio"]["spectral_flatness"] < NOISE_FLATNESS / 2, meta["audio"]
+        s = meta["audio"]["seam"]
+        assert s["sample_step"] <= 2 * s["sample_step_p999"] + 1e-3, s  # no click

@@ -16,7 +16,7 @@ from cadenza.db.models import Checkpoint, Corpus, File, Model, Sample
 from cadenza.db.repo import get_owned, pick_checkpoint
 from cadenza.midi.load import inspect_midi
 from cadenza.sample.modes import check_mode, model_modes
-from cadenza.sample.params import SampleRequest
+from cadenza.sample.params import PAIR_NO_TAGS, SampleRequest
 from cadenza.storage import ObjectStore
 from cadenza.tokenize.controls import default_capabilities
 from cadenza.tokenize.spec import AUDIO_TOKENIZERS
@@ -29,13 +29,26 @@ def capabilities(session: Session, model: Model) -> dict[str, Any]:
     its corpus learned (`cadenza.tokenize.controls.capabilities`, kept in the corpus stats)
     and the `modes` its corpus and training allow (`cadenza.sample.modes.model_modes`), and
     its `output` (`audio` for an audio-vq corpus's model, else `midi`): a client of a public
-    model cannot read its corpus, yet must know which sampling options and results to expect."""
+    model cannot read its corpus, yet must know which sampling options and results to expect.
+    An audio model also says its `prior` (`train.audio_prior`: `flat`, or `pair` for a coarse
+    prior + upsampler, which takes no tags, so its `tags` are empty)."""
     corpus = session.get(Corpus, model.corpus_id)
     spec = corpus.params.get("tokenizer_spec") if corpus is not None else None
     learned = corpus.stats.get("capabilities") if corpus is not None else None
     out = dict(learned) if learned else default_capabilities()
     output = "audio" if spec and spec.get("name") in AUDIO_TOKENIZERS else "midi"
-    return out | {"modes": model_modes(spec, model.train_config), "output": output}
+    out |= {"modes": model_modes(spec, model.train_config), "output": output}
+    if output == "audio":
+        out["prior"] = audio_prior(model)
+        if out["prior"] == "pair":
+            out["tags"] = []
+    return out
+
+
+def audio_prior(model: Model) -> str:
+    """An audio model's `train.audio_prior`: `flat` (also every model trained before the
+    option existed) or `pair`."""
+    return str((model.train_config or {}).get("audio_prior") or "flat")
 
 
 def sampling_checkpoint(session: Session, model: Model, which: str) -> Checkpoint:
@@ -119,10 +132,20 @@ def check_source_file(
         )
 
 
-def check_audio_request(session: Session, body: SampleRequest, owner_id: str) -> None:
+def check_audio_request(
+    session: Session, body: SampleRequest, owner_id: str, *, pair: bool = False
+) -> None:
     """What an audio (audio-vq) model's sample request may say: a recording or an audio
     sample as primer, no token-level or MIDI-only option (422 naming the field); its `tags`
-    are checked against the model's learned tags with every model's (`check_controls`)."""
+    are checked against the model's learned tags with every model's (`check_controls`), and
+    refused outright for a `pair` model (`capabilities.prior`), whose prior reads none."""
+    if pair and body.tags:
+        raise ApiError(
+            422,
+            "invalid_for_audio",
+            PAIR_NO_TAGS,
+            details=[{"field": "tags", "message": "a pair model takes no tags"}],
+        )
     if body.primer_file_id:
         primer = get_owned(session, File, body.primer_file_id, owner_id)
         if primer.kind != "audio":
@@ -162,6 +185,7 @@ def check_audio_request(session: Session, body: SampleRequest, owner_id: str) ->
 
 
 __all__ = [
+    "audio_prior",
     "capabilities",
     "check_audio_request",
     "check_edit",

@@ -204,6 +204,14 @@ class SampleRequest(SamplingOptions, EditFields):
 
 
 # The ways to give a primer; a request gives at most one.
+#: Why an audio model trained with `train.audio_prior` pair refuses `tags` (the API's 422 and
+#: the sample job's error): its coarse prior reads no conditioning prefix.
+PAIR_NO_TAGS = (
+    "tags: this model is a coarse prior + upsampler (train.audio_prior pair), whose prior reads "
+    "no style tags; leave tags out, or train a flat model (the default) on a corpus built with "
+    "learn_tags"
+)
+
 PRIMER_FIELDS = ("primer_file_id", "primer_sample_id", "primer_tokens")
 
 

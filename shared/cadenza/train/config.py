@@ -18,6 +18,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 #: `cadenza.tokenize.mmm.InfillLayout`, spelled here so that a training run (a GPU stage without
 #: the music libraries) never imports the tokenize package; a unit test keeps the two equal.
 InfillLayout = Literal["spm", "mmm"]
+AudioPrior = Literal["flat", "pair"]
 
 
 class TrainConfig(BaseModel):
@@ -64,6 +65,29 @@ class TrainConfig(BaseModel):
         "its end (the Multi-Track Music Machine's scheme, and what models trained before spm "
         "existed use). spm measured lower infill NLL on the same model: BENCHMARKS.md",
     )
+    audio_prior: AudioPrior = Field(
+        default="flat",
+        description="an audio-vq corpus's model: flat (default) is one prior over the "
+        "flattened codes (each coarse code, then its fine codes); pair trains a prior over the "
+        "coarse codes alone, then an upsampler that writes the fine codes seeing the coarse "
+        "codes on both sides (Jukebox's layout; 6-12 % fewer bits per second of validation "
+        "audio measured, BENCHMARKS.md; no style tags)",
+    )
+    upsampler_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="with audio_prior pair: the upsampler's optimizer steps (default: max_steps)",
+    )
+    upsampler_width: int | None = Field(
+        default=None,
+        ge=8,
+        le=1024,
+        description="with audio_prior pair: the upsampler's width (default: the prior's n_embd)",
+    )
+    upsampler_layers: int = Field(
+        default=1, ge=1, le=12, description="with audio_prior pair: the upsampler's layers"
+    )
     grad_accum_steps: int = Field(default=1, ge=1, le=1024)
     weight_decay: float = Field(default=0.1, ge=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.95)
@@ -103,6 +127,18 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"warmup_steps ({self.warmup_steps}) must not exceed max_steps ({self.max_steps}); "
                 "lower warmup_steps or raise max_steps"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _upsampler_needs_pair(self) -> TrainConfig:
+        """An upsampler option on a flat prior would be ignored: say so instead."""
+        given = [f for f in ("upsampler_steps", "upsampler_width") if getattr(self, f) is not None]
+        given += ["upsampler_layers"] if self.upsampler_layers != 1 else []
+        if self.audio_prior != "pair" and given:
+            raise ValueError(
+                f"{', '.join(given)} only apply with audio_prior pair; set audio_prior to pair "
+                "or leave them out"
             )
         return self
 

@@ -96,7 +96,8 @@ def resolve_model(
     `tokenizer` is the corpus's tokenizer name: a prior over quarter-vq codes learns from
     windows that start on a quarter (16 codes), so such a model gets `window_grid` 16 unless
     the request says otherwise (`train.window_grid: null` turns it off); an audio-vq prior's
-    windows start on a coarse code (`window_grid` = 1 + fine_per_coarse). `tokenizer_spec` is
+    windows start on a coarse code (`window_grid` = 1 + fine_per_coarse; a `pair` prior reads
+    the coarse codes alone, one id per step, so it needs none). `tokenizer_spec` is
     the corpus's whole spec: on a corpus that can carry infill examples (the `multitrack`
     preset) `train.infill_fraction` defaults to 0.5, and elsewhere it must stay 0.
     """
@@ -129,7 +130,15 @@ def resolve_model(
     train_json = train.model_dump(mode="json")
     if tokenizer == "quarter-vq" and "window_grid" not in request.train:
         train_json["window_grid"] = CODES_PER_QUARTER
-    if tokenizer == "audio-vq" and "window_grid" not in request.train:
+    pair = train.audio_prior == "pair"
+    if pair and tokenizer != "audio-vq":
+        raise InvalidParams(
+            f"train.audio_prior pair needs an audio-vq corpus (this corpus is {tokenizer}); "
+            "leave audio_prior out (flat) or train on a corpus built with audio-vq",
+            code="invalid_train_config",
+            details=[{"field": "train.audio_prior", "message": "needs an audio-vq corpus"}],
+        )
+    if tokenizer == "audio-vq" and not pair and "window_grid" not in request.train:
         # windows start on a coarse code, so the coarse/fine positions are the same in each
         from cadenza.tokenize.options import AudioVQConfig
 

@@ -66,6 +66,8 @@ def create_model(
     state, checkpoints and metrics while it trains). 404 for an unknown corpus or
     `init_checkpoint_id`; 409 when that checkpoint was trained with another tokenizer than the
     corpus; 422 names each invalid architecture, preset, `config` or `train` field.
+    `train.audio_prior` `pair` (an audio-vq corpus only, 422 elsewhere) trains a coarse prior
+    + upsampler instead of one flattened prior.
 
     With `base_model_id` (yours or a public model) and `adapter`, trains a LoRA adapter of
     that model on the corpus, which must be built with the same `base_model_id` (422
@@ -85,6 +87,13 @@ def create_model(
             base_config=base.config,
         )
         body = body.model_copy(update={"init_checkpoint_id": base_ckpt.id})
+        if "pair" in (body.train.get("audio_prior"), (base.train_config or {}).get("audio_prior")):
+            why = "an adapter cannot be trained on or for a coarse prior + upsampler"
+            raise InvalidParams(
+                f"invalid request: train.audio_prior: {why}; train a full model instead",
+                code="invalid_adapter",
+                details=[{"field": "train.audio_prior", "message": why}],
+            )
     config, train = resolve_model(
         body, tokenizer=tokenizer, tokenizer_spec=corpus.params.get("tokenizer_spec")
     )
@@ -335,19 +344,20 @@ def create_samples(
     or tokens outside the model's vocabulary, or `controls`/`tags` the model did not learn (see
     its `capabilities`). On an audio model (a corpus of `audio-vq`) the primer is a recording
     (`primer_file_id`, an audio file) or an audio sample (`primer_sample_id`), cut by
-    `primer_seconds`; `max_seconds` sets the length; `tags` the model learned condition it;
-    the samples are WAV (`/audio`, and a
-    spectrogram at `/pianoroll.png`). `mode` `infill` rewrites `infill.bars` of a
-    source piece (`source_file_id` or `source_sample_id`), `accompany` adds tracks with
-    `accompany.programs`: 422 when the model cannot (see its `capabilities.modes`) or the
-    source lacks those bars or tracks, 404 for a source that is not yours.
+    `primer_seconds`; `max_seconds` sets the length; `tags` the model learned condition it
+    (422 for a `pair` model, `capabilities.prior`: its coarse prior reads none); the samples
+    are WAV (`/audio`, and a spectrogram at `/pianoroll.png`). `mode` `infill` rewrites
+    `infill.bars` of a source piece (`source_file_id` or `source_sample_id`), `accompany` adds
+    tracks with `accompany.programs`: 422 when the model cannot (see its `capabilities.modes`)
+    or the source lacks those bars or tracks, 404 for a source that is not yours.
     Yours, or a public model of another owner (the samples are yours).
     """
     model = get_visible_model(session, model_id, owner.id)
     ckpt = sampling_checkpoint(session, model, body.checkpoint)
-    audio = capabilities(session, model)["output"] == "audio"
+    caps = capabilities(session, model)
+    audio = caps["output"] == "audio"
     if audio:
-        check_audio_request(session, body, owner.id)
+        check_audio_request(session, body, owner.id, pair=caps.get("prior") == "pair")
     elif body.primer_file_id:
         primer = get_owned(session, File, body.primer_file_id, owner.id)
         if primer.kind != "midi":

@@ -6,6 +6,10 @@ the model. The primer is an uploaded recording (`primer_file_id`) or an earlier 
 WAV (the sample's own object, `midi_key`, whose name predates audio samples) and, keyed by
 its content hash like every rendering, as WAV, MP3 and a spectrogram PNG: so
 `GET /v1/samples/{id}/audio` and `/pianoroll.png` serve them unchanged.
+
+A pair model (`train.audio_prior` pair) generates through `sample_audio_pair`: its checkpoint's
+weights are the coarse prior, and its `UPSAMPLER_KEY` entry the upsampler that writes the fine
+codes; tags are refused (its prior reads no conditioning prefix).
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cadenza.jobs.context import JobContext, Outcome, UserError
-from cadenza.sample.params import SampleParams, SamplingOptions
+from cadenza.sample.params import PAIR_NO_TAGS, SampleParams, SamplingOptions
 from cadenza.storage import job_key, sha256_of
 
 if TYPE_CHECKING:
     from cadenza.jobs.handlers.sample import _Rows
+    from cadenza.models.audio_upsampler import Upsampler
     from cadenza.models.base import CadenzaModel
     from cadenza.sample.audio import AudioVariation
     from cadenza.tokenize.audio_vq import AudioVQTokenizer
@@ -31,7 +36,12 @@ def run(
     model: CadenzaModel,
     device: str,
 ) -> Outcome:
-    from cadenza.sample.audio import primer_cut, sample_audio
+    from cadenza.sample.audio import (
+        pair_primer_codes,
+        primer_cut,
+        sample_audio,
+        sample_audio_pair,
+    )
     from cadenza.tokenize.audio_vq import decode_audio_bytes
 
     if p.mode != "continue":
@@ -41,6 +51,9 @@ def run(
             "an audio model takes a recording as primer (primer_file_id or primer_sample_id) "
             "and style tags, not primer_tokens, force_tokens or controls"
         )
+    pair = (rows.model.train_config or {}).get("audio_prior") == "pair"
+    if p.tags and pair:
+        raise UserError(PAIR_NO_TAGS)
     if p.tags:
         from cadenza.tokenize.controls import resolve_controls
 
@@ -73,20 +86,37 @@ def run(
 
     what = f"{primer.size / tok.cfg.sample_rate:.1f} s primer" if primer is not None else "scratch"
     ctx.progress(0.0, f"generating {p.n} variation(s) from {what}", force=True)
-    variations = sample_audio(
-        model,
-        tok,
-        primer,
-        options,
-        n=p.n,
-        max_seconds=p.max_seconds,
-        include_primer=p.include_primer,
-        device=device,
-        on_token=on_token,
-        tags=p.tags or (),
-    )
+    if pair:
+        variations = sample_audio_pair(
+            model,
+            _upsampler(ctx, rows),
+            tok,
+            primer,
+            options,
+            n=p.n,
+            max_seconds=p.max_seconds,
+            include_primer=p.include_primer,
+            device=device,
+            on_token=lambda step, new: on_token(step * tok.cfg.group, new),
+        )
+    else:
+        variations = sample_audio(
+            model,
+            tok,
+            primer,
+            options,
+            n=p.n,
+            max_seconds=p.max_seconds,
+            include_primer=p.include_primer,
+            device=device,
+            on_token=on_token,
+            tags=p.tags or (),
+        )
     stored = [_store(ctx, tok, v, len(variations)) for v in variations]
-    prompt_tokens = 1 + tok.tag_slots + (0 if primer is None else len(tok.wave_ids(primer)))
+    if pair:  # the prior's prompt: BOS and the primer's steps but its last (regenerated)
+        prompt_tokens = 1 + pair_primer_codes(tok, primer)[0].size * tok.cfg.group
+    else:
+        prompt_tokens = 1 + tok.tag_slots + (0 if primer is None else len(tok.wave_ids(primer)))
 
     from cadenza.jobs.handlers.sample import samples_outcome
 
@@ -115,6 +145,22 @@ def run(
         for v, o in zip(variations, stored, strict=True)
     ]
     return samples_outcome(ctx, p, rows.model.id, p.primer_sample_id, out, cancelled)
+
+
+def _upsampler(ctx: JobContext, rows: _Rows) -> Upsampler:
+    """The upsampler stored in the sampled checkpoint; a checkpoint saved before it was trained
+    (the prior's, while the job still trains, or after a cancel) has none: the user's to fix."""
+    from cadenza.models.audio_upsampler import UPSAMPLER_KEY, upsampler_from_entry
+    from cadenza.models.checkpoint import load_checkpoint
+
+    entry = load_checkpoint(ctx.store.get(rows.checkpoint.object_key)).get(UPSAMPLER_KEY)
+    if entry is None:
+        raise UserError(
+            f"checkpoint {rows.checkpoint.id} (step {rows.checkpoint.step}) holds only the "
+            "coarse prior: the upsampler is trained after it and written into the model's "
+            "checkpoints when it is done; sample once the training job has succeeded"
+        )
+    return upsampler_from_entry(entry)
 
 
 def _planned(p: SampleParams, tok: AudioVQTokenizer) -> int:

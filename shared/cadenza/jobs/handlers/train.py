@@ -30,6 +30,7 @@ from cadenza.train.config import TrainConfig
 from cadenza.train.params import TrainParams
 
 if TYPE_CHECKING:
+    from cadenza.tokenize.audio_vq import AudioVQTokenizer
     from cadenza.tokenize.mmm import MMMIds
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,12 @@ def load_corpus_arrays(ctx: JobContext, corpus: Corpus) -> dict[str, np.ndarray]
 class _Hooks:
     """TrainHooks backed by SQL (metrics, checkpoint rows) and the object store (bytes)."""
 
-    def __init__(self, ctx: JobContext, model: Model, cfg: TrainConfig) -> None:
+    def __init__(self, ctx: JobContext, model: Model, cfg: TrainConfig, share: float = 1.0) -> None:
         self.ctx = ctx
         self.model_id = model.id
         self.keep_last = cfg.keep_last_n
         self.orphans_cleaned = False
+        self.share = share  # of the job's progress the trainer reports (a pair: the prior's)
 
     def on_metrics(self, record: dict[str, Any]) -> None:
         values = {k: v for k, v in record.items() if k not in ("step", "split", "loss")}
@@ -93,7 +95,7 @@ class _Hooks:
         self.ctx.store.put(job_key(self.ctx.job_id, "loss.png"), png)
 
     def on_progress(self, fraction: float, message: str) -> None:
-        self.ctx.progress(fraction, message)
+        self.ctx.progress(fraction * self.share, message)
 
     def should_stop(self) -> bool:
         return self.ctx.cancelled() or self.ctx.draining()
@@ -218,9 +220,17 @@ def run(ctx: JobContext) -> Outcome:
         "config": model.config,
         "vocab_size": model.vocab_size,
     }
-    slots = _cond_slots(ctx, corpus)
+    pair = _pair_tokenizer(ctx, corpus, model, cfg)
+    share, full = 1.0, data
+    if pair is not None:  # the prior reads the coarse codes alone; the upsampler the rest
+        from cadenza.models.audio_upsampler import coarse_stream
+
+        data = {k: coarse_stream(v, pair) for k, v in data.items()}
+        spec["vocab_size"] = pair.fine_base
+        share = cfg.max_steps / (cfg.max_steps + (cfg.upsampler_steps or cfg.max_steps))
+    slots = 0 if pair is not None else _cond_slots(ctx, corpus)
     ctx.progress(0.0, "starting training", force=True)
-    hooks = _Hooks(ctx, model, cfg)
+    hooks = _Hooks(ctx, model, cfg, share)
     try:
         result = train(
             spec,
@@ -246,12 +256,16 @@ def run(ctx: JobContext) -> Outcome:
         # Stopped for a shutdown (this worker's, or another node's of a multi-node run): the
         # loop saved a checkpoint; the next run resumes it without using up an attempt.
         raise JobInterrupted("a worker shut down during training; checkpoint saved")
-    hooks.write_curve()
-    _export_weights(ctx, model.id)
-    summary = {
+    summary: dict[str, Any] = {
         k: v for k, v in vars(result).items() if isinstance(v, (int, float, str, type(None)))
     }
     cancelled = result.stopped_reason in ("cancelled", "drained")
+    if pair is not None and not cancelled:
+        up = _train_upsampler(ctx, hooks, pair, full, cfg, spec, share)
+        summary["upsampler"] = up
+        cancelled = bool(up["stopped"])
+    hooks.write_curve()
+    _export_weights(ctx, model.id)
 
     def finalize(s: Session) -> dict[str, Any]:
         row = s.get(Model, model.id)
@@ -265,6 +279,98 @@ def run(ctx: JobContext) -> Outcome:
         state=JobState.CANCELLED if cancelled else JobState.SUCCEEDED,
         message=f"{result.stopped_reason} after {summary.get('steps')} steps",
     )
+
+
+def _pair_tokenizer(
+    ctx: JobContext, corpus: Corpus, model: Model, cfg: TrainConfig
+) -> AudioVQTokenizer | None:
+    """The corpus's audio-vq tokenizer when the model is a coarse prior + upsampler
+    (`train.audio_prior` pair), else None. The API refuses pair elsewhere; a row that slipped
+    past it (another corpus, an adapter) fails here with the reason."""
+    if cfg.audio_prior != "pair":
+        return None
+    from cadenza.tokenize.audio_vq import AudioVQTokenizer
+    from cadenza.tokenize.registry import tokenizer_from_bytes
+
+    tok = tokenizer_from_bytes(ctx.store.get(corpus.tokenizer_key))
+    if not isinstance(tok, AudioVQTokenizer):
+        raise UserError("train.audio_prior pair needs a corpus built with audio-vq")
+    if model.adapter is not None:
+        raise UserError("train.audio_prior pair cannot train an adapter; train a full model")
+    return tok
+
+
+def _train_upsampler(
+    ctx: JobContext,
+    hooks: _Hooks,
+    tok: AudioVQTokenizer,
+    data: dict[str, np.ndarray],
+    cfg: TrainConfig,
+    spec: dict[str, Any],
+    share: float,
+) -> dict[str, Any]:
+    """A pair model's second phase: the upsampler trained on the training split's codes (its
+    best on validation kept), then written into every checkpoint the model has (`best` and
+    `latest` among them) under `UPSAMPLER_KEY`, each rewritten through the hooks as the loop
+    writes one. Retrained from scratch on every attempt (`cadenza.train.upsampler`); a drain
+    during it requeues the job. Returns the phase's summary."""
+    from cadenza.models.audio_upsampler import UPSAMPLER_KEY, file_codes, upsampler_entry
+    from cadenza.models.checkpoint import dump_checkpoint, load_checkpoint
+    from cadenza.train.upsampler import build_upsampler, train_upsampler, val_nll
+
+    steps = cfg.upsampler_steps or cfg.max_steps
+    u_cfg = cfg.model_copy(
+        update={"max_steps": steps, "warmup_steps": min(cfg.warmup_steps, steps)}
+    )
+    conf = dict(spec["config"])
+    width = int(conf.get("n_embd") or conf.get("embed_dim") or 64)  # transformer, rnn
+    up = build_upsampler(
+        u_cfg,
+        n_coarse=tok.cfg.coarse_codebook,
+        n_fine=tok.cfg.fine_codebook,
+        fine_per_coarse=tok.cfg.fine_per_coarse,
+        width=min(width, 1024),
+    )
+    train_codes = file_codes(data["train"], tok)
+    val_codes = file_codes(data["val"], tok) if "val" in data else []
+    budget = cfg.eval_batches * cfg.batch_size * up.window
+
+    def progress(step: int, score: float | None) -> None:
+        what = f"upsampler step {step}/{steps}" + ("" if score is None else f", val {score:.3f}")
+        ctx.progress(share + (1 - share) * step / steps, what, force=True)
+
+    ctx.progress(share, f"training the upsampler ({up.num_params()} parameters)", force=True)
+    try:
+        score, kept, stopped = train_upsampler(
+            up,
+            train_codes,
+            u_cfg,
+            (lambda: val_nll(up, val_codes, budget)) if val_codes else None,
+            should_stop=hooks.should_stop,
+            on_progress=progress,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if stopped and ctx.draining() and not ctx.cancelled():
+        raise JobInterrupted("a worker shut down while training the upsampler; it restarts")
+    ctx.check_claim()
+    entry = upsampler_entry(up)
+    with ctx.session() as s:
+        rows = [
+            (c.step, c.object_key, c.val_loss, bool(c.is_best))
+            for c in s.scalars(select(Checkpoint).where(Checkpoint.model_id == hooks.model_id))
+        ]
+    for step, key, val_loss, is_best in rows:
+        payload = load_checkpoint(ctx.store.get(key))
+        payload[UPSAMPLER_KEY] = entry
+        hooks.save_checkpoint(step, dump_checkpoint(payload), val_loss=val_loss, is_best=is_best)
+    return {
+        "params": up.num_params(),
+        "steps": steps,
+        "kept_step": kept,
+        "val_nll": None if score != score else round(score, 5),  # NaN: no validation split
+        "stopped": stopped,
+    }
 
 
 def _raw(ctx: JobContext) -> Any:
