@@ -69,13 +69,13 @@ class Settings(BaseSettings):
     # API concurrency (see cadenza_api.deps.Database): `api_processes` processes share the
     # port (one runs Python on one core at a time); in each, sync routes run on `api_threads`
     # AnyIO worker threads. At most `db_pool_size` requests of the whole API hold a database
-    # session at once (each process gets its share, at least 2), each with its own pooled
-    # connection, so no thread ever waits for a connection. A request that finds every slot
-    # taken for `db_pool_timeout` seconds gets 503 + Retry-After. PostgreSQL connections of
-    # the API: about db_pool_size + 4 per process, whatever the process count.
+    # session at once (each process gets its share, at least 2; unset: 3 per process), each
+    # with its own pooled connection, so no thread ever waits for a connection. A request that
+    # finds every slot taken for `db_pool_timeout` seconds gets 503 + Retry-After. PostgreSQL
+    # connections of the API: about db_pool_size + 4 per process, whatever the process count.
     api_processes: int = Field(default_factory=lambda: default_api_processes(), ge=1)
     api_threads: int = Field(default=40, ge=4)
-    db_pool_size: int = Field(default=20, ge=1)
+    db_pool_size: int | None = Field(default=None, ge=1)
     db_pool_timeout: float = Field(default=10.0, gt=0)
     # A verified API key is trusted this long without a query; a key revoked by another
     # process stops working within this many seconds (0 turns the cache off).

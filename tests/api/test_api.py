@@ -236,10 +236,13 @@ def test_audio_job_requests_are_checked_after_their_files_and_queue_nothing(
 
 def test_the_api_processes_share_the_database_slots(tmp_path: Path) -> None:
     """`db_pool_size` bounds the whole server's sessions, whatever the process count."""
-    from cadenza_api.deps import MIN_SLOTS, Database
+    from cadenza_api.deps import DEFAULT_SLOTS, MIN_SLOTS, Database
 
     def slots(processes: int) -> int:
         return Database(Settings(data_dir=tmp_path, db_pool_size=20, api_processes=processes)).slots
 
     assert [slots(1), slots(2), slots(3), slots(4)] == [20, 10, 7, 5]
     assert slots(30) == MIN_SLOTS
+    # Unset: a few per process (threads holding sessions queue for the process's one GIL).
+    for processes in (1, 2, 4):
+        assert Database(Settings(data_dir=tmp_path, api_processes=processes)).slots == DEFAULT_SLOTS

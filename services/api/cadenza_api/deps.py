@@ -71,6 +71,16 @@ POOL_HEADROOM = 4
 CLOSE_THREADS = 4
 # A process's fewest slots, however many processes share `db_pool_size`.
 MIN_SLOTS = 2
+# A process's slots when `db_pool_size` is unset. Why so few: a process runs Python on one
+# core at a time, and every thread that holds a session gives up the GIL at each database
+# round trip and then queues to take it back behind the others, so more slot holders mean
+# longer waits, not more work done. Measured with bench/api_load.py (64 pollers + submits,
+# PostgreSQL, 2 processes on 2 cores, one session): 10 slots per process (the old default of
+# 20 for the server) p99 103-986 ms with up to 17 requests over 2 s in 20 s; 4 per process
+# 158 ms; 3 per process 76 ms; 2 per process 67 ms, no timeouts (BENCHMARKS.md). 3 leaves room
+# for a slow request (a large listing, an upload's store) without stalling the process. With
+# the database across a network (more waiting per round trip), raise CADENZA_DB_POOL_SIZE.
+DEFAULT_SLOTS = 3
 
 
 class Database:
@@ -78,7 +88,9 @@ class Database:
     API's processes together hold at most about that many), one connection each."""
 
     def __init__(self, settings: Settings) -> None:
-        self.slots = max(MIN_SLOTS, -(-settings.db_pool_size // settings.api_processes))
+        total = settings.db_pool_size
+        per_process = DEFAULT_SLOTS if total is None else -(-total // settings.api_processes)
+        self.slots = max(MIN_SLOTS, per_process)
         self.wait_s = settings.db_pool_timeout
         self.factory = session_factory(
             settings.resolved_database_url,
