@@ -570,7 +570,11 @@ def test_run_local_trains_resumes_and_prunes(tmp_path: Path) -> None:
 
 
 def test_compile_plan_compiles_transformers_only_when_the_run_is_long_enough() -> None:
-    from cadenza.train.step import AUTO_COMPILE_MIN_STEPS, compile_plan
+    from cadenza.train.step import (
+        AUTO_COMPILE_CPU_BF16_MIN_STEPS,
+        AUTO_COMPILE_MIN_STEPS,
+        compile_plan,
+    )
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto = config(max_steps=12)
@@ -582,6 +586,11 @@ def test_compile_plan_compiles_transformers_only_when_the_run_is_long_enough() -
     assert not compile_plan(auto, "gpt", torch.device("mps"), 10**6).compile
     assert not compile_plan(auto, "music-transformer", cuda, enough).compile  # not measured
     assert not compile_plan(auto, "gpt", cpu, 10**6).compile  # measured: never pays on CPU
+    # ... in fp32; in bf16 (native bf16 matmuls) it pays on a long run, as on CUDA
+    bf16 = config(compile="auto", precision="bf16")
+    assert compile_plan(bf16, "gpt", cpu, AUTO_COMPILE_CPU_BF16_MIN_STEPS).compile
+    assert not compile_plan(bf16, "gpt", cpu, AUTO_COMPILE_CPU_BF16_MIN_STEPS - 1).compile
+    assert not compile_plan(bf16, "music-transformer", cpu, 10**6).compile
     assert compile_plan(config(compile=True), "gru", cpu, 1).compile  # true is obeyed
     assert not compile_plan(config(compile=False), "gpt", cuda, 10**6).compile
     with pytest.raises(ValidationError, match="compile"):
