@@ -25,6 +25,9 @@ def channel(tmp_path: Path) -> Iterator[Any]:
         "data_folder_out": str(folder),
         "processed_folder": str(tmp_path / "processed"),
         "store_processed": False,
+        # kombu's default is "control" in the working directory: the exchange tables of a
+        # test would land in the checkout
+        "control_folder": str(tmp_path / "control"),
     }
     (tmp_path / "processed").mkdir()
     with Connection("filesystem://", transport=fs_broker.TRANSPORT, transport_options=options) as c:
