@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from cadenza.models.audio_upsampler import Upsampler
     from cadenza.models.base import CadenzaModel
     from cadenza.tokenize.audio_vq import AudioVQTokenizer
-    from cadenza.tokenize.grammar import Grammar
+    from cadenza.tokenize.grammar import Grammar, Rules
 
 XFADE_S = 0.1  # crossfade from the recording into the generated audio
 _LEVEL_S = 1.0  # the recording's and the decoding's level compared over this long
@@ -44,6 +44,7 @@ class AudioVariation:
     wave: NDArray[np.float32]  # the output: primer + continuation, or the continuation alone
     seam_s: float | None  # where the continuation starts in `wave` (None: no primer in it)
     new_seconds: float  # length of the generated part
+    prompt_tokens: int  # ids the model was prompted with (BOS, tags, the primer's codes)
     seconds: dict[str, float] = field(default_factory=dict)  # generate, decode
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -186,19 +187,23 @@ def spectrogram_png(
     return buf.getvalue()
 
 
-def fixed_length_grammar(tok: AudioVQTokenizer) -> Any:
-    """The tokenizer's grammar without the end of piece and without a new BOS: a variation
-    lasts as long as asked, and every id it spends is a code (a BOS sampled at a step
-    boundary, which a prior whose windows all open with BOS may well propose after its
-    context slides, would cost the last step its final code). The prompt's own BOS and tag
-    ids are skipped by the walk, which leaves the state at a step's start."""
+def planned_steps(tok: AudioVQTokenizer, max_seconds: float | None, max_new_tokens: int) -> int:
+    """Coarse steps a request asks for: ``max_seconds`` of audio (rounded up), else
+    ``max_new_tokens`` flattened ids in whole steps; at least one."""
+    if max_seconds is not None:
+        return max(1, math.ceil(max_seconds * tok.cfg.sample_rate / tok.samples_per_step))
+    return max(1, int(max_new_tokens) // tok.cfg.group)
+
+
+def _endless(tok: AudioVQTokenizer, rules: Rules, base_size: int, vocab_size: int) -> Grammar:
+    """``rules`` over ids below ``vocab_size`` with no end of piece and no new BOS: a
+    variation lasts as long as asked, and every id it spends is a code."""
     from cadenza.tokenize.grammar import Grammar, Rules, build_grammar
 
-    rules = tok.grammar_rules()
     g = build_grammar(
         Rules(rules.start, rules.step, lambda key: False, rules.summary),
-        base_size=tok.base_vocab_size,
-        vocab_size=tok.vocab_size,
+        base_size=base_size,
+        vocab_size=vocab_size,
         pad=tok.pad_id,
         bos=tok.bos_id,
         eos=tok.eos_id,
@@ -206,6 +211,14 @@ def fixed_length_grammar(tok: AudioVQTokenizer) -> Any:
     table = g.table.copy()
     table[:, tok.bos_id] = -1
     return Grammar(table, g.start, g.ended, g.summary)
+
+
+def fixed_length_grammar(tok: AudioVQTokenizer) -> Any:
+    """The tokenizer's grammar without the end of piece and without a new BOS (a BOS sampled
+    at a step boundary, which a prior whose windows all open with BOS may well propose after
+    its context slides, would cost the last step its final code). The prompt's own BOS and tag
+    ids are skipped by the walk, which leaves the state at a step's start."""
+    return _endless(tok, tok.grammar_rules(), tok.base_vocab_size, tok.vocab_size)
 
 
 def sample_audio(
@@ -229,11 +242,8 @@ def sample_audio(
     coarse code."""
     from cadenza.sample.sampler import SamplingParams, generate
 
-    sr, group, sps = tok.cfg.sample_rate, tok.cfg.group, tok.samples_per_step
-    if max_seconds is not None:
-        steps = max(1, math.ceil(max_seconds * sr / sps))
-    else:
-        steps = max(1, int(options.get("max_new_tokens", group)) // group)
+    group, sps = tok.cfg.group, tok.samples_per_step
+    steps = planned_steps(tok, max_seconds, options.get("max_new_tokens", group))
     primer_wave = primer if primer is not None and primer.size >= sps else None
     prompt = [tok.bos_id, *tok.prefix_ids(tags)]
     if primer_wave is not None:
@@ -261,15 +271,11 @@ def sample_audio(
 def coarse_grammar(tok: AudioVQTokenizer) -> Grammar:
     """The sampling grammar of a prior over the coarse stream (the flattened ids below
     ``fine_base``: specials and coarse codes): coarse codes only, no end, no new BOS."""
-    from cadenza.tokenize.grammar import Grammar, Rules, build_grammar
+    from cadenza.tokenize.grammar import Rules
 
     cb, kc = tok.coarse_base, tok.cfg.coarse_codebook
     rules = Rules(0, lambda key, b: 0 if cb <= b < cb + kc else None, lambda key: False, "coarse")
-    g = build_grammar(rules, base_size=tok.fine_base, vocab_size=tok.fine_base,
-                      pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)  # fmt: skip
-    table = g.table.copy()
-    table[:, tok.bos_id] = -1
-    return Grammar(table, g.start, g.ended, g.summary)
+    return _endless(tok, rules, tok.fine_base, tok.fine_base)
 
 
 #: Primer steps a pair model regenerates before the seam (:func:`pair_primer_codes`).
@@ -323,11 +329,8 @@ def sample_audio_pair(
     from cadenza.models.audio_upsampler import upsample
     from cadenza.sample.sampler import SamplingParams, generate
 
-    sr, fpc, sps = tok.cfg.sample_rate, tok.cfg.fine_per_coarse, tok.samples_per_step
-    if max_seconds is not None:
-        steps = max(1, math.ceil(max_seconds * sr / sps))
-    else:
-        steps = max(1, int(options.get("max_new_tokens", tok.cfg.group)) // tok.cfg.group)
+    fpc, sps = tok.cfg.fine_per_coarse, tok.samples_per_step
+    steps = planned_steps(tok, max_seconds, options.get("max_new_tokens", tok.cfg.group))
     primer_wave = primer if primer is not None and primer.size >= sps else None
     pc, pf = pair_primer_codes(tok, primer_wave)
     steps += 0 if primer_wave is None else primer_wave.size // sps - pc.size  # the edge step
@@ -385,6 +388,7 @@ def decode_variations(
             wave=wave,
             seam_s=seam,
             new_seconds=(decoded.size - p) / sr,
+            prompt_tokens=len(prompt),
             seconds={"generate": round(generate_seconds, 4), "decode": round(dec_s, 4)},
         )
         var.metrics = audio_metrics(wave, sr, seam)

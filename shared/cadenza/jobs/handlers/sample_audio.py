@@ -37,7 +37,7 @@ def run(
     device: str,
 ) -> Outcome:
     from cadenza.sample.audio import (
-        pair_primer_codes,
+        planned_steps,
         primer_cut,
         sample_audio,
         sample_audio_pair,
@@ -73,6 +73,7 @@ def run(
         if primer.size == 0:
             raise UserError(f"{rows.primer.label} is shorter than one coarse code")
     options = {name: getattr(p, name) for name in SamplingOptions.model_fields}
+    planned = planned_steps(tok, p.max_seconds, p.max_new_tokens) * tok.cfg.group
     cancelled = False
 
     def on_token(step: int, new: list[list[int]]) -> bool:
@@ -81,42 +82,32 @@ def run(
             cancelled = True
             return True
         if step % 32 == 0:
-            ctx.progress(0.8 * step / max(1, _planned(p, tok)), f"{step} codes", tokens=step)
+            ctx.progress(0.8 * step / planned, f"{step} codes", tokens=step)
         return False
 
     what = f"{primer.size / tok.cfg.sample_rate:.1f} s primer" if primer is not None else "scratch"
     ctx.progress(0.0, f"generating {p.n} variation(s) from {what}", force=True)
-    if pair:
+    common: dict[str, Any] = {
+        "n": p.n,
+        "max_seconds": p.max_seconds,
+        "include_primer": p.include_primer,
+        "device": device,
+    }
+    if pair:  # the pair reports coarse steps, each standing for a step's flattened ids
         variations = sample_audio_pair(
             model,
             _upsampler(ctx, rows),
             tok,
             primer,
             options,
-            n=p.n,
-            max_seconds=p.max_seconds,
-            include_primer=p.include_primer,
-            device=device,
             on_token=lambda step, new: on_token(step * tok.cfg.group, new),
+            **common,
         )
     else:
         variations = sample_audio(
-            model,
-            tok,
-            primer,
-            options,
-            n=p.n,
-            max_seconds=p.max_seconds,
-            include_primer=p.include_primer,
-            device=device,
-            on_token=on_token,
-            tags=p.tags or (),
+            model, tok, primer, options, on_token=on_token, tags=p.tags or (), **common
         )
     stored = [_store(ctx, tok, v, len(variations)) for v in variations]
-    if pair:  # the prior's prompt: BOS and the primer's steps but its last (regenerated)
-        prompt_tokens = 1 + pair_primer_codes(tok, primer)[0].size * tok.cfg.group
-    else:
-        prompt_tokens = 1 + tok.tag_slots + (0 if primer is None else len(tok.wave_ids(primer)))
 
     from cadenza.jobs.handlers.sample import samples_outcome
 
@@ -124,13 +115,13 @@ def run(
         {
             "index": v.index,
             "midi_key": o["key"],
-            "num_tokens": prompt_tokens - 1 + len(v.new_ids),
+            "num_tokens": v.prompt_tokens - 1 + len(v.new_ids),
             "num_notes": 0,
             "duration_s": round(v.wave.size / tok.cfg.sample_rate, 4),
             "meta": {
                 "kind": "audio",
                 "sample_rate": tok.cfg.sample_rate,
-                "primer_tokens": prompt_tokens,
+                "primer_tokens": v.prompt_tokens,
                 "new_tokens": len(v.new_ids),
                 "new_seconds": round(v.new_seconds, 4),
                 "seam_s": v.seam_s,
@@ -161,15 +152,6 @@ def _upsampler(ctx: JobContext, rows: _Rows) -> Upsampler:
             "checkpoints when it is done; sample once the training job has succeeded"
         )
     return upsampler_from_entry(entry)
-
-
-def _planned(p: SampleParams, tok: AudioVQTokenizer) -> int:
-    import math
-
-    if p.max_seconds is not None:
-        steps = math.ceil(p.max_seconds * tok.cfg.sample_rate / tok.samples_per_step)
-        return steps * tok.cfg.group
-    return p.max_new_tokens
 
 
 def _store(ctx: JobContext, tok: AudioVQTokenizer, v: AudioVariation, n: int) -> dict[str, Any]:
