@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import weakref
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +30,7 @@ from torch import Tensor, nn
 
 from cadenza.models.base import CadenzaModel
 
-Quantize = Literal["none", "int8"]
-QUANTIZE_MODES: tuple[str, ...] = ("none", "int8")
+QUANTIZE_MODES: tuple[str, ...] = ("none", "int8")  # the request's `quantize` (sample.params)
 
 
 class Int8Linear(nn.Module):
@@ -121,4 +119,4 @@ def prepare_for_sampling(model: CadenzaModel, quantize: str) -> CadenzaModel:
     return copy_
 
 
-__all__ = ["QUANTIZE_MODES", "Int8Linear", "Quantize", "prepare_for_sampling", "quantize_int8"]
+__all__ = ["QUANTIZE_MODES", "Int8Linear", "prepare_for_sampling", "quantize_int8"]

@@ -203,7 +203,6 @@ class SampleRequest(SamplingOptions, EditFields):
         return bool(self.primer_file_id or self.primer_sample_id)
 
 
-# The ways to give a primer; a request gives at most one.
 #: Why an audio model trained with `train.audio_prior` pair refuses `tags` (the API's 422 and
 #: the sample job's error): its coarse prior reads no conditioning prefix.
 PAIR_NO_TAGS = (
@@ -212,6 +211,7 @@ PAIR_NO_TAGS = (
     "learn_tags"
 )
 
+# The ways to give a primer; a request gives at most one.
 PRIMER_FIELDS = ("primer_file_id", "primer_sample_id", "primer_tokens")
 
 
