@@ -33,6 +33,22 @@ def refused(call: Any, status: int, field: str | None = None) -> None:
         assert field in str(info.value), info.value
 
 
+def tagged_corpus(client: Client, dataset_id: str) -> dict[str, Any]:
+    """The audio-vq corpus both tests train on: the small codebooks, 3:1 split, tags learned."""
+    job = finished(
+        client,
+        client.create_corpus(
+            dataset_id,
+            tokenizer="audio-vq",
+            tokenizer_config=SMALL_VQ,
+            split=[0.75, 0.25, 0],
+            learn_tags=True,
+        ),
+    )
+    corpus: dict[str, Any] = client.get(f"/v1/corpora/{job['corpus_id']}")
+    return corpus
+
+
 def wav_of(client: Client, sample_id: str) -> tuple[np.ndarray, int]:
     r = client.http.get(f"/v1/samples/{sample_id}/audio", params={"format": "wav"})
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text[:200]
@@ -63,17 +79,7 @@ def test_audio_vq_corpus_prior_and_continuation(embedded_stack: Stack, tmp_path:
     # a MIDI tokenizer on an audio-only dataset keeps its answer
     refused(lambda: client.create_corpus(ds["id"], tokenizer="REMI"), 409)
 
-    job = finished(
-        client,
-        client.create_corpus(
-            ds["id"],
-            tokenizer="audio-vq",
-            tokenizer_config=SMALL_VQ,
-            split=[0.75, 0.25, 0],
-            learn_tags=True,
-        ),
-    )
-    corpus = client.get(f"/v1/corpora/{job['corpus_id']}")
+    corpus = tagged_corpus(client, ds["id"])
     assert corpus["vocab_size"] == 3 + 64 + 64 + 2  # the codes, then "choir" and no-tag
     report = corpus["stats"]["tokenizer"]
     assert report["measured_on"] == "held_out" and report["codes_per_second"]["total"] > 39
@@ -184,17 +190,7 @@ def test_audio_vq_pair_model_trains_and_continues_a_recording(embedded_stack: St
         422,
         "audio_prior",
     )
-    job = finished(
-        client,
-        client.create_corpus(
-            ds["id"],
-            tokenizer="audio-vq",
-            tokenizer_config=SMALL_VQ,
-            split=[0.75, 0.25, 0],
-            learn_tags=True,
-        ),
-    )
-    corpus = client.get(f"/v1/corpora/{job['corpus_id']}")
+    corpus = tagged_corpus(client, ds["id"])
     refused(
         lambda: client.create_model(
             corpus["id"], architecture="gpt", train={"upsampler_steps": 10}
