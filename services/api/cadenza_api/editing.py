@@ -20,6 +20,7 @@ from cadenza.sample.params import PAIR_NO_TAGS, SampleRequest
 from cadenza.storage import ObjectStore
 from cadenza.tokenize.controls import default_capabilities
 from cadenza.tokenize.spec import AUDIO_TOKENIZERS
+from cadenza.train.config import audio_prior
 from cadenza.validation import InvalidParams
 from cadenza_api.errors import ApiError
 
@@ -39,16 +40,10 @@ def capabilities(session: Session, model: Model) -> dict[str, Any]:
     output = "audio" if spec and spec.get("name") in AUDIO_TOKENIZERS else "midi"
     out |= {"modes": model_modes(spec, model.train_config), "output": output}
     if output == "audio":
-        out["prior"] = audio_prior(model)
+        out["prior"] = audio_prior(model.train_config)
         if out["prior"] == "pair":
             out["tags"] = []
     return out
-
-
-def audio_prior(model: Model) -> str:
-    """An audio model's `train.audio_prior`: `flat` (also every model trained before the
-    option existed) or `pair`."""
-    return str((model.train_config or {}).get("audio_prior") or "flat")
 
 
 def sampling_checkpoint(session: Session, model: Model, which: str) -> Checkpoint:
@@ -185,7 +180,6 @@ def check_audio_request(
 
 
 __all__ = [
-    "audio_prior",
     "capabilities",
     "check_audio_request",
     "check_edit",

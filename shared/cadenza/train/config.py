@@ -21,6 +21,12 @@ InfillLayout = Literal["spm", "mmm"]
 AudioPrior = Literal["flat", "pair"]
 
 
+def audio_prior(train_config: dict[str, Any] | None) -> AudioPrior:
+    """The `audio_prior` a model's stored train config says: `pair`, or `flat` (also every
+    model trained before the option existed, whose config lacks it)."""
+    return "pair" if (train_config or {}).get("audio_prior") == "pair" else "flat"
+
+
 class TrainConfig(BaseModel):
     """Everything the loop needs besides the model and the data.
 

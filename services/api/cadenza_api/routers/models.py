@@ -14,6 +14,7 @@ from cadenza.delete import adapters_of, delete_model
 from cadenza.jobs import submit
 from cadenza.sample.params import SampleParams, check_controls, check_for_model
 from cadenza.storage import ObjectNotFound, job_key
+from cadenza.train.config import audio_prior
 from cadenza.train.params import ModelRequest, TrainParams, resolve_adapter_request, resolve_model
 from cadenza.validation import Conflict, InvalidParams
 from cadenza_api.deletes import finish_delete
@@ -87,7 +88,7 @@ def create_model(
             base_config=base.config,
         )
         body = body.model_copy(update={"init_checkpoint_id": base_ckpt.id})
-        if "pair" in (body.train.get("audio_prior"), (base.train_config or {}).get("audio_prior")):
+        if "pair" in (audio_prior(body.train), audio_prior(base.train_config)):
             why = "an adapter cannot be trained on or for a coarse prior + upsampler"
             raise InvalidParams(
                 f"invalid request: train.audio_prior: {why}; train a full model instead",

@@ -43,6 +43,7 @@ def run(
         sample_audio_pair,
     )
     from cadenza.tokenize.audio_vq import decode_audio_bytes
+    from cadenza.train.config import audio_prior
 
     if p.mode != "continue":
         raise UserError(f"mode {p.mode}: an audio model only continues (mode continue)")
@@ -51,7 +52,7 @@ def run(
             "an audio model takes a recording as primer (primer_file_id or primer_sample_id) "
             "and style tags, not primer_tokens, force_tokens or controls"
         )
-    pair = (rows.model.train_config or {}).get("audio_prior") == "pair"
+    pair = audio_prior(rows.model.train_config) == "pair"
     if p.tags and pair:
         raise UserError(PAIR_NO_TAGS)
     if p.tags:
