@@ -81,6 +81,14 @@ def test_max_copied_fraction_is_a_fraction(client: TestClient) -> None:
         assert r.status_code == 422 and "max_copied_fraction" in r.json()["error"]["message"]
 
 
+def test_quantize_names_the_modes_it_takes(client: TestClient) -> None:
+    for bad in ("int4", "fp8", 8):
+        r = client.post("/v1/models/m1/samples", json={"quantize": bad})
+        message = r.json()["error"]["message"]
+        assert r.status_code == 422 and "quantize" in message and "int8" in message, message
+    assert client.get("/v1/jobs").json()["jobs"] == []  # nothing queued
+
+
 def test_paging_is_validated_on_every_list_route(client: TestClient) -> None:
     ds = dataset(client)
     routes = ["/v1/datasets", f"/v1/datasets/{ds}/files", "/v1/corpora", "/v1/models", "/v1/jobs"]
